@@ -1,0 +1,60 @@
+// swift-tools-version:6.0
+// mae-eval: transfer-learning evaluation of MAE-pretrained Vision Transformers, on OpenBLAS and libpng.
+import PackageDescription
+
+/// Hot kernels need AVX2 + FMA; Swift's default x86-64 target has neither (see README, "CPU").
+let vectorISA: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
+
+let package = Package(
+    name: "mae-eval",
+    platforms: [.macOS(.v13)],
+    // MARK: - Public API
+    products: [
+        .executable(name: "mae-eval", targets: ["mae-eval"]),
+        .library(name: "MAEModels", targets: ["MAEModels"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // MARK: - C libraries (found through pkg-config)
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng",
+                       providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CTurboJPEG", pkgConfig: "libturbojpeg",
+                       providers: [.apt(["libturbojpeg0-dev"])]),
+
+        // MARK: - Implementation, in dependency order
+        /// Tensor storage and forward/backward ops over contiguous float32 buffers.
+        .target(name: "MAEKernels", dependencies: ["COpenBLAS"], swiftSettings: vectorISA),
+        /// File formats: safetensors, PyTorch zip checkpoints (restricted unpickler).
+        .target(name: "MAEFormats"),
+        /// ViT, MAE decoder, heads, parameter tables, optimizers, checkpoint key mapping.
+        .target(name: "MAEModels", dependencies: ["MAEKernels", "MAEFormats"], swiftSettings: vectorISA),
+        /// COCO annotation/result JSON and the COCO mask API (RLE).
+        .target(name: "MAECOCO"),
+        /// Image codecs, datasets, the Shapes generator, transforms, the loader.
+        .target(name: "MAEData", dependencies: ["CPNG", "CTurboJPEG", "MAECOCO"], swiftSettings: vectorISA),
+        /// Evaluation metrics: COCO AP (bbox, segm), semantic-segmentation mIoU.
+        .target(name: "MAEMetrics", dependencies: ["MAECOCO"]),
+        /// Benchmarks, pretraining, probes, fine-tuning, reports: one function per CLI command.
+        .target(name: "MAETasks", dependencies: ["MAEModels", "MAEData", "MAEMetrics", "MAEFormats"]),
+        .executableTarget(name: "mae-eval", dependencies: [
+            "MAETasks", "MAEModels", "MAEData", "MAEMetrics", "MAEFormats",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        // MARK: - Tests
+        /// Comparison helpers and the PyTorch reference fixtures (copied from ../shared/fixtures).
+        .target(name: "TestSupport", dependencies: ["MAEKernels", "MAEFormats"], path: "Tests/TestSupport",
+                resources: [.copy("Fixtures")]),
+        .testTarget(name: "KernelTests", dependencies: ["MAEKernels", "TestSupport"]),
+        .testTarget(name: "ModelTests", dependencies: ["MAEModels", "TestSupport"]),
+        .testTarget(name: "FormatTests", dependencies: ["MAEFormats", "MAEModels", "TestSupport"]),
+        .testTarget(name: "MetricsTests", dependencies: ["MAEMetrics", "MAECOCO", "TestSupport"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "DataTests", dependencies: ["MAEData", "TestSupport"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,1 @@
+// MAECOCO: see Package.swift for what this target holds.

@@ -1,0 +1,1 @@
+// MAEData: see Package.swift for what this target holds.

@@ -1,0 +1,1 @@
+// MAEFormats: see Package.swift for what this target holds.

@@ -1,0 +1,61 @@
+import COpenBLAS
+
+/// Matrix products through OpenBLAS `cblas_sgemm`, row-major, split over our own workers.
+public enum BLAS {
+    /// Makes OpenBLAS single-threaded: parallelism comes from `Parallel` (see there for why).
+    /// Called once before the first product; harmless to call again.
+    public static func configure() { openblas_set_num_threads(1) }
+
+    nonisolated(unsafe) static var configured: Bool = {
+        openblas_set_num_threads(1)
+        return true
+    }()
+
+    /// C[M,N] = alpha * op(A) * op(B) + beta * C, row-major; op(A) is [M,K], op(B) is [K,N].
+    /// `transA`: A is stored [K,M] (lda >= M); `transB`: B is stored [N,K] (ldb >= K).
+    /// The product is split over rows of C (or columns when C is wide and short) across workers.
+    public static func gemm(transA: Bool = false, transB: Bool = false,
+                            m: Int, n: Int, k: Int, alpha: Float = 1,
+                            a: UnsafePointer<Float>, lda: Int,
+                            b: UnsafePointer<Float>, ldb: Int,
+                            beta: Float = 0,
+                            c: UnsafeMutablePointer<Float>, ldc: Int) {
+        _ = configured
+        guard m > 0, n > 0 else { return }
+        let ta = transA ? CblasTrans : CblasNoTrans
+        let tb = transB ? CblasTrans : CblasNoTrans
+        let flops = m * n * k
+        let parts = flops < 1 << 21 ? 1 : Parallel.workers
+        if parts == 1 {
+            cblas_sgemm(CblasRowMajor, ta, tb, Int32(m), Int32(n), Int32(k), alpha,
+                        a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+            return
+        }
+        if m >= n || m >= 64 * parts {
+            Parallel.forRanges(m, grain: 16) { r in
+                let aPart = transA ? a + r.lowerBound : a + r.lowerBound * lda
+                cblas_sgemm(CblasRowMajor, ta, tb, Int32(r.count), Int32(n), Int32(k), alpha,
+                            aPart, Int32(lda), b, Int32(ldb), beta, c + r.lowerBound * ldc, Int32(ldc))
+            }
+        } else {
+            Parallel.forRanges(n, grain: 16) { r in
+                let bPart = transB ? b + r.lowerBound * ldb : b + r.lowerBound
+                cblas_sgemm(CblasRowMajor, ta, tb, Int32(m), Int32(r.count), Int32(k), alpha,
+                            a, Int32(lda), bPart, Int32(ldb), beta, c + r.lowerBound, Int32(ldc))
+            }
+        }
+    }
+
+    /// Single-threaded product for use inside a `Parallel` loop (attention per batch x head).
+    @inline(__always)
+    public static func gemmSerial(transA: Bool = false, transB: Bool = false,
+                                  m: Int, n: Int, k: Int, alpha: Float = 1,
+                                  a: UnsafePointer<Float>, lda: Int,
+                                  b: UnsafePointer<Float>, ldb: Int,
+                                  beta: Float = 0,
+                                  c: UnsafeMutablePointer<Float>, ldc: Int) {
+        _ = configured
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+}

@@ -1,0 +1,1 @@
+// MAEMetrics: see Package.swift for what this target holds.

@@ -1,0 +1,1 @@
+// MAEModels: see Package.swift for what this target holds.

@@ -1,0 +1,1 @@
+// MAETasks: see Package.swift for what this target holds.

@@ -1,0 +1,11 @@
+import ArgumentParser
+
+/// The `mae-eval` command line: each subcommand parses its flags and makes one library call.
+@main
+struct MAEEval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mae-eval",
+        abstract: "Transfer-learning evaluation of MAE-pretrained Vision Transformers.",
+        subcommands: [
+        ])
+}
