@@ -1,0 +1,96 @@
+/// Multi-head self-attention core (after the qkv Linear, before the output projection).
+/// qkv (B,N,3D) with rows [q | k | v] and heads contiguous inside each (timm / MAE layout);
+/// out (B,N,D) heads merged back; probs (B,H,N,N) softmax(q k^T * scale) saved for the backward.
+/// Work is split over batch x heads, each product single-threaded inside its worker.
+public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
+                             qkv: UnsafePointer<Float>, batch: Int, tokens: Int, width: Int, heads: Int) {
+    let n = tokens, hd = width / heads, ld = 3 * width
+    let scale = 1 / Float(hd).squareRoot()
+    Parallel.forEach(batch * heads) { bh in
+        let b = bh / heads, h = bh % heads
+        let q = qkv + b * n * ld + h * hd, k = q + width, v = q + 2 * width
+        let p = probs + bh * n * n
+        BLAS.gemmSerial(transB: true, m: n, n: n, k: hd, alpha: scale, a: q, lda: ld, b: k, ldb: ld,
+                        c: p, ldc: n)
+        for r in 0..<n { softmaxRow(p + r * n, n) }
+        BLAS.gemmSerial(m: n, n: hd, k: n, a: p, lda: n, b: v, ldb: ld,
+                        c: out + b * n * width + h * hd, ldc: width)
+    }
+}
+
+/// Accumulates: dQKV (B,N,3D) += gradient through the attention core.
+/// dOut (B,N,D), qkv (B,N,3D), probs (B,H,N,N) from the forward.
+public func attentionBackward(dQKV: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
+                              qkv: UnsafePointer<Float>, probs: UnsafePointer<Float>,
+                              batch: Int, tokens: Int, width: Int, heads: Int) {
+    let n = tokens, hd = width / heads, ld = 3 * width
+    let scale = 1 / Float(hd).squareRoot()
+    Parallel.forChunks(batch * heads) { _, range in
+        let dS = UnsafeMutablePointer<Float>.allocate(capacity: n * n)  // dP, then dS, per (b, h)
+        defer { dS.deallocate() }
+        for bh in range {
+            let b = bh / heads, h = bh % heads
+            let q = qkv + b * n * ld + h * hd, k = q + width, v = q + 2 * width
+            let dq = dQKV + b * n * ld + h * hd, dk = dq + width, dv = dq + 2 * width
+            let dO = dOut + b * n * width + h * hd
+            let p = probs + bh * n * n
+            // dV += P^T dO;  dP = dO V^T
+            BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: p, lda: n, b: dO, ldb: width,
+                            beta: 1, c: dv, ldc: ld)
+            BLAS.gemmSerial(transB: true, m: n, n: n, k: hd, a: dO, lda: width, b: v, ldb: ld, c: dS, ldc: n)
+            // dS = P * (dP - rowsum(dP * P)) * scale
+            for r in 0..<n {
+                let pr = p + r * n, dr = dS + r * n
+                var dot: Float = 0
+                for j in 0..<n { dot += pr[j] * dr[j] }
+                for j in 0..<n { dr[j] = pr[j] * (dr[j] - dot) * scale }
+            }
+            // dQ += dS K;  dK += dS^T Q
+            BLAS.gemmSerial(m: n, n: hd, k: n, a: dS, lda: n, b: k, ldb: ld, beta: 1, c: dq, ldc: ld)
+            BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: dS, lda: n, b: q, ldb: ld, beta: 1, c: dk, ldc: ld)
+        }
+    }
+}
+
+/// In-place softmax of one row of `n` logits.
+@inline(__always) @usableFromInline
+func softmaxRow(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
+    var mx = -Float.infinity
+    for j in 0..<n { mx = max(mx, x[j]) }
+    let mv = Vec16(repeating: mx)
+    var acc = Vec16()
+    var j = 0
+    while j + 16 <= n { let e = exp16(load16(x + j) - mv); store16(e, x + j); acc += e; j += 16 }
+    var sum = acc.sum()
+    if j < n {
+        let m = n - j
+        let e = exp16(loadPartial(x + j, m, pad: mx) - mv)
+        storePartial(e, x + j, m)
+        for t in 0..<m { sum += e[t] }
+    }
+    let inv = 1 / sum
+    for j in 0..<n { x[j] *= inv }
+}
+
+/// Row-wise softmax: out (R,W) = softmax(input (R,W)) over the last dimension.
+public func softmaxForward(out: UnsafeMutablePointer<Float>, input: UnsafePointer<Float>, rows: Int, width: Int) {
+    Parallel.forRanges(rows, grain: 8) { range in
+        for r in range {
+            (out + r * width).update(from: input + r * width, count: width)
+            softmaxRow(out + r * width, width)
+        }
+    }
+}
+
+/// Accumulates: dInput (R,W) += softmax Jacobian^T dOut, from the forward's output `probs` (R,W).
+public func softmaxBackward(dInput: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
+                            probs: UnsafePointer<Float>, rows: Int, width: Int) {
+    Parallel.forRanges(rows, grain: 8) { range in
+        for r in range {
+            let p = probs + r * width, d = dOut + r * width, dx = dInput + r * width
+            var dot: Float = 0
+            for j in 0..<width { dot += p[j] * d[j] }
+            for j in 0..<width { dx[j] += p[j] * (d[j] - dot) }
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// MAEModels: see Package.swift for what this target holds.

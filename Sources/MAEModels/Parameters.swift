@@ -1,0 +1,75 @@
+import MAEKernels
+
+/// One named parameter: its checkpoint key, shape and place in the flat buffers.
+public struct ParameterSpec: Sendable {
+    public let name: String
+    public let shape: [Int]
+    /// False for MAE's fixed sin-cos position embeddings (requires_grad=False).
+    public let trainable: Bool
+    public let offset: Int
+    public var count: Int { shape.reduce(1, *) }
+}
+
+/// The ordered parameter table that drives allocation, initialisation, optimisers, checkpoint
+/// loading and fixture comparison. Names are the official MAE / timm checkpoint keys.
+public struct ParameterLayout: Sendable {
+    public private(set) var specs: [ParameterSpec] = []
+    public private(set) var totalCount = 0
+
+    public init() {}
+
+    /// Appends a parameter and returns its offset in the flat buffers.
+    @discardableResult
+    public mutating func add(_ name: String, _ shape: [Int], trainable: Bool = true) -> Int {
+        precondition(!specs.contains { $0.name == name }, "duplicate parameter \(name)")
+        let spec = ParameterSpec(name: name, shape: shape, trainable: trainable, offset: totalCount)
+        specs.append(spec)
+        totalCount += spec.count
+        return spec.offset
+    }
+}
+
+/// Parameter values and their gradients, each one contiguous buffer laid out by a `ParameterLayout`.
+public final class ParameterStore {
+    public let layout: ParameterLayout
+    public let values: Tensor
+    public let grads: Tensor
+    private let index: [String: Int]
+
+    public init(layout: ParameterLayout) {
+        self.layout = layout
+        values = Tensor([layout.totalCount])
+        grads = Tensor([layout.totalCount])
+        index = Dictionary(uniqueKeysWithValues: layout.specs.enumerated().map { ($1.name, $0) })
+    }
+
+    public var specs: [ParameterSpec] { layout.specs }
+
+    public func spec(_ name: String) -> ParameterSpec? { index[name].map { layout.specs[$0] } }
+
+    /// The values of parameter `name` (a view into the flat buffer).
+    public func value(_ name: String) -> UnsafeMutableBufferPointer<Float> {
+        let s = spec(name)!
+        return .init(start: values.data + s.offset, count: s.count)
+    }
+
+    /// The gradient of parameter `name` (a view into the flat buffer).
+    public func grad(_ name: String) -> UnsafeMutableBufferPointer<Float> {
+        let s = spec(name)!
+        return .init(start: grads.data + s.offset, count: s.count)
+    }
+
+    /// Copies `values` into parameter `name`, checking the shape.
+    public func set(_ name: String, shape: [Int], _ newValues: [Float]) throws {
+        guard let s = spec(name) else { throw ModelError.shapeMismatch("the model has no parameter \(name)") }
+        guard s.shape == shape, newValues.count == s.count else {
+            throw ModelError.shapeMismatch("\(name) is \(s.shape) in the model but \(shape) in the checkpoint")
+        }
+        newValues.withUnsafeBufferPointer { (values.data + s.offset).update(from: $0.baseAddress!, count: s.count) }
+    }
+
+    public func zeroGrads() { grads.zero() }
+
+    @inline(__always) func v(_ offset: Int) -> UnsafeMutablePointer<Float> { values.data + offset }
+    @inline(__always) func g(_ offset: Int) -> UnsafeMutablePointer<Float> { grads.data + offset }
+}
