@@ -1,0 +1,18 @@
+// MAEFormats: checkpoint and tensor file formats (safetensors, PyTorch zip checkpoints), key layouts.
+import Foundation
+
+/// A file that cannot be read or written as asked. Its description is one sentence naming the file.
+public struct FormatError: Error, LocalizedError, CustomStringConvertible, Sendable {
+    /// The file (or other source) the problem is in.
+    public var source: String
+    /// What is wrong, as a sentence fragment without a trailing period.
+    public var reason: String
+
+    public init(_ source: String, _ reason: String) {
+        self.source = source
+        self.reason = reason
+    }
+
+    public var description: String { "\(source): \(reason)." }
+    public var errorDescription: String? { description }
+}

@@ -1,1 +1,0 @@
-// MAEFormats: see Package.swift for what this target holds.
