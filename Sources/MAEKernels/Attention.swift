@@ -4,17 +4,19 @@
 /// Work is split over batch x heads, each product single-threaded inside its worker.
 public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
                              qkv: UnsafePointer<Float>, batch: Int, tokens: Int, width: Int, heads: Int) {
-    let n = tokens, hd = width / heads, ld = 3 * width
-    let scale = 1 / Float(hd).squareRoot()
-    Parallel.forEach(batch * heads) { bh in
-        let b = bh / heads, h = bh % heads
-        let q = qkv + b * n * ld + h * hd, k = q + width, v = q + 2 * width
-        let p = probs + bh * n * n
-        BLAS.gemmSerial(transB: true, m: n, n: n, k: hd, alpha: scale, a: q, lda: ld, b: k, ldb: ld,
-                        c: p, ldc: n)
-        for r in 0..<n { softmaxRow(p + r * n, n) }
-        BLAS.gemmSerial(m: n, n: hd, k: n, a: p, lda: n, b: v, ldb: ld,
-                        c: out + b * n * width + h * hd, ldc: width)
+    Profiler.measure(.attention) {
+        let n = tokens, hd = width / heads, ld = 3 * width
+        let scale = 1 / Float(hd).squareRoot()
+        Parallel.forEach(batch * heads) { bh in
+            let b = bh / heads, h = bh % heads
+            let q = qkv + b * n * ld + h * hd, k = q + width, v = q + 2 * width
+            let p = probs + bh * n * n
+            BLAS.gemmSerial(transB: true, m: n, n: n, k: hd, alpha: scale, a: q, lda: ld, b: k, ldb: ld,
+                            c: p, ldc: n)
+            for r in 0..<n { softmaxRow(p + r * n, n) }
+            BLAS.gemmSerial(m: n, n: hd, k: n, a: p, lda: n, b: v, ldb: ld,
+                            c: out + b * n * width + h * hd, ldc: width)
+        }
     }
 }
 
@@ -23,31 +25,33 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMuta
 public func attentionBackward(dQKV: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
                               qkv: UnsafePointer<Float>, probs: UnsafePointer<Float>,
                               batch: Int, tokens: Int, width: Int, heads: Int) {
-    let n = tokens, hd = width / heads, ld = 3 * width
-    let scale = 1 / Float(hd).squareRoot()
-    Parallel.forChunks(batch * heads) { _, range in
-        let dS = UnsafeMutablePointer<Float>.allocate(capacity: n * n)  // dP, then dS, per (b, h)
-        defer { dS.deallocate() }
-        for bh in range {
-            let b = bh / heads, h = bh % heads
-            let q = qkv + b * n * ld + h * hd, k = q + width, v = q + 2 * width
-            let dq = dQKV + b * n * ld + h * hd, dk = dq + width, dv = dq + 2 * width
-            let dO = dOut + b * n * width + h * hd
-            let p = probs + bh * n * n
-            // dV += P^T dO;  dP = dO V^T
-            BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: p, lda: n, b: dO, ldb: width,
-                            beta: 1, c: dv, ldc: ld)
-            BLAS.gemmSerial(transB: true, m: n, n: n, k: hd, a: dO, lda: width, b: v, ldb: ld, c: dS, ldc: n)
-            // dS = P * (dP - rowsum(dP * P)) * scale
-            for r in 0..<n {
-                let pr = p + r * n, dr = dS + r * n
-                var dot: Float = 0
-                for j in 0..<n { dot += pr[j] * dr[j] }
-                for j in 0..<n { dr[j] = pr[j] * (dr[j] - dot) * scale }
+    Profiler.measure(.attention) {
+        let n = tokens, hd = width / heads, ld = 3 * width
+        let scale = 1 / Float(hd).squareRoot()
+        Parallel.forChunks(batch * heads) { _, range in
+            let dS = UnsafeMutablePointer<Float>.allocate(capacity: n * n)  // dP, then dS, per (b, h)
+            defer { dS.deallocate() }
+            for bh in range {
+                let b = bh / heads, h = bh % heads
+                let q = qkv + b * n * ld + h * hd, k = q + width, v = q + 2 * width
+                let dq = dQKV + b * n * ld + h * hd, dk = dq + width, dv = dq + 2 * width
+                let dO = dOut + b * n * width + h * hd
+                let p = probs + bh * n * n
+                // dV += P^T dO;  dP = dO V^T
+                BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: p, lda: n, b: dO, ldb: width,
+                                beta: 1, c: dv, ldc: ld)
+                BLAS.gemmSerial(transB: true, m: n, n: n, k: hd, a: dO, lda: width, b: v, ldb: ld, c: dS, ldc: n)
+                // dS = P * (dP - rowsum(dP * P)) * scale
+                for r in 0..<n {
+                    let pr = p + r * n, dr = dS + r * n
+                    var dot: Float = 0
+                    for j in 0..<n { dot += pr[j] * dr[j] }
+                    for j in 0..<n { dr[j] = pr[j] * (dr[j] - dot) * scale }
+                }
+                // dQ += dS K;  dK += dS^T Q
+                BLAS.gemmSerial(m: n, n: hd, k: n, a: dS, lda: n, b: k, ldb: ld, beta: 1, c: dq, ldc: ld)
+                BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: dS, lda: n, b: q, ldb: ld, beta: 1, c: dk, ldc: ld)
             }
-            // dQ += dS K;  dK += dS^T Q
-            BLAS.gemmSerial(m: n, n: hd, k: n, a: dS, lda: n, b: k, ldb: ld, beta: 1, c: dq, ldc: ld)
-            BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: dS, lda: n, b: q, ldb: ld, beta: 1, c: dk, ldc: ld)
         }
     }
 }

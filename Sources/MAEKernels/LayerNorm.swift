@@ -4,28 +4,30 @@ public func layerNormForward(out: UnsafeMutablePointer<Float>, mean: UnsafeMutab
                              rstd: UnsafeMutablePointer<Float>, input: UnsafePointer<Float>,
                              weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
                              rows: Int, width: Int, eps: Float = 1e-6) {
-    Parallel.forRanges(rows, grain: 16) { range in
-        for r in range {
-            let x = input + r * width, y = out + r * width
-            let m = rowSum(x, width) / Float(width)
-            var v: Float = 0
-            var i = 0
-            var acc = Vec16()
-            let mv = Vec16(repeating: m)
-            while i + 16 <= width { let d = load16(x + i) - mv; acc = fma16(d, d, acc); i += 16 }
-            v = acc.sum()
-            while i < width { let d = x[i] - m; v += d * d; i += 1 }
-            let s = 1 / (v / Float(width) + eps).squareRoot()
-            mean[r] = m
-            rstd[r] = s
-            let sv = Vec16(repeating: s)
-            i = 0
-            while i + 16 <= width {
-                let n = (load16(x + i) - mv) * sv
-                store16(fma16(n, load16(weight + i), load16(bias + i)), y + i)
-                i += 16
+    Profiler.measure(.layerNorm) {
+        Parallel.forRanges(rows, grain: 16) { range in
+            for r in range {
+                let x = input + r * width, y = out + r * width
+                let m = rowSum(x, width) / Float(width)
+                var v: Float = 0
+                var i = 0
+                var acc = Vec16()
+                let mv = Vec16(repeating: m)
+                while i + 16 <= width { let d = load16(x + i) - mv; acc = fma16(d, d, acc); i += 16 }
+                v = acc.sum()
+                while i < width { let d = x[i] - m; v += d * d; i += 1 }
+                let s = 1 / (v / Float(width) + eps).squareRoot()
+                mean[r] = m
+                rstd[r] = s
+                let sv = Vec16(repeating: s)
+                i = 0
+                while i + 16 <= width {
+                    let n = (load16(x + i) - mv) * sv
+                    store16(fma16(n, load16(weight + i), load16(bias + i)), y + i)
+                    i += 16
+                }
+                while i < width { y[i] = (x[i] - m) * s * weight[i] + bias[i]; i += 1 }
             }
-            while i < width { y[i] = (x[i] - m) * s * weight[i] + bias[i]; i += 1 }
         }
     }
 }
@@ -37,36 +39,38 @@ public func layerNormBackward(dInput: UnsafeMutablePointer<Float>, dWeight: Unsa
                               dOut: UnsafePointer<Float>, input: UnsafePointer<Float>,
                               weight: UnsafePointer<Float>, mean: UnsafePointer<Float>,
                               rstd: UnsafePointer<Float>, rows: Int, width: Int) {
-    let chunks = Parallel.chunkCount(rows, grain: 16)
-    // One partial (dWeight, dBias) per chunk, summed in chunk order afterwards.
-    let partial = UnsafeMutablePointer<Float>.allocate(capacity: chunks * 2 * width)
-    partial.initialize(repeating: 0, count: chunks * 2 * width)
-    defer { partial.deallocate() }
-    Parallel.forChunks(rows, grain: 16) { chunk, range in
-        let pw = partial + chunk * 2 * width, pb = pw + width
-        for r in range {
-            let x = input + r * width, dy = dOut + r * width, dx = dInput + r * width
-            let m = mean[r], s = rstd[r]
-            var sumD: Float = 0, sumDN: Float = 0
-            for i in 0..<width {
-                let n = (x[i] - m) * s
-                let d = dy[i] * weight[i]
-                sumD += d
-                sumDN += d * n
-                pw[i] += dy[i] * n
-                pb[i] += dy[i]
-            }
-            let meanD = sumD / Float(width), meanDN = sumDN / Float(width)
-            for i in 0..<width {
-                let n = (x[i] - m) * s
-                dx[i] += s * (dy[i] * weight[i] - meanD - n * meanDN)
+    Profiler.measure(.layerNorm) {
+        let chunks = Parallel.chunkCount(rows, grain: 16)
+        // One partial (dWeight, dBias) per chunk, summed in chunk order afterwards.
+        let partial = UnsafeMutablePointer<Float>.allocate(capacity: chunks * 2 * width)
+        partial.initialize(repeating: 0, count: chunks * 2 * width)
+        defer { partial.deallocate() }
+        Parallel.forChunks(rows, grain: 16) { chunk, range in
+            let pw = partial + chunk * 2 * width, pb = pw + width
+            for r in range {
+                let x = input + r * width, dy = dOut + r * width, dx = dInput + r * width
+                let m = mean[r], s = rstd[r]
+                var sumD: Float = 0, sumDN: Float = 0
+                for i in 0..<width {
+                    let n = (x[i] - m) * s
+                    let d = dy[i] * weight[i]
+                    sumD += d
+                    sumDN += d * n
+                    pw[i] += dy[i] * n
+                    pb[i] += dy[i]
+                }
+                let meanD = sumD / Float(width), meanDN = sumDN / Float(width)
+                for i in 0..<width {
+                    let n = (x[i] - m) * s
+                    dx[i] += s * (dy[i] * weight[i] - meanD - n * meanDN)
+                }
             }
         }
-    }
-    for c in 0..<chunks {
-        let pw = partial + c * 2 * width, pb = pw + width
-        if let dWeight { for i in 0..<width { dWeight[i] += pw[i] } }
-        if let dBias { for i in 0..<width { dBias[i] += pb[i] } }
+        for c in 0..<chunks {
+            let pw = partial + c * 2 * width, pb = pw + width
+            if let dWeight { for i in 0..<width { dWeight[i] += pw[i] } }
+            if let dBias { for i in 0..<width { dBias[i] += pb[i] } }
+        }
     }
 }
 

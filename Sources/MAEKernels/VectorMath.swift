@@ -12,7 +12,9 @@ func fma16(_ a: Vec16, _ b: Vec16, _ c: Vec16) -> Vec16 { c.addingProduct(a, b) 
 /// and 2^n assembled in the exponent bits. Inputs are clamped to [-87.3, 88.0] (no inf/denormals).
 @inline(__always) @usableFromInline
 func exp16(_ input: Vec16) -> Vec16 {
-    let x = input.clamped(lowerBound: Vec16(repeating: -87.3), upperBound: Vec16(repeating: 88.0))
+    let lo = Vec16(repeating: -87.3), hi = Vec16(repeating: 88.0)
+    // replacing(with:where:) with vector operands lowers to vcmpps + vblendvps (SIMD.clamped does not).
+    let x = input.replacing(with: lo, where: input .< lo).replacing(with: hi, where: input .> hi)
     let magic = Vec16(repeating: 12582912)  // 1.5 * 2^23: adding it rounds to an integer in the low bits
     let t = fma16(x, Vec16(repeating: 1.44269504088896341), magic)
     let n = t - magic
@@ -53,11 +55,26 @@ func erfcPositive16(_ z: Vec16) -> Vec16 {
 @inline(__always) @usableFromInline
 func normalCDF16(_ x: Vec16) -> Vec16 {
     let z = x * Vec16(repeating: -0.70710678118654752)
-    let e = erfcPositive16(z.replacing(with: -z, where: z .< 0))
+    let e = erfcPositive16(abs16(z))
     // z >= 0 (x <= 0): erfc(z); z < 0: 2 - erfc(-z).
-    var out = e
-    out.replace(with: 2 - e, where: z .< 0)
-    return out * 0.5
+    let half = e * 0.5
+    return selectNegative16(x, half, 1 - half)
+}
+
+// Sign tests and absolute value as integer bit operations on the float lanes: Swift's generic
+// SIMDMask selections and abs compile to per-lane branches here; these compile to vpsrad + vpand/vpor.
+
+/// a where x < 0 (sign bit set), else b.
+@inline(__always) @usableFromInline
+func selectNegative16(_ x: Vec16, _ a: Vec16, _ b: Vec16) -> Vec16 {
+    let m = unsafeBitCast(x, to: SIMD16<Int32>.self) &>> 31
+    let ai = unsafeBitCast(a, to: SIMD16<Int32>.self), bi = unsafeBitCast(b, to: SIMD16<Int32>.self)
+    return unsafeBitCast((ai & m) | (bi & ~m), to: Vec16.self)
+}
+
+@inline(__always) @usableFromInline
+func abs16(_ x: Vec16) -> Vec16 {
+    unsafeBitCast(unsafeBitCast(x, to: SIMD16<Int32>.self) & 0x7FFF_FFFF, to: Vec16.self)
 }
 
 /// Loads `count` (< 16) floats into a vector padded with `pad`.

@@ -78,6 +78,9 @@ final class TransformerStack {
 
     private func residual(_ i: Int) -> Tensor { training ? residuals[i] : residuals[i % 2] }
 
+    /// Block i's output from the last training-mode forward (B,N,D), for parity tests.
+    func blockOutput(_ i: Int) -> Tensor { residual(i + 1) }
+
     /// Runs every block on the input buffer; returns the output (B,N,D).
     func forward(_ p: ParameterStore, rng: inout RandomStream) -> UnsafeMutablePointer<Float> {
         let r = batch * tokens, d = width

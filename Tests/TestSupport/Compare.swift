@@ -18,6 +18,9 @@ public func assertClose(_ actual: [Float], _ expected: [Float], rtol: Float = 1e
         if rel > maxRel && abs(expected[i]) > atol { maxRel = rel; maxRelAt = i }
         if !(d <= atol + rtol * abs(expected[i])) { bad.append(i) }
     }
+    if ProcessInfo.processInfo.environment["MAE_PARITY_REPORT"] != nil {
+        print("parity \(name): n=\(actual.count) max abs \(maxAbs) max rel \(maxRel)")
+    }
     guard !bad.isEmpty else { return }
     let pairs = bad.prefix(4).map { "[\($0)] \(actual[$0]) vs \(expected[$0])" }.joined(separator: ", ")
     XCTFail("\(name): \(bad.count)/\(actual.count) outside rtol \(rtol) atol \(atol); " +
@@ -39,4 +42,43 @@ public func maxErrors(_ actual: [Float], _ expected: [Float]) -> (abs: Float, re
 /// Where the PyTorch reference fixtures live (copied from ../shared/fixtures into this target).
 public func fixtureURL(_ name: String) -> URL {
     Bundle.module.url(forResource: "Fixtures/" + name, withExtension: nil)!
+}
+
+/// Checks an analytic gradient against central finite differences of `loss`, on up to `samples`
+/// evenly spread coordinates of `input`: |numeric - analytic| <= atol + rtol * |numeric|.
+public func checkGradient(_ name: String, input: [Float], analytic: [Float], step: Float = 1e-2,
+                          rtol: Float = 2e-2, atol: Float = 2e-3, samples: Int = 48,
+                          file: StaticString = #filePath, line: UInt = #line, loss: ([Float]) -> Double) {
+    XCTAssertEqual(input.count, analytic.count, "\(name): gradient size", file: file, line: line)
+    let stride = max(1, input.count / samples)
+    var worst: (Float, Int) = (0, -1)
+    for i in Swift.stride(from: 0, to: input.count, by: stride) {
+        var x = input
+        x[i] = input[i] + step
+        let up = loss(x)
+        x[i] = input[i] - step
+        let down = loss(x)
+        let numeric = Float((up - down) / Double(2 * step))
+        let err = abs(numeric - analytic[i])
+        if err > atol + rtol * abs(numeric) {
+            XCTFail("\(name)[\(i)]: analytic \(analytic[i]) vs finite difference \(numeric)", file: file, line: line)
+            return
+        }
+        if err > worst.0 { worst = (err, i) }
+    }
+}
+
+/// Seeded standard-normal test data.
+public func randomValues(_ count: Int, seed: UInt64, scale: Float = 1) -> [Float] {
+    var state = seed &+ 0x9E37_79B9_7F4A_7C15
+    func next() -> Double {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return Double((z ^ (z >> 31)) >> 11) / 9_007_199_254_740_992
+    }
+    return (0..<count).map { _ in
+        Float((-2 * log(max(next(), 1e-300))).squareRoot() * cos(2 * .pi * next())) * scale
+    }
 }

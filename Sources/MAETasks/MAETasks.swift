@@ -1,1 +1,0 @@
-// MAETasks: see Package.swift for what this target holds.

@@ -1,0 +1,40 @@
+import ArgumentParser
+import Foundation
+import MAETasks
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure images/s of a forward pass, a training step or an MAE pretraining step.",
+        discussion: """
+            Runs on random weights and inputs and prints one JSON line with img_per_s, model, mode, \
+            batch_size and threads. Compare with PyTorch on the same cores (scripts/bench_pytorch.py).
+            """)
+
+    @Option(help: "Model preset: vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, vit_huge_patch14, vit_shapes_patch4 (or ViT-B/16, base, ...).")
+    var model = "vit_base_patch16"
+    @Option(help: "Input size in pixels; must be divisible by the patch size.")
+    var imgSize = 224
+    @Option(help: "Images per step.")
+    var batchSize = 8
+    @Option(help: "forward | train | pretrain.")
+    var mode: String = "forward"
+    @Option(help: "Fraction of patches removed in pretrain mode.")
+    var maskRatio = 0.75
+    @Option(help: "Timed iterations (after one warm-up).")
+    var iters = 5
+    @Flag(help: "Also report the share of time per kernel family.")
+    var profile = false
+
+    func run() throws {
+        guard let mode = BenchMode(rawValue: mode) else {
+            throw ValidationError("--mode must be forward, train or pretrain, not '\(self.mode)'.")
+        }
+        let result = try runCLI {
+            try runBenchmark(BenchOptions(model: model, imgSize: imgSize, batchSize: batchSize, mode: mode,
+                                          maskRatio: maskRatio, iters: iters, profile: profile))
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        print(String(decoding: try encoder.encode(result), as: UTF8.self))
+    }
+}
