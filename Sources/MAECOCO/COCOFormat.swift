@@ -1,6 +1,6 @@
-// COCO instances JSON (ground truth) and the COCO results format (detections), read and written
-// through JSONSerialization so the variants real files have (ints written as floats, iscrowd as a
-// bool, missing optional fields, RLE counts as a string or a list) all load.
+// COCO instances JSON (ground truth) and the COCO results format (detections). Reading accepts the
+// variants real files have: ints written as floats, iscrowd as a bool, missing optional fields
+// (info, licenses, area, bbox), RLE counts as a string or a list.
 import Foundation
 
 /// A bad or unreadable COCO file; the description is one sentence naming the file.
@@ -105,7 +105,7 @@ public struct COCODataset: Equatable, Sendable {
     public init(contentsOf url: URL) throws {
         let root = try readJSON(url)
         let file = url.path
-        guard let top = root as? [String: Any] else {
+        guard case .object(let top) = root else {
             throw COCOError(file: file, problem: "expected a JSON object with images, annotations and categories")
         }
         var reader = FieldReader(file: file)
@@ -114,16 +114,16 @@ public struct COCODataset: Equatable, Sendable {
             let o = try reader.object(item)
             return COCOImage(id: try reader.int(o["id"], "id"), width: try reader.int(o["width"], "width"),
                              height: try reader.int(o["height"], "height"),
-                             fileName: o["file_name"] as? String ?? "")
+                             fileName: o["file_name"]?.stringValue ?? "")
         }
         categories = try reader.array(top["categories"], "categories").enumerated().map { i, item in
             reader.context = "categories[\(i)]"
             let o = try reader.object(item)
-            return COCOCategory(id: try reader.int(o["id"], "id"), name: o["name"] as? String ?? "",
-                                supercategory: o["supercategory"] as? String ?? "")
+            return COCOCategory(id: try reader.int(o["id"], "id"), name: o["name"]?.stringValue ?? "",
+                                supercategory: o["supercategory"]?.stringValue ?? "")
         }
         let sizes = Dictionary(images.map { ($0.id, ($0.height, $0.width)) }, uniquingKeysWith: { a, _ in a })
-        annotations = try reader.array(top["annotations"] ?? [Any](), "annotations").enumerated().map { i, item in
+        annotations = try reader.array(top["annotations"] ?? .array([]), "annotations").enumerated().map { i, item in
             reader.context = "annotations[\(i)]"
             let o = try reader.object(item)
             let imageId = try reader.int(o["image_id"], "image_id")
@@ -145,27 +145,32 @@ public struct COCODataset: Equatable, Sendable {
         }
     }
 
-    /// The file as a JSON object (for `JSONSerialization`); masks keep the form they were given in.
-    public func jsonObject() -> [String: Any] {
-        [
-            "images": images.map {
-                ["id": $0.id, "width": $0.width, "height": $0.height, "file_name": $0.fileName] as [String: Any]
-            },
-            "annotations": annotations.map { a -> [String: Any] in
-                var o: [String: Any] = ["id": a.id, "image_id": a.imageId, "category_id": a.categoryId,
-                                        "bbox": a.bbox, "area": a.area, "iscrowd": a.isCrowd ? 1 : 0]
-                if let s = a.segmentation { o["segmentation"] = s.jsonObject() }
-                return o
-            },
-            "categories": categories.map {
-                ["id": $0.id, "name": $0.name, "supercategory": $0.supercategory] as [String: Any]
-            },
-        ]
+    /// The file as JSON; masks keep the form they were given in.
+    public func jsonValue() -> JSONValue {
+        func numbers(_ a: [Double]) -> JSONValue { .array(a.map { .number($0) }) }
+        return .object([
+            "images": .array(images.map {
+                .object(["id": .number(Double($0.id)), "width": .number(Double($0.width)),
+                         "height": .number(Double($0.height)), "file_name": .string($0.fileName)])
+            }),
+            "annotations": .array(annotations.map { a in
+                var o: [String: JSONValue] = [
+                    "id": .number(Double(a.id)), "image_id": .number(Double(a.imageId)),
+                    "category_id": .number(Double(a.categoryId)), "bbox": numbers(a.bbox),
+                    "area": .number(a.area), "iscrowd": .number(a.isCrowd ? 1 : 0)]
+                if let s = a.segmentation { o["segmentation"] = s.jsonValue() }
+                return .object(o)
+            }),
+            "categories": .array(categories.map {
+                .object(["id": .number(Double($0.id)), "name": .string($0.name),
+                         "supercategory": .string($0.supercategory)])
+            }),
+        ])
     }
 
     /// Writes the instances JSON file.
     public func write(to url: URL) throws {
-        try writeJSON(jsonObject(), to: url)
+        try writeJSON(jsonValue(), to: url)
     }
 }
 
@@ -192,7 +197,7 @@ public struct COCODetection: Equatable, Sendable {
     public static func load(contentsOf url: URL) throws -> [COCODetection] {
         let root = try readJSON(url)
         var reader = FieldReader(file: url.path)
-        guard let items = root as? [Any] else {
+        guard case .array(let items) = root else {
             throw COCOError(file: url.path, problem: "expected a JSON array of detections")
         }
         return try items.enumerated().map { i, item in
@@ -202,7 +207,7 @@ public struct COCODetection: Equatable, Sendable {
                 imageId: try reader.int(o["image_id"], "image_id"),
                 categoryId: try reader.int(o["category_id"], "category_id"),
                 score: try reader.double(o["score"], "score"),
-                bbox: try o["bbox"].flatMap { ($0 as? [Any])?.isEmpty == true ? nil : try reader.box($0) },
+                bbox: try o["bbox"].flatMap { $0 == .array([]) || $0 == .null ? nil : try reader.box($0) },
                 segmentation: try o["segmentation"].map { try reader.segmentation($0) })
             if detection.bbox == nil && detection.segmentation == nil {
                 throw reader.error("has neither bbox nor segmentation")
@@ -213,30 +218,42 @@ public struct COCODetection: Equatable, Sendable {
 
     /// Writes detections as a COCO results file.
     public static func write(_ detections: [COCODetection], to url: URL) throws {
-        try writeJSON(detections.map { d -> [String: Any] in
-            var o: [String: Any] = ["image_id": d.imageId, "category_id": d.categoryId, "score": d.score]
-            if let b = d.bbox { o["bbox"] = b }
-            if let s = d.segmentation { o["segmentation"] = s.jsonObject() }
-            return o
-        }, to: url)
+        try writeJSON(.array(detections.map { d in
+            var o: [String: JSONValue] = ["image_id": .number(Double(d.imageId)),
+                                          "category_id": .number(Double(d.categoryId)), "score": .number(d.score)]
+            if let b = d.bbox { o["bbox"] = .array(b.map { .number($0) }) }
+            if let s = d.segmentation { o["segmentation"] = s.jsonValue() }
+            return .object(o)
+        }), to: url)
     }
 }
 
 extension COCOSegmentation {
     /// The JSON form: a list of polygons, or `{"size": [h, w], "counts": string or list}`.
-    public func jsonObject() -> Any {
+    public func jsonValue() -> JSONValue {
         switch self {
-        case .polygons(let p): return p
-        case .rle(let r): return ["size": [r.height, r.width], "counts": r.compressedCounts] as [String: Any]
+        case .polygons(let p): return .array(p.map { .array($0.map { .number($0) }) })
+        case .rle(let r):
+            return .object(["size": .array([.number(Double(r.height)), .number(Double(r.width))]),
+                            "counts": .string(r.compressedCounts)])
         case .uncompressedRLE(let r):
-            return ["size": [r.height, r.width], "counts": r.counts.map { Int($0) }] as [String: Any]
+            return .object(["size": .array([.number(Double(r.height)), .number(Double(r.width))]),
+                            "counts": .array(r.counts.map { .number(Double($0)) })])
         }
+    }
+}
+
+extension JSONValue {
+    /// The string, if this is one.
+    public var stringValue: String? {
+        if case .string(let s) = self { return s }
+        return nil
     }
 }
 
 // MARK: - Reading helpers
 
-private func readJSON(_ url: URL) throws -> Any {
+private func readJSON(_ url: URL) throws -> JSONValue {
     let data: Data
     do {
         data = try Data(contentsOf: url)
@@ -244,22 +261,21 @@ private func readJSON(_ url: URL) throws -> Any {
         throw COCOError(file: url.path, problem: "cannot be read (missing or not a file)")
     }
     do {
-        return try JSONSerialization.jsonObject(with: data, options: [])
-    } catch {
-        throw COCOError(file: url.path, problem: "is not valid JSON")
+        return try JSONValue.parse(data)
+    } catch let e as JSONSyntaxError {
+        throw COCOError(file: url.path, problem: "is not valid JSON (\(e.message))")
     }
 }
 
-private func writeJSON(_ object: Any, to url: URL) throws {
+private func writeJSON(_ value: JSONValue, to url: URL) throws {
     do {
-        let data = try JSONSerialization.data(withJSONObject: object, options: [])
-        try data.write(to: url)
+        try Data(value.serialized().utf8).write(to: url)
     } catch {
         throw COCOError(file: url.path, problem: "cannot be written (\(error.localizedDescription))")
     }
 }
 
-/// Typed access to JSONSerialization values, with errors that say where in which file.
+/// Typed access to JSON values, with errors that say where in which file.
 private struct FieldReader {
     let file: String
     var context = ""
@@ -268,62 +284,59 @@ private struct FieldReader {
         COCOError(file: file, problem: context.isEmpty ? problem : "\(context) \(problem)")
     }
 
-    func object(_ v: Any) throws -> [String: Any] {
-        guard let o = v as? [String: Any] else { throw error("is not a JSON object") }
+    func object(_ v: JSONValue) throws -> [String: JSONValue] {
+        guard case .object(let o) = v else { throw error("is not a JSON object") }
         return o
     }
 
-    func array(_ v: Any?, _ key: String) throws -> [Any] {
-        guard let a = v as? [Any] else { throw error("has no \"\(key)\" list") }
+    func array(_ v: JSONValue?, _ key: String) throws -> [JSONValue] {
+        guard case .array(let a)? = v else { throw error("has no \"\(key)\" list") }
         return a
     }
 
-    func double(_ v: Any?, _ key: String) throws -> Double {
-        guard let v else { throw error("has no \"\(key)\"") }
-        let d: Double
-        if let n = v as? NSNumber {
-            d = n.doubleValue
-        } else if let b = v as? Bool {
-            d = b ? 1 : 0
-        } else {
-            throw error("has a non-numeric \"\(key)\"")
+    func double(_ v: JSONValue?, _ key: String) throws -> Double {
+        switch v {
+        case .number(let d)?:
+            guard d.isFinite else { throw error("has a non-finite \"\(key)\"") }
+            return d
+        case .bool(let b)?: return b ? 1 : 0
+        case nil: throw error("has no \"\(key)\"")
+        default: throw error("has a non-numeric \"\(key)\"")
         }
-        guard d.isFinite else { throw error("has a non-finite \"\(key)\"") }
-        return d
     }
 
-    func int(_ v: Any?, _ key: String) throws -> Int {
+    func int(_ v: JSONValue?, _ key: String) throws -> Int {
         let d = try double(v, key)
         guard d == d.rounded(), abs(d) < 9e15 else { throw error("has a non-integer \"\(key)\" \(d)") }
         return Int(d)
     }
 
-    func numbers(_ v: Any, _ what: String) throws -> [Double] {
-        guard let a = v as? [Any] else { throw error("has a \(what) that is not a list of numbers") }
+    func numbers(_ v: JSONValue, _ what: String) throws -> [Double] {
+        guard case .array(let a) = v else { throw error("has a \(what) that is not a list of numbers") }
         return try a.map { x in
-            guard let n = x as? NSNumber, n.doubleValue.isFinite, abs(n.doubleValue) < 1e8 else {
+            guard case .number(let d) = x, d.isFinite, abs(d) < 1e8 else {
                 throw error("has a \(what) that is not a list of numbers")
             }
-            return n.doubleValue
+            return d
         }
     }
 
-    func box(_ v: Any) throws -> [Double] {
+    func box(_ v: JSONValue) throws -> [Double] {
         let b = try numbers(v, "bbox")
         guard b.count == 4 else { throw error("has a bbox with \(b.count) numbers instead of 4") }
         return b
     }
 
-    func segmentation(_ v: Any) throws -> COCOSegmentation {
-        if let list = v as? [Any] {
+    func segmentation(_ v: JSONValue) throws -> COCOSegmentation {
+        if case .array(let list) = v {
             return .polygons(try list.map { try numbers($0, "polygon") })
         }
-        guard let o = v as? [String: Any], let size = o["size"] as? [Any], size.count == 2 else {
+        guard case .object(let o) = v, case .array(let size)? = o["size"], size.count == 2 else {
             throw error("has a segmentation that is neither polygons nor an RLE with size [h, w]")
         }
         let h = try int(size[0], "size"), w = try int(size[1], "size")
         guard h >= 0, w >= 0, h * w < Int(UInt32.max) else { throw error("has an RLE size out of range") }
-        if let string = o["counts"] as? String {
+        if case .string(let string)? = o["counts"] {
             guard let rle = RLE(compressedCounts: string, height: h, width: w) else {
                 throw error("has a malformed compressed RLE counts string")
             }
@@ -332,7 +345,7 @@ private struct FieldReader {
             }
             return .rle(rle)
         }
-        let counts = try numbers(o["counts"] ?? NSNull(), "counts")
+        let counts = try numbers(o["counts"] ?? .null, "counts")
         guard counts.allSatisfy({ $0 >= 0 && $0 == $0.rounded() }),
               Int(counts.reduce(0, +)) == h * w else {
             throw error("has RLE counts that do not add up to its size \(h) x \(w)")
