@@ -427,3 +427,10 @@ func pairwiseSum(_ a: ArraySlice<Double>) -> Double {
         return pairwiseSum(a[s..<(s + n2)]) + pairwiseSum(a[(s + n2)...])
     }
 }
+
+extension COCOEvalResult {
+    /// `{"iou_type": "bbox" | "segm", "stats": [12 numbers]}`, what `coco-eval --out` writes.
+    public func jsonValue() -> JSONValue {
+        .object(["iou_type": .string(iouType.rawValue), "stats": .array(stats.map { .number($0) })])
+    }
+}

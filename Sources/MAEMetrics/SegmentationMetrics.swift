@@ -126,3 +126,54 @@ func nanMean(_ values: [Double]) -> Double {
     let kept = values.filter { !$0.isNaN }
     return kept.isEmpty ? .nan : pairwiseSum(kept[...]) / Double(kept.count)
 }
+
+// MARK: - Directories of label maps
+
+extension SegmentationMetrics {
+    /// Scores every `.png` label map in `groundTruth` against the file of the same name in
+    /// `predictions` (the whole of `mae-eval seg-eval`). `readLabelMap` decodes one PNG into row-major
+    /// labels; it is passed in so that this target needs no image codec.
+    /// - Returns: the metrics and the number of image pairs scored.
+    /// - Throws: `SegmentationMetricsError` naming the folder or file: a missing folder, no PNGs, a
+    ///   missing prediction, or a prediction whose size differs from its ground truth.
+    public static func evaluateDirectories(
+        groundTruth: URL, predictions: URL, numClasses: Int, ignoreIndex: Int32 = 255, reduceZeroLabel: Bool = false,
+        readLabelMap: (URL) throws -> (width: Int, height: Int, labels: [Int32])
+    ) throws -> (result: SegmentationResult, images: Int) {
+        guard numClasses > 0 else {
+            throw SegmentationMetricsError(image: groundTruth.path, problem: "the number of classes must be positive")
+        }
+        let fm = FileManager.default
+        let names: [String]
+        do {
+            names = try fm.contentsOfDirectory(atPath: groundTruth.path)
+                .filter { $0.lowercased().hasSuffix(".png") }.sorted()
+        } catch {
+            throw SegmentationMetricsError(image: groundTruth.path, problem: "is not a readable folder")
+        }
+        guard !names.isEmpty else {
+            throw SegmentationMetricsError(image: groundTruth.path, problem: "holds no .png label maps")
+        }
+        var isFolder: ObjCBool = false
+        guard fm.fileExists(atPath: predictions.path, isDirectory: &isFolder), isFolder.boolValue else {
+            throw SegmentationMetricsError(image: predictions.path, problem: "is not a readable folder")
+        }
+        var metrics = SegmentationMetrics(numClasses: numClasses, ignoreIndex: ignoreIndex,
+                                          reduceZeroLabel: reduceZeroLabel)
+        for name in names {
+            let gtURL = groundTruth.appendingPathComponent(name), predURL = predictions.appendingPathComponent(name)
+            guard fm.fileExists(atPath: predURL.path) else {
+                throw SegmentationMetricsError(image: predURL.path,
+                                               problem: "is missing (every ground-truth map needs a prediction of the same name)")
+            }
+            let gt = try readLabelMap(gtURL), pred = try readLabelMap(predURL)
+            guard gt.width == pred.width && gt.height == pred.height else {
+                throw SegmentationMetricsError(
+                    image: predURL.path,
+                    problem: "is \(pred.width)x\(pred.height) but its ground truth \(gtURL.path) is \(gt.width)x\(gt.height)")
+            }
+            try metrics.add(prediction: pred.labels, groundTruth: gt.labels, name: predURL.path)
+        }
+        return (metrics.compute(), names.count)
+    }
+}

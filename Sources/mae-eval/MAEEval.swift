@@ -7,5 +7,7 @@ struct MAEEval: ParsableCommand {
         commandName: "mae-eval",
         abstract: "Transfer-learning evaluation of MAE-pretrained Vision Transformers.",
         subcommands: [
+            CocoEvalCommand.self,
+            SegEvalCommand.self,
         ])
 }
