@@ -2,6 +2,8 @@
 """Reference fixtures for Tests/MetricsTests: pycocotools (COCOeval, mask API) and mmseg's metrics.
 
 Run with the project venv:  /work/venv/bin/python scripts/make_metrics_fixtures.py
+With --benchmark DIR it instead writes a COCO-val-sized synthetic pair (5000 images, ~36k annotations,
+100 detections per image with boxes and RLE masks) to DIR for timing `mae-eval coco-eval`.
 Writes Tests/MetricsTests/Fixtures/:
   rle_reference.json          mask API: encode/decode/area/toBbox/merge/iou/frPoly/frBbox/strings
   coco_<case>_gt.json, coco_<case>_dt.json, coco_<case>_expected.json
@@ -324,19 +326,23 @@ def total_area_to_metrics(ti, tu, tp, tl):
 def seg_reference(rng):
     cases = []
     for name, num_classes, ignore_index, reduce_zero in (("plain", 6, 255, False), ("reduce_zero", 5, 255, True),
-                                                         ("ignore_3", 4, 3, False)):
+                                                         ("ignore_3", 4, 3, False), ("absent", 8, 255, False)):
+        # "absent": class 5 is only predicted (IoU 0, Acc NaN), 6-7 occur nowhere (NaN); predictions include 255.
+        used = 6 if name == "absent" else num_classes
         preds, gts = [], []
         for _ in range(4):
             h, w = int(rng.integers(5, 14)), int(rng.integers(5, 14))
-            hi = num_classes + 1 if reduce_zero else num_classes
+            hi = num_classes + 1 if reduce_zero else used
             # Class num_classes - 1 (or its shifted value) never occurs in the ground truth.
             gt = rng.integers(0, hi - 1, (h, w))
             gt[rng.random((h, w)) < 0.15] = 255
             pred = gt.copy()
+            if reduce_zero:  # predictions are in the reduced label space
+                pred = np.where((gt == 0) | (gt == 255), rng.integers(0, num_classes, (h, w)), gt - 1)
             flip = rng.random((h, w)) < 0.35
-            pred[flip] = rng.integers(0, num_classes, flip.sum())
-            if reduce_zero:
-                pred = np.where(pred == 255, 0, pred)
+            pred[flip] = rng.integers(0, used, flip.sum())
+            if name == "absent":
+                pred[rng.random((h, w)) < 0.05] = 255
             preds.append(pred)
             gts.append(gt)
         totals = [np.zeros(num_classes) for _ in range(4)]
@@ -361,7 +367,57 @@ def seg_reference(rng):
     return cases
 
 
+def benchmark(out_dir, n_images=5000, per_image_gt=7.3, dets_per_image=100, n_cats=80):
+    """A COCO val-sized GT/DT pair: polygon GT (some crowd RLE), box + compressed-RLE detections."""
+    rng = np.random.default_rng(7)
+    os.makedirs(out_dir, exist_ok=True)
+    images, anns, dets = [], [], []
+    cats = [{"id": i + 1, "name": f"c{i + 1}", "supercategory": "x"} for i in range(n_cats)]
+    ann_id = 1
+    for img_id in range(1, n_images + 1):
+        h, w = int(rng.integers(360, 640)), int(rng.integers(400, 640))
+        images.append({"id": img_id, "width": w, "height": h, "file_name": f"{img_id:012d}.jpg"})
+        boxes = []
+        for _ in range(int(rng.poisson(per_image_gt))):
+            r = float(np.exp(rng.uniform(np.log(4), np.log(200))))
+            cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+            poly = random_polygon(rng, cx, cy, r, int(rng.integers(5, 16)))
+            pts = np.array(poly).reshape(-1, 2)
+            x0, y0 = pts.min(0)
+            x1, y1 = pts.max(0)
+            bbox = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+            cat = int(rng.integers(1, n_cats + 1))
+            anns.append({"id": ann_id, "image_id": img_id, "category_id": cat, "bbox": bbox,
+                         "area": float(bbox[2] * bbox[3] * 0.7), "iscrowd": int(rng.random() < 0.01),
+                         "segmentation": [poly]})
+            ann_id += 1
+            boxes.append((cat, bbox))
+        det_boxes, det_cats = [], []
+        for _ in range(dets_per_image):
+            if boxes and rng.random() < 0.5:
+                cat, b = boxes[int(rng.integers(len(boxes)))]
+                b = jitter_box(rng, b, 0.1)
+            else:
+                cat = int(rng.integers(1, n_cats + 1))
+                b = [float(rng.uniform(0, w)), float(rng.uniform(0, h)), float(rng.uniform(4, 200)), float(rng.uniform(4, 200))]
+            det_boxes.append(b)
+            det_cats.append(cat)
+        rles = maskUtils.frPyObjects(np.array(det_boxes, dtype=np.float64), h, w)
+        for b, cat, rle in zip(det_boxes, det_cats, rles):
+            dets.append({"image_id": img_id, "category_id": cat, "bbox": [round(v, 2) for v in b],
+                         "score": round(float(rng.random()), 3), "segmentation": s(rle)})
+    with open(os.path.join(out_dir, "gt.json"), "w") as f:
+        json.dump({"images": images, "annotations": anns, "categories": cats}, f)
+    with open(os.path.join(out_dir, "dt.json"), "w") as f:
+        json.dump(dets, f)
+    print(f"{len(images)} images, {len(anns)} annotations, {len(dets)} detections -> {out_dir}")
+
+
 def main():
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "--benchmark":
+        benchmark(sys.argv[2])
+        return
     os.makedirs(OUT, exist_ok=True)
     rng = np.random.default_rng(20240607)
     with open(os.path.join(OUT, "rle_reference.json"), "w") as f:
