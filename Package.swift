@@ -41,7 +41,7 @@ let package = Package(
         /// Benchmarks, pretraining, probes, fine-tuning, reports: one function per CLI command.
         .target(name: "MAETasks", dependencies: ["MAEModels", "MAEData", "MAEMetrics", "MAEFormats"]),
         .executableTarget(name: "mae-eval", dependencies: [
-            "MAETasks", "MAEModels", "MAEData", "MAEMetrics", "MAEFormats",
+            "MAETasks", "MAEModels", "MAEData", "MAEMetrics", "MAEFormats", "MAECOCO", "CPNG",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

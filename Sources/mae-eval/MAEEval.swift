@@ -8,5 +8,7 @@ struct MAEEval: ParsableCommand {
         abstract: "Transfer-learning evaluation of MAE-pretrained Vision Transformers.",
         subcommands: [
             Bench.self,
+            CocoEvalCommand.self,
+            SegEvalCommand.self,
         ])
 }

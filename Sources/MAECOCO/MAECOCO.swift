@@ -1,1 +1,0 @@
-// MAECOCO: see Package.swift for what this target holds.

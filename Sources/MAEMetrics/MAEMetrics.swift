@@ -1,1 +1,0 @@
-// MAEMetrics: see Package.swift for what this target holds.

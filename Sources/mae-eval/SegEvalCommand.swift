@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import MAECOCO
+import MAEMetrics
+
+/// `mae-eval seg-eval`: semantic-segmentation mIoU of predicted label maps, as mmseg computes it.
+struct SegEvalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "seg-eval",
+        abstract: "Semantic-segmentation mIoU / mAcc / aAcc of PNG label maps, as mmseg computes them.",
+        discussion: """
+            Pairs every .png in --gt with the file of the same name in --pred (gray or palette PNGs; \
+            palette PNGs give their palette indices). Intersections and unions are summed per class \
+            over the whole set; classes with no union (IoU) or no ground truth (Acc) are left out of the \
+            means. With --out writes {"mIoU", "mAcc", "aAcc"} in percent and per-class "IoU" and "Acc" in \
+            percent, null where undefined.
+            """)
+
+    @Option(help: ArgumentHelp("Folder of ground-truth label maps.", valueName: "DIR"))
+    var gt: String
+
+    @Option(help: ArgumentHelp("Folder of predicted label maps with the same file names.", valueName: "DIR"))
+    var pred: String
+
+    @Option(name: .customLong("num-classes"), help: "Number of classes (labels 0..<N are scored).")
+    var numClasses: Int
+
+    @Option(name: .customLong("ignore-index"), help: "Ground-truth label of unlabelled pixels.")
+    var ignoreIndex: Int32 = 255
+
+    @Flag(name: .customLong("reduce-zero-label"),
+          help: "ADE20K style: ground-truth 0 is ignored and every other label is shifted down by one.")
+    var reduceZeroLabel = false
+
+    @Option(help: ArgumentHelp("Write the metrics as JSON to this file.", valueName: "FILE.json"))
+    var out: String?
+
+    func validate() throws {
+        guard numClasses > 0 else { throw ValidationError("--num-classes must be positive.") }
+    }
+
+    func run() throws {
+        do {
+            let (result, images) = try SegmentationMetrics.evaluateDirectories(
+                groundTruth: URL(fileURLWithPath: gt), predictions: URL(fileURLWithPath: pred),
+                numClasses: numClasses, ignoreIndex: ignoreIndex, reduceZeroLabel: reduceZeroLabel,
+                readLabelMap: readLabelMapPNG)
+            print("\(images) label maps")
+            print(result.tableLines().joined(separator: "\n"))
+            if let out {
+                let url = URL(fileURLWithPath: out)
+                do {
+                    try Data((result.jsonValue().serialized() + "\n").utf8).write(to: url)
+                } catch {
+                    throw SegmentationMetricsError(image: url.path, problem: "cannot be written")
+                }
+            }
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+}
