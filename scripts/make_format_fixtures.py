@@ -47,6 +47,7 @@ def tiny_mae_state_dict(dim=32, depth=1, ddim=16, ddepth=1, patch=8, grid=2, cha
     """Random weights under MAE's official key names (models_mae.MaskedAutoencoderViT), tiny sizes."""
     sd = collections.OrderedDict()
     L = grid * grid
+    torch.manual_seed(dim * 1000 + depth)
 
     def block(prefix, d):
         sd[prefix + "norm1.weight"] = 1 + 0.1 * torch.randn(d)
@@ -181,10 +182,41 @@ def torch_checkpoints():
             dst.writestr(info.filename, src.read(info.filename))
 
 
+def layouts():
+    """Key names and shapes (no weights) of the checkpoints users bring, built on the meta device."""
+    import json
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    def shapes(sd):
+        return [[k, list(v.shape)] for k, v in sd.items()]
+
+    out = {}
+    with torch.device("meta"):
+        for name in ["vit_base_patch16_224", "vit_base_patch16_224.mae", "vit_large_patch16_224.mae",
+                     "vit_huge_patch14_224.mae", "deit_small_patch16_224", "deit_tiny_distilled_patch16_224",
+                     "vit_tiny_patch16_224", "vit_base_patch16_clip_224"]:
+            out["timm:" + name] = shapes(timm.create_model(name, pretrained=False).state_dict())
+        # MAE's models_vit fine-tuning form: global_pool -> fc_norm, no final norm.
+        ft = VisionTransformer(patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=1000,
+                               global_pool="avg", fc_norm=True)
+        out["mae:finetuned_vit_base"] = shapes(ft.state_dict())
+        # MAE's main_linprobe: head = Sequential(BatchNorm1d(affine=False), Linear), saved under 'model'.
+        lp = VisionTransformer(patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=1000)
+        lp.head = torch.nn.Sequential(torch.nn.BatchNorm1d(768, affine=False, eps=1e-6), lp.head)
+        out["mae:linprobe_vit_base"] = shapes(lp.state_dict())
+        # MAE pretrain ViT-L with the decoder (mae_pretrain_vit_large_full.pth / mae_visualize_vit_large.pth).
+        out["mae:pretrain_full_vit_large"] = shapes(tiny_mae_state_dict(dim=1024, depth=24, ddim=512, ddepth=8,
+                                                                         patch=16, grid=14))
+    with open(os.path.join(OUT, "layouts.json"), "w") as f:
+        json.dump(out, f)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     dtypes()
     torch_checkpoints()
+    layouts()
 
 
 if __name__ == "__main__":
