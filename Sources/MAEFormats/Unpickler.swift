@@ -230,12 +230,14 @@ struct Unpickler {
             case 0x75: let items = try popMark(); try setItems(items) // SETITEMS
             case 0x63: // GLOBAL "module\nname\n"
                 let module = try line(), name = try line()
+                try refuseCodeExecution(module, name)
                 stack.append(make(.global(module + "." + name)))
             case 0x93: // STACK_GLOBAL
                 let name = try pop(), module = try pop()
                 guard case .string(let n) = name.kind, case .string(let m) = module.kind else {
                     throw fail("STACK_GLOBAL needs two strings")
                 }
+                try refuseCodeExecution(m, n)
                 stack.append(make(.global(m + "." + n)))
             case 0x52: let args = try pop(), f = try pop(); stack.append(try call(f, args)) // REDUCE
             case 0x81: let args = try pop(), cls = try pop(); stack.append(try newObject(cls, args)) // NEWOBJ
@@ -247,6 +249,7 @@ struct Unpickler {
             case 0x62: let state = try pop(); try build(try top(), state) // BUILD
             case 0x69: // INST "module\nname\n" with MARKed args
                 let module = try line(), name = try line()
+                try refuseCodeExecution(module, name)
                 let object = make(.object(module + "." + name), items: try popMark())
                 placeholders.append(module + "." + name)
                 stack.append(object)
@@ -274,6 +277,29 @@ struct Unpickler {
             default:
                 throw fail("unsupported pickle opcode 0x\(String(op, radix: 16)) (not one torch.save writes)")
             }
+        }
+    }
+
+    /// Modules whose functions only a code-execution payload would reference (shells, eval, imports,
+    /// file and network access, attribute gadgets). Nothing is ever called either way; refusing makes
+    /// a hostile file fail loudly instead of loading with an inert payload.
+    static let hostileModules: Set<String> = [
+        "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty", "ctypes",
+        "code", "codeop", "pickle", "_pickle", "marshal", "types", "operator", "functools", "webbrowser",
+        "commands", "platform", "asyncio", "multiprocessing", "pdb", "timeit", "io", "_io", "tempfile",
+        "torch.hub", "torch.serialization", "torch.jit", "torch.ops", "torch.utils.cpp_extension",
+    ]
+    /// The only builtins a data pickle uses (sets, complex numbers, slices, bytearrays on protocol 2).
+    static let safeBuiltins: Set<String> = ["set", "frozenset", "complex", "slice", "bytearray", "range"]
+
+    private func refuseCodeExecution(_ module: String, _ name: String) throws {
+        let root = String(module.prefix { $0 != "." })
+        let hostile = Self.hostileModules.contains(module) || Self.hostileModules.contains(root) ||
+            Self.hostileModules.contains(where: { module.hasPrefix($0 + ".") }) ||
+            ((module == "builtins" || module == "__builtin__") && !Self.safeBuiltins.contains(name))
+        if hostile {
+            throw FormatError(source, "refers to \(module).\(name), which only code meant to run on loading needs; " +
+                              "refusing the file as hostile (nothing in it was run)")
         }
     }
 

@@ -109,19 +109,25 @@ final class TorchCheckpointTests: XCTestCase {
         _ = payload
     }
 
-    func testHostileCheckpointsRunNothing() throws {
+    func testHostileCheckpointsAreRefusedAndRunNothing() throws {
         let marker = "/tmp/mae_eval_formats_pwned"
         try? FileManager.default.removeItem(atPath: marker)
-        for name in ["evil_system.pth", "evil_eval.pth"] {
-            let file = try CheckpointFile.open(formatFixture(name))
-            XCTAssertEqual(file.tensors.count, 18, name)  // the weights still load
-            let payload = file.extras.first { $0.key == "payload" }?.value
-            guard case .object(let object)? = payload else { XCTFail("\(name): payload not inert"); continue }
-            XCTAssertTrue(["posix.system", "__builtin__.eval"].contains(object.type), object.type)
-            XCTAssertTrue(object.args.first?.summary().contains(marker) ?? false)
-            XCTAssertEqual(file.placeholders, [object.type])
-        }
+        assertFormatError("evil_system.pth", "refers to posix.system") { try CheckpointFile.open(formatFixture("evil_system.pth")) }
+        assertFormatError("evil_eval.pth", "refers to __builtin__.eval") { try CheckpointFile.open(formatFixture("evil_eval.pth")) }
         XCTAssertFalse(FileManager.default.fileExists(atPath: marker), "a checkpoint ran code")
+    }
+
+    func testUnknownCallsBecomeInertPlaceholders() throws {
+        // {'x': numpy.core.multiarray.scalar('abc', 7)} built by hand: REDUCE on an unknown global.
+        var p = Data([0x80, 0x02, 0x7D, 0x8C, 0x01, 0x78])
+        p.append(contentsOf: Array("cnumpy.core.multiarray\nscalar\n".utf8))
+        p.append(contentsOf: [0x8C, 0x03] + Array("abc".utf8) + [0x4B, 0x07, 0x86, 0x52, 0x73, 0x2E])
+        var u = Unpickler(p, source: "p", tensorBudget: 0) { _, _, _ in Data() }
+        let value = try u.run()
+        guard case .object(let o)? = value["x"] else { return XCTFail("\(value)") }
+        XCTAssertEqual(o.type, "numpy.core.multiarray.scalar")
+        XCTAssertEqual(o.args.map { $0.summary() }, ["abc", "7"])
+        XCTAssertEqual(u.placeholders, ["numpy.core.multiarray.scalar"])
     }
 
     func testBrokenCheckpointsThrowOneSentence() throws {
