@@ -10,5 +10,6 @@ struct MAEEval: ParsableCommand {
             Bench.self,
             CocoEvalCommand.self,
             SegEvalCommand.self,
+            Info.self,
         ])
 }
