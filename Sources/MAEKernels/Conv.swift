@@ -1,7 +1,14 @@
 // 2-D convolution and transposed convolution (groups = 1), NCHW, float32, as torch.nn.Conv2d and
 // torch.nn.ConvTranspose2d. Both lower to im2col / col2im plus one matrix product per image; the
 // product is split over our workers by `BLAS.gemm`, and im2col / col2im over channels, so a batch of
-// one uses every core as well as a large batch does.
+// one uses every core as well as a large batch does. The column matrix is built a band of output rows
+// at a time (see `convColumnBudget`), so its buffer stays small.
+
+/// Floats in one im2col band (8 MB). A buffer this size is recycled by malloc rather than mapped and
+/// page-faulted afresh on every call (a whole 256-channel 64x64 3x3 column matrix is 38 MB, past
+/// glibc's 32 MB mmap threshold: that cost 15 ms of a 70 ms convolution). Tests lower it to
+/// exercise banding on small shapes.
+nonisolated(unsafe) var convColumnBudget = 1 << 21
 
 /// Sizes of a convolution: input (B,C,H,W), weight (OC,C,KH,KW), output (B,OC,OH,OW), with
 /// OH = (H + 2 padH - dilationH (KH - 1) - 1) / strideH + 1 (floor), and likewise OW.
@@ -40,21 +47,26 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>, input: UnsafePointer
                           weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, size s: Conv2dSize) {
     let w = s.window
     let rows = w.rows, cols = w.outH * w.outW, inPlane = s.inChannels * s.height * s.width
-    let scratch: UnsafeMutablePointer<Float>? = s.isPointwise ? nil : .allocate(capacity: rows * cols)
-    defer { scratch?.deallocate() }
+    let bands = w.bands
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: s.isPointwise ? 1 : rows * bands[0].count * w.outW)
+    defer { scratch.deallocate() }
+    let beta: Float = bias == nil ? 0 : 1
     for b in 0..<s.batch {
         let x = input + b * inPlane, y = out + b * s.outChannels * cols
-        let columns: UnsafePointer<Float>
-        if let scratch {
-            im2col(scratch, x, w)
-            columns = UnsafePointer(scratch)
-        } else {
-            columns = x
-        }
         fillRows(y, bias, rows: s.outChannels, width: cols)
-        // y (OC, L) = weight (OC, C KH KW) * columns (C KH KW, L) [+ bias]
-        BLAS.gemm(m: s.outChannels, n: cols, k: rows, a: weight, lda: rows, b: columns, ldb: cols,
-                  beta: bias == nil ? 0 : 1, c: y, ldc: cols)
+        if s.isPointwise {
+            // y (OC, L) = weight (OC, C) * x (C, L) [+ bias]: the input is its own column matrix.
+            BLAS.gemm(m: s.outChannels, n: cols, k: rows, a: weight, lda: rows, b: x, ldb: cols,
+                      beta: beta, c: y, ldc: cols)
+            continue
+        }
+        for band in bands {
+            let n = band.count * w.outW
+            im2col(scratch, x, w, outRows: band)
+            // y[:, band] (OC, n) = weight (OC, C KH KW) * columns (C KH KW, n) [+ bias]
+            BLAS.gemm(m: s.outChannels, n: n, k: rows, a: weight, lda: rows, b: scratch, ldb: n,
+                      beta: beta, c: y + band.lowerBound * w.outW, ldc: cols)
+        }
     }
 }
 
@@ -65,31 +77,45 @@ public func conv2dBackward(dInput: UnsafeMutablePointer<Float>?, dWeight: Unsafe
                            input: UnsafePointer<Float>, weight: UnsafePointer<Float>, size s: Conv2dSize) {
     let w = s.window
     let rows = w.rows, cols = w.outH * w.outW, inPlane = s.inChannels * s.height * s.width
-    let scratch: UnsafeMutablePointer<Float>? = s.isPointwise ? nil : .allocate(capacity: rows * cols)
-    defer { scratch?.deallocate() }
+    if s.isPointwise {
+        pointwiseBackward(dInput: dInput, dWeight: dWeight, dBias: dBias, dOut: dOut, input: input, weight: weight,
+                          size: s)
+        return
+    }
+    let bands = w.bands
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows * bands[0].count * w.outW)
+    defer { scratch.deallocate() }
     for b in 0..<s.batch {
         let x = input + b * inPlane, g = dOut + b * s.outChannels * cols
         if let dBias { sumRows(dBias, g, rows: s.outChannels, width: cols) }
-        let columns: UnsafePointer<Float>
-        if let scratch {
-            im2col(scratch, x, w)
-            columns = UnsafePointer(scratch)
-        } else {
-            columns = x
+        for band in bands {
+            let n = band.count * w.outW, gBand = g + band.lowerBound * w.outW
+            im2col(scratch, x, w, outRows: band)
+            // dWeight (OC, C KH KW) += g[:, band] (OC, n) * columns^T (n, C KH KW)
+            BLAS.gemm(transB: true, m: s.outChannels, n: rows, k: n, a: gBand, lda: cols, b: scratch, ldb: n,
+                      beta: 1, c: dWeight, ldc: rows)
+            guard let dInput else { continue }
+            // dColumns (C KH KW, n) = weight^T (C KH KW, OC) * g[:, band] (OC, n), folded back onto the image.
+            BLAS.gemm(transA: true, m: rows, n: n, k: s.outChannels, a: weight, lda: rows, b: gBand, ldb: cols,
+                      c: scratch, ldc: n)
+            col2im(dInput + b * inPlane, scratch, w, outRows: band)
         }
-        // dWeight (OC, C KH KW) += g (OC, L) * columns^T (L, C KH KW)
-        BLAS.gemm(transB: true, m: s.outChannels, n: rows, k: cols, a: g, lda: cols, b: columns, ldb: cols,
-                  beta: 1, c: dWeight, ldc: rows)
-        guard let dInput else { continue }
-        let dx = dInput + b * inPlane
-        // dColumns (C KH KW, L) = weight^T (C KH KW, OC) * g (OC, L), then folded back onto the image.
-        if let scratch {
-            BLAS.gemm(transA: true, m: rows, n: cols, k: s.outChannels, a: weight, lda: rows, b: g, ldb: cols,
-                      c: scratch, ldc: cols)
-            col2im(dx, scratch, w)
-        } else {
-            BLAS.gemm(transA: true, m: rows, n: cols, k: s.outChannels, a: weight, lda: rows, b: g, ldb: cols,
-                      beta: 1, c: dx, ldc: cols)
+    }
+}
+
+/// conv2dBackward for a 1x1, stride-1, unpadded convolution: the input is its own column matrix.
+private func pointwiseBackward(dInput: UnsafeMutablePointer<Float>?, dWeight: UnsafeMutablePointer<Float>,
+                               dBias: UnsafeMutablePointer<Float>?, dOut: UnsafePointer<Float>,
+                               input: UnsafePointer<Float>, weight: UnsafePointer<Float>, size s: Conv2dSize) {
+    let c = s.inChannels, oc = s.outChannels, l = s.height * s.width
+    for b in 0..<s.batch {
+        let x = input + b * c * l, g = dOut + b * oc * l
+        if let dBias { sumRows(dBias, g, rows: oc, width: l) }
+        // dWeight (OC, C) += g (OC, L) * x^T (L, C); dInput (C, L) += weight^T (C, OC) * g (OC, L)
+        BLAS.gemm(transB: true, m: oc, n: c, k: l, a: g, lda: l, b: x, ldb: l, beta: 1, c: dWeight, ldc: c)
+        if let dInput {
+            BLAS.gemm(transA: true, m: c, n: l, k: oc, a: weight, lda: c, b: g, ldb: l, beta: 1,
+                      c: dInput + b * c * l, ldc: l)
         }
     }
 }
@@ -137,16 +163,20 @@ public func convTranspose2dForward(out: UnsafeMutablePointer<Float>, input: Unsa
                                    size s: ConvTranspose2dSize) {
     let w = s.window
     let rows = w.rows, cols = s.height * s.width, outPlane = s.outHeight * s.outWidth
-    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows * cols)
+    let bands = w.bands
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows * bands[0].count * s.width)
     defer { scratch.deallocate() }
     for b in 0..<s.batch {
         let x = input + b * s.inChannels * cols, y = out + b * s.outChannels * outPlane
-        // columns (OC KH KW, H W) = weight^T (OC KH KW, C) * x (C, H W), then folded onto y.
-        BLAS.gemm(transA: true, m: rows, n: cols, k: s.inChannels, a: weight, lda: rows, b: x, ldb: cols,
-                  c: scratch, ldc: cols)
         if bias == nil { y.update(repeating: 0, count: s.outChannels * outPlane) }
         fillRows(y, bias, rows: s.outChannels, width: outPlane)
-        col2im(y, scratch, w)
+        for band in bands {
+            let n = band.count * s.width
+            // columns (OC KH KW, n) = weight^T (OC KH KW, C) * x[:, band] (C, n), then folded onto y.
+            BLAS.gemm(transA: true, m: rows, n: n, k: s.inChannels, a: weight, lda: rows,
+                      b: x + band.lowerBound * s.width, ldb: cols, c: scratch, ldc: n)
+            col2im(y, scratch, w, outRows: band)
+        }
     }
 }
 
@@ -158,19 +188,23 @@ public func convTranspose2dBackward(dInput: UnsafeMutablePointer<Float>?, dWeigh
                                     size s: ConvTranspose2dSize) {
     let w = s.window
     let rows = w.rows, cols = s.height * s.width, outPlane = s.outHeight * s.outWidth
-    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows * cols)
+    let bands = w.bands
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows * bands[0].count * s.width)
     defer { scratch.deallocate() }
     for b in 0..<s.batch {
         let x = input + b * s.inChannels * cols, g = dOut + b * s.outChannels * outPlane
         if let dBias { sumRows(dBias, g, rows: s.outChannels, width: outPlane) }
-        im2col(scratch, g, w)
-        // dWeight (C, OC KH KW) += x (C, H W) * dColumns^T (H W, OC KH KW)
-        BLAS.gemm(transB: true, m: s.inChannels, n: rows, k: cols, a: x, lda: cols, b: scratch, ldb: cols,
-                  beta: 1, c: dWeight, ldc: rows)
-        // dInput (C, H W) += weight (C, OC KH KW) * dColumns (OC KH KW, H W)
-        if let dInput {
-            BLAS.gemm(m: s.inChannels, n: cols, k: rows, a: weight, lda: rows, b: scratch, ldb: cols,
-                      beta: 1, c: dInput + b * s.inChannels * cols, ldc: cols)
+        for band in bands {
+            let n = band.count * s.width, at = band.lowerBound * s.width
+            im2col(scratch, g, w, outRows: band)
+            // dWeight (C, OC KH KW) += x[:, band] (C, n) * dColumns^T (n, OC KH KW)
+            BLAS.gemm(transB: true, m: s.inChannels, n: rows, k: n, a: x + at, lda: cols, b: scratch, ldb: n,
+                      beta: 1, c: dWeight, ldc: rows)
+            // dInput[:, band] (C, n) += weight (C, OC KH KW) * dColumns (OC KH KW, n)
+            if let dInput {
+                BLAS.gemm(m: s.inChannels, n: n, k: rows, a: weight, lda: rows, b: scratch, ldb: n,
+                          beta: 1, c: dInput + b * s.inChannels * cols + at, ldc: cols)
+            }
         }
     }
 }
@@ -184,6 +218,12 @@ struct ConvWindow {
 
     var rows: Int { channels * kernelH * kernelW }
 
+    /// Output rows split into bands whose column matrix fits `convColumnBudget`; never empty.
+    var bands: [Range<Int>] {
+        let step = max(1, min(outH, convColumnBudget / max(1, rows * outW)))
+        return stride(from: 0, to: outH, by: step).map { $0..<min($0 + step, outH) }
+    }
+
     /// The output columns `ow` whose input column `ow * strideW + offset` lies inside 0..<width.
     @inline(__always)
     func validColumns(offset: Int) -> Range<Int> {
@@ -193,17 +233,19 @@ struct ConvWindow {
     }
 }
 
-/// columns (C KH KW, OH OW), image (C,H,W). Writes `columns`; padding reads as zero.
-func im2col(_ columns: UnsafeMutablePointer<Float>, _ image: UnsafePointer<Float>, _ w: ConvWindow) {
-    let kernel = w.kernelH * w.kernelW, plane = w.outH * w.outW
+/// columns (C KH KW, R OW) for the R output rows `outRows`, image (C,H,W). Writes `columns`;
+/// padding reads as zero.
+func im2col(_ columns: UnsafeMutablePointer<Float>, _ image: UnsafePointer<Float>, _ w: ConvWindow,
+            outRows: Range<Int>) {
+    let kernel = w.kernelH * w.kernelW, plane = outRows.count * w.outW
     Parallel.forRanges(w.rows, grain: 8) { range in
         for row in range {
             let c = row / kernel, kh = (row / w.kernelW) % w.kernelH, kw = row % w.kernelW
             let src = image + c * w.height * w.width, dst = columns + row * plane
             let offset = kw * w.dilationW - w.padW
             let valid = w.validColumns(offset: offset)
-            for oh in 0..<w.outH {
-                let d = dst + oh * w.outW
+            for oh in outRows {
+                let d = dst + (oh - outRows.lowerBound) * w.outW
                 let ih = oh * w.strideH - w.padH + kh * w.dilationH
                 guard ih >= 0 && ih < w.height else { d.update(repeating: 0, count: w.outW); continue }
                 d.update(repeating: 0, count: valid.lowerBound)
@@ -219,10 +261,11 @@ func im2col(_ columns: UnsafeMutablePointer<Float>, _ image: UnsafePointer<Float
     }
 }
 
-/// image (C,H,W) += columns (C KH KW, OH OW) folded back: the adjoint of `im2col`. Split over
-/// channels, so no two workers write the same pixel.
-func col2im(_ image: UnsafeMutablePointer<Float>, _ columns: UnsafePointer<Float>, _ w: ConvWindow) {
-    let kernel = w.kernelH * w.kernelW, plane = w.outH * w.outW
+/// image (C,H,W) += columns (C KH KW, R OW) of the output rows `outRows` folded back: the adjoint
+/// of `im2col`. Split over channels, so no two workers write the same pixel.
+func col2im(_ image: UnsafeMutablePointer<Float>, _ columns: UnsafePointer<Float>, _ w: ConvWindow,
+            outRows: Range<Int>) {
+    let kernel = w.kernelH * w.kernelW, plane = outRows.count * w.outW
     Parallel.forRanges(w.channels) { range in
         for c in range {
             let dst = image + c * w.height * w.width
@@ -231,10 +274,10 @@ func col2im(_ image: UnsafeMutablePointer<Float>, _ columns: UnsafePointer<Float
                 let src = columns + (c * kernel + k) * plane
                 let offset = kw * w.dilationW - w.padW
                 let valid = w.validColumns(offset: offset)
-                for oh in 0..<w.outH {
+                for oh in outRows {
                     let ih = oh * w.strideH - w.padH + kh * w.dilationH
                     guard ih >= 0 && ih < w.height else { continue }
-                    let s = src + oh * w.outW, d = dst + ih * w.width + offset
+                    let s = src + (oh - outRows.lowerBound) * w.outW, d = dst + ih * w.width + offset
                     if w.strideW == 1 {
                         for ow in valid { d[ow] += s[ow] }
                     } else {

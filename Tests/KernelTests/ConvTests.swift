@@ -1,4 +1,4 @@
-import MAEKernels
+@testable import MAEKernels
 import TestSupport
 import XCTest
 
@@ -120,10 +120,24 @@ private func naiveConvT(_ x: [Float], _ w: [Float], _ b: [Float]?, _ s: ConvTran
     return out.map { Float($0) }
 }
 
+/// Runs `body` with im2col bands of at most `floats` floats (one output row at least), then
+/// restores the default, so small shapes exercise the banded products too.
+private func withColumnBudget(_ floats: Int, _ body: () throws -> Void) rethrows {
+    let saved = convColumnBudget
+    convColumnBudget = floats
+    defer { convColumnBudget = saved }
+    try body()
+}
+
 final class ConvTests: XCTestCase {
     // MARK: PyTorch parity
 
     func testConv2dMatchesPyTorch() throws {
+        try checkConv2dAgainstPyTorch()
+        try withColumnBudget(1) { try checkConv2dAgainstPyTorch() }
+    }
+
+    private func checkConv2dAgainstPyTorch() throws {
         let fx = try ImageOpFixtures.load()
         let cases = fx.cases("conv2d")
         XCTAssertEqual(cases.count, 7)
@@ -149,6 +163,11 @@ final class ConvTests: XCTestCase {
     }
 
     func testConvTranspose2dMatchesPyTorch() throws {
+        try checkConvTranspose2dAgainstPyTorch()
+        try withColumnBudget(1) { try checkConvTranspose2dAgainstPyTorch() }
+    }
+
+    private func checkConvTranspose2dAgainstPyTorch() throws {
         let fx = try ImageOpFixtures.load()
         let cases = fx.cases("conv_transpose2d")
         XCTAssertEqual(cases.count, 5)
@@ -234,8 +253,18 @@ final class ConvTests: XCTestCase {
 
     /// Shapes big enough for `BLAS.gemm` to split its products over workers. The forward is checked
     /// against the definition; the backward through the adjoint identities of a linear map:
-    /// <conv(x, w), g> = <x, dInput> = <w, dWeight> (no bias).
+    /// <conv(x, w), g> = <x, dInput> = <w, dWeight> (no bias). Run whole and in uneven bands.
     func testConv2dMatchesDirectLoopsOnLargerShape() {
+        checkLargeConv2d()
+        withColumnBudget(16_000) { checkLargeConv2d() }
+    }
+
+    func testConvTranspose2dMatchesDirectLoopsOnLargerShape() {
+        checkLargeConvTranspose2d()
+        withColumnBudget(16_000) { checkLargeConvTranspose2d() }
+    }
+
+    private func checkLargeConv2d() {
         let s = Conv2dSize(batch: 2, inChannels: 32, height: 20, width: 19, outChannels: 40, kernel: (3, 3),
                            stride: (1, 1), padding: (1, 1))
         var rng = TestRandom(seed: 3)
@@ -250,7 +279,7 @@ final class ConvTests: XCTestCase {
         XCTAssertEqual(dot(w, dw), y, accuracy: 1e-4 * abs(y) + 1e-2, "<w, dWeight>")
     }
 
-    func testConvTranspose2dMatchesDirectLoopsOnLargerShape() {
+    private func checkLargeConvTranspose2d() {
         let s = ConvTranspose2dSize(batch: 2, inChannels: 64, height: 12, width: 11, outChannels: 32,
                                     kernel: (3, 3), stride: (2, 2), padding: (1, 1), outputPadding: (1, 1))
         var rng = TestRandom(seed: 4)
