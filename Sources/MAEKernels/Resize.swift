@@ -115,26 +115,35 @@ final class InterpolationTaps {
 
 // MARK: - Separable resampling
 
-/// out (B,C,OH,OW) = rows (OH,H) * input plane (H,W) * cols (OW,W)^T, plane by plane. Writes `out`.
+/// out (B,C,OH,OW) = rows (OH,H) * input plane (H,W) * cols (OW,W)^T, plane by plane, in two
+/// passes: along each input row into tmp (H,OW), then down the columns, a contiguous multiply-add
+/// of whole rows. Each output sums its column taps first, as torch does. Writes `out`.
 private func resampleForward(_ out: UnsafeMutablePointer<Float>, _ input: UnsafePointer<Float>,
                              _ s: Resample2dSize, rows: InterpolationTaps, cols: InterpolationTaps) {
-    let inPlane = s.height * s.width, outPlane = s.outHeight * s.outWidth
+    let inPlane = s.height * s.width, outPlane = s.outHeight * s.outWidth, ow = s.outWidth
     let ty = rows.taps, tx = cols.taps
     let iy = rows.index, wy = rows.weight, ix = cols.index, wx = cols.weight
     withExtendedLifetime((rows, cols)) {
         Parallel.forRanges(s.planes) { planes in
+            let tmp = UnsafeMutablePointer<Float>.allocate(capacity: s.height * ow)
+            defer { tmp.deallocate() }
             for p in planes {
                 let x = input + p * inPlane, y = out + p * outPlane
+                for h in 0..<s.height {
+                    let row = x + h * s.width, t = tmp + h * ow
+                    for j in 0..<ow {
+                        var r: Float = 0
+                        for b in 0..<tx { r += wx[j * tx + b] * row[ix[j * tx + b]] }
+                        t[j] = r
+                    }
+                }
                 for oh in 0..<s.outHeight {
-                    for ow in 0..<s.outWidth {
-                        var acc: Float = 0
-                        for a in 0..<ty {
-                            let row = x + iy[oh * ty + a] * s.width
-                            var r: Float = 0
-                            for b in 0..<tx { r += wx[ow * tx + b] * row[ix[ow * tx + b]] }
-                            acc += wy[oh * ty + a] * r
-                        }
-                        y[oh * s.outWidth + ow] = acc
+                    let d = y + oh * ow
+                    let w0 = wy[oh * ty], t0 = tmp + iy[oh * ty] * ow
+                    for j in 0..<ow { d[j] = w0 * t0[j] }
+                    for a in 1..<ty {
+                        let wa = wy[oh * ty + a], ta = tmp + iy[oh * ty + a] * ow
+                        for j in 0..<ow { d[j] += wa * ta[j] }
                     }
                 }
             }
@@ -142,24 +151,32 @@ private func resampleForward(_ out: UnsafeMutablePointer<Float>, _ input: Unsafe
     }
 }
 
-/// dInput (B,C,H,W) += rows^T * dOut plane * cols: the adjoint of `resampleForward`.
+/// dInput (B,C,H,W) += rows^T * dOut plane * cols: the adjoint of `resampleForward`, its two
+/// passes in reverse (dOut rows gathered into dTmp (H,OW), then scattered along each input row).
 private func resampleBackward(_ dInput: UnsafeMutablePointer<Float>, _ dOut: UnsafePointer<Float>,
                               _ s: Resample2dSize, rows: InterpolationTaps, cols: InterpolationTaps) {
-    let inPlane = s.height * s.width, outPlane = s.outHeight * s.outWidth
+    let inPlane = s.height * s.width, outPlane = s.outHeight * s.outWidth, ow = s.outWidth
     let ty = rows.taps, tx = cols.taps
     let iy = rows.index, wy = rows.weight, ix = cols.index, wx = cols.weight
     withExtendedLifetime((rows, cols)) {
         Parallel.forRanges(s.planes) { planes in
+            let tmp = UnsafeMutablePointer<Float>.allocate(capacity: s.height * ow)
+            defer { tmp.deallocate() }
             for p in planes {
                 let dx = dInput + p * inPlane, g = dOut + p * outPlane
+                tmp.update(repeating: 0, count: s.height * ow)
                 for oh in 0..<s.outHeight {
-                    for ow in 0..<s.outWidth {
-                        let v = g[oh * s.outWidth + ow]
-                        for a in 0..<ty {
-                            let row = dx + iy[oh * ty + a] * s.width
-                            let va = v * wy[oh * ty + a]
-                            for b in 0..<tx { row[ix[ow * tx + b]] += va * wx[ow * tx + b] }
-                        }
+                    let gRow = g + oh * ow
+                    for a in 0..<ty {
+                        let wa = wy[oh * ty + a], ta = tmp + iy[oh * ty + a] * ow
+                        for j in 0..<ow { ta[j] += wa * gRow[j] }
+                    }
+                }
+                for h in 0..<s.height {
+                    let row = dx + h * s.width, t = tmp + h * ow
+                    for j in 0..<ow {
+                        let v = t[j]
+                        for b in 0..<tx { row[ix[j * tx + b]] += wx[j * tx + b] * v }
                     }
                 }
             }
