@@ -49,7 +49,8 @@ let package = Package(
         /// Comparison helpers and the PyTorch reference fixtures (copied from ../shared/fixtures).
         .target(name: "TestSupport", dependencies: ["MAEKernels", "MAEFormats"], path: "Tests/TestSupport",
                 resources: [.copy("Fixtures")]),
-        .testTarget(name: "KernelTests", dependencies: ["MAEKernels", "TestSupport"]),
+        .testTarget(name: "KernelTests", dependencies: ["MAEKernels", "TestSupport"],
+                    resources: [.copy("Fixtures")]),
         .testTarget(name: "ModelTests", dependencies: ["MAEModels", "TestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "FormatTests", dependencies: ["MAEFormats", "MAEModels", "TestSupport"],
