@@ -54,7 +54,7 @@ let package = Package(
         .testTarget(name: "FormatTests", dependencies: ["MAEFormats", "MAEModels", "TestSupport"]),
         .testTarget(name: "MetricsTests", dependencies: ["MAEMetrics", "MAECOCO", "TestSupport"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "DataTests", dependencies: ["MAEData", "TestSupport"]),
+        .testTarget(name: "DataTests", dependencies: ["MAEData", "TestSupport"], resources: [.copy("Fixtures")]),
     ],
     swiftLanguageModes: [.v5]
 )
