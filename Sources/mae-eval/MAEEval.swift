@@ -7,5 +7,6 @@ struct MAEEval: ParsableCommand {
         commandName: "mae-eval",
         abstract: "Transfer-learning evaluation of MAE-pretrained Vision Transformers.",
         subcommands: [
+            DataCommand.self,
         ])
 }
