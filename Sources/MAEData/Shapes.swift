@@ -137,7 +137,8 @@ public enum ShapesDataset {
     static func classification(_ folder: URL, stream: Int, count: Int, size: Int, seed: UInt64, labeled: Bool) throws {
         try parallel(count) { i in
             var rng = SeededRNG(seed: seed, epoch: stream, index: i)
-            let (image, label) = classificationImage(size: size, rng: &rng)
+            // Classes in turn, so every split is balanced and every class folder has images.
+            let (image, label) = classificationImage(size: size, label: i % classes.count, rng: &rng)
             let sub = labeled ? classes[label] : "unlabeled"
             let name = labeled ? String(format: "%@_%06d.png", classes[label], i) : String(format: "%06d.png", i)
             try ImageCodec.writePNG(image, to: folder.appendingPathComponent(sub).appendingPathComponent(name))
@@ -171,10 +172,9 @@ public enum ShapesDataset {
 
     // MARK: - Images
 
-    /// One classification image: a dominant shape (the label) among smaller distractors.
-    static func classificationImage(size: Int, rng: inout SeededRNG) -> (RGBImage, Int) {
+    /// One classification image: a dominant shape of class `label` among smaller distractors.
+    static func classificationImage(size: Int, label: Int, rng: inout SeededRNG) -> (RGBImage, Int) {
         var canvas = Canvas(size: size, rng: &rng)
-        let label = rng.below(classes.count)
         let s = Double(size)
         let main = Placement.random(cls: label, radius: s * rng.uniform(0.22, 0.36), size: s, canvas: canvas, rng: &rng)
         var distractors: [Placement] = []

@@ -150,6 +150,8 @@ public struct RandomResizedCrop: Sendable {
 
 /// A per-sample image transform: decoded image in, augmented image out, randomness from `rng`.
 public protocol ImageTransform: Sendable {
+    /// The side of the square images `apply` returns.
+    var size: Int { get }
     func apply(_ image: RGBImage, rng: inout SeededRNG) -> RGBImage
 }
 

@@ -7,7 +7,7 @@ struct DataCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "data",
         abstract: "Generate and inspect datasets.",
-        subcommands: [ShapesCommand.self])
+        subcommands: [ShapesCommand.self, LoaderBenchCommand.self])
 }
 
 /// `mae-eval data shapes`: writes the procedural Shapes dataset.
@@ -65,5 +65,41 @@ struct ShapesCommand: ParsableCommand {
             ? try ShapesDataset.generate(to: root, size: size, seed: seed, counts: counts, sceneSize: sceneSize)
             : try ShapesDataset.ensure(at: root, size: size, seed: seed, counts: counts, sceneSize: sceneSize)
         print(String(format: "%@ (%.1f s)", paths.root.path, Date().timeIntervalSince(start)))
+    }
+}
+
+/// `mae-eval data loader-bench`: how fast the loader decodes and augments a folder.
+struct LoaderBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loader-bench",
+        abstract: "Measure loader throughput (decode + augment + normalise) in images/s; prints one JSON line.")
+
+    @Option(name: .long, help: "An ImageFolder dataset.")
+    var data: String
+
+    @Option(name: .long, help: "Output side in pixels.")
+    var size: Int = 224
+
+    @Option(name: .long, help: "train (RandomResizedCrop + flip) or eval (resize + center crop).")
+    var mode: String = "train"
+
+    @Option(name: .long, help: "Background threads.")
+    var workers: Int = 2
+
+    @Option(name: .long, help: "Images per batch.")
+    var batchSize: Int = 32
+
+    func run() throws {
+        let folder = try ImageFolder(root: URL(fileURLWithPath: data))
+        let transform: MAETransform = mode == "eval"
+            ? .eval(size: size, cropRatio: 0.875) : .train(RandomResizedCrop(size: size, scale: 0.2...1))
+        let loader = DataLoader(source: folder, transform: transform, batchSize: batchSize, workers: workers)
+        let start = Date()
+        var images = 0
+        let it = loader.epoch(0)
+        while let batch = try it.next() { images += batch.count }
+        let seconds = Date().timeIntervalSince(start)
+        print(String(format: "{\"img_per_s\": %.1f, \"images\": %d, \"size\": %d, \"mode\": \"%@\", \"workers\": %d}",
+                     Double(images) / seconds, images, size, mode, workers))
     }
 }
