@@ -11,5 +11,6 @@ struct MAEEval: ParsableCommand {
             CocoEvalCommand.self,
             SegEvalCommand.self,
             Info.self,
+            DataCommand.self,
         ])
 }

@@ -1,0 +1,169 @@
+import Foundation
+
+/// Something the loader can read samples from, by index.
+public protocol DataSource: Sendable {
+    var count: Int { get }
+    func label(_ index: Int) -> Int
+    /// Decodes sample `index`; errors name the file.
+    func image(_ index: Int) throws -> RGBImage
+}
+
+extension ImageFolder: DataSource {
+    public func label(_ index: Int) -> Int { samples[index].label }
+    public func image(_ index: Int) throws -> RGBImage { try ImageCodec.decode(contentsOf: samples[index].url) }
+}
+
+extension CIFARDataset: DataSource {
+    public func label(_ index: Int) -> Int { labels[index] }
+}
+
+/// One batch: normalised images and their labels, in the epoch's order.
+public struct Batch: Sendable {
+    /// (B, 3, S, S) floats, ImageNet-normalised, CHW per image.
+    public var images: [Float]
+    public var labels: [Int]
+    /// Dataset index of each image.
+    public var indices: [Int]
+    public var count: Int { labels.count }
+}
+
+/// Decodes and augments batches on background threads ahead of the consumer.
+///
+/// Determinism: the epoch's order is a Fisher-Yates shuffle drawn from (seed, epoch), and each
+/// sample's augmentation from its own stream (seed, epoch, dataset index); a batch is filled by
+/// one worker and handed out strictly in order, so the batches are the same for any number of
+/// workers and any thread timing. Memory is bounded: at most `prefetch` batches are being built
+/// or waiting at any time.
+public final class DataLoader: Sendable {
+    public let source: any DataSource
+    public let transform: any ImageTransform
+    public let batchSize: Int
+    public let seed: UInt64
+    public let shuffle: Bool
+    public let dropLast: Bool
+    /// Background threads; 0 builds each batch on the consumer's thread when it is asked for.
+    public let workers: Int
+    public let prefetch: Int
+
+    public init(source: any DataSource, transform: any ImageTransform, batchSize: Int, seed: UInt64 = 0,
+                shuffle: Bool = true, dropLast: Bool = false, workers: Int = 2, prefetch: Int? = nil) {
+        precondition(batchSize > 0, "batch size must be positive")
+        self.source = source
+        self.transform = transform
+        self.batchSize = batchSize
+        self.seed = seed
+        self.shuffle = shuffle
+        self.dropLast = dropLast
+        self.workers = max(0, workers)
+        self.prefetch = max(1, prefetch ?? 2 * max(1, workers))
+    }
+
+    /// Number of batches per epoch.
+    public var batchCount: Int {
+        dropLast ? source.count / batchSize : (source.count + batchSize - 1) / batchSize
+    }
+
+    /// The sample order of `epoch`.
+    public func order(epoch: Int) -> [Int] {
+        var order = Array(0..<source.count)
+        guard shuffle else { return order }
+        var rng = SeededRNG(seed: seed, epoch: epoch, index: -1)
+        for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, rng.below(i + 1)) }
+        return order
+    }
+
+    /// Builds batch `b` of an epoch whose order is `order`.
+    func makeBatch(_ b: Int, order: [Int], epoch: Int) throws -> Batch {
+        let indices = Array(order[(b * batchSize)..<min(order.count, (b + 1) * batchSize)])
+        let s = transform.size, plane = 3 * s * s
+        var images = [Float](repeating: 0, count: indices.count * plane)
+        try images.withUnsafeMutableBufferPointer { out in
+            for (k, index) in indices.enumerated() {
+                var rng = SeededRNG(seed: seed, epoch: epoch, index: index)
+                let image = transform.apply(try source.image(index), rng: &rng)
+                image.writeNormalizedCHW(into: out.baseAddress! + k * plane)
+            }
+        }
+        return Batch(images: images, labels: indices.map(source.label), indices: indices)
+    }
+
+    /// The batches of `epoch`; `while let batch = try it.next() { ... }`.
+    public func epoch(_ epoch: Int) -> EpochIterator {
+        EpochIterator(loader: self, epoch: epoch)
+    }
+
+    /// Hands out one epoch's batches in order while workers build the next ones.
+    public final class EpochIterator {
+        let loader: DataLoader
+        let epoch: Int
+        let order: [Int]
+        let total: Int
+        let state = State()
+
+        /// Shared between the consumer and the workers, guarded by `cond`.
+        final class State: @unchecked Sendable {
+            let cond = NSCondition()
+            var nextToStart = 0
+            var nextToConsume = 0
+            var ready: [Int: Result<Batch, Error>] = [:]
+            var cancelled = false
+        }
+
+        init(loader: DataLoader, epoch: Int) {
+            self.loader = loader
+            self.epoch = epoch
+            order = loader.order(epoch: epoch)
+            total = loader.batchCount
+            for _ in 0..<loader.workers {
+                let thread = Thread { [state, loader, order, total, epoch] in
+                    EpochIterator.work(state: state, loader: loader, order: order, total: total, epoch: epoch)
+                }
+                thread.name = "mae-data-loader"
+                thread.start()
+            }
+        }
+
+        deinit {
+            state.cond.lock()
+            state.cancelled = true
+            state.cond.broadcast()
+            state.cond.unlock()
+        }
+
+        static func work(state: State, loader: DataLoader, order: [Int], total: Int, epoch: Int) {
+            while true {
+                state.cond.lock()
+                while !state.cancelled && state.nextToStart < total
+                        && state.nextToStart >= state.nextToConsume + loader.prefetch {
+                    state.cond.wait()
+                }
+                if state.cancelled || state.nextToStart >= total { state.cond.unlock(); return }
+                let b = state.nextToStart
+                state.nextToStart += 1
+                state.cond.unlock()
+                let result = Result { try loader.makeBatch(b, order: order, epoch: epoch) }
+                state.cond.lock()
+                state.ready[b] = result
+                state.cond.broadcast()
+                state.cond.unlock()
+            }
+        }
+
+        /// The next batch, nil at the end of the epoch; rethrows the first decoding error.
+        public func next() throws -> Batch? {
+            let b = state.nextToConsume
+            guard b < total else { return nil }
+            if loader.workers == 0 {
+                state.nextToConsume += 1
+                return try loader.makeBatch(b, order: order, epoch: epoch)
+            }
+            state.cond.lock()
+            while state.ready[b] == nil { state.cond.wait() }
+            let result = state.ready.removeValue(forKey: b)!
+            state.nextToConsume += 1
+            state.cond.broadcast()
+            state.cond.unlock()
+            return try result.get()
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// MAEData: see Package.swift for what this target holds.

@@ -1,0 +1,57 @@
+/// A small seeded generator (SplitMix64) whose streams are derived from (seed, epoch, sample
+/// index), so every sample's augmentation depends only on those three numbers and never on which
+/// thread ran it or when.
+public struct SeededRNG: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+
+    /// A generator for one seed.
+    public init(seed: UInt64) {
+        state = SeededRNG.mix(seed &+ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// The stream of one sample in one epoch: independent of every other (seed, epoch, index).
+    public init(seed: UInt64, epoch: Int, index: Int) {
+        var s = SeededRNG.mix(seed &+ 0x9E37_79B9_7F4A_7C15)
+        s = SeededRNG.mix(s ^ UInt64(bitPattern: Int64(epoch)) &* 0xD1B5_4A32_D192_ED03)
+        s = SeededRNG.mix(s ^ UInt64(bitPattern: Int64(index)) &* 0x8CB9_2BA7_2F3D_8DD7)
+        state = s
+    }
+
+    /// SplitMix64's finaliser.
+    static func mix(_ z0: UInt64) -> UInt64 {
+        var z = z0
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        return SeededRNG.mix(state)
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    public mutating func unit() -> Double {
+        Double(next() >> 11) * 0x1.0p-53
+    }
+
+    /// Uniform in [lo, hi).
+    public mutating func uniform(_ lo: Double, _ hi: Double) -> Double {
+        lo + (hi - lo) * unit()
+    }
+
+    /// Uniform integer in 0..<n (n > 0), by rejection so it is exactly uniform; our own rather than
+    /// `Int.random(in:)` so the stream cannot change with the standard library.
+    public mutating func below(_ n: Int) -> Int {
+        precondition(n > 0, "below(n) needs n > 0")
+        let bound = UInt64(n)
+        let limit = UInt64.max - UInt64.max % bound
+        while true {
+            let r = next()
+            if r < limit { return Int(r % bound) }
+        }
+    }
+
+    /// True with probability p.
+    public mutating func chance(_ p: Double) -> Bool { unit() < p }
+}

@@ -1,0 +1,61 @@
+import Foundation
+import MAEData
+import XCTest
+
+final class CodecTests: XCTestCase {
+    /// Every PNG and JPEG flavour decodes to the bytes PIL's `.convert('RGB')` gives.
+    func testDecodeMatchesPIL() throws {
+        for c in try Fixtures.cases("decode") {
+            let name = c["file"] as! String
+            let image = try ImageCodec.decode(contentsOf: Fixtures.url(name))
+            XCTAssertEqual(image.width, c["width"] as? Int, name)
+            XCTAssertEqual(image.height, c["height"] as? Int, name)
+            assertBytesEqual(image.pixels, try Fixtures.bytes(name + ".rgb"), name)
+        }
+    }
+
+    /// Label maps give palette indices (VOC), gray values (ADE) and 16-bit values as numpy does.
+    func testLabelMapsMatchNumpy() throws {
+        for c in try Fixtures.cases("labels") {
+            let name = c["file"] as! String
+            let map = try LabelMapCodec.read(contentsOf: Fixtures.url(name))
+            XCTAssertEqual(map.width, c["width"] as? Int, name)
+            XCTAssertEqual(map.height, c["height"] as? Int, name)
+            XCTAssertEqual(map.labels, try Fixtures.int32s(name + ".i32"), name)
+        }
+    }
+
+    func testBrokenFilesThrowErrorsNamingTheFile() throws {
+        for name in try Fixtures.index()["errors"] as! [String] {
+            XCTAssertThrowsError(try ImageCodec.decode(contentsOf: Fixtures.url(name)), name) { error in
+                let text = "\(error)"
+                XCTAssertTrue(text.contains(name), "error for \(name) does not name it: \(text)")
+                XCTAssertFalse(text.contains("\n"), "error for \(name) is not one line: \(text)")
+            }
+        }
+        XCTAssertThrowsError(try ImageCodec.decode(contentsOf: Fixtures.url("missing.png"))) { error in
+            XCTAssertTrue("\(error)".contains("missing.png: does not exist"), "\(error)")
+        }
+    }
+
+    func testPNGWriteRoundTrip() throws {
+        let folder = temporaryFolder()
+        var image = RGBImage(width: 5, height: 3)
+        for i in 0..<image.pixels.count { image.pixels[i] = UInt8(i * 7 % 256) }
+        let url = folder.appendingPathComponent("a.png")
+        try ImageCodec.writePNG(image, to: url)
+        XCTAssertEqual(try ImageCodec.decode(contentsOf: url), image)
+
+        for labels: [Int32] in [[0, 1, 255, 7, 3, 2], [0, 300, 65535, 1, 2, 3]] {
+            let map = LabelMap(width: 3, height: 2, labels: labels)
+            let mapURL = folder.appendingPathComponent("l.png")
+            try LabelMapCodec.writePNG(map, to: mapURL)
+            XCTAssertEqual(try LabelMapCodec.read(contentsOf: mapURL), map)
+        }
+        XCTAssertThrowsError(try LabelMapCodec.writePNG(LabelMap(width: 1, height: 1, labels: [-1]),
+                                                        to: folder.appendingPathComponent("neg.png")))
+        XCTAssertThrowsError(try LabelMapCodec.read(contentsOf: Fixtures.url("rgb8.png"))) { error in
+            XCTAssertTrue("\(error)".contains("rgb8.png"))
+        }
+    }
+}
