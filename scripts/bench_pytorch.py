@@ -14,7 +14,7 @@ from timm.models.vision_transformer import Block
 PRESETS = {  # name: (width, depth, heads, patch)
     "vit_tiny_patch16": (192, 12, 3, 16), "vit_small_patch16": (384, 12, 6, 16),
     "vit_base_patch16": (768, 12, 12, 16), "vit_large_patch16": (1024, 24, 16, 16),
-    "vit_huge_patch14": (1280, 32, 16, 14), "vit_shapes_patch4": (192, 6, 3, 4),
+    "vit_huge_patch14": (1280, 32, 16, 14), "vit_shapes_patch4": (128, 6, 4, 4),
 }
 
 
@@ -76,7 +76,7 @@ def main():
     x = torch.randn(a.batch_size, 3, a.img_size, a.img_size)
     y = torch.randint(0, 1000, (a.batch_size,))
     if a.mode == "pretrain":
-        dd, ddepth, dheads = (128, 2, 4) if a.model == "vit_shapes_patch4" else (512, 8, 16)
+        dd, ddepth, dheads = (64, 4, 4) if a.model == "vit_shapes_patch4" else (512, 8, 16)
         model = MAE(a.img_size, patch, dim, depth, heads, dd, ddepth, dheads)
     else:
         model = timm.models.vision_transformer.VisionTransformer(

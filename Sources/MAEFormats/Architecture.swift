@@ -1,7 +1,7 @@
 import Foundation
 
 /// How the classifier pools tokens.
-public enum Pooling: String, Sendable {
+public enum Pooling: String, Codable, CaseIterable, Sendable {
     /// The cls token after the final `norm` (MAE's linear probe, timm's default).
     case cls
     /// The mean of the patch tokens, then `fc_norm` (MAE fine-tuning with global_pool).
@@ -113,7 +113,11 @@ public func inferArchitecture(shapes w: [String: [Int]], metadata: [String: Stri
     if let heads = config.flatMap({ firstInt($0, ["heads", "num_heads", "numHeads"]) }) {
         arch.numHeads = heads
         arch.headsSource = .metadata
-        arch.decoder?.numHeads = config.flatMap { firstInt($0, ["dheads", "decoder_num_heads", "decoderHeads", "decoder_heads"]) }
+        // Flat keys (the reference fixtures) or mae-eval's nested ViTConfig ({"decoder": {"numHeads": ...}}).
+        arch.decoder?.numHeads = config.flatMap {
+            firstInt($0, ["dheads", "decoder_num_heads", "decoderHeads", "decoder_heads"])
+                ?? $0["decoder"].flatMap { firstInt($0, ["numHeads", "num_heads", "heads"]) }
+        }
     } else if let preset = vitHeadPresets.first(where: { $0.width == dim && $0.depth == depth }) {
         arch.numHeads = preset.heads
         arch.headsSource = .preset

@@ -1,10 +1,4 @@
-/// How a classifier pools the encoder's tokens (MAE's `global_pool` switch).
-public enum Pooling: String, Codable, Sendable, CaseIterable {
-    /// The cls token after the final `norm` (MAE's linear probe and pretrain form).
-    case cls
-    /// The mean of the patch tokens, then `fc_norm` (MAE's fine-tuning form; the final `norm` is absent).
-    case avg
-}
+import MAEFormats
 
 /// The light transformer decoder MAE uses for pixel reconstruction.
 public struct DecoderConfig: Codable, Equatable, Sendable {
@@ -116,13 +110,13 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         case .base: ViTConfig(imgSize: 224, patchSize: 16, embedDim: 768, depth: 12, numHeads: 12)
         case .large: ViTConfig(imgSize: 224, patchSize: 16, embedDim: 1024, depth: 24, numHeads: 16)
         case .huge: ViTConfig(imgSize: 224, patchSize: 14, embedDim: 1280, depth: 32, numHeads: 16)
-        case .shapes: ViTConfig(imgSize: 32, patchSize: 4, embedDim: 192, depth: 6, numHeads: 3)
+        case .shapes: ViTConfig(imgSize: 32, patchSize: 4, embedDim: 128, depth: 6, numHeads: 4)
         }
     }
 
     /// The MAE pretraining decoder that goes with this encoder.
     public var decoder: DecoderConfig {
-        self == .shapes ? DecoderConfig(embedDim: 128, depth: 2, numHeads: 4) : .mae
+        self == .shapes ? DecoderConfig(embedDim: 64, depth: 4, numHeads: 4) : .mae
     }
 }
 

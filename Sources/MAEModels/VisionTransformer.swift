@@ -1,3 +1,4 @@
+import MAEFormats
 import MAEKernels
 
 /// MAE's Vision Transformer in all its forms, driven by its config:
