@@ -58,6 +58,8 @@ let package = Package(
         .testTarget(name: "MetricsTests", dependencies: ["MAEMetrics", "MAECOCO", "TestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DataTests", dependencies: ["MAEData", "TestSupport"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "TestSupport"],
+                    resources: [.copy("Fixtures")]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -8,6 +8,7 @@ struct MAEEval: ParsableCommand {
         abstract: "Transfer-learning evaluation of MAE-pretrained Vision Transformers.",
         subcommands: [
             Bench.self,
+            Extract.self,
             CocoEvalCommand.self,
             SegEvalCommand.self,
             Info.self,
