@@ -76,7 +76,14 @@ public enum COCOMask: Codable, Sendable, Equatable {
             guard let c = COCOMask.decompress(s) else { return nil }
             (counts, h, w) = (c, hh, ww)
         }
-        guard counts.allSatisfy({ $0 >= 0 }), counts.reduce(0, +) == h * w else { return nil }
+        var total = 0
+        for run in counts {
+            guard run >= 0 else { return nil }
+            let (sum, overflow) = total.addingReportingOverflow(run)
+            guard !overflow else { return nil }
+            total = sum
+        }
+        guard h <= 1 << 20, w <= 1 << 20, total == h * w else { return nil }
         var mask = [Bool](repeating: false, count: h * w)
         var pos = 0, value = false
         for run in counts {
@@ -95,14 +102,14 @@ public enum COCOMask: Codable, Sendable, Equatable {
         while p < bytes.count {
             var x = 0, k = 0, more = true
             while more {
-                guard p < bytes.count, bytes[p] >= 48, k < 60 else { return nil }
+                guard p < bytes.count, bytes[p] >= 48, k < 12 else { return nil }   // 12 x 5 bits fit an Int
                 let c = Int(bytes[p]) - 48
                 x |= (c & 0x1f) << (5 * k)
                 more = c & 0x20 != 0
                 p += 1; k += 1
                 if !more && c & 0x10 != 0 { x |= -1 << (5 * k) }
             }
-            if counts.count > 2 { x += counts[counts.count - 2] }
+            if counts.count > 2 { x &+= counts[counts.count - 2] }   // nonsense input may wrap; checked by the caller
             counts.append(x)
         }
         return counts
