@@ -60,10 +60,17 @@ public func attentionBackward(dQKV: UnsafeMutablePointer<Float>, dOut: UnsafePoi
 @inline(__always) @usableFromInline
 func softmaxRow(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
     var mx = -Float.infinity
-    for j in 0..<n { mx = max(mx, x[j]) }
+    var j = 0
+    if n >= 16 {
+        var m16 = load16(x)
+        j = 16
+        while j + 16 <= n { let v = load16(x + j); m16 = m16.replacing(with: v, where: v .> m16); j += 16 }
+        mx = m16.max()
+    }
+    while j < n { mx = max(mx, x[j]); j += 1 }
     let mv = Vec16(repeating: mx)
     var acc = Vec16()
-    var j = 0
+    j = 0
     while j + 16 <= n { let e = exp16(load16(x + j) - mv); store16(e, x + j); acc += e; j += 16 }
     var sum = acc.sum()
     if j < n {
@@ -72,8 +79,27 @@ func softmaxRow(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
         storePartial(e, x + j, m)
         for t in 0..<m { sum += e[t] }
     }
-    let inv = 1 / sum
-    for j in 0..<n { x[j] *= inv }
+    scaleRow(x, n, 1 / sum)
+}
+
+/// x (n) *= s.
+@inline(__always) @usableFromInline
+func scaleRow(_ x: UnsafeMutablePointer<Float>, _ n: Int, _ s: Float) {
+    let sv = Vec16(repeating: s)
+    var j = 0
+    while j + 16 <= n { store16(load16(x + j) * sv, x + j); j += 16 }
+    while j < n { x[j] *= s; j += 1 }
+}
+
+/// sum_j a[j] * b[j].
+@inline(__always) @usableFromInline
+func dotRow(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = Vec16()
+    var j = 0
+    while j + 16 <= n { acc = fma16(load16(a + j), load16(b + j), acc); j += 16 }
+    var s = acc.sum()
+    while j < n { s += a[j] * b[j]; j += 1 }
+    return s
 }
 
 /// Row-wise softmax: out (R,W) = softmax(input (R,W)) over the last dimension.

@@ -50,19 +50,36 @@ public func layerNormBackward(dInput: UnsafeMutablePointer<Float>, dWeight: Unsa
             for r in range {
                 let x = input + r * width, dy = dOut + r * width, dx = dInput + r * width
                 let m = mean[r], s = rstd[r]
-                var sumD: Float = 0, sumDN: Float = 0
-                for i in 0..<width {
-                    let n = (x[i] - m) * s
-                    let d = dy[i] * weight[i]
+                let mv = Vec16(repeating: m), sv = Vec16(repeating: s)
+                var sumD = Vec16(), sumDN = Vec16()
+                var i = 0
+                while i + 16 <= width {
+                    let n = (load16(x + i) - mv) * sv, g = load16(dy + i)
+                    let d = g * load16(weight + i)
                     sumD += d
-                    sumDN += d * n
-                    pw[i] += dy[i] * n
-                    pb[i] += dy[i]
+                    sumDN = fma16(d, n, sumDN)
+                    store16(fma16(g, n, load16(pw + i)), pw + i)
+                    store16(load16(pb + i) + g, pb + i)
+                    i += 16
                 }
-                let meanD = sumD / Float(width), meanDN = sumDN / Float(width)
-                for i in 0..<width {
+                var sD = sumD.sum(), sDN = sumDN.sum()
+                while i < width {
+                    let n = (x[i] - m) * s, d = dy[i] * weight[i]
+                    sD += d; sDN += d * n; pw[i] += dy[i] * n; pb[i] += dy[i]
+                    i += 1
+                }
+                let meanD = Vec16(repeating: sD / Float(width)), meanDN = Vec16(repeating: sDN / Float(width))
+                i = 0
+                while i + 16 <= width {
+                    let n = (load16(x + i) - mv) * sv
+                    let d = load16(dy + i) * load16(weight + i)
+                    store16(fma16(sv, d - meanD - n * meanDN, load16(dx + i)), dx + i)
+                    i += 16
+                }
+                while i < width {
                     let n = (x[i] - m) * s
-                    dx[i] += s * (dy[i] * weight[i] - meanD - n * meanDN)
+                    dx[i] += s * (dy[i] * weight[i] - meanD[0] - n * meanDN[0])
+                    i += 1
                 }
             }
         }
