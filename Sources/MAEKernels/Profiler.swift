@@ -3,7 +3,7 @@ import Foundation
 /// Wall-clock totals per kernel family, for `mae-eval bench --profile` (off by default: one branch
 /// per call). Only calls made from the orchestrating thread are timed, so totals do not double count.
 public enum Profiler {
-    public enum Category: String, CaseIterable, Sendable { case gemm, attention, layerNorm, gelu, other }
+    public enum Category: String, CaseIterable, Sendable { case gemm, attention, layerNorm, gelu, optimizer }
 
     nonisolated(unsafe) public static var enabled = false
     nonisolated(unsafe) public private(set) static var seconds: [Category: Double] = [:]

@@ -67,24 +67,15 @@ public final class AdamW: Optimizer {
     public func step(_ params: ParameterStore, lr: Float) {
         steps += 1
         let bc1 = 1 - pow(beta1, Float(steps)), bc2 = 1 - pow(beta2, Float(steps))
-        let b1 = beta1, b2 = beta2, eps = eps, sqrtBC2 = bc2.squareRoot()
         let p = params.values.data, g = params.grads.data
         m.withUnsafeMutableBufferPointer { mb in
             v.withUnsafeMutableBufferPointer { vb in
-                let mp = mb.baseAddress!, vp = vb.baseAddress!
                 forEachTrainable(params, groups) { i, spec in
                     let rate = lr * groups.lrScale[i]
-                    let shrink = 1 - rate * (groups.decay[i] ? weightDecay : 0)
-                    let stepSize = rate / bc1
-                    Parallel.forRanges(spec.count, grain: 1 << 14) { r in
-                        for j in r {
-                            let k = spec.offset + j
-                            p[k] *= shrink
-                            mp[k] = b1 * mp[k] + (1 - b1) * g[k]
-                            vp[k] = b2 * vp[k] + (1 - b2) * g[k] * g[k]
-                            p[k] -= stepSize * mp[k] / (vp[k].squareRoot() / sqrtBC2 + eps)
-                        }
-                    }
+                    let o = spec.offset
+                    adamWUpdate(params: p + o, grads: g + o, expAvg: mb.baseAddress! + o, expAvgSq: vb.baseAddress! + o,
+                                count: spec.count, shrink: 1 - rate * (groups.decay[i] ? weightDecay : 0),
+                                stepSize: rate / bc1, beta1: beta1, beta2: beta2, sqrtBC2: bc2.squareRoot(), eps: eps)
                 }
             }
         }
