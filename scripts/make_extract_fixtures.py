@@ -62,6 +62,30 @@ for size, crop in [(32, 0.875), (32, 1.0), (48, 0.875)]:
         tokens = model_at(size).forward_features(x)
     out["cases"].append({"img_size": size, "crop_ratio": crop, "cls": tokens[:, 0].flatten().tolist(),
                          "avg": tokens[:, 1:].mean(1).flatten().tolist()})
+# A checkpoint never seen elsewhere: 3 heads, width 48, patch 16, 48 px, saved as MAE's
+# main_pretrain.py saves a training checkpoint (model + optimizer + epoch + scaler + argparse args).
+import argparse
+torch.manual_seed(1)
+other = VisionTransformer(img_size=48, patch_size=16, embed_dim=48, depth=2, num_heads=3, num_classes=0,
+                          norm_layer=lambda d, **kw: nn.LayerNorm(d, eps=1e-6, **kw), global_pool="token")
+with torch.no_grad():
+    for p_ in other.parameters():
+        p_.add_(torch.randn_like(p_) * 0.05)
+opt = torch.optim.AdamW(other.parameters(), lr=1e-4)
+other(torch.randn(1, 3, 48, 48)).sum().backward()
+opt.step()
+torch.save({"model": other.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
+            "scaler": {"scale": 65536.0, "growth_factor": 2.0},
+            "args": argparse.Namespace(model="mae_vit_custom", mask_ratio=0.75, blr=1.5e-4, epochs=4)},
+           os.path.join(root, "train_ckpt_heads3.pth"))
+t = transforms.Compose([transforms.Resize(int(48 / 0.875), interpolation=transforms.InterpolationMode.BICUBIC),
+                        transforms.CenterCrop(48), transforms.ToTensor(),
+                        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+x = torch.stack([t(Image.open(f).convert("RGB")) for f in sorted(files)])
+with torch.no_grad():
+    tokens = other.eval().forward_features(x)
+out["heads3"] = {"img_size": 48, "crop_ratio": 0.875, "cls": tokens[:, 0].flatten().tolist(),
+                 "avg": tokens[:, 1:].mean(1).flatten().tolist()}
 with open(os.path.join(root, "extract_expected.json"), "w") as f:
     json.dump(out, f)
 print("wrote", len(files), "images and", len(out["cases"]), "cases")

@@ -10,6 +10,7 @@ final class ExtractTests: XCTestCase {
         struct Case: Decodable { let img_size: Int; let crop_ratio: Double; let cls: [Float]; let avg: [Float] }
         let files: [String]
         let cases: [Case]
+        let heads3: Case
     }
 
     func fixture(_ name: String) -> URL { Bundle.module.url(forResource: "Fixtures/" + name, withExtension: nil)! }
@@ -35,6 +36,24 @@ final class ExtractTests: XCTestCase {
                             rtol: exact ? 1e-4 : 1e-3, atol: exact ? 1e-5 : 1e-4,
                             "\(pooling) at \(c.img_size) px, crop \(c.crop_ratio)")
             }
+        }
+    }
+
+    /// A training checkpoint (model + optimizer + epoch + scaler + argparse args) of a size no preset
+    /// has: 3 heads, width 48, patch 16, 48 px. The head count must come from --heads.
+    func testUnseenTrainingCheckpointWithHeadsFlag() throws {
+        let expected = try JSONDecoder().decode(Expected.self, from: Data(contentsOf: fixture("extract_expected.json")))
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("features-\(UUID()).safetensors")
+        defer { try? FileManager.default.removeItem(at: out) }
+        var o = ExtractOptions(checkpoint: fixture("train_ckpt_heads3.pth"), data: fixture("imagefolder"), out: out)
+        XCTAssertThrowsError(try runExtract(o)) { XCTAssertTrue("\($0)".contains("--heads"), "\($0)") }
+        o.heads = 3
+        for pooling in [Pooling.cls, .avg] {
+            o.pooling = pooling
+            try runExtract(o)
+            let file = try SafeTensors.read(contentsOf: out)
+            assertClose(file.tensors["features"]!.floats, pooling == .cls ? expected.heads3.cls : expected.heads3.avg,
+                        rtol: 1e-4, atol: 1e-5, "heads3 \(pooling)")
         }
     }
 
