@@ -42,9 +42,10 @@ def ops():
     save("aug_src.rgb", src)
     save("aug_dull.rgb", dull)
     index["size"] = [w, h]
-    bicubic, bilinear = Image.Resampling.BICUBIC, Image.Resampling.BILINEAR
+    bicubic, bilinear, nearest = Image.Resampling.BICUBIC, Image.Resampling.BILINEAR, Image.Resampling.NEAREST
     cases = [("AutoContrast", None, {}), ("Equalize", None, {}), ("Invert", None, {})]
     cases += [("Rotate", d, {"resample": r}) for d in (27.0, -13.5, 3.0, 0.0) for r in (bicubic, bilinear)]
+    cases += [(op, v, {"resample": nearest}) for op, v in (("Rotate", 21.6), ("ShearX", -0.27), ("TranslateYRel", 0.3))]
     cases += [("Posterize", b, {}) for b in (1, 3, 4)]
     cases += [("Solarize", t, {}) for t in (26, 128, 230, 256)]
     cases += [("SolarizeAdd", a, {}) for a in (99, 33)]
@@ -64,7 +65,7 @@ def ops():
             out = fn(im, arg, **kwargs) if arg is not None else fn(im, **kwargs)
             name = f"aug_{source_name}_{op}_{k}"
             save(name + ".rgb", np.asarray(out))
-            interp = {bicubic: "bicubic", bilinear: "bilinear"}.get(kw.get("resample"))
+            interp = {bicubic: "bicubic", bilinear: "bilinear", nearest: "nearest"}.get(kw.get("resample"))
             index["ops"].append({"name": name, "source": source_name, "op": op, "arg": arg, "interpolation": interp})
 
 

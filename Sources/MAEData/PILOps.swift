@@ -175,6 +175,10 @@ extension RGBImage {
         precondition(m.count == 6, "an affine transform has 6 coefficients")
         var out = RGBImage(width: width, height: height,
                            pixels: [UInt8]((0..<(width * height)).flatMap { _ in [fill.r, fill.g, fill.b] }))
+        if interpolation == .nearest {
+            nearestAffine(m, into: &out)
+            return out
+        }
         for y in 0..<height {
             for x in 0..<width {
                 let xin = Double(x) + 0.5, yin = Double(y) + 0.5
@@ -183,10 +187,7 @@ extension RGBImage {
                 let o = (y * width + x) * 3
                 switch interpolation {
                 case .nearest:
-                    // The fixed-point fast path Pillow takes for NEAREST is not reproduced.
-                    let ix = sx < 0 ? -1 : Int(sx), iy = sy < 0 ? -1 : Int(sy)
-                    guard ix >= 0, ix < width, iy >= 0, iy < height else { continue }
-                    for c in 0..<3 { out.pixels[o + c] = pixels[(iy * width + ix) * 3 + c] }
+                    break
                 case .bilinear:
                     guard sx >= 0, sx < Double(width), sy >= 0, sy < Double(height) else { continue }
                     for c in 0..<3 { out.pixels[o + c] = bilinearSample(sx, sy, c) }
@@ -197,6 +198,38 @@ extension RGBImage {
             }
         }
         return out
+    }
+
+    /// Pillow's NEAREST affine paths: ImagingScaleAffine when there is no rotation or shear (positions
+    /// accumulated in double), affine_fixed otherwise (16.16 fixed point).
+    private func nearestAffine(_ m: [Double], into out: inout RGBImage) {
+        func copy(_ x: Int, _ y: Int, from ix: Int, _ iy: Int) {
+            guard ix >= 0, ix < width, iy >= 0, iy < height else { return }
+            for c in 0..<3 { out.pixels[(y * width + x) * 3 + c] = pixels[(iy * width + ix) * 3 + c] }
+        }
+        func coord(_ v: Double) -> Int { v < 0 ? -1 : Int(v) }
+        if m[1] == 0 && m[3] == 0 {
+            var xs: [Int] = [], xo = m[2] + m[0] * 0.5
+            for _ in 0..<width { xs.append(coord(xo)); xo += m[0] }
+            var yo = m[5] + m[4] * 0.5
+            for y in 0..<height {
+                let iy = coord(yo)
+                for x in 0..<width { copy(x, y, from: xs[x], iy) }
+                yo += m[4]
+            }
+            return
+        }
+        func fix(_ v: Double) -> Int { floorInt(v * 65536 + 0.5) }
+        let a0 = fix(m[0]), a1 = fix(m[1]), a3 = fix(m[3]), a4 = fix(m[4])
+        var a2 = fix(m[2] + m[0] * 0.5 + m[1] * 0.5), a5 = fix(m[5] + m[3] * 0.5 + m[4] * 0.5)
+        for y in 0..<height {
+            var xx = Int32(truncatingIfNeeded: a2), yy = Int32(truncatingIfNeeded: a5)
+            for x in 0..<width {
+                copy(x, y, from: Int(xx >> 16), Int(yy >> 16))
+                xx &+= Int32(truncatingIfNeeded: a0); yy &+= Int32(truncatingIfNeeded: a3)
+            }
+            a2 += a1; a5 += a4
+        }
     }
 
     @inline(__always) private func floorInt(_ v: Double) -> Int { v < 0 ? Int(v.rounded(.down)) : Int(v) }

@@ -22,7 +22,7 @@ final class RandAugmentTests: XCTestCase {
         let sources = ["src": try AugmentFixtures.image("aug_src.rgb", width: w, height: h),
                        "dull": try AugmentFixtures.image("aug_dull.rgb", width: w, height: h)]
         let cases = try AugmentFixtures.cases("ops")
-        XCTAssertEqual(cases.count, 62)
+        XCTAssertEqual(cases.count, 65)
         for c in cases {
             let name = c["name"] as! String
             let op = RandAugment.Op(rawValue: c["op"] as! String)!

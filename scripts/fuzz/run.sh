@@ -5,8 +5,11 @@ set -e
 cd "$(dirname "$0")/../.."
 OUT=.build-fuzz
 mkdir -p $OUT/corpus
+# MAECOCO first, as its own module (MAEData imports it), instrumented the same way.
+swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name MAECOCO -emit-module \
+    -emit-module-path $OUT/MAECOCO.swiftmodule -emit-library -static Sources/MAECOCO/*.swift -o $OUT/libMAECOCO.a
 swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name MAEData \
-    -I Sources/CPNG -I Sources/CTurboJPEG -lpng16 -lturbojpeg \
+    -I Sources/CPNG -I Sources/CTurboJPEG -I $OUT -L $OUT -lMAECOCO -lpng16 -lturbojpeg \
     Sources/MAEData/*.swift scripts/fuzz/FuzzDecode.swift -o $OUT/fuzz-data
 # Seeds: every image fixture behind selector byte 0, a COCO file behind 1.
 for f in Tests/DataTests/Fixtures/*.png Tests/DataTests/Fixtures/*.jpg; do
