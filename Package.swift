@@ -57,7 +57,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "MetricsTests", dependencies: ["MAEMetrics", "MAECOCO", "TestSupport"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "DataTests", dependencies: ["MAEData", "TestSupport"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "DataTests", dependencies: ["MAEData", "MAECOCO", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "TestSupport"],
                     resources: [.copy("Fixtures")]),
     ],

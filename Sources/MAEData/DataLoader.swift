@@ -37,6 +37,9 @@ public struct Batch: Sendable {
 public final class DataLoader: Sendable {
     public let source: any DataSource
     public let transform: any ImageTransform
+    /// A step on each normalised image (timm's random erasing), drawing from the sample's stream
+    /// after `transform`.
+    public let tensorTransform: (any TensorTransform)?
     public let batchSize: Int
     public let seed: UInt64
     public let shuffle: Bool
@@ -45,11 +48,13 @@ public final class DataLoader: Sendable {
     public let workers: Int
     public let prefetch: Int
 
-    public init(source: any DataSource, transform: any ImageTransform, batchSize: Int, seed: UInt64 = 0,
-                shuffle: Bool = true, dropLast: Bool = false, workers: Int = 2, prefetch: Int? = nil) {
+    public init(source: any DataSource, transform: any ImageTransform, tensorTransform: (any TensorTransform)? = nil,
+                batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = false, workers: Int = 2,
+                prefetch: Int? = nil) {
         precondition(batchSize > 0, "batch size must be positive")
         self.source = source
         self.transform = transform
+        self.tensorTransform = tensorTransform
         self.batchSize = batchSize
         self.seed = seed
         self.shuffle = shuffle
@@ -82,6 +87,8 @@ public final class DataLoader: Sendable {
                 var rng = SeededRNG(seed: seed, epoch: epoch, index: index)
                 let image = transform.apply(try source.image(index), rng: &rng)
                 image.writeNormalizedCHW(into: out.baseAddress! + k * plane)
+                tensorTransform?.apply(UnsafeMutableBufferPointer(rebasing: out[(k * plane)..<((k + 1) * plane)]),
+                                       channels: 3, height: s, width: s, rng: &rng)
             }
         }
         return Batch(images: images, labels: indices.map(source.label), indices: indices)

@@ -1,3 +1,5 @@
+import Foundation
+
 /// A small seeded generator (SplitMix64) whose streams are derived from (seed, epoch, sample
 /// index), so every sample's augmentation depends only on those three numbers and never on which
 /// thread ran it or when.
@@ -54,4 +56,41 @@ public struct SeededRNG: RandomNumberGenerator, Sendable {
 
     /// True with probability p.
     public mutating func chance(_ p: Double) -> Bool { unit() < p }
+}
+
+// MARK: - Distributions for the fine-tuning augmentations
+
+extension SeededRNG {
+    /// A standard normal sample (Box-Muller, one of the pair).
+    public mutating func normal() -> Double {
+        let u1 = 1 - unit()   // in (0, 1], so the log is finite
+        let u2 = unit()
+        return (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
+    }
+
+    /// A Gamma(shape, 1) sample (Marsaglia-Tsang; shapes below 1 boosted by U^(1/shape)).
+    public mutating func gamma(_ shape: Double) -> Double {
+        precondition(shape > 0, "gamma needs a positive shape")
+        if shape < 1 { return gamma(shape + 1) * pow(1 - unit(), 1 / shape) }
+        let d = shape - 1.0 / 3, c = 1 / (9 * d).squareRoot()
+        while true {
+            var x = 0.0, v = 0.0
+            repeat {
+                x = normal()
+                v = 1 + c * x
+            } while v <= 0
+            v = v * v * v
+            let u = 1 - unit()
+            if log(u) < 0.5 * x * x + d - d * v + d * log(v) { return d * v }
+        }
+    }
+
+    /// A Beta(a, b) sample, as numpy's `np.random.beta` draws mixup's lambda.
+    public mutating func beta(_ a: Double, _ b: Double) -> Double {
+        let x = gamma(a), y = gamma(b)
+        return x + y > 0 ? x / (x + y) : 0.5
+    }
+
+    /// Uniform integer in lo...hi (Python's `random.randint`).
+    public mutating func integer(_ lo: Int, _ hi: Int) -> Int { lo + below(hi - lo + 1) }
 }

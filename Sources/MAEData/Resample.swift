@@ -1,12 +1,26 @@
 import Foundation
 
-/// Pillow's resampling (src/libImaging/Resample.c) for `Image.BICUBIC`, reproduced exactly: a
+/// Pillow's resampling (src/libImaging/Resample.c) for `Image.BICUBIC` and `Image.BILINEAR`, reproduced exactly: a
 /// separable filter whose support widens by the downscale factor (antialiasing), coefficients
 /// normalised then rounded to 22-bit fixed point, the horizontal pass first, and uint8 rounding
 /// and clipping after each pass. torchvision's Resize on PIL images calls exactly this.
 enum PILResample {
     /// Pillow's fixed-point precision for 8-bit images: 32 - 8 - 2 bits.
     static let precisionBits = 22
+
+    /// The separable filters: Pillow's bicubic (support 2) and bilinear (triangle, support 1).
+    enum Filter {
+        case bilinear, bicubic
+        var support: Double { self == .bicubic ? 2 : 1 }
+        func weight(_ x: Double) -> Double {
+            switch self {
+            case .bicubic: return PILResample.bicubic(x)
+            case .bilinear:
+                let x = abs(x)
+                return x < 1 ? 1 - x : 0
+            }
+        }
+    }
 
     /// Pillow's bicubic kernel, a = -0.5 (not PyTorch's -0.75).
     static func bicubic(_ x: Double) -> Double {
@@ -26,10 +40,10 @@ enum PILResample {
         var weights: [Int32]   // (outSize, ksize)
     }
 
-    static func coefficients(inSize: Int, in0: Double, in1: Double, outSize: Int) -> Coefficients {
+    static func coefficients(inSize: Int, in0: Double, in1: Double, outSize: Int, filter: Filter = .bicubic) -> Coefficients {
         let scale = (in1 - in0) / Double(outSize)
         let filterScale = max(scale, 1)
-        let support = 2.0 * filterScale
+        let support = filter.support * filterScale
         let ksize = Int(support.rounded(.up)) * 2 + 1
         var c = Coefficients(ksize: ksize, start: [Int](repeating: 0, count: outSize),
                              count: [Int](repeating: 0, count: outSize),
@@ -43,7 +57,7 @@ enum PILResample {
             let xmax = min(Int(center + support + 0.5), inSize) - xmin
             var ww = 0.0
             for x in 0..<max(xmax, 0) {
-                let w = bicubic((Double(x + xmin) - center + 0.5) * ss)
+                let w = filter.weight((Double(x + xmin) - center + 0.5) * ss)
                 k[x] = w
                 ww += w
             }
@@ -69,17 +83,17 @@ enum PILResample {
     /// reading the box `box` = (x0, y0, x1, y1) of the source (the whole image by default).
     static func resize(_ src: [UInt8], width: Int, height: Int, channels: Int,
                        outWidth: Int, outHeight: Int,
-                       box: (Double, Double, Double, Double)? = nil) -> [UInt8] {
+                       box: (Double, Double, Double, Double)? = nil, filter: Filter = .bicubic) -> [UInt8] {
         let (x0, y0, x1, y1) = box ?? (0, 0, Double(width), Double(height))
         let needH = outWidth != width || x0 != 0 || x1 != Double(outWidth)
         let needV = outHeight != height || y0 != 0 || y1 != Double(outHeight)
-        let cy = coefficients(inSize: height, in0: y0, in1: y1, outSize: outHeight)
+        let cy = coefficients(inSize: height, in0: y0, in1: y1, outSize: outHeight, filter: filter)
         // Only the source rows the vertical pass reads go through the horizontal pass.
         let rowFirst = needV ? cy.start[0] : Int(y0)
         let rowLast = needV ? cy.start[outHeight - 1] + cy.count[outHeight - 1] : Int(y0) + outHeight
         var current = src, curWidth = width, rowOffset = 0
         if needH {
-            let cx = coefficients(inSize: width, in0: x0, in1: x1, outSize: outWidth)
+            let cx = coefficients(inSize: width, in0: x0, in1: x1, outSize: outWidth, filter: filter)
             let rows = rowLast - rowFirst
             var out = [UInt8](repeating: 0, count: rows * outWidth * channels)
             src.withUnsafeBufferPointer { s in

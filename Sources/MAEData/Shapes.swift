@@ -1,4 +1,5 @@
 import Foundation
+import MAECOCO
 
 /// How many images each Shapes split holds.
 public struct ShapesCounts: Codable, Sendable, Equatable {
@@ -146,7 +147,7 @@ public enum ShapesDataset {
     }
 
     static func scenes(_ folder: URL, stream: Int, count: Int, size: Int, seed: UInt64) throws {
-        var perImage = [[COCOAnnotationEntry]](repeating: [], count: count)
+        var perImage = [[COCOAnnotation]](repeating: [], count: count)
         let lock = NSLock()
         try parallel(count) { i in
             var rng = SeededRNG(seed: seed, epoch: stream, index: i)
@@ -156,18 +157,18 @@ public enum ShapesDataset {
             try LabelMapCodec.writePNG(scene.classMap, to: ShapesPaths.sceneClassMaps(folder).appendingPathComponent(name))
             lock.lock(); perImage[i] = scene.annotations; lock.unlock()
         }
-        var images: [COCOImageEntry] = [], annotations: [COCOAnnotationEntry] = []
+        var images: [COCOImage] = [], annotations: [COCOAnnotation] = []
         for i in 0..<count {
-            images.append(COCOImageEntry(id: i + 1, file_name: String(format: "%06d.png", i), width: size, height: size))
+            images.append(COCOImage(id: i + 1, width: size, height: size, fileName: String(format: "%06d.png", i)))
             for var a in perImage[i] {
                 a.id = annotations.count + 1
-                a.image_id = i + 1
+                a.imageId = i + 1
                 annotations.append(a)
             }
         }
-        let categories = classes.enumerated().map { COCOCategoryEntry(id: $0 + 1, name: $1, supercategory: "shape") }
-        try COCOInstancesFile(images: images, annotations: annotations, categories: categories)
-            .write(to: ShapesPaths.sceneInstances(folder))
+        let categories = classes.enumerated().map { COCOCategory(id: $0 + 1, name: $1, supercategory: "shape") }
+        let file = COCODataset(images: images, annotations: annotations, categories: categories)
+        try writeAtomically(Data(file.jsonValue().serialized().utf8), to: ShapesPaths.sceneInstances(folder))
     }
 
     // MARK: - Images
@@ -193,7 +194,7 @@ public enum ShapesDataset {
     }
 
     /// One scene: 2-6 shapes of any class, overlapping, with their visible masks.
-    static func sceneImage(size: Int, rng: inout SeededRNG) -> (image: RGBImage, classMap: LabelMap, annotations: [COCOAnnotationEntry]) {
+    static func sceneImage(size: Int, rng: inout SeededRNG) -> (image: RGBImage, classMap: LabelMap, annotations: [COCOAnnotation]) {
         var canvas = Canvas(size: size, rng: &rng)
         let s = Double(size)
         var placed: [Placement] = []
@@ -206,13 +207,13 @@ public enum ShapesDataset {
         canvas.clutter(rng: &rng)
         let image = canvas.finish(rng: &rng)
         var classMap = [Int32](repeating: 0, count: size * size)
-        var annotations: [COCOAnnotationEntry] = []
+        var annotations: [COCOAnnotation] = []
         for (k, p) in placed.enumerated() {
-            var mask = [Bool](repeating: false, count: size * size)
+            var mask = [UInt8](repeating: 0, count: size * size)
             var area = 0, x0 = size, y0 = size, x1 = -1, y1 = -1
             for y in 0..<size {
                 for x in 0..<size where canvas.owner[y * size + x] == k {
-                    mask[y * size + x] = true
+                    mask[y * size + x] = 1
                     classMap[y * size + x] = Int32(p.cls + 1)
                     area += 1
                     x0 = min(x0, x); x1 = max(x1, x); y0 = min(y0, y); y1 = max(y1, y)
@@ -222,14 +223,14 @@ public enum ShapesDataset {
             // A polygon when the whole shape shows and it is one simple outline; RLE otherwise.
             let whole = area == canvas.fullArea[k]
             let inside = p.outline().allSatisfy { $0.x >= 0 && $0.y >= 0 && $0.x <= s && $0.y <= s }
-            let segmentation: COCOMask
+            let segmentation: COCOSegmentation
             if whole && inside && Shape.isPolygon(p.cls) {
                 segmentation = .polygons([p.outline().flatMap { [($0.x * 100).rounded() / 100, ($0.y * 100).rounded() / 100] }])
             } else {
-                segmentation = COCOMask.rle(mask: mask, height: size, width: size)
+                segmentation = .rle(RLE(rowMajorMask: mask, height: size, width: size))
             }
-            annotations.append(COCOAnnotationEntry(
-                id: 0, image_id: 0, category_id: p.cls + 1,
+            annotations.append(COCOAnnotation(
+                id: 0, imageId: 0, categoryId: p.cls + 1,
                 bbox: [Double(x0), Double(y0), Double(x1 - x0 + 1), Double(y1 - y0 + 1)],
                 area: Double(area), segmentation: segmentation))
         }

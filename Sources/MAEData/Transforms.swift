@@ -163,12 +163,21 @@ public enum MAETransform: ImageTransform {
     case train(RandomResizedCrop)
     /// Evaluation: Resize(int(size / cropRatio)) + CenterCrop(size).
     case eval(size: Int, cropRatio: Double)
+    /// Fine-tuning, as timm's `create_transform(is_training=True, ...)` in MAE's main_finetune:
+    /// RandomResizedCrop(size, scale (0.08, 1), bicubic) + RandomHorizontalFlip + RandAugment (color
+    /// jitter is off when RandAugment is on). Random erasing follows normalisation: give the loader
+    /// a `RandomErasing` as its tensor transform.
+    case finetune(RandomResizedCrop, randAugment: RandAugment?)
 
     public func apply(_ image: RGBImage, rng: inout SeededRNG) -> RGBImage {
         switch self {
         case .train(let crop):
             let out = crop.apply(image, rng: &rng)
             return rng.chance(0.5) ? out.flippedHorizontally() : out
+        case .finetune(let crop, let randAugment):
+            var out = crop.apply(image, rng: &rng)
+            if rng.chance(0.5) { out = out.flippedHorizontally() }
+            return randAugment?.apply(out, rng: &rng) ?? out
         case .eval(let size, let ratio):
             return evalTransform(image, size: size, cropRatio: ratio)
         }
@@ -177,7 +186,7 @@ public enum MAETransform: ImageTransform {
     /// The output side length.
     public var size: Int {
         switch self {
-        case .train(let crop): return crop.size
+        case .train(let crop), .finetune(let crop, _): return crop.size
         case .eval(let size, _): return size
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import MAECOCO
 import MAEData
 import XCTest
 
@@ -70,9 +71,9 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(d.classes, ["cat", "dog"])
         XCTAssertEqual(d.instances[0].map(\.label), [1, 0, 0])
         XCTAssertEqual(d.instances[0][1].isCrowd, true)
-        XCTAssertEqual(d.instances[0][1].mask?.decodedRLE(), [false, true, false, true])
+        XCTAssertEqual(d.instances[0][1].mask(height: 2, width: 2)?.decodeRowMajor(), [0, 1, 0, 1])
         // "0111" is pycocotools' compressed counts [0, 1, 1, 2]; mask.decode gives [[1, 1], [0, 1]].
-        XCTAssertEqual(d.instances[0][2].mask?.decodedRLE(), [true, true, false, true])
+        XCTAssertEqual(d.instances[0][2].mask(height: 2, width: 2)?.decodeRowMajor(), [1, 1, 0, 1])
 
         let missing = json.replacingOccurrences(of: "\"image_id\": 7, \"category_id\": 3, \"bbox\": [1",
                                                 with: "\"image_id\": 8, \"category_id\": 3, \"bbox\": [1")
@@ -91,11 +92,12 @@ final class DatasetTests: XCTestCase {
     }
 
     func testRLERoundTrip() {
-        let mask = [true, false, false, true, true, true]   // (2, 3) row-major
-        let rle = COCOMask.rle(mask: mask, height: 2, width: 3)
+        let mask: [UInt8] = [1, 0, 0, 1, 1, 1]   // (2, 3) row-major
+        let rle = RLE(rowMajorMask: mask, height: 2, width: 3)
         // Column-major: 1 1 | 0 1 | 0 1, zeros first; pycocotools' frPyObjects agrees ('021O00').
-        XCTAssertEqual(rle, .rle(counts: [0, 2, 1, 1, 1, 1], height: 2, width: 3))
-        XCTAssertEqual(rle.decodedRLE(), mask)
+        XCTAssertEqual(rle.counts, [0, 2, 1, 1, 1, 1])
+        XCTAssertEqual(rle.compressedCounts, "021O00")
+        XCTAssertEqual(rle.decodeRowMajor(), mask)
     }
 
     func testSegmentationLabelMaps() throws {

@@ -1,6 +1,12 @@
-// libFuzzer harness for the data layer's parsers: PNG, JPEG, label maps, COCO JSON and RLE.
-// Build and run with scripts/fuzz/run.sh. The first input byte picks the parser.
+// libFuzzer harness for the data layer's parsers: PNG, JPEG, label maps, COCO JSON (through
+// MAECOCO, as COCODetectionDataset reads it) and compressed RLE. Build and run with
+// scripts/fuzz/run.sh. The first input byte picks the parser.
 import Foundation
+import MAECOCO
+
+/// Where COCO inputs are written, since MAECOCO reads instances files from disk.
+let cocoInput = URL(fileURLWithPath: NSTemporaryDirectory())
+    .appendingPathComponent("mae-fuzz-\(ProcessInfo.processInfo.processIdentifier).json")
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ bytes: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -15,15 +21,23 @@ public func fuzzOneInput(_ bytes: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         }
         if data.starts(with: pngSignature) { _ = try? decodeLabelPNG(data, name: name) }
     case 1:
-        // COCO instances JSON, and every RLE in it.
-        if let file = try? JSONDecoder().decode(COCOInstancesFile.self, from: data) {
-            for a in file.annotations where (a.segmentation.map { "\($0)".count } ?? 0) < 10_000 {
-                _ = a.segmentation?.decodedRLE()
-            }
+        // COCO instances JSON, and every mask in it decoded at its image's size. Polygon
+        // rasterisation walks the outline in 1/5 pixels (as pycocotools), so it is bounded here.
+        // Foundation's Data(contentsOf:) leaks its buffer on an empty file (LeakSanitizer flags
+        // it), so empty inputs stop here.
+        guard !data.isEmpty, (try? data.write(to: cocoInput)) != nil, let file = try? COCODataset(contentsOf: cocoInput) else { return 0 }
+        let sizes = Dictionary(file.images.map { ($0.id, ($0.height, $0.width)) }, uniquingKeysWith: { a, _ in a })
+        for a in file.annotations {
+            guard let segmentation = a.segmentation, let (h, w) = sizes[a.imageId], h >= 0, w >= 0, h * w <= 1 << 16 else { continue }
+            if case .polygons(let p) = segmentation, p.joined().contains(where: { abs($0) > 1000 }) { continue }
+            let rle = segmentation.rle(imageHeight: h, imageWidth: w)
+            if rle.height * rle.width <= 1 << 16 { _ = rle.decodeRowMajor() }
         }
     default:
         // Compressed RLE strings directly.
-        _ = COCOMask.decompress(String(decoding: data, as: UTF8.self))
+        if let rle = RLE(compressedCounts: String(decoding: data, as: UTF8.self), height: 0, width: 0) {
+            _ = rle.area
+        }
     }
     return 0
 }

@@ -14,8 +14,12 @@ safetensors|torch)
     swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name MAEFormats \
         "$root"/Sources/MAEFormats/*.swift "$root/scripts/fuzz/fuzz_$target.swift" -o "$work/fuzz" ;;
 data)
+    # MAECOCO first, as its own instrumented module (MAEData imports it).
+    swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name MAECOCO -emit-module \
+        -emit-module-path "$work/MAECOCO.swiftmodule" -emit-library -static "$root"/Sources/MAECOCO/*.swift \
+        -o "$work/libMAECOCO.a"
     swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name MAEData \
-        -I "$root/Sources/CPNG" -I "$root/Sources/CTurboJPEG" -lpng16 -lturbojpeg \
+        -I "$root/Sources/CPNG" -I "$root/Sources/CTurboJPEG" -I "$work" -L "$work" -lMAECOCO -lpng16 -lturbojpeg \
         "$root"/Sources/MAEData/*.swift "$root/scripts/fuzz/FuzzDecode.swift" -o "$work/fuzz" ;;
 *) echo "unknown fuzz target '$target': use safetensors, torch or data" >&2; exit 2 ;;
 esac
