@@ -12,5 +12,7 @@ struct MAEEval: ParsableCommand {
             SegEvalCommand.self,
             Info.self,
             DataCommand.self,
+            Pretrain.self,
+            Visualize.self,
         ])
 }
