@@ -58,7 +58,7 @@ let package = Package(
         .testTarget(name: "MetricsTests", dependencies: ["MAEMetrics", "MAECOCO", "TestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DataTests", dependencies: ["MAEData", "TestSupport"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "TestSupport"],
+        .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "MAEFormats", "TestSupport"],
                     resources: [.copy("Fixtures")]),
     ],
     swiftLanguageModes: [.v5]

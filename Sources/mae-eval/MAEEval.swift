@@ -13,5 +13,7 @@ struct MAEEval: ParsableCommand {
             SegEvalCommand.self,
             Info.self,
             DataCommand.self,
+            Pretrain.self,
+            Visualize.self,
         ])
 }
