@@ -9,6 +9,10 @@ struct MAEEval: ParsableCommand {
         subcommands: [
             Bench.self,
             Extract.self,
+            Linprobe.self,
+            KNN.self,
+            Finetune.self,
+            Report.self,
             CocoEvalCommand.self,
             SegEvalCommand.self,
             Info.self,
