@@ -40,6 +40,20 @@ public func makeClassifier(from backbone: VisionTransformer, classes: Int, headS
     return (model, fresh)
 }
 
+/// MAE's fine-tuning parameter groups: layer-wise lr decay, no weight decay on 1-D tensors and the
+/// tokens; with `blocks` N, everything but the last N blocks, fc_norm and the head is frozen
+/// (patch embedding, cls token and pos_embed included).
+public func fineTuneGroups(_ model: VisionTransformer, blocks: Int?, layerDecay: Float) -> ParameterGroups {
+    let depth = model.config.depth
+    let firstTrained = depth - (blocks ?? depth)
+    return ParameterGroups(layout: model.params.layout, depth: depth, noDecay: ["pos_embed", "cls_token", "dist_token"],
+                           layerDecay: layerDecay) { name in
+        guard blocks != nil else { return false }
+        let layer = ParameterGroups.layerID(name, depth: depth)
+        return layer == 0 || (name.hasPrefix("blocks.") && layer - 1 < firstTrained)
+    }
+}
+
 /// timm's Mixup / CutMix in batch mode, with label smoothing folded into the targets.
 public struct MixupCutmix: Sendable {
     public var mixupAlpha: Double, cutmixAlpha: Double, prob: Double, switchProb: Double, smoothing: Float
@@ -166,13 +180,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
     let (model, fresh) = try makeClassifier(from: backbone.model, classes: k, headStd: spec.head.initStd ?? 2e-5, seed: seed)
     model.dropPath = Float(r.dropPath ?? 0.1)
     let firstTrained = depth - (blocks ?? depth)
-    let frozen: (String) -> Bool = { name in
-        guard blocks != nil else { return false }
-        if name.hasPrefix("blocks.") { return ParameterGroups.layerID(name, depth: depth) - 1 < firstTrained }
-        return ParameterGroups.layerID(name, depth: depth) == 0
-    }
-    let groups = ParameterGroups(layout: model.params.layout, depth: depth, noDecay: ["pos_embed", "cls_token", "dist_token"],
-                                 layerDecay: Float(r.layerDecay ?? 0.75), frozen: frozen)
+    let groups = fineTuneGroups(model, blocks: blocks, layerDecay: Float(r.layerDecay ?? 0.75))
     let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, weightDecay: Float(r.weightDecay ?? 0.05))
     let batch = o.batchSize ?? r.batchSize ?? 64, epochs = r.epochs ?? 10
     let lr = Float(r.baseLR ?? 1e-3) * Float(batch) / 256

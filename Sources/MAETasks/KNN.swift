@@ -29,8 +29,11 @@ public func knnClassify(train: [Float], trainLabels: [Int], test: [Float], testL
             let row = sim[(r * n)..<((r + 1) * n)]
             // The k largest similarities; ties to the lower train index (torch.topk is unspecified).
             let nearest = row.indices.sorted { row[$0] != row[$1] ? row[$0] > row[$1] : $0 < $1 }.prefix(kk)
+            // exp((sim - max) / T): the common factor exp(max / T) leaves the vote unchanged and
+            // keeps small temperatures from overflowing.
             var votes = [Double](repeating: 0, count: classes)
-            for j in nearest { votes[trainLabels[j - r * n]] += Double(expf(row[j] / temperature)) }
+            let top = Double(row[nearest.first!])
+            for j in nearest { votes[trainLabels[j - r * n]] += exp((Double(row[j]) - top) / Double(temperature)) }
             let y = testLabels[start + r]
             let rank = votes.indices.filter { votes[$0] > votes[y] }.count
             if rank < 1 { top1 += 1 }

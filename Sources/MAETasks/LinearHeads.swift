@@ -199,3 +199,21 @@ func stratifiedHoldout(labels: [Int], fraction: Double, seed: UInt64) -> (fit: [
     }
     return (fit.sorted(), held.sorted())
 }
+
+/// A stratified k-fold split: each class's images shuffled (fixed seed) and dealt to the folds in
+/// turn; part f holds fold f out.
+func stratifiedFolds(labels: [Int], folds: Int, seed: UInt64) -> [(fit: [Int], held: [Int])] {
+    var rng = RandomStream(seed: seed &+ 0x5151)
+    var fold = [Int](repeating: 0, count: labels.count)
+    let byClass = Dictionary(grouping: labels.indices, by: { labels[$0] })
+    var next = 0
+    for c in byClass.keys.sorted() {
+        var idx = byClass[c]!
+        for i in stride(from: idx.count - 1, to: 0, by: -1) { idx.swapAt(i, rng.nextInt(i + 1)) }
+        // Continue dealing where the last class stopped so small classes do not all start at fold 0.
+        for i in idx { fold[i] = next % folds; next += 1 }
+    }
+    return (0..<folds).map { f in
+        (labels.indices.filter { fold[$0] != f }, labels.indices.filter { fold[$0] == f })
+    }
+}

@@ -93,41 +93,13 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     let total = Date(), r = spec.recipe, verbose = o.common.verbose
     let before = parameterFingerprint(backbone.model)
     let splits = try cachedSplits(spec: spec, backbone: backbone, feature: feature, data: data, cache: o.cache, verbose: verbose)
-    let (train, val) = (splits.train, splits.val), d = train.width, k = train.classes.count
-    let epochs = r.epochs ?? 100, batch = r.batchSize ?? 256, warmup = r.warmupEpochs ?? 0
-    let lrs = r.lrGrid ?? [0.01, 0.03, 0.1, 0.3, 1], wds = r.wdGrid ?? [0]
-    let pairs = lrs.flatMap { lr in wds.map { (lr: lr, wd: $0) } }
-    let points = pairs.map { GridPoint(lr: Float($0.lr), wd: Float($0.wd)) }
-    let fraction = r.holdout ?? 0.1
-
-    // Select on a held-out part of train, standardised with the fit part's statistics.
+    let (train, val) = (splits.train, splits.val), k = train.classes.count
     let trainStart = Date()
-    let split = stratifiedHoldout(labels: train.labels, fraction: fraction, seed: 0)
-    let fitX = gatherRows(train.features, width: d, split.fit), heldX = gatherRows(train.features, width: d, split.held)
-    let fitNorm = Standardizer(fitX, width: d)
-    let grid = LinearHeads(width: d, classes: k, points: points)
-    grid.train(fitNorm.apply(fitX), labels: split.fit.map { train.labels[$0] }, epochs: epochs, batchSize: batch,
-               warmupEpochs: warmup, seed: seed)
-    let scores = grid.evaluate(fitNorm.apply(heldX), labels: split.held.map { train.labels[$0] })
-    // Best held-out top-1; ties to the lower held-out loss.
-    let best = scores.indices.max { a, b in
-        scores[a].top1 != scores[b].top1 ? scores[a].top1 < scores[b].top1 : scores[a].loss > scores[b].loss
-    }!
-    let chosen = points[best]
-
-    // Retrain the chosen head on all of train; val is read only here, once per epoch for the curve.
-    let norm = Standardizer(train.features, width: d)
-    let x = norm.apply(train.features), vx = norm.apply(val.features)
-    let head = LinearHeads(width: d, classes: k, points: [chosen])
-    var log: [TransferEpoch] = []
-    var epochStart = Date()
-    head.train(x, labels: train.labels, epochs: epochs, batchSize: batch, warmupEpochs: warmup, seed: seed) { epoch, loss in
-        let valTop1 = head.evaluate(vx, labels: val.labels)[0].top1
-        let lr = WarmupCosine(baseLR: chosen.lr, warmupEpochs: warmup, epochs: Double(epochs)).lr(atEpoch: Double(epoch))
-        log.append(TransferEpoch(epoch: epoch, trainLoss: loss[0], lr: Double(lr), valTop1: valTop1, seconds: elapsed(since: epochStart)))
-        epochStart = Date()
-    }
-    let final = head.evaluate(vx, labels: val.labels)[0]
+    let grid = GridProbeSettings(recipe: r)
+    let result = gridProbe(train: train, val: val, settings: grid, seed: seed)
+    let (final, pairs, scores, best, split, log) = (result.val, result.pairs, result.heldout, result.best, result.split, result.log)
+    let epochs = result.epochs, fraction = grid.holdout
+    let chosen = pairs[best]
     let trainSeconds = elapsed(since: trainStart)
     guard parameterFingerprint(backbone.model) == before else {
         throw TaskError.badArgument("internal check failed: the backbone's weights changed during a linear probe")
@@ -141,7 +113,10 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
         "backbone frozen: its weights' fingerprint is identical before and after the run",
         "backbone in eval mode: no drop path, no masking; features of the eval transform (resize + center crop, crop ratio \(spec.dataset.cropRatio))",
         "normalisation: features standardised with the training part's mean and std only (BatchNorm without affine, eval form); the backbone has no BatchNorm",
-        "selection: lr and weight decay picked on a stratified \(Int((fraction * 100).rounded()))% of train (seed 0, \(split.held.count) images); val used only for the reported number and the curve",
+        "selection: lr and weight decay picked on " + (grid.folds > 1
+            ? "\(grid.folds)-fold stratified cross-validation of train (seed 0)"
+            : "a stratified \(Int((fraction * 100).rounded()))% of train (seed 0, \(split.held.count) images)") +
+            "; val used only for the reported number and the curve",
         "feature: \(feature.describe(backbone.model))",
     ]
     let metrics = TransferMetrics(
@@ -159,6 +134,90 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     try run.write(metrics)
     say("\(backbone.stem) seed \(seed): val top-1 \(String(format: "%.2f", final.top1))% (lr \(chosen.lr), wd \(chosen.wd))", verbose)
     return run
+}
+
+/// The cached probe's grid and schedule.
+public struct GridProbeSettings: Sendable {
+    public var lrs: [Double], wds: [Double]
+    public var epochs: Int, batchSize: Int, warmupEpochs: Double, holdout: Double
+    /// 1: select on one stratified `holdout` part of train; k > 1: on all k folds of train.
+    public var folds: Int
+    /// Small training sets get more epochs so every head takes at least this many steps.
+    public var minSteps = 1000
+
+    public init(recipe r: RecipeSpec) {
+        lrs = r.lrGrid ?? [0.01, 0.03, 0.1, 0.3, 1]
+        wds = r.wdGrid ?? [0]
+        epochs = r.epochs ?? 100
+        batchSize = r.batchSize ?? 256
+        warmupEpochs = r.warmupEpochs ?? 0
+        holdout = r.holdout ?? 0.1
+        folds = r.folds ?? 1
+    }
+}
+
+/// What `gridProbe` found.
+public struct GridProbeResult {
+    /// Val score of the selected head retrained on all of train.
+    public var val: HeadScore
+    public var pairs: [(lr: Double, wd: Double)]
+    /// Held-out score of every grid point (trained on the rest of train).
+    public var heldout: [HeadScore]
+    public var best: Int
+    public var split: (fit: [Int], held: [Int])
+    /// Per epoch of the retrained head: train loss and val top-1.
+    public var log: [TransferEpoch]
+    /// Epochs run (the recipe's, or more to reach `minSteps`).
+    public var epochs: Int
+}
+
+/// The cached linear probe on given features: standardise, train every (lr, wd) head at once on
+/// the fit part of train, pick the best on the stratified held-out part (seed 0), retrain it on
+/// all of train, score val. Val is read only by the retrained head.
+public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeSettings, seed: UInt64) -> GridProbeResult {
+    let d = train.width, k = train.classes.count
+    let stepsPerEpoch = max(1, (train.count + g.batchSize - 1) / g.batchSize)
+    var g = g
+    g.epochs = max(g.epochs, (g.minSteps + stepsPerEpoch - 1) / stepsPerEpoch)
+    let pairs = g.lrs.flatMap { lr in g.wds.map { (lr: lr, wd: $0) } }
+    let points = pairs.map { GridPoint(lr: Float($0.lr), wd: Float($0.wd)) }
+    // Held-out parts of train: one stratified part, or every fold of a stratified k-fold split.
+    let parts = g.folds > 1 ? stratifiedFolds(labels: train.labels, folds: g.folds, seed: 0)
+                            : [stratifiedHoldout(labels: train.labels, fraction: g.holdout, seed: 0)]
+    var correct = [Double](repeating: 0, count: points.count), lossSum = correct, heldCount = 0
+    for part in parts {
+        let fitX = gatherRows(train.features, width: d, part.fit), heldX = gatherRows(train.features, width: d, part.held)
+        let fitNorm = Standardizer(fitX, width: d)
+        let grid = LinearHeads(width: d, classes: k, points: points)
+        grid.train(fitNorm.apply(fitX), labels: part.fit.map { train.labels[$0] }, epochs: g.epochs, batchSize: g.batchSize,
+                   warmupEpochs: g.warmupEpochs, seed: seed)
+        let s = grid.evaluate(fitNorm.apply(heldX), labels: part.held.map { train.labels[$0] })
+        for i in s.indices {
+            correct[i] += s[i].top1 * Double(part.held.count)
+            lossSum[i] += s[i].loss * Double(part.held.count)
+        }
+        heldCount += part.held.count
+    }
+    let scores = points.indices.map { HeadScore(top1: correct[$0] / Double(heldCount), top5: 0, loss: lossSum[$0] / Double(heldCount)) }
+    // Best held-out top-1 (as scikit-learn's CV scores); ties to the lower held-out loss.
+    let best = scores.indices.max { a, b in
+        abs(scores[a].top1 - scores[b].top1) > 1e-9 ? scores[a].top1 < scores[b].top1 : scores[a].loss > scores[b].loss
+    }!
+    let split = parts[0]
+    let norm = Standardizer(train.features, width: d)
+    let x = norm.apply(train.features), vx = norm.apply(val.features)
+    let head = LinearHeads(width: d, classes: k, points: [points[best]])
+    var log: [TransferEpoch] = []
+    var epochStart = Date()
+    let schedule = WarmupCosine(baseLR: points[best].lr, warmupEpochs: g.warmupEpochs, epochs: Double(g.epochs))
+    head.train(x, labels: train.labels, epochs: g.epochs, batchSize: g.batchSize, warmupEpochs: g.warmupEpochs, seed: seed) { epoch, loss in
+        let valTop1 = head.evaluate(vx, labels: val.labels)[0].top1
+        log.append(TransferEpoch(epoch: epoch, trainLoss: loss[0], lr: Double(schedule.lr(atEpoch: Double(epoch))),
+                                 valTop1: valTop1, seconds: elapsed(since: epochStart)))
+        epochStart = Date()
+    }
+    return GridProbeResult(val: head.evaluate(vx, labels: val.labels)[0], pairs: pairs, heldout: scores, best: best,
+                           split: split, log: log, epochs: g.epochs)
 }
 
 /// Truncated normal N(0, std) on [-2 std, 2 std] (timm's trunc_normal_).

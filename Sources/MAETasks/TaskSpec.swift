@@ -91,6 +91,9 @@ public struct RecipeSpec: Codable, Sendable {
     public var wdGrid: [Double]?
     /// Fraction of train held out to select the grid point (fixed seed).
     public var holdout: Double?
+    /// Select on a stratified k-fold split of train instead (k > 1), as a cross-validated
+    /// logistic regression does; costs k grid trainings.
+    public var folds: Int?
     /// linprobe augmented: its own schedule (forward passes per epoch make it much slower).
     public var augmented: AugmentedRecipe?
     /// finetune: layer-wise lr decay, stochastic depth, gradient clipping, partial fine-tuning.
@@ -102,7 +105,7 @@ public struct RecipeSpec: Codable, Sendable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case mode, optimizer, baseLR = "base_lr", weightDecay = "weight_decay", batchSize = "batch_size", epochs
-        case warmupEpochs = "warmup_epochs", minLR = "min_lr", lrGrid = "lr_grid", wdGrid = "wd_grid", holdout
+        case warmupEpochs = "warmup_epochs", minLR = "min_lr", lrGrid = "lr_grid", wdGrid = "wd_grid", holdout, folds
         case augmented, layerDecay = "layer_decay", dropPath = "drop_path", clipGrad = "clip_grad", blocks
         case augmentation
     }
@@ -238,6 +241,7 @@ extension TaskSpec {
         if let e = recipe.epochs, e < 1 { throw fail("recipe.epochs must be at least 1") }
         if let b = recipe.batchSize, b < 1 { throw fail("recipe.batch_size must be at least 1") }
         if let h = recipe.holdout, !(0.01...0.5).contains(h) { throw fail("recipe.holdout must be in [0.01, 0.5]") }
+        if let f = recipe.folds, !(1...20).contains(f) { throw fail("recipe.folds must be in 1...20") }
         if let g = recipe.lrGrid, g.isEmpty || g.contains(where: { $0 <= 0 }) { throw fail("recipe.lr_grid must list positive learning rates") }
         if let g = recipe.wdGrid, g.isEmpty || g.contains(where: { $0 < 0 }) { throw fail("recipe.wd_grid must list weight decays >= 0") }
         if let m = recipe.mode, !["cached", "augmented"].contains(m) { throw fail("recipe.mode must be cached or augmented, not '\(m)'") }
@@ -260,8 +264,9 @@ extension TaskSpec {
                              "batch \(a.batchSize), \(a.epochs) epochs, warmup \(a.warmupEpochs), BatchNorm (no affine) + linear, RRC + flip")
             } else {
                 parts.append("cached features standardised; \(r.lrGrid?.count ?? 0) lr x \(r.wdGrid?.count ?? 1) wd heads trained at once " +
-                             "(SGD momentum 0.9, batch \(r.batchSize ?? 256), \(r.epochs ?? 100) epochs, warmup \(r.warmupEpochs ?? 0) + cosine), " +
-                             "selected on \(Int((r.holdout ?? 0.1) * 100))% of train, retrained on all of train")
+                             "(SGD momentum 0.9, batch \(r.batchSize ?? 256), \(r.epochs ?? 100) epochs (at least 1000 steps), warmup \(r.warmupEpochs ?? 0) + cosine), " +
+                             ((r.folds ?? 1) > 1 ? "selected by \(r.folds!)-fold cross-validation on train"
+                                                 : "selected on \(Int((r.holdout ?? 0.1) * 100))% of train") + ", retrained on all of train")
             }
         case .finetune:
             let a = r.augmentation
