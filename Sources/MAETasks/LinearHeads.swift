@@ -85,9 +85,11 @@ public final class LinearHeads {
                         let base = r * gk + h * k
                         var mx = -Float.infinity
                         for c in 0..<k { mx = max(mx, logits[base + c]) }
+                        let target = logits[base + yb[r]]
                         var s: Float = 0
                         for c in 0..<k { let e = expf(logits[base + c] - mx); logits[base + c] = e; s += e }
-                        lossSum[h] -= Double(logf(logits[base + yb[r]] / s))
+                        // log-sum-exp form: finite even when the target's probability underflows.
+                        lossSum[h] += Double(logf(s) - (target - mx))
                         for c in 0..<k { dLogits[base + c] = (logits[base + c] / s - (c == yb[r] ? 1 : 0)) / Float(b) }
                     }
                 }
