@@ -15,6 +15,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         // MARK: - C libraries (found through pkg-config)
@@ -39,7 +40,8 @@ let package = Package(
         /// Evaluation metrics: COCO AP (bbox, segm), semantic-segmentation mIoU.
         .target(name: "MAEMetrics", dependencies: ["MAECOCO"]),
         /// Benchmarks, pretraining, probes, fine-tuning, reports: one function per CLI command.
-        .target(name: "MAETasks", dependencies: ["MAEModels", "MAEData", "MAEMetrics", "MAEFormats"]),
+        .target(name: "MAETasks", dependencies: ["MAEModels", "MAEData", "MAEMetrics", "MAEFormats",
+                                                .product(name: "Yams", package: "Yams")]),
         .executableTarget(name: "mae-eval", dependencies: [
             "MAETasks", "MAEModels", "MAEData", "MAEMetrics", "MAEFormats", "MAECOCO", "CPNG",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -58,7 +60,7 @@ let package = Package(
         .testTarget(name: "MetricsTests", dependencies: ["MAEMetrics", "MAECOCO", "TestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DataTests", dependencies: ["MAEData", "MAECOCO", "TestSupport"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "TestSupport"],
+        .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "MAEFormats", "TestSupport"],
                     resources: [.copy("Fixtures")]),
     ],
     swiftLanguageModes: [.v5]

@@ -149,6 +149,14 @@ public final class VisionTransformer {
         return latent.data
     }
 
+    /// Block i's output tokens (B,N,D), before the final norm, from the last `forwardEncoder` run in
+    /// training mode (inference reuses two buffers, so only training mode keeps every block's output).
+    /// Probes read the last k blocks this way (DINO's get_intermediate_layers).
+    public func encoderBlockOutput(_ i: Int) -> Tensor {
+        precondition(training && (0..<config.depth).contains(i), "block outputs need a training-mode forward")
+        return encoder.blockOutput(i)
+    }
+
     /// Patch embedding alone (before pos_embed), all patches: images (B,C,H,W) -> (B,L,D).
     public func patchEmbedding(images: UnsafePointer<Float>, batch b: Int) -> Tensor {
         let c = config, p = c.patchSize, g = c.gridSize, s = c.imgSize, cpp = c.inChans * p * p

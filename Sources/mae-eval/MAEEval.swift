@@ -10,10 +10,16 @@ struct MAEEval: ParsableCommand {
         subcommands: [
             Bench.self,
             Extract.self,
+            Linprobe.self,
+            KNN.self,
+            Finetune.self,
+            Report.self,
             CocoEvalCommand.self,
             SegEvalCommand.self,
             Info.self,
             DataCommand.self,
+            Pretrain.self,
+            Visualize.self,
         ])
 
     /// Like ArgumentParser's default, but a bad flag or value gets its one-sentence message on

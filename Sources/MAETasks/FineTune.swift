@@ -1,0 +1,319 @@
+import Foundation
+import MAEData
+import MAEFormats
+import MAEKernels
+import MAEModels
+
+/// `mae-eval finetune` options beyond the shared ones.
+public struct FineTuneOptions: Sendable {
+    public var common = TransferOptions()
+    /// Partial fine-tuning: only the last N blocks, fc_norm and the head train (paper Fig. 9); nil: all.
+    public var blocks: Int?
+    /// Continue the run folder's checkpoint (weights, AdamW moments, epoch).
+    public var resume = false
+    /// Images per step; nil: the task's.
+    public var batchSize: Int?
+
+    public init() {}
+}
+
+/// MAE's fine-tuning model from a backbone: global average pooling + fc_norm + a new head of
+/// `classes` (truncated normal, std `headStd`). Weights are copied by name; the backbone's final
+/// `norm` is dropped and fc_norm starts fresh (MAE's main_finetune), unless the backbone already
+/// has a trained fc_norm (a global-pool supervised model), which is kept.
+public func makeClassifier(from backbone: VisionTransformer, classes: Int, headStd: Float = 2e-5,
+                           seed: UInt64) throws -> (model: VisionTransformer, initialised: [String]) {
+    var config = backbone.config
+    config.numClasses = classes
+    config.pooling = .avg
+    config.decoder = nil
+    let model = try VisionTransformer(config: config)
+    model.initializeWeights(seed: seed, headStd: headStd)
+    var fresh: [String] = []
+    for spec in model.params.specs {
+        if backbone.params.spec(spec.name) != nil, spec.name != "head.weight", spec.name != "head.bias" {
+            try model.params.set(spec.name, shape: spec.shape, Array(backbone.params.value(spec.name)))
+        } else {
+            fresh.append(spec.name)
+        }
+    }
+    return (model, fresh)
+}
+
+/// MAE's fine-tuning parameter groups: layer-wise lr decay, no weight decay on 1-D tensors and the
+/// tokens; with `blocks` N, everything but the last N blocks, fc_norm and the head is frozen
+/// (patch embedding, cls token and pos_embed included).
+public func fineTuneGroups(_ model: VisionTransformer, blocks: Int?, layerDecay: Float) -> ParameterGroups {
+    let depth = model.config.depth
+    let firstTrained = depth - (blocks ?? depth)
+    return ParameterGroups(layout: model.params.layout, depth: depth, noDecay: ["pos_embed", "cls_token", "dist_token"],
+                           layerDecay: layerDecay) { name in
+        guard blocks != nil else { return false }
+        let layer = ParameterGroups.layerID(name, depth: depth)
+        return layer == 0 || (name.hasPrefix("blocks.") && layer - 1 < firstTrained)
+    }
+}
+
+/// timm's Mixup / CutMix in batch mode, with label smoothing folded into the targets.
+public struct MixupCutmix: Sendable {
+    public var mixupAlpha: Double, cutmixAlpha: Double, prob: Double, switchProb: Double, smoothing: Float
+
+    public init(mixupAlpha: Double, cutmixAlpha: Double, prob: Double = 1, switchProb: Double = 0.5, smoothing: Float) {
+        self.mixupAlpha = mixupAlpha; self.cutmixAlpha = cutmixAlpha; self.prob = prob
+        self.switchProb = switchProb; self.smoothing = smoothing
+    }
+
+    /// Mixes images (B,3,S,S) in place with the batch reversed and returns the targets (B,K) and lam.
+    public func apply(_ images: inout [Float], labels: [Int], classes k: Int, size s: Int,
+                      rng: inout RandomStream) -> (targets: [Float], lam: Double) {
+        let b = labels.count
+        let plain = smoothedTargets(labels: labels, classes: k, smoothing: smoothing)
+        guard b > 1, mixupAlpha > 0 || cutmixAlpha > 0, rng.nextDouble() < prob else { return (plain, 1) }
+        let useCutmix = cutmixAlpha > 0 && (mixupAlpha <= 0 || rng.nextDouble() < switchProb)
+        var lam = sampleBeta(useCutmix ? cutmixAlpha : mixupAlpha, &rng)
+        let original = images, plane = 3 * s * s
+        if useCutmix {
+            // timm's rand_bbox: a box of side sqrt(1 - lam) at a uniform centre, clipped; lam corrected.
+            let cut = (1 - lam).squareRoot(), ch = Int(Double(s) * cut), cw = Int(Double(s) * cut)
+            let cy = rng.nextInt(s), cx = rng.nextInt(s)
+            let y0 = max(cy - ch / 2, 0), y1 = min(cy + ch / 2, s), x0 = max(cx - cw / 2, 0), x1 = min(cx + cw / 2, s)
+            for i in 0..<b {
+                let j = b - 1 - i
+                for c in 0..<3 {
+                    for y in y0..<max(y0, y1) {
+                        for x in x0..<max(x0, x1) { images[i * plane + (c * s + y) * s + x] = original[j * plane + (c * s + y) * s + x] }
+                    }
+                }
+            }
+            lam = 1 - Double(max(0, y1 - y0) * max(0, x1 - x0)) / Double(s * s)
+        } else {
+            let l = Float(lam)
+            for i in 0..<b {
+                let j = b - 1 - i
+                for p in 0..<plane { images[i * plane + p] = l * original[i * plane + p] + (1 - l) * original[j * plane + p] }
+            }
+        }
+        var targets = plain
+        let l = Float(lam)
+        for i in 0..<b { for c in 0..<k { targets[i * k + c] = l * plain[i * k + c] + (1 - l) * plain[(b - 1 - i) * k + c] } }
+        return (targets, lam)
+    }
+}
+
+/// Beta(a, a) from two Gamma(a) draws (Marsaglia-Tsang, with the a < 1 boost).
+func sampleBeta(_ a: Double, _ rng: inout RandomStream) -> Double {
+    func gamma(_ shape: Double) -> Double {
+        if shape < 1 { return gamma(shape + 1) * pow(max(rng.nextDouble(), 1e-300), 1 / shape) }
+        let d = shape - 1.0 / 3, c = 1 / (9 * d).squareRoot()
+        while true {
+            let x = Double(rng.nextGaussian()), v0 = 1 + c * x
+            guard v0 > 0 else { continue }
+            let v = v0 * v0 * v0, u = rng.nextDouble()
+            if log(max(u, 1e-300)) < 0.5 * x * x + d - d * v + d * log(v) { return d * v }
+        }
+    }
+    let x = gamma(a), y = gamma(a)
+    return x + y > 0 ? x / (x + y) : 0.5
+}
+
+/// The resume state kept in the run checkpoint's metadata.
+struct FineTuneState: Codable, Equatable {
+    var epoch: Int
+    var seed: UInt64
+    var blocks: Int?
+    var batchSize: Int
+    var classes: Int
+    var checkpointHash: String
+}
+
+/// Top-1 and top-5 (percent) of a classifier on a dataset through the eval transform.
+func classifierScore(_ model: VisionTransformer, loader: DataLoader) throws -> HeadScore {
+    var t1 = 0, t5 = 0, n = 0
+    let k = model.config.numClasses
+    let it = loader.epoch(0)
+    while let batch = try it.next() {
+        let logits = batch.images.withUnsafeBufferPointer { model.forwardLogits(images: $0.baseAddress!, batch: batch.count) }
+        let values = logits.array
+        for r in 0..<batch.count {
+            let (rank, _) = rankAndLoss(values, base: r * k, classes: k, label: batch.labels[r])
+            if rank < 1 { t1 += 1 }
+            if rank < 5 { t5 += 1 }
+        }
+        n += batch.count
+    }
+    return HeadScore(top1: 100 * Double(t1) / Double(max(n, 1)), top5: 100 * Double(t5) / Double(max(n, 1)), loss: 0)
+}
+
+/// Fine-tunes every backbone for every seed; returns the run folders.
+public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
+    let spec = try o.common.taskSpec(default: "shapes-finetune")
+    guard spec.evaluation == .finetune else {
+        throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a finetune task")
+    }
+    let backbones = try o.common.backbones()
+    let data = try o.common.datasets(spec)
+    guard data.train.classes == data.val.classes else {
+        throw TaskError.badArgument("\(data.train.root.path) and \(data.val.root.path) have different class folders")
+    }
+    var runs: [TransferRun] = []
+    for b in backbones {
+        let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads)
+        if let n = o.blocks ?? spec.recipe.blocks, !(0...backbone.model.config.depth).contains(n) {
+            throw TaskError.badArgument("--blocks \(n) is outside 0...\(backbone.model.config.depth) for \(b.url.path)")
+        }
+        for seed in spec.seeds {
+            let run = try fineTuneOne(spec: spec, backbone: backbone, data: data, seed: seed, o: o)
+            print(run.dir.path)
+            runs.append(run)
+        }
+    }
+    if let report = o.common.report { try writeReport(runs: o.common.outDir, to: report) }
+    return runs
+}
+
+func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFolder, val: ImageFolder, name: String),
+                 seed: UInt64, o: FineTuneOptions) throws -> TransferRun {
+    let total = Date(), r = spec.recipe, aug = r.augmentation, verbose = o.common.verbose
+    let k = data.train.classes.count, size = spec.dataset.imgSize
+    let blocks = o.blocks ?? r.blocks
+    let depth = backbone.model.config.depth
+    let (model, fresh) = try makeClassifier(from: backbone.model, classes: k, headStd: spec.head.initStd ?? 2e-5, seed: seed)
+    model.dropPath = Float(r.dropPath ?? 0.1)
+    let firstTrained = depth - (blocks ?? depth)
+    let groups = fineTuneGroups(model, blocks: blocks, layerDecay: Float(r.layerDecay ?? 0.75))
+    let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, weightDecay: Float(r.weightDecay ?? 0.05))
+    let batch = o.batchSize ?? r.batchSize ?? 64, epochs = r.epochs ?? 10
+    let lr = Float(r.baseLR ?? 1e-3) * Float(batch) / 256
+    let schedule = WarmupCosine(baseLR: lr, minLR: Float(r.minLR ?? 1e-6), warmupEpochs: r.warmupEpochs ?? 1, epochs: Double(epochs))
+    let scale = aug?.rrcScale ?? [0.08, 1]
+    let train = DataLoader(source: data.train, transform: MAETransform.train(RandomResizedCrop(size: size, scale: scale[0]...scale[1])),
+                           batchSize: batch, seed: seed, shuffle: true, dropLast: data.train.count >= batch)
+    let val = DataLoader(source: data.val, transform: MAETransform.eval(size: size, cropRatio: spec.dataset.cropRatio),
+                         batchSize: 128, shuffle: false)
+    let mixer = MixupCutmix(mixupAlpha: aug?.mixup ?? 0, cutmixAlpha: aug?.cutmix ?? 0, prob: aug?.mixupProb ?? 1,
+                            switchProb: aug?.switchProb ?? 0.5, smoothing: Float(aug?.labelSmoothing ?? 0.1))
+    let variant = blocks.map { "last \($0) blocks" } ?? "full"
+    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
+    try run.create()
+    let expected = FineTuneState(epoch: 0, seed: seed, blocks: blocks, batchSize: batch, classes: k, checkpointHash: backbone.hash)
+    var log: [TransferEpoch] = []
+    var startEpoch = 0
+    if o.resume, FileManager.default.fileExists(atPath: run.checkpoint.path) {
+        startEpoch = try restoreFineTune(run.checkpoint, model: model, optimizer: optimizer, expected: expected)
+        log = Array(try run.readLog().prefix(startEpoch))
+        say("resuming \(run.dir.path) after epoch \(startEpoch)", verbose)
+    } else if FileManager.default.fileExists(atPath: run.checkpoint.path) {
+        say("note: starting \(run.dir.path) afresh (pass --resume to continue its checkpoint)", verbose)
+    }
+    let frozenBefore = frozenFingerprint(model, groups)
+    let steps = train.batchCount
+    let trainStart = Date()
+    for epoch in startEpoch..<epochs {
+        let epochStart = Date()
+        var lossSum: Double = 0, seen = 0, step = 0
+        let it = train.epoch(epoch)
+        while let b = try it.next() {
+            var images = b.images
+            var rng = RandomStream(seed: seed).derived(UInt64(epoch * 1_000_003 + step))
+            let (targets, _) = mixer.apply(&images, labels: b.labels, classes: k, size: size, rng: &rng)
+            model.params.zeroGrads()
+            _ = images.withUnsafeBufferPointer {
+                model.forwardLogits(images: $0.baseAddress!, batch: b.count, training: true, seed: rng.next())
+            }
+            let loss = model.classificationLoss(targets: targets)
+            guard loss.isFinite else {
+                throw TaskError.badArgument("fine-tuning diverged at epoch \(epoch + 1), step \(step + 1) (loss \(loss)); lower base_lr")
+            }
+            model.backwardClassification()
+            if let c = r.clipGrad { clipGradNorm(model.params, groups: groups, maxNorm: Float(c)) }
+            optimizer.step(model.params, lr: schedule.lr(atEpoch: Double(epoch) + Double(step) / Double(steps)))
+            lossSum += Double(loss) * Double(b.count); seen += b.count; step += 1
+        }
+        let score = try classifierScore(model, loader: val)
+        let entry = TransferEpoch(epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)),
+                                  lr: Double(schedule.lr(atEpoch: Double(epoch + 1))), valTop1: score.top1,
+                                  seconds: elapsed(since: epochStart))
+        log.append(entry)
+        var state = expected
+        state.epoch = epoch + 1
+        try saveFineTune(run.checkpoint, model: model, optimizer: optimizer, state: state)
+        try run.write(log: log)
+        say("\(backbone.stem) \(variant) epoch \(epoch + 1)/\(epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
+            "val top-1 \(String(format: "%.2f", score.top1))%, \(String(format: "%.1f", entry.seconds)) s", verbose)
+    }
+    let final = try classifierScore(model, loader: val)
+    guard frozenFingerprint(model, groups) == frozenBefore else {
+        throw TaskError.badArgument("internal check failed: frozen parameters changed during partial fine-tuning")
+    }
+    let trained = model.params.specs.indices.filter { !groups.frozen[$0] }.count
+    var checks = [
+        blocks.map { n in "partial fine-tuning (last \(n) blocks): blocks \(firstTrained)..\(depth - 1) of \(depth), fc_norm and head train; the \(model.params.specs.count - trained) frozen tensors (patch embedding, tokens, earlier blocks) are verified unchanged" }
+            ?? "full fine-tuning: all \(trained) trainable tensors train, with layer-wise lr decay \(r.layerDecay ?? 0.75)",
+        "initialised fresh: \(fresh.joined(separator: ", ")); the backbone's final norm is not used (global pool + fc_norm)",
+        "training mode: drop path \(r.dropPath ?? 0.1); val through resize + center crop in eval mode, the last epoch is reported (val chooses nothing)",
+        "augmentation: RandomResizedCrop (scale \(scale[0])-\(scale[1])) + flip, mixup \(aug?.mixup ?? 0), cutmix \(aug?.cutmix ?? 0), label smoothing \(aug?.labelSmoothing ?? 0.1)" +
+            (aug?.randAugment != nil ? "; RandAugment asked (\(aug!.randAugment!)) but not implemented, so not applied" : ""),
+    ]
+    if startEpoch > 0 { checks.append("resumed after epoch \(startEpoch) from the run's checkpoint (weights and AdamW state)") }
+    let metrics = TransferMetrics(
+        task: spec.name, evaluation: "finetune", variant: variant, checkpoint: backbone.url.path, checkpointHash: backbone.hash,
+        method: backbone.method, role: backbone.role, top1: final.top1, top5: final.top5, seed: seed,
+        recipe: spec.recipeSummary + (blocks.map { ", last \($0) blocks only" } ?? ""), dataset: data.name,
+        trainData: data.train.root.path, valData: data.val.root.path, trainImages: data.train.count, valImages: data.val.count,
+        classes: k, pooling: "mean of patch tokens + fc_norm (global pool)", selected: nil, grid: nil, protocolChecks: checks,
+        timings: ["train_s": elapsed(since: trainStart), "total_s": elapsed(since: total)], epochs: epochs, created: timestamp())
+    try run.write(metrics)
+    return run
+}
+
+/// Fingerprint of the frozen parameters' values.
+func frozenFingerprint(_ model: VisionTransformer, _ groups: ParameterGroups) -> String {
+    var data = Data()
+    for (i, spec) in model.params.specs.enumerated() where groups.frozen[i] {
+        data.append(Data(buffer: UnsafeBufferPointer(model.params.value(spec.name))))
+    }
+    return fnv1a(data)
+}
+
+/// Weights, AdamW state (`optim.*`) and the resume state in one safetensors file, atomically.
+func saveFineTune(_ url: URL, model: VisionTransformer, optimizer: AdamW, state: FineTuneState) throws {
+    var meta: [String: String] = ["format": "mae-eval", "method": "finetune"]
+    meta["config"] = String(decoding: try JSONEncoder().encode(model.config), as: UTF8.self)
+    meta["finetune_state"] = String(decoding: try JSONEncoder().encode(state), as: UTF8.self)
+    var file = SafeTensors(tensors: model.params.specs.map {
+        ($0.name, StoredTensor(shape: $0.shape, floats: Array(model.params.value($0.name))))
+    }, metadata: meta)
+    for (key, values) in optimizer.state.sorted(by: { $0.key < $1.key }) {
+        file.set("optim." + key, StoredTensor(shape: [values.count], floats: values))
+    }
+    try file.write(to: url)
+}
+
+/// Loads a fine-tuning checkpoint saved by `saveFineTune`; returns the completed epochs.
+func restoreFineTune(_ url: URL, model: VisionTransformer, optimizer: AdamW, expected: FineTuneState) throws -> Int {
+    let file = try SafeTensors.read(contentsOf: url)
+    guard let json = file.metadata["finetune_state"],
+          let saved = try? JSONDecoder().decode(FineTuneState.self, from: Data(json.utf8)) else {
+        throw TaskError.badArgument("\(url.path) has no fine-tuning state, so it cannot be resumed")
+    }
+    var same = saved
+    same.epoch = expected.epoch
+    guard same == expected else {
+        throw TaskError.badArgument("\(url.path) was fine-tuned with other settings (seed, blocks, batch size, classes or backbone) and cannot be resumed with these")
+    }
+    for spec in model.params.specs {
+        guard let t = file.tensors[spec.name], t.dtype == .f32, t.shape == spec.shape else {
+            throw TaskError.badArgument("\(url.path) lacks \(spec.name) with shape \(spec.shape)")
+        }
+        try model.params.set(spec.name, shape: spec.shape, t.floats)
+    }
+    var moments: [String: [Float]] = [:]
+    for (key, current) in optimizer.state {
+        guard let t = file.tensors["optim." + key], t.count == current.count else {
+            throw TaskError.badArgument("\(url.path) lacks the optimizer state optim.\(key)")
+        }
+        moments[key] = t.floats
+    }
+    optimizer.state = moments
+    return saved.epoch
+}

@@ -1,0 +1,349 @@
+import Foundation
+import MAEData
+import MAEKernels
+import MAEFormats
+import MAEModels
+
+/// `mae-eval linprobe` options beyond the shared ones.
+public struct LinearProbeOptions: Sendable {
+    public var common = TransferOptions()
+    /// `cached` (default of the Shapes task) or `augmented` (MAE's protocol); nil: the task's.
+    public var mode: String?
+    /// nil: the task's head.pooling.
+    public var pooling: Pooling?
+    /// nil: the task's head.last_blocks (1).
+    public var lastBlocks: Int?
+    public var cache = FeatureCache.standard
+
+    public init() {}
+}
+
+/// Runs the linear probe of every backbone and seed; returns the run folders.
+public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
+    var spec = try o.common.taskSpec(default: "shapes-linprobe")
+    guard spec.evaluation == .linprobe else {
+        throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a linprobe task")
+    }
+    let mode = o.mode ?? spec.recipe.mode ?? "cached"
+    guard ["cached", "augmented"].contains(mode) else { throw TaskError.badArgument("--mode must be cached or augmented, not '\(mode)'") }
+    if mode == "augmented" && spec.recipe.augmented == nil {
+        throw TaskError.badArgument("task \(spec.name) has no recipe.augmented section for --mode augmented")
+    }
+    spec.recipe.mode = mode
+    let lastBlocks = o.lastBlocks ?? spec.head.lastBlocks ?? 1
+    guard lastBlocks >= 1 else { throw TaskError.badArgument("--last-blocks must be at least 1") }
+    let backbones = try o.common.backbones()
+    let data = try o.common.datasets(spec)
+    var runs: [TransferRun] = []
+    for b in backbones {
+        let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads)
+        guard lastBlocks <= backbone.model.config.depth else {
+            throw TaskError.badArgument("--last-blocks \(lastBlocks) exceeds the depth \(backbone.model.config.depth) of \(b.url.path)")
+        }
+        let feature = ProbeFeature(model: backbone.model, requested: o.pooling ?? spec.head.pooling, lastBlocks: lastBlocks)
+        for seed in spec.seeds {
+            let run = mode == "cached"
+                ? try cachedProbe(spec: spec, backbone: backbone, feature: feature, data: data, seed: seed, o: o)
+                : try augmentedProbe(spec: spec, backbone: backbone, feature: feature, data: data, seed: seed, o: o)
+            print(run.dir.path)
+            runs.append(run)
+        }
+    }
+    if let report = o.common.report { try writeReport(runs: o.common.outDir, to: report) }
+    return runs
+}
+
+/// The variant name reports group by.
+func probeVariant(mode: String, feature: ProbeFeature) -> String {
+    "\(mode), \(feature.requested.rawValue)" + (feature.lastBlocks > 1 ? ", last \(feature.lastBlocks) blocks" : "")
+}
+
+/// Fingerprint of every backbone parameter, to show it did not change.
+func parameterFingerprint(_ model: VisionTransformer) -> String {
+    fnv1a(Data(buffer: model.params.values.buffer))
+}
+
+/// Eval-transform features of both splits, through the cache.
+func cachedSplits(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature,
+                  data: (train: ImageFolder, val: ImageFolder, name: String), cache: FeatureCache,
+                  verbose: Bool) throws -> (train: FeatureSet, val: FeatureSet, seconds: Double, hits: Int) {
+    let start = Date()
+    let transform = MAETransform.eval(size: spec.dataset.imgSize, cropRatio: spec.dataset.cropRatio)
+    var sets: [FeatureSet] = [], hits = 0
+    for folder in [data.train, data.val] {
+        let key = cache.key(checkpointHash: backbone.hash, data: folder, imgSize: spec.dataset.imgSize,
+                            cropRatio: spec.dataset.cropRatio, feature: feature)
+        let (set, hit) = try cache.features(key: key) {
+            say("extracting \(folder.count) images of \(folder.root.path) with \(backbone.stem)", verbose)
+            return try probeFeatures(model: backbone.model, feature: feature, folder: folder, transform: transform)
+        }
+        sets.append(set)
+        hits += hit ? 1 : 0
+    }
+    guard sets[0].classes == sets[1].classes else {
+        throw TaskError.badArgument("\(data.train.root.path) and \(data.val.root.path) have different class folders")
+    }
+    return (sets[0], sets[1], elapsed(since: start), hits)
+}
+
+/// Features once, standardised; a grid of heads picked on held-out train, retrained on all of train.
+func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature,
+                 data: (train: ImageFolder, val: ImageFolder, name: String), seed: UInt64,
+                 o: LinearProbeOptions) throws -> TransferRun {
+    let total = Date(), r = spec.recipe, verbose = o.common.verbose
+    let before = parameterFingerprint(backbone.model)
+    let splits = try cachedSplits(spec: spec, backbone: backbone, feature: feature, data: data, cache: o.cache, verbose: verbose)
+    let (train, val) = (splits.train, splits.val), k = train.classes.count
+    let trainStart = Date()
+    let grid = GridProbeSettings(recipe: r)
+    let result = gridProbe(train: train, val: val, settings: grid, seed: seed)
+    let (final, pairs, scores, best, split, log) = (result.val, result.pairs, result.heldout, result.best, result.split, result.log)
+    let epochs = result.epochs, fraction = grid.holdout
+    let chosen = pairs[best]
+    let trainSeconds = elapsed(since: trainStart)
+    guard parameterFingerprint(backbone.model) == before else {
+        throw TaskError.badArgument("internal check failed: the backbone's weights changed during a linear probe")
+    }
+
+    let variant = probeVariant(mode: "cached", feature: feature)
+    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
+    try run.create()
+    try run.write(log: log)
+    let checks = [
+        "backbone frozen: its weights' fingerprint is identical before and after the run",
+        "backbone in eval mode: no drop path, no masking; features of the eval transform (resize + center crop, crop ratio \(spec.dataset.cropRatio))",
+        "normalisation: features standardised with the training part's mean and std only (BatchNorm without affine, eval form); the backbone has no BatchNorm",
+        "selection: lr and weight decay picked on " + (grid.folds > 1
+            ? "\(grid.folds)-fold stratified cross-validation of train (seed 0)"
+            : "a stratified \(Int((fraction * 100).rounded()))% of train (seed 0, \(split.held.count) images)") +
+            "; val used only for the reported number and the curve",
+        "feature: \(feature.describe(backbone.model))",
+    ]
+    let metrics = TransferMetrics(
+        task: spec.name, evaluation: "linprobe", variant: variant, checkpoint: backbone.url.path, checkpointHash: backbone.hash,
+        method: backbone.method, role: backbone.role, top1: final.top1, top5: final.top5, seed: seed,
+        recipe: spec.recipeSummary, dataset: data.name, trainData: data.train.root.path, valData: data.val.root.path,
+        trainImages: train.count, valImages: val.count, classes: k, pooling: feature.describe(backbone.model),
+        selected: ["lr": pairs[best].lr, "weight_decay": pairs[best].wd, "heldout_top1": scores[best].top1],
+        grid: pairs.indices.map { ["lr": pairs[$0].lr, "weight_decay": pairs[$0].wd,
+                                    "heldout_top1": scores[$0].top1, "heldout_loss": scores[$0].loss] },
+        protocolChecks: checks,
+        timings: ["extract_s": splits.seconds, "train_s": trainSeconds, "total_s": elapsed(since: total),
+                  "cache_hits": Double(splits.hits)],
+        epochs: epochs, created: timestamp())
+    try run.write(metrics)
+    say("\(backbone.stem) seed \(seed): val top-1 \(String(format: "%.2f", final.top1))% (lr \(chosen.lr), wd \(chosen.wd))", verbose)
+    return run
+}
+
+/// The cached probe's grid and schedule.
+public struct GridProbeSettings: Sendable {
+    public var lrs: [Double], wds: [Double]
+    public var epochs: Int, batchSize: Int, warmupEpochs: Double, holdout: Double
+    /// 1: select on one stratified `holdout` part of train; k > 1: on all k folds of train.
+    public var folds: Int
+    /// Small training sets get more epochs so every head takes at least this many steps.
+    public var minSteps = 1000
+
+    public init(recipe r: RecipeSpec) {
+        lrs = r.lrGrid ?? [0.01, 0.03, 0.1, 0.3, 1]
+        wds = r.wdGrid ?? [0]
+        epochs = r.epochs ?? 100
+        batchSize = r.batchSize ?? 256
+        warmupEpochs = r.warmupEpochs ?? 0
+        holdout = r.holdout ?? 0.1
+        folds = r.folds ?? 1
+    }
+}
+
+/// What `gridProbe` found.
+public struct GridProbeResult {
+    /// Val score of the selected head retrained on all of train.
+    public var val: HeadScore
+    public var pairs: [(lr: Double, wd: Double)]
+    /// Held-out score of every grid point (trained on the rest of train).
+    public var heldout: [HeadScore]
+    public var best: Int
+    public var split: (fit: [Int], held: [Int])
+    /// Per epoch of the retrained head: train loss and val top-1.
+    public var log: [TransferEpoch]
+    /// Epochs run (the recipe's, or more to reach `minSteps`).
+    public var epochs: Int
+}
+
+/// The cached linear probe on given features: standardise, train every (lr, wd) head at once on
+/// the fit part of train, pick the best on the stratified held-out part (seed 0), retrain it on
+/// all of train, score val. Val is read only by the retrained head.
+public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeSettings, seed: UInt64) -> GridProbeResult {
+    let d = train.width, k = train.classes.count
+    let stepsPerEpoch = max(1, (train.count + g.batchSize - 1) / g.batchSize)
+    var g = g
+    g.epochs = max(g.epochs, (g.minSteps + stepsPerEpoch - 1) / stepsPerEpoch)
+    let pairs = g.lrs.flatMap { lr in g.wds.map { (lr: lr, wd: $0) } }
+    let points = pairs.map { GridPoint(lr: Float($0.lr), wd: Float($0.wd)) }
+    // Held-out parts of train: one stratified part, or every fold of a stratified k-fold split.
+    let parts = g.folds > 1 ? stratifiedFolds(labels: train.labels, folds: g.folds, seed: 0)
+                            : [stratifiedHoldout(labels: train.labels, fraction: g.holdout, seed: 0)]
+    var correct = [Double](repeating: 0, count: points.count), lossSum = correct, heldCount = 0
+    for part in parts {
+        let fitX = gatherRows(train.features, width: d, part.fit), heldX = gatherRows(train.features, width: d, part.held)
+        let fitNorm = Standardizer(fitX, width: d)
+        let grid = LinearHeads(width: d, classes: k, points: points)
+        grid.train(fitNorm.apply(fitX), labels: part.fit.map { train.labels[$0] }, epochs: g.epochs, batchSize: g.batchSize,
+                   warmupEpochs: g.warmupEpochs, seed: seed)
+        let s = grid.evaluate(fitNorm.apply(heldX), labels: part.held.map { train.labels[$0] })
+        for i in s.indices {
+            correct[i] += s[i].top1 * Double(part.held.count)
+            lossSum[i] += s[i].loss * Double(part.held.count)
+        }
+        heldCount += part.held.count
+    }
+    let scores = points.indices.map { HeadScore(top1: correct[$0] / Double(heldCount), top5: 0, loss: lossSum[$0] / Double(heldCount)) }
+    // Best held-out top-1 (as scikit-learn's CV scores); ties to the lower held-out loss.
+    let best = scores.indices.max { a, b in
+        abs(scores[a].top1 - scores[b].top1) > 1e-9 ? scores[a].top1 < scores[b].top1 : scores[a].loss > scores[b].loss
+    }!
+    let split = parts[0]
+    let norm = Standardizer(train.features, width: d)
+    let x = norm.apply(train.features), vx = norm.apply(val.features)
+    let head = LinearHeads(width: d, classes: k, points: [points[best]])
+    var log: [TransferEpoch] = []
+    var epochStart = Date()
+    let schedule = WarmupCosine(baseLR: points[best].lr, warmupEpochs: g.warmupEpochs, epochs: Double(g.epochs))
+    head.train(x, labels: train.labels, epochs: g.epochs, batchSize: g.batchSize, warmupEpochs: g.warmupEpochs, seed: seed) { epoch, loss in
+        let valTop1 = head.evaluate(vx, labels: val.labels)[0].top1
+        log.append(TransferEpoch(epoch: epoch, trainLoss: loss[0], lr: Double(schedule.lr(atEpoch: Double(epoch))),
+                                 valTop1: valTop1, seconds: elapsed(since: epochStart)))
+        epochStart = Date()
+    }
+    return GridProbeResult(val: head.evaluate(vx, labels: val.labels)[0], pairs: pairs, heldout: scores, best: best,
+                           split: split, log: log, epochs: g.epochs)
+}
+
+/// Truncated normal N(0, std) on [-2 std, 2 std] (timm's trunc_normal_).
+func truncatedNormal(_ count: Int, std: Float, rng: inout RandomStream) -> [Float] {
+    (0..<count).map { _ in
+        while true { let x = rng.nextGaussian(); if abs(x) <= 2 { return x * std } }
+    }
+}
+
+/// MAE's linear probe: the frozen backbone sees RandomResizedCrop + flip images every epoch;
+/// BatchNorm1d (no affine) + Linear trained by LARS, lr = blr * batch / 256, warmup + cosine.
+func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature,
+                    data: (train: ImageFolder, val: ImageFolder, name: String), seed: UInt64,
+                    o: LinearProbeOptions) throws -> TransferRun {
+    let total = Date(), a = spec.recipe.augmented!, verbose = o.common.verbose, model = backbone.model
+    let before = parameterFingerprint(model)
+    let d = feature.width(model), k = data.train.classes.count
+    guard data.train.classes == data.val.classes else {
+        throw TaskError.badArgument("\(data.train.root.path) and \(data.val.root.path) have different class folders")
+    }
+    // Val features do not depend on the head: extract them once (eval transform, cached).
+    let valStart = Date()
+    let valKey = o.cache.key(checkpointHash: backbone.hash, data: data.val, imgSize: spec.dataset.imgSize,
+                             cropRatio: spec.dataset.cropRatio, feature: feature)
+    let val = try o.cache.features(key: valKey) {
+        try probeFeatures(model: model, feature: feature, folder: data.val,
+                          transform: .eval(size: spec.dataset.imgSize, cropRatio: spec.dataset.cropRatio))
+    }.set
+    let extractSeconds = elapsed(since: valStart)
+
+    var layout = ParameterLayout()
+    layout.add("head.weight", [k, d]); layout.add("head.bias", [k])
+    let head = ParameterStore(layout: layout)
+    var rng = RandomStream(seed: seed)
+    let w0 = truncatedNormal(k * d, std: spec.head.initStd ?? 0.01, rng: &rng)
+    try head.set("head.weight", shape: [k, d], w0)
+    let lars = LARS(count: layout.totalCount, groups: ParameterGroups(layout: layout, depth: 0), weightDecay: Float(a.weightDecay))
+    var bn = BatchNorm1d(width: d)
+    let useBN = spec.head.batchNorm ?? true
+    let lr = Float(a.baseLR) * Float(a.batchSize) / 256
+    let schedule = WarmupCosine(baseLR: lr, warmupEpochs: a.warmupEpochs, epochs: Double(a.epochs))
+    let scale = spec.recipe.augmentation?.rrcScale ?? [0.08, 1]
+    let crop = RandomResizedCrop(size: spec.dataset.imgSize, scale: scale[0]...scale[1])
+    let loader = DataLoader(source: data.train, transform: MAETransform.train(crop), batchSize: a.batchSize, seed: seed,
+                            shuffle: true, dropLast: data.train.count >= a.batchSize)
+    let steps = loader.batchCount
+    let w = head.value("head.weight").baseAddress!, bias = head.value("head.bias").baseAddress!
+
+    func evaluate(_ x: [Float], labels: [Int], bn: inout BatchNorm1d) -> HeadScore {
+        let n = labels.count
+        let z = useBN ? bn.forward(x, batch: n, training: false) : x
+        var logits = [Float](repeating: 0, count: n * k)
+        z.withUnsafeBufferPointer { zp in
+            logits.withUnsafeMutableBufferPointer { lp in
+                linearForward(out: lp.baseAddress!, input: zp.baseAddress!, weight: w, bias: bias, rows: n, inDim: d, outDim: k)
+            }
+        }
+        var t1 = 0, t5 = 0
+        for r in 0..<n {
+            let (rank, _) = rankAndLoss(logits, base: r * k, classes: k, label: labels[r])
+            if rank < 1 { t1 += 1 }
+            if rank < 5 { t5 += 1 }
+        }
+        return HeadScore(top1: 100 * Double(t1) / Double(n), top5: 100 * Double(t5) / Double(n), loss: 0)
+    }
+
+    var log: [TransferEpoch] = []
+    let trainStart = Date()
+    for epoch in 0..<a.epochs {
+        let epochStart = Date()
+        var lossSum: Double = 0, seen = 0, step = 0
+        let it = loader.epoch(epoch)
+        while let batch = try it.next() {
+            let b = batch.count
+            let f = batch.images.withUnsafeBufferPointer { feature.compute(model, images: $0.baseAddress!, batch: b) }
+            // The BatchNorm has no parameters and nothing before it trains: no backward through it.
+            let z = useBN && b > 1 ? bn.forward(f, batch: b, training: true) : f
+            let logits = Tensor([b, k]), probs = Tensor([b, k]), dLogits = Tensor([b, k])
+            let targets = smoothedTargets(labels: batch.labels, classes: k, smoothing: 0)
+            head.zeroGrads()
+            z.withUnsafeBufferPointer { zp in
+                linearForward(out: logits.data, input: zp.baseAddress!, weight: w, bias: bias, rows: b, inDim: d, outDim: k)
+                targets.withUnsafeBufferPointer { tp in
+                    lossSum += Double(crossEntropyForward(probs: probs.data, logits: logits.data, targets: tp.baseAddress!,
+                                                          rows: b, classes: k)) * Double(b)
+                    crossEntropyBackward(dLogits: dLogits.data, probs: probs.data, targets: tp.baseAddress!, rows: b, classes: k)
+                }
+                linearBackward(dInput: nil, dWeight: head.grad("head.weight").baseAddress!, dBias: head.grad("head.bias").baseAddress!,
+                               dOut: dLogits.data, input: zp.baseAddress!, weight: w, rows: b, inDim: d, outDim: k)
+            }
+            lars.step(head, lr: schedule.lr(atEpoch: Double(epoch) + Double(step) / Double(steps)))
+            seen += b; step += 1
+        }
+        let score = evaluate(val.features, labels: val.labels, bn: &bn)
+        let entry = TransferEpoch(epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)),
+                                  lr: Double(schedule.lr(atEpoch: Double(epoch + 1))), valTop1: score.top1,
+                                  seconds: elapsed(since: epochStart))
+        log.append(entry)
+        say("\(backbone.stem) epoch \(epoch + 1)/\(a.epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
+            "val top-1 \(String(format: "%.2f", score.top1))%, \(String(format: "%.1f", entry.seconds)) s", verbose)
+    }
+    let final = evaluate(val.features, labels: val.labels, bn: &bn)
+    guard parameterFingerprint(model) == before else {
+        throw TaskError.badArgument("internal check failed: the backbone's weights changed during a linear probe")
+    }
+    let variant = probeVariant(mode: "augmented", feature: feature)
+    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
+    try run.create()
+    try run.write(log: log)
+    let checks = [
+        "backbone frozen: its weights' fingerprint is identical before and after the run; no gradient reaches it",
+        "backbone in eval mode: no drop path, no masking; train images through RandomResizedCrop (scale \(scale[0])-\(scale[1])) + flip, val through resize + center crop",
+        useBN ? "BatchNorm statistics: the probe head's own BatchNorm1d (no affine, momentum 0.1) from train batches; val uses its running statistics; the backbone has no BatchNorm"
+              : "no BatchNorm in the head (head.batch_norm false)",
+        "selection: none; the recipe is fixed (MAE's), the last epoch is reported, val is not used to choose anything",
+        "feature: \(feature.describe(model))",
+    ]
+    let metrics = TransferMetrics(
+        task: spec.name, evaluation: "linprobe", variant: variant, checkpoint: backbone.url.path, checkpointHash: backbone.hash,
+        method: backbone.method, role: backbone.role, top1: final.top1, top5: final.top5, seed: seed,
+        recipe: spec.recipeSummary, dataset: data.name, trainData: data.train.root.path, valData: data.val.root.path,
+        trainImages: data.train.count, valImages: data.val.count, classes: k, pooling: feature.describe(model),
+        selected: nil, grid: nil, protocolChecks: checks,
+        timings: ["extract_s": extractSeconds, "train_s": elapsed(since: trainStart), "total_s": elapsed(since: total)],
+        epochs: a.epochs, created: timestamp())
+    try run.write(metrics)
+    say("\(backbone.stem) seed \(seed): val top-1 \(String(format: "%.2f", final.top1))%", verbose)
+    return run
+}

@@ -1,0 +1,418 @@
+import Foundation
+import MAEData
+import MAEFormats
+import MAEKernels
+import MAEModels
+
+/// How a backbone is pretrained.
+public enum PretrainMethod: String, CaseIterable, Codable, Sendable {
+    /// MAE: masked patches reconstructed by a light decoder (self-supervised, no labels).
+    case mae
+    /// The supervised baseline: the same ViT trained to classify (global pool + fc_norm + head).
+    case supervised
+}
+
+/// Where the embedded Shapes dataset is generated and cached unless `--data` says otherwise.
+public let defaultShapesRoot = URL(fileURLWithPath: ".mae-eval/data/shapes")
+
+/// Everything `mae-eval pretrain` takes. Unset optional values take the method's recipe default.
+public struct PretrainOptions: Sendable {
+    public var method: PretrainMethod
+    public var model = "vit_shapes_patch4"
+    /// Replaces the preset's encoder (tests use tiny models); the method still sets decoder or head.
+    public var architecture: ViTConfig?
+    /// The MAE decoder; nil takes the preset's.
+    public var decoder: DecoderConfig?
+    /// An ImageFolder; nil uses the Shapes split for the method (pretrain for MAE, supervised otherwise).
+    public var data: URL?
+    /// Where Shapes is generated when `data` is nil.
+    public var shapesRoot = defaultShapesRoot
+    public var epochs: Int
+    public var batchSize = 64
+    /// Absolute learning rate; overrides `blr`.
+    public var lr: Double?
+    /// Base learning rate: lr = blr * batchSize / 256 (MAE's rule).
+    public var blr: Double?
+    public var minLR = 0.0
+    public var warmupEpochs: Double?
+    public var weightDecay: Double?
+    public var maskRatio = 0.75
+    public var labelSmoothing = 0.1
+    /// RandomResizedCrop's smallest area fraction; nil takes the recipe's (0.2 MAE, 0.08 supervised).
+    public var minCropScale: Double?
+    /// Stochastic depth for supervised training (0.1 in MAE's supervised recipe); MAE uses none.
+    public var dropPath: Double?
+    public var seed: UInt64 = 0
+    public var outDir: URL
+    public var resume = false
+    /// Background data-loading threads.
+    public var workers = 1
+    /// A step loss above this (or not finite) stops the run.
+    public var lossLimit: Float = 1e4
+    /// Stops after this many epochs as if the run were killed there (tests of `resume`).
+    public var stopAfterEpoch: Int?
+    public var progress = true
+
+    public init(method: PretrainMethod, epochs: Int, outDir: URL) {
+        self.method = method; self.epochs = epochs; self.outDir = outDir
+    }
+
+    /// The recipe's defaults: MAE's pretraining (main_pretrain.py) and MAE's supervised ViT
+    /// from scratch (appendix A.2: blr 1e-4, wd 0.3, betas (0.9, 0.95), drop path 0.1, smoothing 0.1).
+    var baseLR: Double { blr ?? (method == .mae ? 1.5e-4 : 1e-4) }
+    var learningRate: Double { lr ?? baseLR * Double(batchSize) / 256 }
+    var decay: Double { weightDecay ?? (method == .mae ? 0.05 : 0.3) }
+    /// MAE warms up 40 of 800 epochs, the supervised recipe 20 of 300: the same fraction here.
+    var warmup: Double { warmupEpochs ?? Double(epochs) * (method == .mae ? 0.05 : 20.0 / 300) }
+    var stochasticDepth: Double { dropPath ?? (method == .mae ? 0 : 0.1) }
+    var cropScale: ClosedRange<Double> { (minCropScale ?? (method == .mae ? 0.2 : 0.08))...1 }
+}
+
+/// One line of `log.jsonl`.
+public struct EpochLog: Codable, Sendable, Equatable {
+    public var epoch: Int
+    public var loss: Double
+    public var lr: Double
+    public var images_per_s: Double
+    public var seconds: Double
+}
+
+/// `metrics.json` of a finished run.
+public struct PretrainMetrics: Codable, Sendable {
+    public var method: String
+    public var model: String
+    public var data: String
+    public var epochs: Int
+    public var final_loss: Double
+    public var losses: [Double]
+    public var images_per_s: Double
+    public var seconds: Double
+    public var recipe: String
+    public var seed: UInt64
+    public var batch_size: Int
+    public var checkpoint: String
+    public var backbone: String
+}
+
+/// What a finished (or interrupted-by-request) run returns.
+public struct PretrainResult: Sendable {
+    public var log: [EpochLog]
+    public var metrics: PretrainMetrics?
+    public var outDir: URL
+}
+
+/// Files a run writes into its folder.
+public struct PretrainFiles: Sendable {
+    public var dir: URL
+    public var log: URL { dir.appendingPathComponent("log.jsonl") }
+    public var metrics: URL { dir.appendingPathComponent("metrics.json") }
+    /// Weights, optimizer state (`optim.*`) and the resume state, rewritten at every epoch end.
+    public var checkpoint: URL { dir.appendingPathComponent("checkpoint.safetensors") }
+    /// The final weights alone (MAE: encoder + decoder; supervised: encoder + fc_norm + head).
+    public var backbone: URL { dir.appendingPathComponent("backbone.safetensors") }
+    public var lossPlot: URL { dir.appendingPathComponent("loss.png") }
+    public init(dir: URL) { self.dir = dir }
+}
+
+/// Errors of a training run; each reads as one sentence.
+public enum PretrainError: Error, LocalizedError, CustomStringConvertible {
+    case diverged(epoch: Int, step: Int, loss: Float, kept: String)
+    case cannotResume(String)
+    case existingRun(URL)
+
+    public var description: String {
+        switch self {
+        case .diverged(let e, let s, let loss, let kept):
+            "Training stopped at epoch \(e), step \(s): the loss is \(loss), which is not finite or exploding; \(kept)."
+        case .cannotResume(let why): "Cannot resume: \(why)."
+        case .existingRun(let url):
+            "\(url.path) already holds a checkpoint; pass --resume to continue it or choose another --out-dir."
+        }
+    }
+    public var errorDescription: String? { description }
+}
+
+/// The resume state stored in the checkpoint's metadata under `train_state`.
+struct TrainState: Codable, Equatable {
+    var method: PretrainMethod
+    var epoch: Int
+    var seed: UInt64
+    var batchSize: Int
+    var maskRatio: Double
+    var dataCount: Int
+}
+
+/// Pretrains a ViT by MAE or supervised classification, as `mae-eval pretrain` does.
+///
+/// Writes `log.jsonl` (one object per epoch), `checkpoint.safetensors` at every epoch end (weights,
+/// AdamW moments as `optim.exp_avg` / `optim.exp_avg_sq` / `optim.step`, and `train_state`),
+/// `backbone.safetensors`, `metrics.json` and `loss.png` at the end. Every random draw (data order,
+/// augmentation, masking noise, drop path) is a pure function of (seed, epoch, step or sample), so
+/// the completed epoch count is the whole RNG position and a resumed run matches an unbroken one bit
+/// for bit (given the same `epochs` and learning-rate flags, which shape the schedule).
+public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
+    guard let preset = ModelPreset(name: o.model) else { throw ModelError.unknownPreset(o.model) }
+    guard o.epochs > 0, o.batchSize > 0 else { throw TaskError.badArgument("--epochs and --batch-size must be positive") }
+    guard (0..<1).contains(o.maskRatio) else { throw TaskError.badArgument("--mask-ratio must be in [0, 1)") }
+    guard o.learningRate > 0, o.learningRate.isFinite else { throw TaskError.badArgument("the learning rate must be positive") }
+
+    // Data: decoded once into memory (Shapes is small), augmented per epoch by the loader.
+    let (folder, dataName) = try pretrainingData(o)
+    let source = try DecodedImages(folder)
+    let classes = folder.classes.count
+    if o.method == .supervised && classes < 2 {
+        throw DataError(folder.root, "has \(classes) class folder; supervised pretraining needs at least two")
+    }
+    guard source.count >= o.batchSize else {
+        throw DataError(folder.root, "holds \(source.count) images, fewer than one batch of \(o.batchSize)")
+    }
+
+    var config = o.architecture ?? preset.config
+    switch o.method {
+    case .mae: config.decoder = o.decoder ?? preset.decoder
+    case .supervised: config.numClasses = classes; config.pooling = .avg
+    }
+    let model = try VisionTransformer(config: config)
+    model.initializeWeights(seed: o.seed, headStd: 0.02)
+    model.dropPath = Float(o.stochasticDepth)
+    let groups = ParameterGroups(layout: model.params.layout, depth: config.depth,
+                                 noDecay: ["pos_embed", "cls_token", "mask_token", "decoder_pos_embed"])
+    let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, beta1: 0.9, beta2: 0.95,
+                          weightDecay: Float(o.decay))
+    let schedule = WarmupCosine(baseLR: Float(o.learningRate), minLR: Float(o.minLR), warmupEpochs: o.warmup,
+                                epochs: Double(o.epochs))
+    let transform = MAETransform.train(RandomResizedCrop(size: config.imgSize, scale: o.cropScale))
+    let loader = DataLoader(source: source, transform: transform, batchSize: o.batchSize, seed: o.seed,
+                            shuffle: true, dropLast: true, workers: o.workers)
+    let steps = loader.batchCount
+    let recipe = recipeText(o, config: config)
+
+    // Resume or start.
+    let files = PretrainFiles(dir: o.outDir)
+    let fm = FileManager.default
+    try fm.createDirectory(at: o.outDir, withIntermediateDirectories: true)
+    var state = TrainState(method: o.method, epoch: 0, seed: o.seed, batchSize: o.batchSize, maskRatio: o.maskRatio,
+                           dataCount: source.count)
+    var log: [EpochLog] = []
+    if fm.fileExists(atPath: files.checkpoint.path) {
+        guard o.resume else { throw PretrainError.existingRun(o.outDir) }
+        state.epoch = try restore(files, model: model, optimizer: optimizer, expected: state)
+        log = try readLog(files.log).filter { $0.epoch <= state.epoch }
+    }
+    try writeLog(log, to: files.log)
+
+    let progress = ProgressLine(epochs: o.epochs, stepsPerEpoch: steps, enabled: o.progress)
+    if state.epoch > 0 { progress.note("resuming after epoch \(state.epoch) from \(files.checkpoint.path)") }
+    let lastEpoch = min(o.epochs, o.stopAfterEpoch ?? o.epochs)
+    let runStart = Date()
+    var epochsRun = 0
+    let b = o.batchSize, l = config.numPatches
+    while state.epoch < lastEpoch {
+        let epoch = state.epoch + 1
+        let start = Date()
+        let batches = loader.epoch(epoch)
+        var lossSum = 0.0, step = 0, lr: Float = 0
+        while let batch = try batches.next() {
+            lr = schedule.lr(atEpoch: Double(epoch - 1) + Double(step) / Double(steps))
+            // Drop path and masking draw from streams fixed by (seed, epoch, step).
+            let stepStream = RandomStream(seed: o.seed).derived(UInt64(epoch)).derived(UInt64(step))
+            model.params.zeroGrads()
+            let loss: Float = try batch.images.withUnsafeBufferPointer { images in
+                let x = images.baseAddress!
+                switch o.method {
+                case .mae:
+                    var noiseStream = stepStream.derived(1)
+                    let noise = (0..<(b * l)).map { _ in noiseStream.nextFloat() }
+                    let mask = PatchMask(noise: noise, batch: b, numPatches: l, maskRatio: o.maskRatio)
+                    model.forwardEncoder(images: x, batch: b, mask: mask, training: true, seed: stepStream.derived(2).state)
+                    let pred = model.forwardDecoder()
+                    let loss = model.forwardLoss(images: x, pred: pred)
+                    try checkLoss(loss, epoch: epoch, step: step + 1, limit: o.lossLimit, files: files, done: state.epoch)
+                    model.backwardPretrain(pred: pred)
+                    return loss
+                case .supervised:
+                    _ = model.forwardLogits(images: x, batch: b, training: true, seed: stepStream.derived(2).state)
+                    let targets = smoothedTargets(labels: batch.labels, classes: classes, smoothing: Float(o.labelSmoothing))
+                    let loss = model.classificationLoss(targets: targets)
+                    try checkLoss(loss, epoch: epoch, step: step + 1, limit: o.lossLimit, files: files, done: state.epoch)
+                    model.backwardClassification()
+                    return loss
+                }
+            }
+            optimizer.step(model.params, lr: lr)
+            lossSum += Double(loss)
+            step += 1
+            let elapsed = Date().timeIntervalSince(start)
+            let rate = Double(step * b) / max(elapsed, 1e-9)
+            let left = Double((lastEpoch - epoch) * steps + steps - step) * Double(b) / rate
+            progress.update(epoch: epoch, step: step, loss: lossSum / Double(step), imagesPerSecond: rate, secondsLeft: left)
+        }
+        let seconds = Date().timeIntervalSince(start)
+        let entry = EpochLog(epoch: epoch, loss: lossSum / Double(steps), lr: Double(lr),
+                             images_per_s: Double(steps * b) / seconds, seconds: seconds)
+        progress.endEpoch(epoch: epoch, loss: entry.loss, imagesPerSecond: entry.images_per_s,
+                          secondsLeft: Double(lastEpoch - epoch) * seconds)
+        // The log line goes first: a run killed before the checkpoint redoes the epoch and rewrites it.
+        log.append(entry)
+        try writeLog(log, to: files.log)
+        state.epoch = epoch
+        try saveCheckpoint(files.checkpoint, model: model, optimizer: optimizer, state: state,
+                           metadata: provenance(o, data: dataName, recipe: recipe, epochs: epoch, loss: entry.loss))
+        epochsRun += 1
+    }
+    guard state.epoch >= o.epochs else { return PretrainResult(log: log, metrics: nil, outDir: o.outDir) }
+
+    let finalLoss = log.last?.loss ?? .nan
+    try model.save(to: files.backbone,
+                   metadata: provenance(o, data: dataName, recipe: recipe, epochs: state.epoch, loss: finalLoss))
+    let timed = log.suffix(max(epochsRun, 1))
+    let metrics = PretrainMetrics(
+        method: o.method.rawValue, model: preset.rawValue, data: dataName, epochs: state.epoch, final_loss: finalLoss,
+        losses: log.map(\.loss), images_per_s: timed.map(\.images_per_s).reduce(0, +) / Double(max(timed.count, 1)),
+        seconds: epochsRun > 0 ? Date().timeIntervalSince(runStart) : 0, recipe: recipe, seed: o.seed,
+        batch_size: o.batchSize, checkpoint: files.checkpoint.path, backbone: files.backbone.path)
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    try writeAtomically(try encoder.encode(metrics), to: files.metrics)
+    try writeLossPlot(log, method: o.method, to: files.lossPlot)
+    return PretrainResult(log: log, metrics: metrics, outDir: o.outDir)
+}
+
+/// The training images and a description of them for the metadata.
+func pretrainingData(_ o: PretrainOptions) throws -> (ImageFolder, String) {
+    if let data = o.data { return (try ImageFolder(root: data), "ImageFolder \(data.path)") }
+    let paths = try ShapesDataset.ensure(at: o.shapesRoot)
+    let counts = ShapesCounts.standard
+    switch o.method {
+    case .mae:
+        return (try ImageFolder(root: paths.pretrain),
+                "Shapes pretrain split (\(counts.pretrain) unlabeled images, 32 px, generator seed 0)")
+    case .supervised:
+        return (try ImageFolder(root: paths.supervised),
+                "Shapes supervised split (\(counts.supervised) labeled images, 10 classes, 32 px, generator seed 0)")
+    }
+}
+
+/// An ImageFolder decoded once into memory: Shapes is a few MB, and decoding every epoch would
+/// cost as much CPU as the small model's step.
+struct DecodedImages: DataSource {
+    let images: [RGBImage]
+    let labels: [Int]
+    var count: Int { images.count }
+
+    init(_ folder: ImageFolder) throws {
+        images = try folder.samples.map { try ImageCodec.decode(contentsOf: $0.url) }
+        labels = folder.samples.map(\.label)
+    }
+    func label(_ index: Int) -> Int { labels[index] }
+    func image(_ index: Int) throws -> RGBImage { images[index] }
+}
+
+func checkLoss(_ loss: Float, epoch: Int, step: Int, limit: Float, files: PretrainFiles, done: Int) throws {
+    guard !loss.isFinite || loss > limit else { return }
+    let kept = done > 0
+        ? "the last good checkpoint (epoch \(done)) is kept at \(files.checkpoint.path)"
+        : "no epoch had completed, so there is no checkpoint"
+    throw PretrainError.diverged(epoch: epoch, step: step, loss: loss, kept: kept)
+}
+
+/// The recipe in one line for the metadata and metrics.
+func recipeText(_ o: PretrainOptions, config: ViTConfig) -> String {
+    let lr = String(format: "%.3g", o.learningRate)
+    let rate = o.lr != nil ? "lr \(lr)" : "lr \(lr) (blr \(String(format: "%.3g", o.baseLR)) x \(o.batchSize)/256)"
+    let common = "AdamW (0.9, 0.95), \(rate), weight decay \(o.decay), warmup \(String(format: "%.3g", o.warmup)) " +
+        "epochs + cosine to \(o.minLR) per step, batch \(o.batchSize), seed \(o.seed)"
+    switch o.method {
+    case .mae:
+        let d = config.decoder!
+        return "MAE: mask ratio \(o.maskRatio) (argsort of noise), encoder on visible patches, decoder " +
+            "\(d.embedDim) wide x \(d.depth) blocks, norm_pix_loss, fixed sin-cos pos_embed, " +
+            "RandomResizedCrop(\(o.cropScale.lowerBound), 1) + flip, " + common
+    case .supervised:
+        return "supervised: cross-entropy with label smoothing \(o.labelSmoothing), global average pooling + fc_norm, " +
+            "drop path \(o.stochasticDepth), RandomResizedCrop(\(o.cropScale.lowerBound), 1) + flip, no mixup/cutmix, " + common
+    }
+}
+
+func provenance(_ o: PretrainOptions, data: String, recipe: String, epochs: Int, loss: Double) -> [String: String] {
+    ["method": o.method.rawValue, "data": data, "recipe": recipe, "epochs": String(epochs),
+     "final_loss": String(format: "%.6f", loss), "seed": String(o.seed),
+     "created": ISO8601DateFormatter().string(from: Date())]
+}
+
+// MARK: - Checkpoint and log files
+
+func saveCheckpoint(_ url: URL, model: VisionTransformer, optimizer: AdamW, state: TrainState,
+                    metadata: [String: String]) throws {
+    var meta = metadata
+    meta["config"] = String(decoding: try JSONEncoder().encode(model.config), as: UTF8.self)
+    meta["format"] = "mae-eval"
+    meta["train_state"] = String(decoding: try JSONEncoder().encode(state), as: UTF8.self)
+    var file = SafeTensors(tensors: model.params.specs.map {
+        ($0.name, StoredTensor(shape: $0.shape, floats: Array(model.params.value($0.name))))
+    }, metadata: meta)
+    for (key, values) in optimizer.state.sorted(by: { $0.key < $1.key }) {
+        file.set("optim." + key, StoredTensor(shape: [values.count], floats: values))
+    }
+    try file.write(to: url)
+}
+
+/// Loads weights and optimizer state; returns the completed epoch count.
+func restore(_ files: PretrainFiles, model: VisionTransformer, optimizer: AdamW, expected: TrainState) throws -> Int {
+    let file = try SafeTensors.read(contentsOf: files.checkpoint)
+    let path = files.checkpoint.path
+    guard let json = file.metadata["train_state"],
+          let saved = try? JSONDecoder().decode(TrainState.self, from: Data(json.utf8)) else {
+        throw PretrainError.cannotResume("\(path) has no training state (it is not a mae-eval pretrain checkpoint)")
+    }
+    var comparable = saved
+    comparable.epoch = expected.epoch
+    guard comparable == expected else {
+        throw PretrainError.cannotResume("\(path) was trained with method \(saved.method.rawValue), seed \(saved.seed), " +
+            "batch size \(saved.batchSize), mask ratio \(saved.maskRatio) on \(saved.dataCount) images, not " +
+            "\(expected.method.rawValue), \(expected.seed), \(expected.batchSize), \(expected.maskRatio) on \(expected.dataCount)")
+    }
+    guard let configJSON = file.metadata["config"],
+          let config = try? JSONDecoder().decode(ViTConfig.self, from: Data(configJSON.utf8)), config == model.config else {
+        throw PretrainError.cannotResume("\(path) holds a different model than --model asks for")
+    }
+    for spec in model.params.specs {
+        guard let t = file.tensors[spec.name], t.dtype == .f32, t.shape == spec.shape else {
+            throw PretrainError.cannotResume("\(path) lacks \(spec.name) with shape \(spec.shape)")
+        }
+        try model.params.set(spec.name, shape: spec.shape, t.floats)
+    }
+    var moments: [String: [Float]] = [:]
+    for (key, current) in optimizer.state {
+        guard let t = file.tensors["optim." + key], t.dtype == .f32, t.count == current.count else {
+            throw PretrainError.cannotResume("\(path) lacks the optimizer state optim.\(key)")
+        }
+        moments[key] = t.floats
+    }
+    optimizer.state = moments
+    return saved.epoch
+}
+
+func readLog(_ url: URL) throws -> [EpochLog] {
+    guard let data = try? Data(contentsOf: url) else { return [] }
+    let decoder = JSONDecoder()
+    return try String(decoding: data, as: UTF8.self).split(separator: "\n").map { line in
+        do { return try decoder.decode(EpochLog.self, from: Data(line.utf8)) } catch {
+            throw DataError(url, "has a line that is not an epoch record: \(line.prefix(80))")
+        }
+    }
+}
+
+func writeLog(_ log: [EpochLog], to url: URL) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    var text = ""
+    for entry in log { text += String(decoding: try encoder.encode(entry), as: UTF8.self) + "\n" }
+    try writeAtomically(Data(text.utf8), to: url)
+}
+
+func writeLossPlot(_ log: [EpochLog], method: PretrainMethod, to url: URL) throws {
+    let series = PlotSeries(name: "\(method.rawValue) loss", points: log.map { (Double($0.epoch), $0.loss) })
+    let plot = LinePlot(title: "\(method.rawValue) pretraining loss", xLabel: "epoch", yLabel: "loss", series: [series])
+    try plot.write(to: url)
+}

@@ -1,0 +1,173 @@
+import Foundation
+import MAEData
+import MAEFormats
+import MAEKernels
+import MAEModels
+
+/// The frozen feature a probe reads: pooling of the last `lastBlocks` blocks, concatenated.
+public struct ProbeFeature: Sendable, Equatable {
+    /// Asked for (`--pool`).
+    public var requested: Pooling
+    /// Used: `.cls` needs a final `norm`; a global-pool checkpoint (fc_norm, no norm) gives `.avg`,
+    /// its own trained feature, since its cls token was never trained as an output.
+    public var pooling: Pooling
+    public var lastBlocks: Int
+
+    public init(model: VisionTransformer, requested: Pooling, lastBlocks: Int) {
+        self.requested = requested
+        self.lastBlocks = lastBlocks
+        pooling = requested == .cls && model.params.spec("norm.weight") == nil ? .avg : requested
+    }
+
+    /// As the report states it.
+    public func describe(_ model: VisionTransformer) -> String {
+        let hasNorm = model.params.spec("norm.weight") != nil
+        var s = pooling == .cls ? "cls token after the final norm" :
+            (hasNorm ? "mean of patch tokens after the final norm" : "mean of patch tokens + fc_norm")
+        if lastBlocks > 1 { s += ", last \(lastBlocks) blocks concatenated" }
+        if pooling != requested { s += " (cls asked; the checkpoint is a global-pool model without a final norm)" }
+        return s
+    }
+
+    public func width(_ model: VisionTransformer) -> Int { lastBlocks * model.config.embedDim }
+
+    /// Features (B, lastBlocks * D) of one normalised batch, backbone in eval mode (no drop path).
+    public func compute(_ model: VisionTransformer, images: UnsafePointer<Float>, batch b: Int) -> [Float] {
+        let d = model.config.embedDim
+        if lastBlocks == 1 {
+            let f = model.forwardFeatures(images: images, batch: b, pooling: pooling)
+            return Array(UnsafeBufferPointer(start: f, count: b * d))
+        }
+        // Training mode only to keep every block's output; the loaded backbone's drop path is 0 and
+        // nothing else differs, so this is the eval-mode function.
+        precondition(model.dropPath == 0, "probe backbones run without drop path")
+        model.forwardEncoder(images: images, batch: b, training: true)
+        let n = 1 + model.config.numPatches, depth = model.config.depth, k = lastBlocks
+        let normName = model.params.spec("norm.weight") != nil ? "norm" : "fc_norm"
+        let w = model.params.value(normName + ".weight").baseAddress!, bias = model.params.value(normName + ".bias").baseAddress!
+        var out = [Float](repeating: 0, count: b * k * d)
+        let mean = Tensor([b * n]), rstd = Tensor([b * n]), pooled = Tensor([b, d]), normed = Tensor([b * n, d])
+        for (slot, block) in ((depth - k)..<depth).enumerated() {
+            let tokens = model.encoderBlockOutput(block)
+            if normName == "norm" {
+                layerNormForward(out: normed.data, mean: mean.data, rstd: rstd.data, input: tokens.data,
+                                 weight: w, bias: bias, rows: b * n, width: d)
+                if pooling == .cls {
+                    for bi in 0..<b { (pooled.data + bi * d).update(from: normed.data + bi * n * d, count: d) }
+                } else {
+                    meanTokensForward(out: pooled.data, input: normed.data, batch: b, tokens: n, width: d, from: 1)
+                }
+            } else {
+                let avg = Tensor([b, d])
+                meanTokensForward(out: avg.data, input: tokens.data, batch: b, tokens: n, width: d, from: 1)
+                layerNormForward(out: pooled.data, mean: mean.data, rstd: rstd.data, input: avg.data,
+                                 weight: w, bias: bias, rows: b, width: d)
+            }
+            for bi in 0..<b {
+                for i in 0..<d { out[(bi * k + slot) * d + i] = pooled.data[bi * d + i] }
+            }
+        }
+        return out
+    }
+}
+
+/// Features of every image of `folder` through `transform` (one pass, dataset order).
+public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folder: ImageFolder,
+                          transform: MAETransform, batchSize: Int = 64, seed: UInt64 = 0, epoch: Int = 0,
+                          workers: Int = 2) throws -> FeatureSet {
+    guard folder.count > 0 else { throw DataError(folder.root, "has no images") }
+    let w = feature.width(model)
+    let loader = DataLoader(source: folder, transform: transform, batchSize: batchSize, seed: seed,
+                            shuffle: false, workers: workers)
+    var features = [Float](repeating: 0, count: folder.count * w)
+    var labels = [Int](repeating: 0, count: folder.count)
+    let it = loader.epoch(epoch)
+    while let batch = try it.next() {
+        let f = batch.images.withUnsafeBufferPointer { feature.compute(model, images: $0.baseAddress!, batch: batch.count) }
+        for (row, index) in batch.indices.enumerated() {
+            for i in 0..<w { features[index * w + i] = f[row * w + i] }
+            labels[index] = batch.labels[row]
+        }
+    }
+    return FeatureSet(features: features, labels: labels, width: w, classes: folder.classes)
+}
+
+/// On-disk cache of eval-transform features, keyed by the checkpoint's content, the data (file
+/// paths and sizes), the transform and the feature; a changed image file size or a retrained
+/// checkpoint misses the cache.
+public struct FeatureCache: Sendable {
+    public var folder: URL
+    public static let standard = FeatureCache(folder: URL(fileURLWithPath: ".mae-eval/cache/features"))
+
+    public init(folder: URL) { self.folder = folder }
+
+    /// The cache key of a split's features.
+    public func key(checkpointHash: String, data: ImageFolder, imgSize: Int, cropRatio: Double,
+                    feature: ProbeFeature) -> String {
+        var text = "v1|\(checkpointHash)|\(data.root.standardizedFileURL.path)|\(imgSize)|\(cropRatio)|" +
+            "\(feature.pooling.rawValue)|\(feature.lastBlocks)|\(data.classes.joined(separator: ","))"
+        for s in data.samples {
+            let size = (try? FileManager.default.attributesOfItem(atPath: s.url.path)[.size] as? Int) ?? -1
+            text += "|\(s.url.lastPathComponent):\(s.label):\(size ?? -1)"
+        }
+        return fnv1a(Data(text.utf8))
+    }
+
+    /// Cached features, or computed and stored. `hit` says which.
+    public func features(key: String, compute: () throws -> FeatureSet) throws -> (set: FeatureSet, hit: Bool) {
+        let url = folder.appendingPathComponent(key + ".safetensors")
+        if let file = try? SafeTensors.read(contentsOf: url), let f = file.tensors["features"], let l = file.tensors["labels"],
+           f.shape.count == 2, f.dtype == .f32, let json = file.metadata["classes"],
+           let classes = try? JSONDecoder().decode([String].self, from: Data(json.utf8)) {
+            return (FeatureSet(features: f.floats, labels: l.int64s.map { Int($0) }, width: f.shape[1], classes: classes), true)
+        }
+        let set = try compute()
+        try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let meta = ["classes": String(decoding: try JSONEncoder().encode(set.classes), as: UTF8.self)]
+        // A cache that cannot be written only costs time next run.
+        try? SafeTensors(tensors: [("features", StoredTensor(shape: [set.count, set.width], floats: set.features)),
+                                   ("labels", StoredTensor(shape: [set.count], int64s: set.labels.map(Int64.init)))],
+                         metadata: meta).write(to: url)
+        return (set, false)
+    }
+}
+
+/// BatchNorm1d without affine, as MAE's probe head: training mode normalises with the batch's
+/// mean and biased variance and updates running stats (momentum 0.1, unbiased variance as
+/// PyTorch); eval mode normalises with the running stats. eps 1e-6 as MAE's
+/// `BatchNorm1d(affine=False, eps=1e-6)`.
+public struct BatchNorm1d: Sendable {
+    public var runningMean: [Float]
+    public var runningVar: [Float]
+    public var momentum: Float = 0.1
+    public var eps: Float = 1e-6
+
+    public init(width: Int) {
+        runningMean = .init(repeating: 0, count: width)
+        runningVar = .init(repeating: 1, count: width)
+    }
+
+    /// x (B,D) -> normalised (B,D). Training mode needs B > 1 for the unbiased running variance.
+    public mutating func forward(_ x: [Float], batch b: Int, training: Bool) -> [Float] {
+        let d = runningMean.count
+        var out = [Float](repeating: 0, count: b * d)
+        for j in 0..<d {
+            var mean: Float, variance: Float
+            if training {
+                var s: Double = 0, ss: Double = 0
+                for i in 0..<b { s += Double(x[i * d + j]) }
+                let m = s / Double(b)
+                for i in 0..<b { let e = Double(x[i * d + j]) - m; ss += e * e }
+                mean = Float(m); variance = Float(ss / Double(b))
+                let unbiased = Float(ss / Double(max(b - 1, 1)))
+                runningMean[j] = (1 - momentum) * runningMean[j] + momentum * mean
+                runningVar[j] = (1 - momentum) * runningVar[j] + momentum * unbiased
+            } else {
+                mean = runningMean[j]; variance = runningVar[j]
+            }
+            let r = 1 / (variance + eps).squareRoot()
+            for i in 0..<b { out[i * d + j] = (x[i * d + j] - mean) * r }
+        }
+        return out
+    }
+}

@@ -1,0 +1,246 @@
+import Foundation
+import MAEData
+import MAEFormats
+import MAEModels
+
+/// What `linprobe`, `knn` and `finetune` share: which backbones, which data, which task, where runs go.
+public struct TransferOptions: Sendable {
+    /// Backbones to evaluate (`--checkpoint`, repeatable); empty with no baseline: the shipped pair
+    /// (`defaultMAECheckpoint` against `defaultSupervisedCheckpoint`).
+    public var checkpoints: [URL] = []
+    /// The backbone the others are compared against (`--baseline`).
+    public var baseline: URL?
+    /// ImageFolder splits overriding the task's (`--train-data`, `--val-data`).
+    public var trainData: URL?
+    public var valData: URL?
+    /// Task spec path or name in `Tasks/`; nil: the protocol's Shapes task.
+    public var task: String?
+    public var epochs: Int?
+    /// Seeds overriding the task's.
+    public var seeds: [UInt64]?
+    /// Runs go to `outDir/<task>/<variant>/<backbone>-s<seed>/`.
+    public var outDir = URL(fileURLWithPath: "runs")
+    /// The markdown report refreshed after the runs; nil: none.
+    public var report: URL? = URL(fileURLWithPath: "Reports/classification.md")
+    /// Attention heads for checkpoints that do not say (`--heads`).
+    public var heads: Int?
+    /// Progress lines on standard error.
+    public var verbose = true
+
+    public init() {}
+}
+
+/// One backbone to evaluate and its part in the comparison.
+public struct Backbone: Sendable {
+    public var url: URL
+    /// `checkpoint` or `baseline`.
+    public var role: String
+}
+
+extension TransferOptions {
+    /// The backbones in order: checkpoints, then the baseline.
+    public func backbones() throws -> [Backbone] {
+        var list = checkpoints.map { Backbone(url: $0, role: "checkpoint") }
+        if let baseline { list.append(Backbone(url: baseline, role: "baseline")) }
+        if list.isEmpty {
+            list = [Backbone(url: defaultMAECheckpoint, role: "checkpoint"),
+                    Backbone(url: defaultSupervisedCheckpoint, role: "baseline")]
+        }
+        for b in list where !FileManager.default.fileExists(atPath: b.url.path) {
+            let shipped = b.url == defaultMAECheckpoint || b.url == defaultSupervisedCheckpoint
+            throw TaskError.badArgument("\(b.url.path): no such checkpoint" + (shipped
+                ? " (the shipped checkpoints live in Checkpoints/; run from the repository root or pass --checkpoint)" : ""))
+        }
+        return list
+    }
+
+    /// The task spec: `--task`, else the protocol's Shapes task.
+    public func taskSpec(default name: String) throws -> TaskSpec {
+        var spec = try TaskSpec.load(task ?? name)
+        if let epochs {
+            guard epochs > 0 else { throw TaskError.badArgument("--epochs must be positive") }
+            spec.recipe.epochs = epochs
+            spec.recipe.augmented?.epochs = epochs
+        }
+        if let seeds {
+            guard !seeds.isEmpty else { throw TaskError.badArgument("--seeds must list at least one seed") }
+            spec.seeds = seeds
+        }
+        return spec
+    }
+
+    /// Train and val ImageFolders: the flags', else the task's (Shapes is generated when missing).
+    public func datasets(_ spec: TaskSpec) throws -> (train: ImageFolder, val: ImageFolder, name: String) {
+        switch (trainData, valData) {
+        case let (t?, v?):
+            return (try ImageFolder(root: t), try ImageFolder(root: v), t.deletingLastPathComponent().lastPathComponent)
+        case (nil, nil):
+            if spec.dataset.generate == "shapes" {
+                try ShapesDataset.ensure(at: spec.dataset.rootURL, size: spec.dataset.imgSize)
+            }
+            return (try ImageFolder(root: spec.dataset.trainURL), try ImageFolder(root: spec.dataset.valURL), spec.dataset.name)
+        default:
+            throw TaskError.badArgument("pass --train-data and --val-data together")
+        }
+    }
+}
+
+/// A backbone loaded for transfer, with what the reports say about it.
+public struct LoadedBackbone {
+    public var loaded: LoadedModel
+    public var url: URL
+    public var role: String
+    /// mae | supervised | unknown: the checkpoint's metadata, else its key layout.
+    public var method: String
+    /// FNV-1a of the file's bytes (cache keys and run-folder names).
+    public var hash: String
+    public var model: VisionTransformer { loaded.model }
+    /// The file name without extension.
+    public var stem: String { url.deletingPathExtension().lastPathComponent }
+}
+
+/// Loads a backbone (no head, no decoder) at `imgSize`.
+public func loadBackbone(_ b: Backbone, imgSize: Int, heads: Int?) throws -> LoadedBackbone {
+    let loaded = try loadVisionTransformer(from: b.url, options: LoadOptions(heads: heads, imgSize: imgSize))
+    var method = loaded.metadata["method"] ?? "unknown"
+    if loaded.metadata["method"] == nil {
+        switch loaded.info.layout {
+        case .maePretrainWithDecoder: method = "mae"
+        case .clsTokenClassifier, .deitDistilled, .globalPoolFinetuned: method = "supervised"
+        default: method = "unknown"
+        }
+    }
+    return LoadedBackbone(loaded: loaded, url: b.url, role: b.role, method: method, hash: try fileHash(b.url))
+}
+
+/// 64-bit FNV-1a of a file, as 16 hex digits: a content key for caches, not a security hash.
+public func fileHash(_ url: URL) throws -> String {
+    guard let data = try? Data(contentsOf: url, options: .alwaysMapped) else {
+        throw TaskError.badArgument("\(url.path) cannot be read")
+    }
+    return fnv1a(data)
+}
+
+func fnv1a(_ data: Data) -> String {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    data.withUnsafeBytes { raw in
+        for byte in raw.bindMemory(to: UInt8.self) { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }
+    }
+    return String(format: "%016llx", h)
+}
+
+/// `metrics.json` of one classification-transfer run.
+public struct TransferMetrics: Codable, Sendable {
+    public var task: String
+    public var evaluation: String
+    /// The protocol's variant ("cached, cls", "full", "last 1 blocks", "k 20") that keys report sections.
+    public var variant: String
+    public var checkpoint: String
+    public var checkpointHash: String
+    public var method: String
+    public var role: String
+    /// Accuracies in percent.
+    public var top1: Double
+    public var top5: Double
+    public var seed: UInt64
+    public var recipe: String
+    public var dataset: String
+    public var trainData: String
+    public var valData: String
+    public var trainImages: Int
+    public var valImages: Int
+    public var classes: Int
+    /// The feature the head read, as used ("cls", "avg (fc_norm)", "cls of last 4 blocks").
+    public var pooling: String
+    /// Hyperparameters picked on the held-out part of train (cached linear probe).
+    public var selected: [String: Double]?
+    /// Every grid point: lr, wd, held-out top-1 and loss.
+    public var grid: [[String: Double]]?
+    /// Statements of how the protocol was followed, for the report.
+    public var protocolChecks: [String]
+    /// Seconds: extract, train, eval, total.
+    public var timings: [String: Double]
+    public var epochs: Int
+    public var created: String
+
+    enum CodingKeys: String, CodingKey {
+        case task, evaluation = "protocol", variant, checkpoint, checkpointHash = "checkpoint_hash", method, role
+        case top1, top5, seed, recipe, dataset, trainData = "train_data", valData = "val_data"
+        case trainImages = "train_images", valImages = "val_images", classes, pooling, selected, grid
+        case protocolChecks = "protocol_checks", timings, epochs, created
+    }
+}
+
+/// One line of a transfer run's `log.jsonl`.
+public struct TransferEpoch: Codable, Sendable, Equatable {
+    public var epoch: Int
+    public var trainLoss: Double
+    public var lr: Double
+    /// Val top-1 (percent) after the epoch, when measured.
+    public var valTop1: Double?
+    public var seconds: Double
+
+    enum CodingKeys: String, CodingKey {
+        case epoch, trainLoss = "train_loss", lr, valTop1 = "val_top1", seconds
+    }
+}
+
+/// A run's folder and files.
+public struct TransferRun: Sendable {
+    public var dir: URL
+    public var metrics: URL { dir.appendingPathComponent("metrics.json") }
+    public var log: URL { dir.appendingPathComponent("log.jsonl") }
+    /// Fine-tuning: weights, optimizer state and epoch, rewritten at each epoch end.
+    public var checkpoint: URL { dir.appendingPathComponent("checkpoint.safetensors") }
+
+    /// `root/<task>/<variant>/<stem>-<hash8>-s<seed>`.
+    public init(root: URL, task: String, variant: String, backbone: LoadedBackbone, seed: UInt64) {
+        let slug = variant.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "-" }
+        let v = String(slug).split(separator: "-").joined(separator: "-")
+        dir = root.appendingPathComponent(task).appendingPathComponent(v)
+            .appendingPathComponent("\(backbone.stem)-\(backbone.hash.prefix(8))-s\(seed)")
+    }
+
+    public init(dir: URL) { self.dir = dir }
+
+    public func create() throws {
+        do { try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true) } catch {
+            throw TaskError.badArgument("\(dir.path) cannot be created (\(error.localizedDescription))")
+        }
+    }
+
+    public func write(_ metrics: TransferMetrics) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try writeAtomically(try encoder.encode(metrics), to: self.metrics)
+    }
+
+    public func write(log entries: [TransferEpoch]) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var text = ""
+        for e in entries { text += String(decoding: try encoder.encode(e), as: UTF8.self) + "\n" }
+        try writeAtomically(Data(text.utf8), to: log)
+    }
+
+    public func readLog() throws -> [TransferEpoch] {
+        guard let data = try? Data(contentsOf: log) else { return [] }
+        let decoder = JSONDecoder()
+        return try String(decoding: data, as: UTF8.self).split(separator: "\n").map { line in
+            do { return try decoder.decode(TransferEpoch.self, from: Data(line.utf8)) } catch {
+                throw DataError(log, "has a line that is not an epoch record: \(line.prefix(80))")
+            }
+        }
+    }
+}
+
+/// ISO 8601 time stamp for metrics.
+func timestamp() -> String { ISO8601DateFormatter().string(from: Date()) }
+
+/// Seconds since `start`.
+func elapsed(since start: Date) -> Double { Date().timeIntervalSince(start) }
+
+/// A message on standard error.
+func say(_ message: String, _ verbose: Bool) {
+    if verbose { FileHandle.standardError.write(Data((message + "\n").utf8)) }
+}

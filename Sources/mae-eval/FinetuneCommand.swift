@@ -1,0 +1,33 @@
+import ArgumentParser
+import Foundation
+import MAETasks
+
+struct Finetune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Full or partial fine-tuning (MAE's main_finetune.py recipe).",
+        discussion: """
+            Global average pooling + fc_norm + a new head (trunc-normal std 2e-5), AdamW with layer-wise lr decay, \
+            drop path, mixup/cutmix with label smoothing, RandomResizedCrop + flip, warmup + cosine; lr = blr * \
+            batch / 256. --blocks N trains only the last N blocks, fc_norm and the head (paper Fig. 9). The run \
+            folder's checkpoint.safetensors (weights, AdamW state, epoch) is rewritten every epoch; --resume \
+            continues it. With no arguments: the shipped MAE and supervised checkpoints on Tasks/shapes-finetune.yaml.
+            """)
+
+    @OptionGroup var flags: TransferFlags
+    @Option(help: "Fine-tune only the last N blocks (+ fc_norm + head).")
+    var blocks: Int?
+    @Option(help: "Images per step (default: the task's).")
+    var batchSize: Int?
+    @Flag(help: "Continue each run folder's checkpoint instead of starting afresh.")
+    var resume = false
+
+    func run() throws {
+        var o = FineTuneOptions()
+        o.common = try flags.options()
+        o.blocks = blocks
+        o.batchSize = batchSize
+        o.resume = resume
+        if let b = batchSize, b < 1 { throw ValidationError("--batch-size must be positive.") }
+        _ = try runCLI { try runFineTune(o) }
+    }
+}

@@ -1,0 +1,31 @@
+import ArgumentParser
+import Foundation
+import MAETasks
+
+struct KNN: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "knn",
+        abstract: "Weighted k-nearest-neighbour classification of frozen features (DINO's).",
+        discussion: """
+            Features of the eval transform (cached as for linprobe) are L2-normalised; each val image's k most \
+            cosine-similar train images vote for their class with weight exp(similarity / T). With no arguments: \
+            the shipped MAE and supervised checkpoints on Tasks/shapes-knn.yaml (k 20, T 0.07).
+            """)
+
+    @OptionGroup var flags: TransferFlags
+    @Option(help: "Neighbours (default: the task's, 20).")
+    var k: Int?
+    @Option(help: "Temperature T of the vote weights exp(sim / T) (default: the task's, 0.07).")
+    var temperature: Float?
+    @Option(help: "cls | avg (default: the task's).")
+    var pool: String?
+
+    func run() throws {
+        var o = KNNOptions()
+        o.common = try flags.options()
+        o.k = k
+        o.temperature = temperature
+        o.pooling = try parsePooling(pool)
+        _ = try runCLI { try runKNN(o) }
+    }
+}

@@ -1,0 +1,41 @@
+import ArgumentParser
+import Foundation
+import MAETasks
+
+struct Linprobe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Linear probing of frozen backbones (MAE's protocol, or a fast cached grid).",
+        discussion: """
+            With no arguments: the shipped MAE and supervised Shapes checkpoints on Tasks/shapes-linprobe.yaml \
+            (Shapes is generated under .mae-eval/data/shapes when missing), then Reports/classification.md.
+
+            --mode cached (the task's default) extracts eval-transform features once (cached under \
+            .mae-eval/cache/features by checkpoint content, data, transform and feature), standardises them with \
+            train statistics, trains one linear head per (lr, weight decay) of the task's grid at once, picks the \
+            best on a stratified held-out part of train, retrains it on all of train and reports val top-1/top-5.
+
+            --mode augmented is MAE's main_linprobe.py: the frozen backbone in eval mode sees RandomResizedCrop + \
+            flip images every epoch; BatchNorm1d without affine + Linear (trunc-normal std 0.01) trained by LARS, \
+            lr = blr * batch / 256, warmup + cosine; val through resize + center crop.
+
+            Each run writes metrics.json and log.jsonl into runs/<task>/<variant>/<backbone>-s<seed>/ and prints \
+            that folder.
+            """)
+
+    @OptionGroup var flags: TransferFlags
+    @Option(help: "cached | augmented (default: the task's).")
+    var mode: String?
+    @Option(help: "cls | avg (default: the task's). A global-pool checkpoint without a final norm always gives avg + fc_norm.")
+    var pool: String?
+    @Option(help: "Concatenate the pooled features of the last k blocks.")
+    var lastBlocks: Int?
+
+    func run() throws {
+        var o = LinearProbeOptions()
+        o.common = try flags.options()
+        o.mode = mode
+        o.pooling = try parsePooling(pool)
+        o.lastBlocks = lastBlocks
+        _ = try runCLI { try runLinearProbe(o) }
+    }
+}

@@ -1,0 +1,24 @@
+import ArgumentParser
+import Foundation
+import MAETasks
+
+struct Report: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Collect classification-transfer runs into a markdown report.",
+        discussion: """
+            Reads every metrics.json under --runs (linprobe, knn, finetune runs) and writes one table per task \
+            and protocol variant: each backbone, MAE vs supervised with the delta, mean ± std over seeds, the \
+            recipe, the MAE paper's numbers, the protocol checks, and PNG curves from log.jsonl (in a folder \
+            next to the report). The report is written atomically.
+            """)
+
+    @Option(help: "Folder of run folders.")
+    var runs = "runs"
+    @Option(help: "Markdown file to write.")
+    var out = "Reports/classification.md"
+
+    func run() throws {
+        try runCLI { try writeReport(runs: URL(fileURLWithPath: runs), to: URL(fileURLWithPath: out)) }
+        print(out)
+    }
+}

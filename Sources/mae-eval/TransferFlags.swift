@@ -1,0 +1,65 @@
+import ArgumentParser
+import Foundation
+import MAEFormats
+import MAEModels
+import MAETasks
+
+/// Flags `linprobe`, `knn` and `finetune` share.
+struct TransferFlags: ParsableArguments {
+    @Option(name: .long, help: "Backbone checkpoint to evaluate (repeatable). Default: Checkpoints/mae_shapes.safetensors.")
+    var checkpoint: [String] = []
+    @Option(name: .long, help: "Backbone the others are compared against. Default (with no --checkpoint): Checkpoints/supervised_shapes.safetensors.")
+    var baseline: String?
+    @Option(name: .long, help: "Train ImageFolder (one sub-folder per class), instead of the task's.")
+    var trainData: String?
+    @Option(name: .long, help: "Val ImageFolder, instead of the task's.")
+    var valData: String?
+    @Option(name: .long, help: "Task spec: a YAML file or the name of one in Tasks/.")
+    var task: String?
+    @Option(name: .long, help: "Epochs, instead of the task's.")
+    var epochs: Int?
+    @Option(name: .long, help: "One seed, instead of the task's.")
+    var seed: UInt64?
+    @Option(name: .long, help: "Comma-separated seeds (e.g. 0,1,2), instead of the task's.")
+    var seeds: String?
+    @Option(name: .long, help: "Folder of the run folders.")
+    var outDir = "runs"
+    @Option(name: .long, help: "Markdown report refreshed after the runs.")
+    var report = "Reports/classification.md"
+    @Flag(name: .long, help: "Do not refresh the report.")
+    var noReport = false
+    @Option(name: .long, help: "Attention heads, for checkpoints that do not say and match no preset.")
+    var heads: Int?
+
+    func options() throws -> TransferOptions {
+        var o = TransferOptions()
+        o.checkpoints = checkpoint.map { URL(fileURLWithPath: $0) }
+        o.baseline = baseline.map { URL(fileURLWithPath: $0) }
+        o.trainData = trainData.map { URL(fileURLWithPath: $0) }
+        o.valData = valData.map { URL(fileURLWithPath: $0) }
+        o.task = task
+        o.epochs = epochs
+        if let seeds {
+            let parsed = seeds.split(separator: ",").map { UInt64($0.trimmingCharacters(in: .whitespaces)) }
+            guard !parsed.isEmpty, parsed.allSatisfy({ $0 != nil }) else {
+                throw ValidationError("--seeds must be comma-separated non-negative integers, not '\(seeds)'.")
+            }
+            o.seeds = parsed.map { $0! }
+        }
+        if let seed {
+            guard seeds == nil else { throw ValidationError("pass --seed or --seeds, not both.") }
+            o.seeds = [seed]
+        }
+        o.outDir = URL(fileURLWithPath: outDir)
+        o.report = noReport ? nil : URL(fileURLWithPath: report)
+        o.heads = heads
+        return o
+    }
+}
+
+/// `--pool cls|avg` as a library value.
+func parsePooling(_ s: String?) throws -> Pooling? {
+    guard let s else { return nil }
+    guard let p = Pooling(rawValue: s) else { throw ValidationError("--pool must be cls or avg, not '\(s)'.") }
+    return p
+}

@@ -1,0 +1,229 @@
+import XCTest
+import MAEData
+import MAEFormats
+import MAEKernels
+import MAEModels
+@testable import MAETasks
+import TestSupport
+
+/// Classification transfer: kNN, the cached linear probe, the probe's BatchNorm, partial
+/// fine-tuning, the report, task specs and bad input.
+final class TransferTests: XCTestCase {
+    func fixture(_ name: String) -> URL { Bundle.module.url(forResource: "Fixtures/" + name, withExtension: nil)! }
+    let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    func temporaryFolder() throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("transfer-\(UUID())")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url
+    }
+
+    // MARK: - kNN
+
+    /// Train points on the unit circle; by hand: query q at angle 0 with k 3 has neighbours at
+    /// angles 0.1 (class 0), -0.2 (class 1), 0.3 (class 1). Weights exp(cos / T), T 0.5:
+    /// class 0: e^(cos 0.1 / 0.5) = 7.316; class 1: e^(cos 0.2 / 0.5) + e^(cos 0.3 / 0.5) = 7.120 + 6.790
+    /// -> class 1 wins by two votes though class 0 has the nearest point. With T 0.01 the nearest
+    /// dominates -> class 0.
+    func testWeightedKNNOnHandMadeFeatures() {
+        let angles: [Float] = [0.1, -0.2, 0.3, 2.0, 2.5]
+        let labels = [0, 1, 1, 2, 2]
+        let train = angles.flatMap { [cos($0) * 3, sin($0) * 3] }   // scale is normalised away
+        let query: [Float] = [1, 0]
+        let warm = knnClassify(train: train, trainLabels: labels, test: query, testLabels: [1], width: 2, classes: 3, k: 3, temperature: 0.5)
+        XCTAssertEqual(warm.top1, 100)
+        let cold = knnClassify(train: train, trainLabels: labels, test: query, testLabels: [1], width: 2, classes: 3, k: 3, temperature: 0.01)
+        XCTAssertEqual(cold.top1, 0)
+        XCTAssertEqual(cold.top5, 100, "class 1 is second, within the top 5")
+        // k larger than the train set uses every point.
+        let all = knnClassify(train: train, trainLabels: labels, test: [-1, 0], testLabels: [2], width: 2, classes: 3, k: 50, temperature: 0.07)
+        XCTAssertEqual(all.top1, 100)
+    }
+
+    // MARK: - Linear probe
+
+    func testGridProbeSeparatesSeparableFeatures() {
+        var rng = RandomStream(seed: 3)
+        func blobs(_ n: Int) -> FeatureSet {
+            var x: [Float] = [], y: [Int] = []
+            for i in 0..<n {
+                let c = i % 4
+                for j in 0..<8 { x.append((j == c ? 5 : 0) + rng.nextGaussian() * 0.5 + 10) }
+                y.append(c)
+            }
+            return FeatureSet(features: x, labels: y, width: 8, classes: ["a", "b", "c", "d"])
+        }
+        var settings = GridProbeSettings(recipe: RecipeSpec())
+        settings.epochs = 30
+        settings.batchSize = 32
+        let r = gridProbe(train: blobs(200), val: blobs(100), settings: settings, seed: 0)
+        XCTAssertEqual(r.val.top1, 100)
+        XCTAssertEqual(r.split.held.count, 20, "10% of train held out, stratified")
+        XCTAssertEqual(Set(r.split.held).intersection(r.split.fit).count, 0)
+    }
+
+    /// Against scikit-learn's LogisticRegressionCV (C tuned by 5-fold CV over 33 values), from
+    /// scripts/make_transfer_fixtures.py: the probe must reach at least its val accuracy (within
+    /// one val image of 300).
+    func testGridProbeMatchesTunedLogisticRegression() throws {
+        struct Fixture: Decodable {
+            let classes: Int, width: Int
+            let train_features: [Float], train_labels: [Int], val_features: [Float], val_labels: [Int]
+            let sklearn_top1: Double
+        }
+        let f = try JSONDecoder().decode(Fixture.self, from: Data(contentsOf: fixture("logreg_features.json")))
+        let names = (0..<f.classes).map(String.init)
+        let train = FeatureSet(features: f.train_features, labels: f.train_labels, width: f.width, classes: names)
+        let val = FeatureSet(features: f.val_features, labels: f.val_labels, width: f.width, classes: names)
+        let spec = try TaskSpec.load(contentsOf: repoRoot.appendingPathComponent("Tasks/shapes-linprobe.yaml"))
+        var settings = GridProbeSettings(recipe: spec.recipe)
+        // The shipped weight-decay grid, folds and schedule; only the top of the lr grid, where
+        // every weight decay converges, to keep the debug-build test short.
+        settings.lrs = [1, 3]
+        let r = gridProbe(train: train, val: val, settings: settings, seed: 0)
+        XCTAssertGreaterThanOrEqual(r.val.top1, f.sklearn_top1 - 100.0 / 300, "probe \(r.val.top1) vs sklearn \(f.sklearn_top1)")
+    }
+
+    func testBatchNormWithoutAffineMatchesFormula() {
+        var bn = BatchNorm1d(width: 2)
+        let x: [Float] = [1, 10, 2, 20, 6, 30]          // (3, 2)
+        let y = bn.forward(x, batch: 3, training: true)
+        // Column 0: mean 3, biased var ((4 + 1 + 9) / 3); column 1: mean 20, var 200 / 3.
+        let v0: Float = 14.0 / 3, v1: Float = 200.0 / 3
+        let expected: [Float] = [(1 - 3) / (v0 + 1e-6).squareRoot(), (10 - 20) / (v1 + 1e-6).squareRoot(),
+                                 (2 - 3) / (v0 + 1e-6).squareRoot(), 0,
+                                 (6 - 3) / (v0 + 1e-6).squareRoot(), (30 - 20) / (v1 + 1e-6).squareRoot()]
+        for i in 0..<6 { XCTAssertEqual(y[i], expected[i], accuracy: 1e-5) }
+        // Running stats: momentum 0.1 from (0, 1), unbiased variance (7 and 100).
+        XCTAssertEqual(bn.runningMean[0], 0.3, accuracy: 1e-6)
+        XCTAssertEqual(bn.runningMean[1], 2.0, accuracy: 1e-6)
+        XCTAssertEqual(bn.runningVar[0], 0.9 + 0.7, accuracy: 1e-5)
+        XCTAssertEqual(bn.runningVar[1], 0.9 + 10, accuracy: 1e-4)
+        let e = bn.forward([1, 10], batch: 1, training: false)
+        XCTAssertEqual(e[0], (1 - 0.3) / (1.6 + 1e-6).squareRoot(), accuracy: 1e-5)
+        XCTAssertEqual(e[1], (10 - 2) / (10.9 + 1e-6).squareRoot(), accuracy: 1e-5)
+    }
+
+    // MARK: - Fine-tuning
+
+    func testPartialFineTuningLeavesFrozenBlocksUnchanged() throws {
+        let backbone = try VisionTransformer(config: ViTConfig(imgSize: 8, patchSize: 4, embedDim: 16, depth: 3, numHeads: 2))
+        backbone.initializeWeights(seed: 1)
+        let (model, fresh) = try makeClassifier(from: backbone, classes: 3, headStd: 0.02, seed: 0)
+        XCTAssertEqual(Set(fresh), ["fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"])
+        XCTAssertEqual(Array(model.params.value("blocks.1.attn.qkv.weight")), Array(backbone.params.value("blocks.1.attn.qkv.weight")))
+        let groups = fineTuneGroups(model, blocks: 1, layerDecay: 0.75)
+        let before = Dictionary(uniqueKeysWithValues: model.params.specs.map { ($0.name, Array(model.params.value($0.name))) })
+        let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups)
+        let images = randomValues(2 * 3 * 8 * 8, seed: 5)
+        model.params.zeroGrads()
+        _ = images.withUnsafeBufferPointer { model.forwardLogits(images: $0.baseAddress!, batch: 2, training: true, seed: 1) }
+        _ = model.classificationLoss(targets: smoothedTargets(labels: [0, 2], classes: 3, smoothing: 0.1))
+        model.backwardClassification()
+        optimizer.step(model.params, lr: 0.01)
+        for spec in model.params.specs {
+            let changed = Array(model.params.value(spec.name)) != before[spec.name]!
+            let trains = spec.name.hasPrefix("blocks.2.") || spec.name.hasPrefix("fc_norm") || spec.name.hasPrefix("head")
+            XCTAssertEqual(changed, trains, "\(spec.name) \(trains ? "should train" : "is frozen")")
+        }
+    }
+
+    func testMixupTargetsAreConvexCombinations() {
+        var rng = RandomStream(seed: 9)
+        let mixer = MixupCutmix(mixupAlpha: 0.8, cutmixAlpha: 1, smoothing: 0.1)
+        for _ in 0..<20 {
+            var images = randomValues(4 * 3 * 4 * 4, seed: 2)
+            let (t, lam) = mixer.apply(&images, labels: [0, 1, 2, 0], classes: 3, size: 4, rng: &rng)
+            XCTAssertTrue((0...1).contains(lam))
+            for r in 0..<4 { XCTAssertEqual(t[(r * 3)..<(r * 3 + 3)].reduce(0, +), 1, accuracy: 1e-5) }
+            // Sample 0 mixes label 0 with sample 3's label 0: all its mass stays on class 0 (+ smoothing).
+            XCTAssertEqual(t[0], 0.9 + 0.1 / 3, accuracy: 1e-5)
+        }
+    }
+
+    // MARK: - Report
+
+    func fakeRun(_ root: URL, checkpoint: String, method: String, role: String, seed: UInt64, top1: Double) throws {
+        let run = TransferRun(dir: root.appendingPathComponent("shapes-linprobe/cached-cls/\(checkpoint)-s\(seed)"))
+        try run.create()
+        try run.write(log: (1...3).map { TransferEpoch(epoch: $0, trainLoss: 2 / Double($0), lr: 0.1, valTop1: top1 - Double(3 - $0), seconds: 1) })
+        try run.write(TransferMetrics(
+            task: "shapes-linprobe", evaluation: "linprobe", variant: "cached, cls", checkpoint: "Checkpoints/\(checkpoint).safetensors",
+            checkpointHash: checkpoint, method: method, role: role, top1: top1, top5: 99, seed: seed, recipe: "a recipe",
+            dataset: "shapes", trainData: "train", valData: "val", trainImages: 2000, valImages: 1000, classes: 10,
+            pooling: "cls", selected: ["lr": 0.1, "weight_decay": 0], grid: nil,
+            protocolChecks: ["backbone frozen", "feature: \(method == "mae" ? "cls" : "avg")"],
+            timings: ["total_s": 3], epochs: 3, created: "now"))
+    }
+
+    func testReportPutsMethodsSideBySideWithDeltaAndSeedSpread() throws {
+        let root = try temporaryFolder()
+        try fakeRun(root, checkpoint: "mae_shapes", method: "mae", role: "checkpoint", seed: 0, top1: 80)
+        try fakeRun(root, checkpoint: "mae_shapes", method: "mae", role: "checkpoint", seed: 1, top1: 82)
+        try fakeRun(root, checkpoint: "supervised_shapes", method: "supervised", role: "baseline", seed: 0, top1: 75)
+        try fakeRun(root, checkpoint: "supervised_shapes", method: "supervised", role: "baseline", seed: 1, top1: 76)
+        let out = root.appendingPathComponent("Reports/classification.md")
+        try writeReport(runs: root, to: out)
+        let md = try String(contentsOf: out, encoding: .utf8)
+        XCTAssertTrue(md.contains("| shapes-linprobe | linprobe (cached, cls) | 81.00 ± 1.41 | 75.50 ± 0.71 | +5.50 | 68.0"), md)
+        XCTAssertTrue(md.contains("| mae_shapes | mae | checkpoint | 81.00 ± 1.41 | 99.00 ± 0.00 | +5.50 | 0, 1 |"), md)
+        XCTAssertTrue(md.contains("| supervised_shapes | supervised | baseline | 75.50 ± 0.71 |"), md)
+        XCTAssertTrue(md.contains("- backbone frozen\n"), "shared checks once")
+        XCTAssertTrue(md.contains("- mae_shapes: feature: cls\n"), "backbone-specific checks named")
+        let figures = root.appendingPathComponent("Reports/classification-figures")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: figures.path).sorted(),
+                       ["shapes-linprobe-linprobe-cached-cls-loss.png", "shapes-linprobe-linprobe-cached-cls-val.png"])
+    }
+
+    // MARK: - Task specs and bad input
+
+    func testShippedTaskSpecsParse() throws {
+        for name in ["shapes-linprobe", "shapes-knn", "shapes-finetune"] {
+            let spec = try TaskSpec.load(contentsOf: repoRoot.appendingPathComponent("Tasks/\(name).yaml"))
+            XCTAssertEqual(spec.name, name)
+            XCTAssertEqual(spec.dataset.imgSize, 32)
+        }
+    }
+
+    func testUnknownTaskFieldIsOneSentence() {
+        let yaml = """
+            name: t
+            protocol: linprobe
+            dataset: {name: d, root: r, train: a, val: b, img_size: 32, crop_ratio: 1}
+            head: {pooling: cls}
+            recipe: {lr_grd: [0.1]}
+            metrics: [top1]
+            seeds: [0]
+            """
+        XCTAssertThrowsError(try TaskSpec.parse(yaml, source: "my.yaml")) { e in
+            let s = "\(e)"
+            XCTAssertTrue(s.hasPrefix("my.yaml: has an unknown field 'recipe.lr_grd'"), s)
+            XCTAssertFalse(s.contains("\n"), s)
+        }
+        XCTAssertThrowsError(try TaskSpec.parse(yaml.replacingOccurrences(of: "lr_grd", with: "epochs").replacingOccurrences(of: "[0.1]", with: "many"),
+                                                source: "my.yaml")) { e in
+            XCTAssertTrue("\(e)".contains("recipe.epochs"), "\(e)")
+        }
+    }
+
+    func testMissingCheckpointAndEmptyImageFolderAreOneSentence() throws {
+        var o = TransferOptions()
+        o.checkpoints = [URL(fileURLWithPath: "/nonexistent/backbone.safetensors")]
+        XCTAssertThrowsError(try o.backbones()) { e in
+            XCTAssertEqual("\(e)", "/nonexistent/backbone.safetensors: no such checkpoint.")
+        }
+        let root = try temporaryFolder()
+        try FileManager.default.createDirectory(at: root.appendingPathComponent("train/cat"), withIntermediateDirectories: true)
+        o.trainData = root.appendingPathComponent("train")
+        o.valData = root.appendingPathComponent("train")
+        let spec = try TaskSpec.load(contentsOf: repoRoot.appendingPathComponent("Tasks/shapes-linprobe.yaml"))
+        XCTAssertThrowsError(try o.datasets(spec)) { e in
+            let s = "\(e)"
+            XCTAssertTrue(s.contains(root.appendingPathComponent("train/cat").path) && s.contains("empty class folder"), s)
+            XCTAssertFalse(s.contains("\n"), s)
+        }
+        o.valData = nil
+        XCTAssertThrowsError(try o.datasets(spec)) { XCTAssertTrue("\($0)".contains("--train-data and --val-data together")) }
+    }
+}
