@@ -54,68 +54,6 @@ public func fineTuneGroups(_ model: VisionTransformer, blocks: Int?, layerDecay:
     }
 }
 
-/// timm's Mixup / CutMix in batch mode, with label smoothing folded into the targets.
-public struct MixupCutmix: Sendable {
-    public var mixupAlpha: Double, cutmixAlpha: Double, prob: Double, switchProb: Double, smoothing: Float
-
-    public init(mixupAlpha: Double, cutmixAlpha: Double, prob: Double = 1, switchProb: Double = 0.5, smoothing: Float) {
-        self.mixupAlpha = mixupAlpha; self.cutmixAlpha = cutmixAlpha; self.prob = prob
-        self.switchProb = switchProb; self.smoothing = smoothing
-    }
-
-    /// Mixes images (B,3,S,S) in place with the batch reversed and returns the targets (B,K) and lam.
-    public func apply(_ images: inout [Float], labels: [Int], classes k: Int, size s: Int,
-                      rng: inout RandomStream) -> (targets: [Float], lam: Double) {
-        let b = labels.count
-        let plain = smoothedTargets(labels: labels, classes: k, smoothing: smoothing)
-        guard b > 1, mixupAlpha > 0 || cutmixAlpha > 0, rng.nextDouble() < prob else { return (plain, 1) }
-        let useCutmix = cutmixAlpha > 0 && (mixupAlpha <= 0 || rng.nextDouble() < switchProb)
-        var lam = sampleBeta(useCutmix ? cutmixAlpha : mixupAlpha, &rng)
-        let original = images, plane = 3 * s * s
-        if useCutmix {
-            // timm's rand_bbox: a box of side sqrt(1 - lam) at a uniform centre, clipped; lam corrected.
-            let cut = (1 - lam).squareRoot(), ch = Int(Double(s) * cut), cw = Int(Double(s) * cut)
-            let cy = rng.nextInt(s), cx = rng.nextInt(s)
-            let y0 = max(cy - ch / 2, 0), y1 = min(cy + ch / 2, s), x0 = max(cx - cw / 2, 0), x1 = min(cx + cw / 2, s)
-            for i in 0..<b {
-                let j = b - 1 - i
-                for c in 0..<3 {
-                    for y in y0..<max(y0, y1) {
-                        for x in x0..<max(x0, x1) { images[i * plane + (c * s + y) * s + x] = original[j * plane + (c * s + y) * s + x] }
-                    }
-                }
-            }
-            lam = 1 - Double(max(0, y1 - y0) * max(0, x1 - x0)) / Double(s * s)
-        } else {
-            let l = Float(lam)
-            for i in 0..<b {
-                let j = b - 1 - i
-                for p in 0..<plane { images[i * plane + p] = l * original[i * plane + p] + (1 - l) * original[j * plane + p] }
-            }
-        }
-        var targets = plain
-        let l = Float(lam)
-        for i in 0..<b { for c in 0..<k { targets[i * k + c] = l * plain[i * k + c] + (1 - l) * plain[(b - 1 - i) * k + c] } }
-        return (targets, lam)
-    }
-}
-
-/// Beta(a, a) from two Gamma(a) draws (Marsaglia-Tsang, with the a < 1 boost).
-func sampleBeta(_ a: Double, _ rng: inout RandomStream) -> Double {
-    func gamma(_ shape: Double) -> Double {
-        if shape < 1 { return gamma(shape + 1) * pow(max(rng.nextDouble(), 1e-300), 1 / shape) }
-        let d = shape - 1.0 / 3, c = 1 / (9 * d).squareRoot()
-        while true {
-            let x = Double(rng.nextGaussian()), v0 = 1 + c * x
-            guard v0 > 0 else { continue }
-            let v = v0 * v0 * v0, u = rng.nextDouble()
-            if log(max(u, 1e-300)) < 0.5 * x * x + d - d * v + d * log(v) { return d * v }
-        }
-    }
-    let x = gamma(a), y = gamma(a)
-    return x + y > 0 ? x / (x + y) : 0.5
-}
-
 /// The resume state kept in the run checkpoint's metadata.
 struct FineTuneState: Codable, Equatable {
     var epoch: Int
@@ -186,12 +124,24 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
     let lr = Float(r.baseLR ?? 1e-3) * Float(batch) / 256
     let schedule = WarmupCosine(baseLR: lr, minLR: Float(r.minLR ?? 1e-6), warmupEpochs: r.warmupEpochs ?? 1, epochs: Double(epochs))
     let scale = aug?.rrcScale ?? [0.08, 1]
-    let train = DataLoader(source: data.train, transform: MAETransform.train(RandomResizedCrop(size: size, scale: scale[0]...scale[1])),
-                           batchSize: batch, seed: seed, shuffle: true, dropLast: data.train.count >= batch)
+    // timm's fine-tuning pipeline: RandomResizedCrop + flip (+ RandAugment), normalise, random erasing.
+    let crop = RandomResizedCrop(size: size, scale: scale[0]...scale[1])
+    let randAugment = try aug?.randAugment.map { policy in
+        do { return try RandAugment(config: policy) } catch {
+            throw TaskError.badArgument("the task's rand_augment policy '\(policy)' is not one timm defines: \(error)")
+        }
+    }
+    let erasing = (aug?.reprob ?? 0) > 0 ? RandomErasing(probability: aug!.reprob!) : nil
+    let train = DataLoader(source: data.train, transform: MAETransform.finetune(crop, randAugment: randAugment),
+                           tensorTransform: erasing, batchSize: batch, seed: seed, shuffle: true,
+                           dropLast: data.train.count >= batch)
     let val = DataLoader(source: data.val, transform: MAETransform.eval(size: size, cropRatio: spec.dataset.cropRatio),
                          batchSize: 128, shuffle: false)
-    let mixer = MixupCutmix(mixupAlpha: aug?.mixup ?? 0, cutmixAlpha: aug?.cutmix ?? 0, prob: aug?.mixupProb ?? 1,
-                            switchProb: aug?.switchProb ?? 0.5, smoothing: Float(aug?.labelSmoothing ?? 0.1))
+    let smoothing = aug?.labelSmoothing ?? 0.1
+    let mixer = (aug?.mixup ?? 0) > 0 || (aug?.cutmix ?? 0) > 0
+        ? Mixup(classes: k, mixupAlpha: aug?.mixup ?? 0, cutmixAlpha: aug?.cutmix ?? 0, probability: aug?.mixupProb ?? 1,
+                switchProbability: aug?.switchProb ?? 0.5, labelSmoothing: smoothing)
+        : nil
     let variant = blocks.map { "last \($0) blocks" } ?? "full"
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     try run.create()
@@ -215,7 +165,12 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         while let b = try it.next() {
             var images = b.images
             var rng = RandomStream(seed: seed).derived(UInt64(epoch * 1_000_003 + step))
-            let (targets, _) = mixer.apply(&images, labels: b.labels, classes: k, size: size, rng: &rng)
+            var targets = smoothedTargets(labels: b.labels, classes: k, smoothing: Float(smoothing))
+            if let mixer {
+                var mixRNG = SeededRNG(seed: UInt64(seed), epoch: epoch, index: step)
+                let draw = mixer.draw(height: size, width: size, rng: &mixRNG)
+                targets = mixer.mix(&images, labels: b.labels, channels: 3, height: size, width: size, draw: draw).targets
+            }
             model.params.zeroGrads()
             _ = images.withUnsafeBufferPointer {
                 model.forwardLogits(images: $0.baseAddress!, batch: b.count, training: true, seed: rng.next())
@@ -251,8 +206,10 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
             ?? "full fine-tuning: all \(trained) trainable tensors train, with layer-wise lr decay \(r.layerDecay ?? 0.75)",
         "initialised fresh: \(fresh.joined(separator: ", ")); the backbone's final norm is not used (global pool + fc_norm)",
         "training mode: drop path \(r.dropPath ?? 0.1); val through resize + center crop in eval mode, the last epoch is reported (val chooses nothing)",
-        "augmentation: RandomResizedCrop (scale \(scale[0])-\(scale[1])) + flip, mixup \(aug?.mixup ?? 0), cutmix \(aug?.cutmix ?? 0), label smoothing \(aug?.labelSmoothing ?? 0.1)" +
-            (aug?.randAugment != nil ? "; RandAugment asked (\(aug!.randAugment!)) but not implemented, so not applied" : ""),
+        "augmentation: RandomResizedCrop (scale \(scale[0])-\(scale[1])) + flip" +
+            (aug?.randAugment.map { " + RandAugment \($0)" } ?? "") +
+            ", mixup \(aug?.mixup ?? 0), cutmix \(aug?.cutmix ?? 0), label smoothing \(smoothing)" +
+            ((aug?.reprob ?? 0) > 0 ? ", random erasing p \(aug!.reprob!) (pixel)" : "") + " (timm's implementations)",
     ]
     if startEpoch > 0 { checks.append("resumed after epoch \(startEpoch) from the run's checkpoint (weights and AdamW state)") }
     let metrics = TransferMetrics(

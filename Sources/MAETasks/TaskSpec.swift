@@ -137,12 +137,14 @@ public struct AugmentationSpec: Codable, Sendable {
     public var mixupProb: Double?
     public var switchProb: Double?
     public var labelSmoothing: Double?
-    /// timm's RandAugment policy string (MAE: rand-m9-mstd0.5-inc1); not implemented yet.
+    /// timm's RandAugment policy string (MAE: rand-m9-mstd0.5-inc1).
     public var randAugment: String?
+    /// Random erasing probability after normalisation (MAE fine-tuning: 0.25, pixel mode).
+    public var reprob: Double?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case rrcScale = "rrc_scale", flip, mixup, cutmix, mixupProb = "mixup_prob", switchProb = "switch_prob"
-        case labelSmoothing = "label_smoothing", randAugment = "rand_augment"
+        case labelSmoothing = "label_smoothing", randAugment = "rand_augment", reprob
     }
 }
 

@@ -130,11 +130,12 @@ final class TransferTests: XCTestCase {
     }
 
     func testMixupTargetsAreConvexCombinations() {
-        var rng = RandomStream(seed: 9)
-        let mixer = MixupCutmix(mixupAlpha: 0.8, cutmixAlpha: 1, smoothing: 0.1)
+        var rng = SeededRNG(seed: 9)
+        let mixer = Mixup(classes: 3, mixupAlpha: 0.8, cutmixAlpha: 1, labelSmoothing: 0.1)
         for _ in 0..<20 {
             var images = randomValues(4 * 3 * 4 * 4, seed: 2)
-            let (t, lam) = mixer.apply(&images, labels: [0, 1, 2, 0], classes: 3, size: 4, rng: &rng)
+            let draw = mixer.draw(height: 4, width: 4, rng: &rng)
+            let (t, lam) = mixer.mix(&images, labels: [0, 1, 2, 0], channels: 3, height: 4, width: 4, draw: draw)
             XCTAssertTrue((0...1).contains(lam))
             for r in 0..<4 { XCTAssertEqual(t[(r * 3)..<(r * 3 + 3)].reduce(0, +), 1, accuracy: 1e-5) }
             // Sample 0 mixes label 0 with sample 3's label 0: all its mass stays on class 0 (+ smoothing).
