@@ -119,9 +119,10 @@ final class TransformerStack {
         scaleGroupsForward(out: branch, input: branch, scale: keep.data, groups: batch, size: tokens * width)
     }
 
-    /// Backward through every block. dOut (B,N,D) is the gradient of the stack's output; returns
-    /// the gradient of its input (a buffer owned by the stack). Parameter gradients accumulate.
-    func backward(_ p: ParameterStore, dOut: UnsafePointer<Float>) -> UnsafeMutablePointer<Float> {
+    /// Backward through blocks `depth - 1` down to `lowest`. dOut (B,N,D) is the gradient of the
+    /// stack's output; returns the gradient of block `lowest`'s input (a buffer owned by the stack).
+    /// Parameter gradients accumulate. Blocks below `lowest` get no gradient and cost nothing.
+    func backward(_ p: ParameterStore, dOut: UnsafePointer<Float>, lowest: Int = 0) -> UnsafeMutablePointer<Float> {
         precondition(training, "backward needs a training-mode forward")
         let r = batch * tokens, d = width
         if scratch == nil {
@@ -131,7 +132,7 @@ final class TransformerStack {
         let s = scratch!
         let dx = s.dX.data
         dx.update(from: dOut, count: r * d)
-        for i in stride(from: blocks.count - 1, through: 0, by: -1) {
+        for i in stride(from: blocks.count - 1, through: lowest, by: -1) {
             let w = blocks[i], a = acts[i], x = residual(i).data
             // out = x1 + keep2 * fc2(g)
             let dBranch = scaledBranchGrad(dx, keep: a.keep2, into: s.dBranch)

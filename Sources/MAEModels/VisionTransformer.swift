@@ -9,6 +9,9 @@ import MAEKernels
 public final class VisionTransformer {
     public let config: ViTConfig
     public let params: ParameterStore
+    /// Backward stops at this encoder block: the blocks below it, the patch embedding and the tokens
+    /// get no gradient (partial fine-tuning, paper Fig. 9, without paying for the frozen part).
+    public var lowestTrainedBlock = 0
     /// Stochastic depth rate of the last encoder block (0 disables drop path).
     public var dropPath: Float {
         get { encoder.dropPath }
@@ -189,8 +192,9 @@ public final class VisionTransformer {
             dTokensOwner = t
             dTokens = t.data
         }
-        let dx0 = encoder.backward(params, dOut: dTokens)
+        let dx0 = encoder.backward(params, dOut: dTokens, lowest: lowestTrainedBlock)
         _ = dTokensOwner
+        guard lowestTrainedBlock == 0 else { return }
         // Scatter into cls_token, pos_embed (when learnable) and the patch embedding's output.
         let posTrainable = params.specs.first { $0.offset == posEmbed }!.trainable
         let dCls = params.g(clsToken), dPos = params.g(posEmbed)

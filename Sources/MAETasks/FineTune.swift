@@ -118,6 +118,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
     let (model, fresh) = try makeClassifier(from: backbone.model, classes: k, headStd: spec.head.initStd ?? 2e-5, seed: seed)
     model.dropPath = Float(r.dropPath ?? 0.1)
     let firstTrained = depth - (blocks ?? depth)
+    model.lowestTrainedBlock = firstTrained
     let groups = fineTuneGroups(model, blocks: blocks, layerDecay: Float(r.layerDecay ?? 0.75))
     let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, weightDecay: Float(r.weightDecay ?? 0.05))
     let batch = o.batchSize ?? r.batchSize ?? 64, epochs = r.epochs ?? 10

@@ -85,4 +85,28 @@ final class ParityTests: XCTestCase {
         }
         XCTAssertEqual(checked, f.tensors.keys.filter { $0.hasPrefix("grad.") }.count, "every gradient compared")
     }
+
+    /// Partial fine-tuning stops the backward at the lowest trained block: the trained tensors get
+    /// PyTorch's gradients, the frozen ones none.
+    func testBackwardStopsAtTheLowestTrainedBlock() throws {
+        let f = try SafeTensors.read(contentsOf: fixtureURL("vit_tiny_cls.safetensors"))
+        let config = ViTConfig(imgSize: 32, patchSize: 8, embedDim: 64, depth: 2, numHeads: 4,
+                               numClasses: 5, pooling: .avg)
+        let model = try loadModel(f, config: config)
+        model.lowestTrainedBlock = 1
+        let images = Tensor([3, 3, 32, 32], f.tensors["input.images"]!.floats)
+        model.params.zeroGrads()
+        _ = model.forwardLogits(images: images.data, batch: 3, training: true)
+        _ = model.classificationLoss(targets: smoothedTargets(labels: f.tensors["input.labels"]!.int64s.map(Int.init),
+                                                              classes: 5, smoothing: 0.1))
+        model.backwardClassification()
+        for spec in model.params.specs {
+            let grad = Array(model.params.grad(spec.name))
+            if spec.name.hasPrefix("blocks.1.") || spec.name.hasPrefix("fc_norm") || spec.name.hasPrefix("head") {
+                assertClose(grad, f.tensors["grad." + spec.name]!.floats, rtol: 1e-3, atol: 1e-6, "grad.\(spec.name)")
+            } else {
+                XCTAssertTrue(grad.allSatisfy { $0 == 0 }, "\(spec.name) is frozen: no gradient")
+            }
+        }
+    }
 }

@@ -114,6 +114,7 @@ final class TransferTests: XCTestCase {
         XCTAssertEqual(Set(fresh), ["fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"])
         XCTAssertEqual(Array(model.params.value("blocks.1.attn.qkv.weight")), Array(backbone.params.value("blocks.1.attn.qkv.weight")))
         let groups = fineTuneGroups(model, blocks: 1, layerDecay: 0.75)
+        model.lowestTrainedBlock = 2
         let before = Dictionary(uniqueKeysWithValues: model.params.specs.map { ($0.name, Array(model.params.value($0.name))) })
         let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups)
         let images = randomValues(2 * 3 * 8 * 8, seed: 5)
