@@ -28,6 +28,8 @@ let package = Package(
         // MARK: - Implementation, in dependency order
         /// Tensor storage and forward/backward ops over contiguous float32 buffers.
         .target(name: "MAEKernels", dependencies: ["COpenBLAS"], swiftSettings: vectorISA),
+        /// JSON values (ordered objects, exact numbers), a strict parser and a writer.
+        .target(name: "MAEJSON"),
         /// File formats: safetensors, PyTorch zip checkpoints (restricted unpickler).
         .target(name: "MAEFormats"),
         /// ViT, MAE decoder, heads, parameter tables, optimizers, checkpoint key mapping.
@@ -53,7 +55,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "ModelTests", dependencies: ["MAEModels", "TestSupport"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "FormatTests", dependencies: ["MAEFormats", "MAEModels", "TestSupport"],
+        .testTarget(name: "FormatTests", dependencies: ["MAEFormats", "MAEJSON", "MAEModels", "TestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "MetricsTests", dependencies: ["MAEMetrics", "MAECOCO", "TestSupport"],
                     resources: [.copy("Fixtures")]),
