@@ -29,16 +29,18 @@ let package = Package(
         // MARK: - Implementation, in dependency order
         /// Tensor storage and forward/backward ops over contiguous float32 buffers.
         .target(name: "MAEKernels", dependencies: ["COpenBLAS"], swiftSettings: vectorISA),
+        /// JSON values (ordered objects, exact numbers), a strict parser and a writer.
+        .target(name: "MAEJSON"),
         /// File formats: safetensors, PyTorch zip checkpoints (restricted unpickler).
-        .target(name: "MAEFormats"),
+        .target(name: "MAEFormats", dependencies: ["MAEJSON"]),
         /// ViT, MAE decoder, heads, parameter tables, optimizers, checkpoint key mapping.
         .target(name: "MAEModels", dependencies: ["MAEKernels", "MAEFormats"], swiftSettings: vectorISA),
         /// COCO annotation/result JSON and the COCO mask API (RLE).
-        .target(name: "MAECOCO"),
+        .target(name: "MAECOCO", dependencies: ["MAEJSON"]),
         /// Image codecs, datasets, the Shapes generator, transforms, the loader.
         .target(name: "MAEData", dependencies: ["CPNG", "CTurboJPEG", "MAECOCO"], swiftSettings: vectorISA),
         /// Evaluation metrics: COCO AP (bbox, segm), semantic-segmentation mIoU.
-        .target(name: "MAEMetrics", dependencies: ["MAECOCO"]),
+        .target(name: "MAEMetrics", dependencies: ["MAECOCO", "MAEJSON"]),
         /// Benchmarks, pretraining, probes, fine-tuning, reports: one function per CLI command.
         .target(name: "MAETasks", dependencies: ["MAEModels", "MAEData", "MAEMetrics", "MAEFormats",
                                                 .product(name: "Yams", package: "Yams")]),
@@ -55,9 +57,9 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "ModelTests", dependencies: ["MAEModels", "TestSupport"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "FormatTests", dependencies: ["MAEFormats", "MAEModels", "TestSupport"],
+        .testTarget(name: "FormatTests", dependencies: ["MAEFormats", "MAEJSON", "MAEModels", "TestSupport"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "MetricsTests", dependencies: ["MAEMetrics", "MAECOCO", "TestSupport"],
+        .testTarget(name: "MetricsTests", dependencies: ["MAEMetrics", "MAECOCO", "MAEJSON", "TestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DataTests", dependencies: ["MAEData", "MAECOCO", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "MAEFormats", "TestSupport"],

@@ -2,6 +2,7 @@
 // variants real files have: ints written as floats, iscrowd as a bool, missing optional fields
 // (info, licenses, area, bbox), RLE counts as a string or a list.
 import Foundation
+import MAEJSON
 
 /// A bad or unreadable COCO file; the description is one sentence naming the file.
 public struct COCOError: LocalizedError, CustomStringConvertible, Equatable {
@@ -145,25 +146,23 @@ public struct COCODataset: Equatable, Sendable {
         }
     }
 
-    /// The file as JSON; masks keep the form they were given in.
+    /// The file as JSON; masks keep the form they were given in. Keys are in sorted order, as these
+    /// files have always been written.
     public func jsonValue() -> JSONValue {
-        func numbers(_ a: [Double]) -> JSONValue { .array(a.map { .number($0) }) }
-        return .object([
-            "images": .array(images.map {
-                .object(["id": .number(Double($0.id)), "width": .number(Double($0.width)),
-                         "height": .number(Double($0.height)), "file_name": .string($0.fileName)])
-            }),
+        .object([
             "annotations": .array(annotations.map { a in
-                var o: [String: JSONValue] = [
-                    "id": .number(Double(a.id)), "image_id": .number(Double(a.imageId)),
-                    "category_id": .number(Double(a.categoryId)), "bbox": numbers(a.bbox),
-                    "area": .number(a.area), "iscrowd": .number(a.isCrowd ? 1 : 0)]
+                var o: JSONObject = [
+                    "area": .double(a.area), "bbox": jsonNumbers(a.bbox), "category_id": .int(a.categoryId),
+                    "id": .int(a.id), "image_id": .int(a.imageId), "iscrowd": .int(a.isCrowd ? 1 : 0)]
                 if let s = a.segmentation { o["segmentation"] = s.jsonValue() }
                 return .object(o)
             }),
             "categories": .array(categories.map {
-                .object(["id": .number(Double($0.id)), "name": .string($0.name),
-                         "supercategory": .string($0.supercategory)])
+                .object(["id": .int($0.id), "name": .string($0.name), "supercategory": .string($0.supercategory)])
+            }),
+            "images": .array(images.map {
+                .object(["file_name": .string($0.fileName), "height": .int($0.height), "id": .int($0.id),
+                         "width": .int($0.width)])
             }),
         ])
     }
@@ -216,12 +215,14 @@ public struct COCODetection: Equatable, Sendable {
         }
     }
 
-    /// Writes detections as a COCO results file.
+    /// Writes detections as a COCO results file (keys in sorted order).
     public static func write(_ detections: [COCODetection], to url: URL) throws {
         try writeJSON(.array(detections.map { d in
-            var o: [String: JSONValue] = ["image_id": .number(Double(d.imageId)),
-                                          "category_id": .number(Double(d.categoryId)), "score": .number(d.score)]
-            if let b = d.bbox { o["bbox"] = .array(b.map { .number($0) }) }
+            var o: JSONObject = [:]
+            if let b = d.bbox { o["bbox"] = jsonNumbers(b) }
+            o["category_id"] = .int(d.categoryId)
+            o["image_id"] = .int(d.imageId)
+            o["score"] = .double(d.score)
             if let s = d.segmentation { o["segmentation"] = s.jsonValue() }
             return .object(o)
         }), to: url)
@@ -232,24 +233,17 @@ extension COCOSegmentation {
     /// The JSON form: a list of polygons, or `{"size": [h, w], "counts": string or list}`.
     public func jsonValue() -> JSONValue {
         switch self {
-        case .polygons(let p): return .array(p.map { .array($0.map { .number($0) }) })
+        case .polygons(let p): return .array(p.map(jsonNumbers))
         case .rle(let r):
-            return .object(["size": .array([.number(Double(r.height)), .number(Double(r.width))]),
-                            "counts": .string(r.compressedCounts)])
+            return .object(["counts": .string(r.compressedCounts), "size": .array([.int(r.height), .int(r.width)])])
         case .uncompressedRLE(let r):
-            return .object(["size": .array([.number(Double(r.height)), .number(Double(r.width))]),
-                            "counts": .array(r.counts.map { .number(Double($0)) })])
+            return .object(["counts": .array(r.counts.map { .int(Int($0)) }),
+                            "size": .array([.int(r.height), .int(r.width)])])
         }
     }
 }
 
-extension JSONValue {
-    /// The string, if this is one.
-    public var stringValue: String? {
-        if case .string(let s) = self { return s }
-        return nil
-    }
-}
+private func jsonNumbers(_ a: [Double]) -> JSONValue { .array(a.map { .double($0) }) }
 
 // MARK: - Reading helpers
 
@@ -263,7 +257,7 @@ private func readJSON(_ url: URL) throws -> JSONValue {
     do {
         return try JSONValue.parse(data)
     } catch let e as JSONSyntaxError {
-        throw COCOError(file: url.path, problem: "is not valid JSON (\(e.message))")
+        throw COCOError(file: url.path, problem: "is not valid JSON (\(e))")
     }
 }
 
@@ -284,7 +278,7 @@ private struct FieldReader {
         COCOError(file: file, problem: context.isEmpty ? problem : "\(context) \(problem)")
     }
 
-    func object(_ v: JSONValue) throws -> [String: JSONValue] {
+    func object(_ v: JSONValue) throws -> JSONObject {
         guard case .object(let o) = v else { throw error("is not a JSON object") }
         return o
     }
@@ -296,9 +290,9 @@ private struct FieldReader {
 
     func double(_ v: JSONValue?, _ key: String) throws -> Double {
         switch v {
-        case .number(let d)?:
-            guard d.isFinite else { throw error("has a non-finite \"\(key)\"") }
-            return d
+        case .number(let n)?:
+            guard n.doubleValue.isFinite else { throw error("has a non-finite \"\(key)\"") }
+            return n.doubleValue
         case .bool(let b)?: return b ? 1 : 0
         case nil: throw error("has no \"\(key)\"")
         default: throw error("has a non-numeric \"\(key)\"")
@@ -314,7 +308,7 @@ private struct FieldReader {
     func numbers(_ v: JSONValue, _ what: String) throws -> [Double] {
         guard case .array(let a) = v else { throw error("has a \(what) that is not a list of numbers") }
         return try a.map { x in
-            guard case .number(let d) = x, d.isFinite, abs(d) < 1e8 else {
+            guard let d = x.doubleValue, d.isFinite, abs(d) < 1e8 else {
                 throw error("has a \(what) that is not a list of numbers")
             }
             return d

@@ -1,4 +1,5 @@
 import Foundation
+import MAEJSON
 
 /// How the classifier pools tokens.
 public enum Pooling: String, Codable, CaseIterable, Sendable {
@@ -109,7 +110,7 @@ public func inferArchitecture(shapes w: [String: [Int]], metadata: [String: Stri
         pooling: w["fc_norm.weight"] != nil ? .avg : .cls, hasClsToken: hasCls, numPrefixTokens: prefix,
         decoder: decoder, numHeads: nil, headsSource: .unknown)
 
-    let config = metadata["config"].flatMap { try? JSONParser.parse(Array($0.utf8)) }
+    let config = metadata["config"].flatMap { try? JSONValue.parse($0, maxDepth: 64) }
     if let heads = config.flatMap({ firstInt($0, ["heads", "num_heads", "numHeads"]) }) {
         arch.numHeads = heads
         arch.headsSource = .metadata

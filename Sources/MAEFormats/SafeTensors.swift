@@ -1,4 +1,5 @@
 import Foundation
+import MAEJSON
 
 /// A safetensors file: named tensors plus string metadata.
 ///
@@ -48,7 +49,7 @@ public struct SafeTensors {
         let headerEnd = 8 + Int(headerLength)
         let header: JSONValue
         do {
-            header = try JSONParser.parse([UInt8](data[(base + 8)..<(base + headerEnd)]))
+            header = try JSONValue.parse(data[(base + 8)..<(base + headerEnd)], maxDepth: 64)
         } catch let e as JSONSyntaxError {
             throw fail("the JSON header is malformed at byte \(e.offset) (\(e.message))")
         }
@@ -107,11 +108,9 @@ public struct SafeTensors {
     /// The file's bytes: header (names in `order`, metadata first, padded with spaces to 8 bytes), then
     /// each tensor's data back to back.
     public func serialized() throws -> Data {
-        var header = "{"
-        var parts: [String] = []
+        var header = JSONObject()
         if !metadata.isEmpty {
-            let pairs = metadata.keys.sorted().map { "\(jsonQuoted($0)):\(jsonQuoted(metadata[$0]!))" }
-            parts.append("\"__metadata__\":{\(pairs.joined(separator: ","))}")
+            header.append("__metadata__", .object(JSONObject(metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })))
         }
         var offset = 0
         for name in order {
@@ -119,16 +118,14 @@ public struct SafeTensors {
             guard let n = elementCount(t.shape), n * t.dtype.itemSize == t.bytes.count else {
                 throw FormatError(name, "the shape \(t.shape) does not match its \(t.bytes.count) bytes of \(t.dtype.rawValue)")
             }
-            let shape = t.shape.map(String.init).joined(separator: ",")
-            parts.append("\(jsonQuoted(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(shape)]," +
-                         "\"data_offsets\":[\(offset),\(offset + t.bytes.count)]}")
+            header.append(name, .object(["dtype": .string(t.dtype.rawValue), "shape": .array(t.shape.map { .int($0) }),
+                                         "data_offsets": .array([.int(offset), .int(offset + t.bytes.count)])]))
             offset += t.bytes.count
         }
         guard Set(order).count == order.count, order.count == tensors.count else {
             throw FormatError("safetensors", "the tensor names and their order disagree")
         }
-        header += parts.joined(separator: ",") + "}"
-        var headerBytes = Array(header.utf8)
+        var headerBytes = Array(JSONValue.object(header).serialized().utf8)
         while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
         var out = Data(capacity: 8 + headerBytes.count + offset)
         withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { out.append(contentsOf: $0) }

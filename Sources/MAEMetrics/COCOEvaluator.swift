@@ -4,6 +4,7 @@
 // K categories, A = 4 area ranges (all, small, medium, large), M = 3 maxDets (1, 10, 100).
 import Foundation
 import MAECOCO
+import MAEJSON
 
 /// What the IoU between a detection and a ground truth is computed on.
 public enum COCOIoUType: String, CaseIterable, Sendable {
@@ -431,6 +432,6 @@ func pairwiseSum(_ a: ArraySlice<Double>) -> Double {
 extension COCOEvalResult {
     /// `{"iou_type": "bbox" | "segm", "stats": [12 numbers]}`, what `coco-eval --out` writes.
     public func jsonValue() -> JSONValue {
-        .object(["iou_type": .string(iouType.rawValue), "stats": .array(stats.map { .number($0) })])
+        .object(["iou_type": .string(iouType.rawValue), "stats": .array(stats.map { .double($0) })])
     }
 }

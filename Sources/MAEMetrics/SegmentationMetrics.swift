@@ -1,7 +1,7 @@
 // Semantic-segmentation metrics as mmseg defines them (intersect_and_union + total_area_to_metrics):
 // per-class areas summed over the whole set, then IoU and Acc per class, NaN-skipping means.
 import Foundation
-import MAECOCO
+import MAEJSON
 
 /// A label map that cannot be scored; the description is one sentence naming the image.
 public struct SegmentationMetricsError: LocalizedError, CustomStringConvertible, Equatable {
@@ -96,9 +96,10 @@ public struct SegmentationResult: Sendable {
 
     /// `{"mIoU", "mAcc", "aAcc"}` in percent and per-class `IoU`/`Acc` in percent, null where undefined.
     public func jsonValue() -> JSONValue {
-        func number(_ v: Double) -> JSONValue { v.isNaN ? .null : .number(v) }
-        return .object(["mIoU": number(mIoU), "mAcc": number(mAcc), "aAcc": number(aAcc),
-                        "IoU": .array(iou.map { number($0 * 100) }), "Acc": .array(acc.map { number($0 * 100) })])
+        func number(_ v: Double) -> JSONValue { v.isNaN ? .null : .double(v) }
+        // Keys in sorted order, as this file has always been written.
+        return .object(["Acc": .array(acc.map { number($0 * 100) }), "IoU": .array(iou.map { number($0 * 100) }),
+                        "aAcc": number(aAcc), "mAcc": number(mAcc), "mIoU": number(mIoU)])
     }
 
     /// mmseg's printed table: per class IoU and Acc, then the summary, in percent with 2 decimals.

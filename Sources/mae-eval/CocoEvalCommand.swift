@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import MAECOCO
 import MAEMetrics
 
 /// `mae-eval coco-eval`: COCO box or mask AP of a results file, as pycocotools' COCOeval.
@@ -37,14 +36,7 @@ struct CocoEvalCommand: ParsableCommand {
                 groundTruth: URL(fileURLWithPath: gt), detections: URL(fileURLWithPath: dt),
                 iouType: iouType == .bbox ? .bbox : .segm)
             print(result.summaryLines.joined(separator: "\n"))
-            if let out {
-                let url = URL(fileURLWithPath: out)
-                do {
-                    try Data((result.jsonValue().serialized() + "\n").utf8).write(to: url)
-                } catch {
-                    throw COCOError(file: url.path, problem: "cannot be written")
-                }
-            }
+            if let out { try writeOutputFile(result.jsonValue().serialized(), to: out) }
         } catch {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             throw ExitCode.failure

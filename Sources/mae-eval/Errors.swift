@@ -13,3 +13,20 @@ func runCLI<T>(_ body: () throws -> T) throws -> T {
         throw ExitCode(1)
     }
 }
+
+/// A command's output file that could not be written; the description is one sentence naming it.
+struct OutputFileError: LocalizedError, CustomStringConvertible {
+    var path: String
+    var description: String { "\(path): cannot be written." }
+    var errorDescription: String? { description }
+}
+
+/// Writes `text` and a newline to a command's `--out` file.
+func writeOutputFile(_ text: String, to path: String) throws {
+    let url = URL(fileURLWithPath: path)
+    do {
+        try Data((text + "\n").utf8).write(to: url)
+    } catch {
+        throw OutputFileError(path: url.path)
+    }
+}

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import MAECOCO
 import MAEMetrics
 
 /// `mae-eval seg-eval`: semantic-segmentation mIoU of predicted label maps, as mmseg computes it.
@@ -47,14 +46,7 @@ struct SegEvalCommand: ParsableCommand {
                 readLabelMap: readLabelMapPNG)
             print("\(images) label maps")
             print(result.tableLines().joined(separator: "\n"))
-            if let out {
-                let url = URL(fileURLWithPath: out)
-                do {
-                    try Data((result.jsonValue().serialized() + "\n").utf8).write(to: url)
-                } catch {
-                    throw SegmentationMetricsError(image: url.path, problem: "cannot be written")
-                }
-            }
+            if let out { try writeOutputFile(result.jsonValue().serialized(), to: out) }
         } catch {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             throw ExitCode.failure

@@ -2,6 +2,7 @@
 // scripts/make_metrics_fixtures.py (pycocotools 2.0.11; mmseg's functions re-implemented in numpy).
 import Foundation
 import MAECOCO
+import MAEJSON
 @testable import MAEMetrics
 import XCTest
 
@@ -9,17 +10,17 @@ private func fixture(_ name: String) -> URL {
     Bundle.module.url(forResource: "Fixtures/" + name, withExtension: nil)!
 }
 
-/// A fixture as Foundation values; numbers are parsed by MAECOCO's reader because JSONSerialization
-/// on Linux rounds long decimals wrongly.
+/// A fixture as Foundation values; numbers are parsed by MAEJSON because JSONSerialization on Linux
+/// rounds long decimals wrongly.
 private func loadAny(_ name: String) throws -> Any {
     func convert(_ v: JSONValue) -> Any {
         switch v {
         case .null: return NSNull()
         case .bool(let b): return b
-        case .number(let d): return NSNumber(value: d)
+        case .number(let n): return NSNumber(value: n.doubleValue)
         case .string(let s): return s
         case .array(let a): return a.map(convert)
-        case .object(let o): return o.mapValues(convert)
+        case .object(let o): return Dictionary(o.map { ($0.key, convert($0.value)) }, uniquingKeysWith: { $1 })
         }
     }
     return convert(try JSONValue.parse(Data(contentsOf: fixture(name))))

@@ -9,17 +9,23 @@ seconds=${2:-120}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=/tmp/mae-eval-fuzz/$target
 mkdir -p "$work/corpus" "$work/crashes"
+# Builds Sources/NAME as its own instrumented static module in $work, importing the modules built before it.
+module() {
+    swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name "$1" -emit-module \
+        -emit-module-path "$work/$1.swiftmodule" -emit-library -static -I "$work" "$root"/Sources/"$1"/*.swift \
+        -o "$work/lib$1.a"
+}
 case $target in
 safetensors|torch)
-    swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name MAEFormats \
+    module MAEJSON
+    swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name MAEFormats -I "$work" -L "$work" -lMAEJSON \
         "$root"/Sources/MAEFormats/*.swift "$root/scripts/fuzz/fuzz_$target.swift" -o "$work/fuzz" ;;
 data)
-    # MAECOCO first, as its own instrumented module (MAEData imports it).
-    swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name MAECOCO -emit-module \
-        -emit-module-path "$work/MAECOCO.swiftmodule" -emit-library -static "$root"/Sources/MAECOCO/*.swift \
-        -o "$work/libMAECOCO.a"
+    # MAEJSON and MAECOCO first (MAEData imports MAECOCO, which imports MAEJSON).
+    module MAEJSON
+    module MAECOCO
     swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name MAEData \
-        -I "$root/Sources/CPNG" -I "$root/Sources/CTurboJPEG" -I "$work" -L "$work" -lMAECOCO -lpng16 -lturbojpeg \
+        -I "$root/Sources/CPNG" -I "$root/Sources/CTurboJPEG" -I "$work" -L "$work" -lMAECOCO -lMAEJSON -lpng16 -lturbojpeg \
         "$root"/Sources/MAEData/*.swift "$root/scripts/fuzz/FuzzDecode.swift" -o "$work/fuzz" ;;
 *) echo "unknown fuzz target '$target': use safetensors, torch or data" >&2; exit 2 ;;
 esac
