@@ -119,10 +119,61 @@ extension VisionTransformer {
     /// Writes every parameter (layout order) as safetensors, atomically, with the full config as
     /// JSON under metadata `config` plus the caller's provenance (method, data, recipe, ...).
     public func save(to url: URL, metadata: [String: String] = [:]) throws {
+        try safetensors(metadata: metadata).write(to: url)
+    }
+
+    /// A resumable training checkpoint: what `save` writes, plus the optimizer's state as `optim.*`
+    /// tensors and the loop's own `state` as JSON under metadata `stateKey`.
+    public func saveTrainingCheckpoint<State: Encodable>(to url: URL, optimizer: Optimizer, state: State,
+                                                         stateKey: String, metadata: [String: String] = [:]) throws {
+        var meta = metadata
+        meta[stateKey] = String(decoding: try JSONEncoder().encode(state), as: UTF8.self)
+        var file = try safetensors(metadata: meta)
+        for (key, values) in optimizer.state.sorted(by: { $0.key < $1.key }) {
+            file.set("optim." + key, StoredTensor(shape: [values.count], floats: values))
+        }
+        try file.write(to: url)
+    }
+
+    /// Reads a checkpoint written by `saveTrainingCheckpoint` into this model and `optimizer` and
+    /// returns its state. `accept` checks the state first (seed, batch size, ... must match the run
+    /// being resumed) and throws its own one-sentence error when it does not.
+    public func resumeTrainingCheckpoint<State: Decodable>(from url: URL, optimizer: Optimizer, stateKey: String,
+                                                           accept: (State) throws -> Void) throws -> State {
+        let file = try SafeTensors.read(contentsOf: url)
+        let path = url.path
+        guard let json = file.metadata[stateKey],
+              let state = try? JSONDecoder().decode(State.self, from: Data(json.utf8)) else {
+            throw FormatError(path, "has no \(stateKey), so it is not a checkpoint this run can resume")
+        }
+        try accept(state)
+        guard let configJSON = file.metadata["config"],
+              let saved = try? JSONDecoder().decode(ViTConfig.self, from: Data(configJSON.utf8)), saved == config else {
+            throw FormatError(path, "holds a different model than the one being trained")
+        }
+        for spec in params.specs {
+            guard let t = file.tensors[spec.name], t.dtype == .f32, t.shape == spec.shape else {
+                throw FormatError(path, "lacks \(spec.name) with shape \(spec.shape)")
+            }
+            try params.set(spec.name, shape: spec.shape, t.floats)
+        }
+        var moments: [String: [Float]] = [:]
+        for (key, current) in optimizer.state {
+            guard let t = file.tensors["optim." + key], t.dtype == .f32, t.count == current.count else {
+                throw FormatError(path, "lacks the optimizer state optim.\(key)")
+            }
+            moments[key] = t.floats
+        }
+        optimizer.state = moments
+        return state
+    }
+
+    /// Every parameter as safetensors with the config and `metadata`.
+    private func safetensors(metadata: [String: String]) throws -> SafeTensors {
         var meta = metadata
         meta["config"] = String(decoding: try JSONEncoder().encode(config), as: UTF8.self)
         meta["format"] = "mae-eval"
         let tensors = params.specs.map { ($0.name, StoredTensor(shape: $0.shape, floats: Array(params.value($0.name)))) }
-        try SafeTensors(tensors: tensors, metadata: meta).write(to: url)
+        return SafeTensors(tensors: tensors, metadata: meta)
     }
 }

@@ -150,7 +150,14 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
     var log: [TransferEpoch] = []
     var startEpoch = 0
     if o.resume, FileManager.default.fileExists(atPath: run.checkpoint.path) {
-        startEpoch = try restoreFineTune(run.checkpoint, model: model, optimizer: optimizer, expected: expected)
+        startEpoch = try model.resumeTrainingCheckpoint(from: run.checkpoint, optimizer: optimizer,
+                                                        stateKey: "finetune_state") { (saved: FineTuneState) in
+            var same = saved
+            same.epoch = expected.epoch
+            guard same == expected else {
+                throw TaskError.badArgument("\(run.checkpoint.path) was fine-tuned with other settings (seed, blocks, batch size, classes or backbone) and cannot be resumed with these")
+            }
+        }.epoch
         log = Array(try run.readLog().prefix(startEpoch))
         say("resuming \(run.dir.path) after epoch \(startEpoch)", verbose)
     } else if FileManager.default.fileExists(atPath: run.checkpoint.path) {
@@ -192,7 +199,8 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         log.append(entry)
         var state = expected
         state.epoch = epoch + 1
-        try saveFineTune(run.checkpoint, model: model, optimizer: optimizer, state: state)
+        try model.saveTrainingCheckpoint(to: run.checkpoint, optimizer: optimizer, state: state,
+                                         stateKey: "finetune_state", metadata: ["method": "finetune"])
         try run.write(log: log)
         say("\(backbone.stem) \(variant) epoch \(epoch + 1)/\(epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
             "val top-1 \(String(format: "%.2f", score.top1))%, \(String(format: "%.1f", entry.seconds)) s", verbose)
@@ -233,45 +241,3 @@ func frozenFingerprint(_ model: VisionTransformer, _ groups: ParameterGroups) ->
     return fnv1a(data)
 }
 
-/// Weights, AdamW state (`optim.*`) and the resume state in one safetensors file, atomically.
-func saveFineTune(_ url: URL, model: VisionTransformer, optimizer: AdamW, state: FineTuneState) throws {
-    var meta: [String: String] = ["format": "mae-eval", "method": "finetune"]
-    meta["config"] = String(decoding: try JSONEncoder().encode(model.config), as: UTF8.self)
-    meta["finetune_state"] = String(decoding: try JSONEncoder().encode(state), as: UTF8.self)
-    var file = SafeTensors(tensors: model.params.specs.map {
-        ($0.name, StoredTensor(shape: $0.shape, floats: Array(model.params.value($0.name))))
-    }, metadata: meta)
-    for (key, values) in optimizer.state.sorted(by: { $0.key < $1.key }) {
-        file.set("optim." + key, StoredTensor(shape: [values.count], floats: values))
-    }
-    try file.write(to: url)
-}
-
-/// Loads a fine-tuning checkpoint saved by `saveFineTune`; returns the completed epochs.
-func restoreFineTune(_ url: URL, model: VisionTransformer, optimizer: AdamW, expected: FineTuneState) throws -> Int {
-    let file = try SafeTensors.read(contentsOf: url)
-    guard let json = file.metadata["finetune_state"],
-          let saved = try? JSONDecoder().decode(FineTuneState.self, from: Data(json.utf8)) else {
-        throw TaskError.badArgument("\(url.path) has no fine-tuning state, so it cannot be resumed")
-    }
-    var same = saved
-    same.epoch = expected.epoch
-    guard same == expected else {
-        throw TaskError.badArgument("\(url.path) was fine-tuned with other settings (seed, blocks, batch size, classes or backbone) and cannot be resumed with these")
-    }
-    for spec in model.params.specs {
-        guard let t = file.tensors[spec.name], t.dtype == .f32, t.shape == spec.shape else {
-            throw TaskError.badArgument("\(url.path) lacks \(spec.name) with shape \(spec.shape)")
-        }
-        try model.params.set(spec.name, shape: spec.shape, t.floats)
-    }
-    var moments: [String: [Float]] = [:]
-    for (key, current) in optimizer.state {
-        guard let t = file.tensors["optim." + key], t.count == current.count else {
-            throw TaskError.badArgument("\(url.path) lacks the optimizer state optim.\(key)")
-        }
-        moments[key] = t.floats
-    }
-    optimizer.state = moments
-    return saved.epoch
-}

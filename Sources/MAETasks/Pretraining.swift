@@ -196,7 +196,18 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     var log: [EpochLog] = []
     if fm.fileExists(atPath: files.checkpoint.path) {
         guard o.resume else { throw PretrainError.existingRun(o.outDir) }
-        state.epoch = try restore(files, model: model, optimizer: optimizer, expected: state)
+        let expected = state
+        state.epoch = try model.resumeTrainingCheckpoint(from: files.checkpoint, optimizer: optimizer,
+                                                         stateKey: "train_state") { (saved: TrainState) in
+            var comparable = saved
+            comparable.epoch = expected.epoch
+            guard comparable == expected else {
+                throw PretrainError.cannotResume("\(files.checkpoint.path) was trained with method \(saved.method.rawValue), " +
+                    "seed \(saved.seed), batch size \(saved.batchSize), mask ratio \(saved.maskRatio) on \(saved.dataCount) " +
+                    "images, not \(expected.method.rawValue), \(expected.seed), \(expected.batchSize), " +
+                    "\(expected.maskRatio) on \(expected.dataCount)")
+            }
+        }.epoch
         log = try readLog(files.log).filter { $0.epoch <= state.epoch }
     }
     try writeLog(log, to: files.log)
@@ -256,8 +267,8 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
         log.append(entry)
         try writeLog(log, to: files.log)
         state.epoch = epoch
-        try saveCheckpoint(files.checkpoint, model: model, optimizer: optimizer, state: state,
-                           metadata: provenance(o, data: dataName, recipe: recipe, epochs: epoch, loss: entry.loss))
+        try model.saveTrainingCheckpoint(to: files.checkpoint, optimizer: optimizer, state: state, stateKey: "train_state",
+                                         metadata: provenance(o, data: dataName, recipe: recipe, epochs: epoch, loss: entry.loss))
         epochsRun += 1
     }
     guard state.epoch >= o.epochs else { return PretrainResult(log: log, metrics: nil, outDir: o.outDir) }
@@ -342,56 +353,6 @@ func provenance(_ o: PretrainOptions, data: String, recipe: String, epochs: Int,
 
 // MARK: - Checkpoint and log files
 
-func saveCheckpoint(_ url: URL, model: VisionTransformer, optimizer: AdamW, state: TrainState,
-                    metadata: [String: String]) throws {
-    var meta = metadata
-    meta["config"] = String(decoding: try JSONEncoder().encode(model.config), as: UTF8.self)
-    meta["format"] = "mae-eval"
-    meta["train_state"] = String(decoding: try JSONEncoder().encode(state), as: UTF8.self)
-    var file = SafeTensors(tensors: model.params.specs.map {
-        ($0.name, StoredTensor(shape: $0.shape, floats: Array(model.params.value($0.name))))
-    }, metadata: meta)
-    for (key, values) in optimizer.state.sorted(by: { $0.key < $1.key }) {
-        file.set("optim." + key, StoredTensor(shape: [values.count], floats: values))
-    }
-    try file.write(to: url)
-}
-
-/// Loads weights and optimizer state; returns the completed epoch count.
-func restore(_ files: PretrainFiles, model: VisionTransformer, optimizer: AdamW, expected: TrainState) throws -> Int {
-    let file = try SafeTensors.read(contentsOf: files.checkpoint)
-    let path = files.checkpoint.path
-    guard let json = file.metadata["train_state"],
-          let saved = try? JSONDecoder().decode(TrainState.self, from: Data(json.utf8)) else {
-        throw PretrainError.cannotResume("\(path) has no training state (it is not a mae-eval pretrain checkpoint)")
-    }
-    var comparable = saved
-    comparable.epoch = expected.epoch
-    guard comparable == expected else {
-        throw PretrainError.cannotResume("\(path) was trained with method \(saved.method.rawValue), seed \(saved.seed), " +
-            "batch size \(saved.batchSize), mask ratio \(saved.maskRatio) on \(saved.dataCount) images, not " +
-            "\(expected.method.rawValue), \(expected.seed), \(expected.batchSize), \(expected.maskRatio) on \(expected.dataCount)")
-    }
-    guard let configJSON = file.metadata["config"],
-          let config = try? JSONDecoder().decode(ViTConfig.self, from: Data(configJSON.utf8)), config == model.config else {
-        throw PretrainError.cannotResume("\(path) holds a different model than --model asks for")
-    }
-    for spec in model.params.specs {
-        guard let t = file.tensors[spec.name], t.dtype == .f32, t.shape == spec.shape else {
-            throw PretrainError.cannotResume("\(path) lacks \(spec.name) with shape \(spec.shape)")
-        }
-        try model.params.set(spec.name, shape: spec.shape, t.floats)
-    }
-    var moments: [String: [Float]] = [:]
-    for (key, current) in optimizer.state {
-        guard let t = file.tensors["optim." + key], t.dtype == .f32, t.count == current.count else {
-            throw PretrainError.cannotResume("\(path) lacks the optimizer state optim.\(key)")
-        }
-        moments[key] = t.floats
-    }
-    optimizer.state = moments
-    return saved.epoch
-}
 
 func readLog(_ url: URL) throws -> [EpochLog] {
     guard let data = try? Data(contentsOf: url) else { return [] }
