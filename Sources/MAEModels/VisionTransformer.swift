@@ -49,6 +49,8 @@ public final class VisionTransformer {
     private var probs = Tensor([0])          // (B,K)
     private var targets = Tensor([0])        // (B,K)
     private var dec = DecoderState()
+    /// Gradient and staging buffers reused across steps (fresh multi-MB allocations page-fault).
+    private var scratch: [String: Tensor] = [:]
     private var rng = RandomStream(seed: 0)
 
     private struct DecoderState {
@@ -128,7 +130,7 @@ public final class VisionTransformer {
             }
         }
         let x0 = encoder.input(batch: b, tokens: n, training: t)
-        let emb = Tensor([b * lk, d])
+        let emb = buffer("embedding", [b * lk, d])
         linearForward(out: emb.data, input: pd, weight: params.v(patchW), bias: params.v(patchB),
                       rows: b * lk, inDim: cpp, outDim: d)
         let cls = params.v(clsToken), pos = params.v(posEmbed)
@@ -183,22 +185,19 @@ public final class VisionTransformer {
     func backwardEncoder(_ dOut: UnsafeMutablePointer<Float>) {
         let c = config, d = c.embedDim, b = batch, m = mask!, lk = m.keepCount, n = 1 + lk
         var dTokens = dOut
-        var dTokensOwner: Tensor?
         if let norm {
-            let t = Tensor([b * n, d])
+            let t = buffer("dTokens", [b * n, d])
             layerNormBackward(dInput: t.data, dWeight: params.g(norm.w), dBias: params.g(norm.b), dOut: dOut,
                               input: tokens.data, weight: params.v(norm.w), mean: normStats.mean.data,
                               rstd: normStats.rstd.data, rows: b * n, width: d)
-            dTokensOwner = t
             dTokens = t.data
         }
         let dx0 = encoder.backward(params, dOut: dTokens, lowest: lowestTrainedBlock)
-        _ = dTokensOwner
         guard lowestTrainedBlock == 0 else { return }
         // Scatter into cls_token, pos_embed (when learnable) and the patch embedding's output.
         let posTrainable = params.specs.first { $0.offset == posEmbed }!.trainable
         let dCls = params.g(clsToken), dPos = params.g(posEmbed)
-        let dEmb = Tensor([b * lk, d])
+        let dEmb = buffer("dEmbedding", [b * lk, d])
         for bi in 0..<b {
             let row0 = dx0 + bi * n * d
             for i in 0..<d { dCls[i] += row0[i] }
@@ -273,7 +272,7 @@ public final class VisionTransformer {
         let dFeatures = Tensor([b, d])
         linearBackward(dInput: dFeatures.data, dWeight: params.g(head.w), dBias: params.g(head.b), dOut: dLogits.data,
                        input: features.data, weight: params.v(head.w), rows: b, inDim: d, outDim: k)
-        let dOut = Tensor([b, n, d])
+        let dOut = buffer("dEncoderOut", [b, n, d])
         switch config.pooling {
         case .cls:
             for bi in 0..<b { (dOut.data + bi * n * d).update(from: dFeatures.data + bi * d, count: d) }
@@ -338,25 +337,29 @@ public final class VisionTransformer {
         dec.target = reuse(dec.target, [b, l, pd])
         let t = dec.target.data
         patchify(t, images: images, batch: b, channels: config.inChans, imgSize: config.imgSize, patch: config.patchSize)
-        if config.normPixLoss {
-            for row in 0..<(b * l) {
+        // Per-patch normalisation and squared error, rows split over the workers; the per-row
+        // errors are summed in row order afterwards so the loss does not depend on the split.
+        let normalise = config.normPixLoss
+        var rowError = [Double](repeating: 0, count: b * l)
+        rowError.withUnsafeMutableBufferPointer { errors in
+            Parallel.forEach(b * l, grain: 16) { row in
                 let x = t + row * pd
-                var mean: Double = 0
-                for i in 0..<pd { mean += Double(x[i]) }
-                mean /= Double(pd)
-                var v: Double = 0
-                for i in 0..<pd { v += (Double(x[i]) - mean) * (Double(x[i]) - mean) }
-                let rstd = 1 / (v / Double(pd - 1) + 1e-6).squareRoot()
-                for i in 0..<pd { x[i] = Float((Double(x[i]) - mean) * rstd) }
+                if normalise {
+                    var mean: Double = 0
+                    for i in 0..<pd { mean += Double(x[i]) }
+                    mean /= Double(pd)
+                    var v: Double = 0
+                    for i in 0..<pd { v += (Double(x[i]) - mean) * (Double(x[i]) - mean) }
+                    let rstd = 1 / (v / Double(pd - 1) + 1e-6).squareRoot()
+                    for i in 0..<pd { x[i] = Float((Double(x[i]) - mean) * rstd) }
+                }
+                guard m.mask[row] != 0 else { return }
+                var sum: Double = 0
+                for i in 0..<pd { let e = Double(pred.data[row * pd + i] - x[i]); sum += e * e }
+                errors[row] = sum / Double(pd) * Double(m.mask[row])
             }
         }
-        var total: Double = 0, removed: Double = 0
-        for row in 0..<(b * l) where m.mask[row] != 0 {
-            var s: Double = 0
-            for i in 0..<pd { let e = Double(pred.data[row * pd + i] - t[row * pd + i]); s += e * e }
-            total += s / Double(pd) * Double(m.mask[row])
-            removed += Double(m.mask[row])
-        }
+        let total = rowError.reduce(0, +), removed = m.mask.reduce(0) { $0 + Double($1) }
         return Float(total / max(removed, 1))
     }
 
@@ -367,7 +370,7 @@ public final class VisionTransformer {
         let nIn = 1 + lk, nOut = 1 + l, pd = config.patchDim
         let removed = max(m.mask.reduce(0, +), 1)
         // d loss / d pred: 2 (pred - target) / (P*P*C) on removed patches, over their count.
-        let dPredFull = Tensor([b, nOut, pd])
+        let dPredFull = buffer("dPred", [b, nOut, pd])
         for bi in 0..<b {
             for patch in 0..<l where m.mask[bi * l + patch] != 0 {
                 let scale = 2 * m.mask[bi * l + patch] / (Float(pd) * removed)
@@ -376,17 +379,17 @@ public final class VisionTransformer {
                 for i in 0..<pd { dst[i] = scale * (src[i] - t[i]) }
             }
         }
-        let dNormed = Tensor([b, nOut, dd])
+        let dNormed = buffer("dDecoderNormed", [b, nOut, dd])
         linearBackward(dInput: dNormed.data, dWeight: params.g(dcd.predW), dBias: params.g(dcd.predB),
                        dOut: dPredFull.data, input: dec.normed.data, weight: params.v(dcd.predW),
                        rows: b * nOut, inDim: dd, outDim: pd)
-        let dStackOut = Tensor([b, nOut, dd])
+        let dStackOut = buffer("dDecoderOut", [b, nOut, dd])
         layerNormBackward(dInput: dStackOut.data, dWeight: params.g(dcd.normW), dBias: params.g(dcd.normB),
                           dOut: dNormed.data, input: dec.output.data, weight: params.v(dcd.normW),
                           mean: dec.stats.mean.data, rstd: dec.stats.rstd.data, rows: b * nOut, width: dd)
         let dx = dcd.stack.backward(params, dOut: dStackOut.data)
         // Undo the unshuffle: kept positions flow to decoder_embed's output, the rest to mask_token.
-        let dEmbedded = Tensor([b, nIn, dd])
+        let dEmbedded = buffer("dDecoderIn", [b, nIn, dd])
         let dMask = params.g(dcd.maskToken)
         for bi in 0..<b {
             let src0 = dx + bi * nOut * dd, dst0 = dEmbedded.data + bi * nIn * dd
@@ -397,11 +400,19 @@ public final class VisionTransformer {
                 for i in 0..<dd { dst[i] += src[i] }
             }
         }
-        let dLatent = Tensor([b, nIn, d])
+        let dLatent = buffer("dLatent", [b, nIn, d])
         linearBackward(dInput: dLatent.data, dWeight: params.g(dcd.embedW), dBias: params.g(dcd.embedB),
                        dOut: dEmbedded.data, input: latent.data, weight: params.v(dcd.embedW),
                        rows: b * nIn, inDim: d, outDim: dd)
         backwardEncoder(dLatent.data)
+    }
+
+    /// The scratch buffer `key` with `shape`, zero-filled, reused across calls.
+    private func buffer(_ key: String, _ shape: [Int]) -> Tensor {
+        if let t = scratch[key], t.shape == shape { t.zero(); return t }
+        let t = Tensor(shape)
+        scratch[key] = t
+        return t
     }
 
     /// A tensor of `shape`, reusing `t` when it already has it.
