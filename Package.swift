@@ -50,7 +50,7 @@ let package = Package(
         ]),
 
         // MARK: - Tests
-        /// Comparison helpers and the PyTorch reference fixtures (copied from ../shared/fixtures).
+        /// Comparison helpers and the PyTorch reference fixtures (copies of the shared reference fixtures; nothing outside the repo is read).
         .target(name: "TestSupport", dependencies: ["MAEKernels", "MAEFormats"], path: "Tests/TestSupport",
                 resources: [.copy("Fixtures")]),
         .testTarget(name: "KernelTests", dependencies: ["MAEKernels", "TestSupport"],

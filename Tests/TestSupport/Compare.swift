@@ -39,7 +39,7 @@ public func maxErrors(_ actual: [Float], _ expected: [Float]) -> (abs: Float, re
     return (a, r)
 }
 
-/// Where the PyTorch reference fixtures live (copied from ../shared/fixtures into this target).
+/// Where the PyTorch reference fixtures live (copies of the shared reference fixtures, kept in this target).
 public func fixtureURL(_ name: String) -> URL {
     Bundle.module.url(forResource: "Fixtures/" + name, withExtension: nil)!
 }
