@@ -1,7 +1,7 @@
 // Glossary for every kernel in this target:
 //   B batch, N tokens (cls included), L patches, D width, H heads, Dh = D / H head width,
-//   P patch size, C image channels, K classes; for image ops OC output channels, H W / OH OW input /
-//   output height and width, KH KW kernel size. Shapes are written outermost first, row-major.
+//   P patch size, C image channels, K classes; in the image ops (conv, pooling, resize) H W / OH OW are
+//   input / output height and width, OC output channels, KH KW the kernel. Shapes outermost first, row-major.
 // Conventions (as llm.c): outputs first, then inputs, then sizes; a backward *accumulates* into
 // the gradients it is given (callers zero them once per step), except where its doc says "writes".
 
