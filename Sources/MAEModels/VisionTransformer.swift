@@ -116,19 +116,10 @@ public final class VisionTransformer {
         batch = b; training = t; mask = m
         rng = RandomStream(seed: seed)
         let lk = m.keepCount, n = 1 + lk, cpp = c.inChans * p * p
-        // patch_embed on the visible patches only: gather them in conv-weight order (c, p, q).
+        // patch_embed on the visible patches only.
         patches = reuse(patches, [b * lk, cpp])
-        let pd = patches.data, g = c.gridSize, s = c.imgSize
-        Parallel.forEach(b * lk) { row in
-            let bi = row / lk, patch = m.keep[row], gy = patch / g, gx = patch % g
-            let dst = pd + row * cpp
-            for ch in 0..<c.inChans {
-                for py in 0..<p {
-                    let src = images + ((bi * c.inChans + ch) * s + gy * p + py) * s + gx * p
-                    (dst + (ch * p + py) * p).update(from: src, count: p)
-                }
-            }
-        }
+        let pd = patches.data
+        gatherPatches(pd, images: images, patchIndices: m.keep, perImage: lk)
         let x0 = encoder.input(batch: b, tokens: n, training: t)
         let emb = buffer("embedding", [b * lk, d])
         linearForward(out: emb.data, input: pd, weight: params.v(patchW), bias: params.v(patchB),
@@ -164,21 +155,31 @@ public final class VisionTransformer {
 
     /// Patch embedding alone (before pos_embed), all patches: images (B,C,H,W) -> (B,L,D).
     public func patchEmbedding(images: UnsafePointer<Float>, batch b: Int) -> Tensor {
-        let c = config, p = c.patchSize, g = c.gridSize, s = c.imgSize, cpp = c.inChans * p * p
-        let cols = Tensor([b * c.numPatches, cpp])
-        for row in 0..<(b * c.numPatches) {
-            let bi = row / c.numPatches, patch = row % c.numPatches, gy = patch / g, gx = patch % g
-            for ch in 0..<c.inChans {
-                for py in 0..<p {
-                    let src = images + ((bi * c.inChans + ch) * s + gy * p + py) * s + gx * p
-                    (cols.data + row * cpp + (ch * p + py) * p).update(from: src, count: p)
-                }
-            }
-        }
+        let c = config, l = c.numPatches, cpp = c.inChans * c.patchSize * c.patchSize
+        let cols = Tensor([b * l, cpp])
+        gatherPatches(cols.data, images: images, patchIndices: (0..<(b * l)).map { $0 % l }, perImage: l)
         let out = Tensor([b, c.numPatches, c.embedDim])
         linearForward(out: out.data, input: cols.data, weight: params.v(patchW), bias: params.v(patchB),
                       rows: b * c.numPatches, inDim: cpp, outDim: c.embedDim)
         return out
+    }
+
+    /// The patches named by `patchIndices` ((B, perImage) indices into the G*G grid) of images
+    /// (B,C,H,W), each flattened in conv-weight order (c, p, q): out (B*perImage, C*P*P), so the patch
+    /// embedding (a stride-P convolution) is one linear layer over them.
+    private func gatherPatches(_ out: UnsafeMutablePointer<Float>, images: UnsafePointer<Float>,
+                               patchIndices: [Int], perImage: Int) {
+        let c = config, p = c.patchSize, g = c.gridSize, s = c.imgSize, cpp = c.inChans * p * p
+        Parallel.forEach(patchIndices.count) { row in
+            let bi = row / perImage, patch = patchIndices[row], gy = patch / g, gx = patch % g
+            let dst = out + row * cpp
+            for ch in 0..<c.inChans {
+                for py in 0..<p {
+                    let src = images + ((bi * c.inChans + ch) * s + gy * p + py) * s + gx * p
+                    (dst + (ch * p + py) * p).update(from: src, count: p)
+                }
+            }
+        }
     }
 
     /// Backward of `forwardEncoder`: dOut (B,1+Lk,D) is the gradient of what it returned.

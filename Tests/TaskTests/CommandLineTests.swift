@@ -1,4 +1,5 @@
 import XCTest
+import MAEKernels
 import TestSupport
 
 /// The built `mae-eval` binary as a user meets it: exit status and the one-sentence error.
@@ -47,7 +48,7 @@ final class CommandLineTests: XCTestCase {
 
     func testBadCheckpointsGetOneSentence() throws {
         let real = try Data(contentsOf: fixtureURL("mae_tiny.pth"))
-        var random = RandomNumberGenerator64(seed: 9)
+        var random = RandomStream(seed: 9)
         let cases: [(URL, String)] = [
             (try temporaryFile([], "empty.safetensors"), "empty.safetensors"),
             (try temporaryFile(Array(real.prefix(real.count / 2)), "truncated.pth"), "truncated.pth"),
@@ -73,18 +74,5 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(status, 0)
         let json = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
         for key in ["img_per_s", "model", "mode", "batch_size", "threads"] { XCTAssertNotNil(json?[key], key) }
-    }
-}
-
-/// SplitMix64, for test bytes.
-struct RandomNumberGenerator64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

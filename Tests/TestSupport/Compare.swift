@@ -1,3 +1,4 @@
+import MAEKernels
 import XCTest
 
 /// Element-wise comparison with PyTorch-style tolerances: |a - e| <= atol + rtol * |e| for every
@@ -68,17 +69,8 @@ public func checkGradient(_ name: String, input: [Float], analytic: [Float], ste
     }
 }
 
-/// Seeded standard-normal test data.
+/// Seeded standard-normal test data (the project's own RandomStream).
 public func randomValues(_ count: Int, seed: UInt64, scale: Float = 1) -> [Float] {
-    var state = seed &+ 0x9E37_79B9_7F4A_7C15
-    func next() -> Double {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return Double((z ^ (z >> 31)) >> 11) / 9_007_199_254_740_992
-    }
-    return (0..<count).map { _ in
-        Float((-2 * log(max(next(), 1e-300))).squareRoot() * cos(2 * .pi * next())) * scale
-    }
+    var rng = RandomStream(seed: seed)
+    return (0..<count).map { _ in rng.nextGaussian() * scale }
 }
