@@ -38,7 +38,7 @@ let package = Package(
         /// COCO annotation/result JSON and the COCO mask API (RLE).
         .target(name: "MAECOCO", dependencies: ["MAEJSON"]),
         /// Image codecs, datasets, the Shapes generator, transforms, the loader.
-        .target(name: "MAEData", dependencies: ["CPNG", "CTurboJPEG", "MAECOCO"], swiftSettings: vectorISA),
+        .target(name: "MAEData", dependencies: ["MAEKernels", "CPNG", "CTurboJPEG", "MAECOCO"], swiftSettings: vectorISA),
         /// Evaluation metrics: COCO AP (bbox, segm), semantic-segmentation mIoU.
         .target(name: "MAEMetrics", dependencies: ["MAECOCO", "MAEJSON"]),
         /// Benchmarks, pretraining, probes, fine-tuning, reports: one function per CLI command.
@@ -61,7 +61,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "MetricsTests", dependencies: ["MAEMetrics", "MAECOCO", "MAEJSON", "TestSupport"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "DataTests", dependencies: ["MAEData", "MAECOCO", "TestSupport"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "DataTests", dependencies: ["MAEData", "MAECOCO", "MAEKernels", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "MAEFormats", "TestSupport"],
                     resources: [.copy("Fixtures")]),
     ],

@@ -1,4 +1,5 @@
 import Foundation
+import MAEKernels
 
 /// Something the loader can read samples from, by index.
 public protocol DataSource: Sendable {
@@ -72,7 +73,7 @@ public final class DataLoader: Sendable {
     public func order(epoch: Int) -> [Int] {
         var order = Array(0..<source.count)
         guard shuffle else { return order }
-        var rng = SeededRNG(seed: seed, epoch: epoch, index: -1)
+        var rng = RandomStream(seed: seed, epoch: epoch, index: -1)
         for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, rng.below(i + 1)) }
         return order
     }
@@ -84,7 +85,7 @@ public final class DataLoader: Sendable {
         var images = [Float](repeating: 0, count: indices.count * plane)
         try images.withUnsafeMutableBufferPointer { out in
             for (k, index) in indices.enumerated() {
-                var rng = SeededRNG(seed: seed, epoch: epoch, index: index)
+                var rng = RandomStream(seed: seed, epoch: epoch, index: index)
                 let image = transform.apply(try source.image(index), rng: &rng)
                 image.writeNormalizedCHW(into: out.baseAddress! + k * plane)
                 tensorTransform?.apply(UnsafeMutableBufferPointer(rebasing: out[(k * plane)..<((k + 1) * plane)]),

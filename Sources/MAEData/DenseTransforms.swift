@@ -1,4 +1,5 @@
 import Foundation
+import MAEKernels
 
 /// An image with its dense targets, which the joint transforms keep aligned: instance boxes, labels
 /// and masks, and a per-pixel class map.
@@ -151,7 +152,7 @@ public struct LargeScaleJitter: Sendable, Equatable {
                 max(1, Int((Double(height) * factor).rounded(.toNearestOrEven))))
     }
 
-    public func apply(_ sample: DenseSample, rng: inout SeededRNG) -> DenseSample {
+    public func apply(_ sample: DenseSample, rng: inout RandomStream) -> DenseSample {
         var out = rng.chance(flipProbability) ? sample.flippedHorizontally() : sample
         let (w, h) = resizedSize(width: out.width, height: out.height, s: rng.uniform(scale.lowerBound, scale.upperBound))
         out = out.resized(width: w, height: h, interpolation: interpolation)

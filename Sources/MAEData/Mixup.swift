@@ -1,10 +1,11 @@
 import Foundation
+import MAEKernels
 
 /// A per-sample step on the normalised float image, after ToTensor + Normalize (where timm puts
 /// random erasing). `image` is (C, H, W).
 public protocol TensorTransform: Sendable {
     func apply(_ image: UnsafeMutableBufferPointer<Float>, channels: Int, height: Int, width: Int,
-               rng: inout SeededRNG)
+               rng: inout RandomStream)
 }
 
 /// timm's RandomErasing on one normalised (C, H, W) image: with `probability`, `count` boxes whose
@@ -30,7 +31,7 @@ public struct RandomErasing: TensorTransform, Equatable {
     }
 
     /// The boxes (top, left, height, width) one image gets, in timm's order of draws.
-    public func boxes(height: Int, width: Int, rng: inout SeededRNG) -> [(top: Int, left: Int, height: Int, width: Int)] {
+    public func boxes(height: Int, width: Int, rng: inout RandomStream) -> [(top: Int, left: Int, height: Int, width: Int)] {
         if rng.unit() > probability { return [] }
         let count = minCount == maxCount ? minCount : rng.integer(minCount, maxCount)
         let logLo = log(aspect.lowerBound), logHi = log(aspect.upperBound)
@@ -51,7 +52,7 @@ public struct RandomErasing: TensorTransform, Equatable {
     }
 
     public func apply(_ image: UnsafeMutableBufferPointer<Float>, channels: Int, height: Int, width: Int,
-                      rng: inout SeededRNG) {
+                      rng: inout RandomStream) {
         precondition(image.count == channels * height * width, "image is not (C, H, W)")
         for box in boxes(height: height, width: width, rng: &rng) {
             // Drawn as timm does: one (C, h, w) tensor, or one value per channel.
@@ -99,7 +100,7 @@ public struct Mixup: Sendable, Equatable {
     }
 
     /// `_params_per_batch` then `rand_bbox`'s centre, in timm's order of draws.
-    public func draw(height: Int, width: Int, rng: inout SeededRNG) -> Draw {
+    public func draw(height: Int, width: Int, rng: inout RandomStream) -> Draw {
         guard rng.unit() < probability else { return Draw(lambda: 1, cutmixCenter: nil) }
         var cutmix = false
         let lambda: Double
@@ -184,7 +185,7 @@ public struct Mixup: Sendable, Equatable {
     }
 
     /// Draws and mixes one loader batch of square images; returns the soft targets (B, K).
-    public func callAsFunction(_ batch: inout Batch, rng: inout SeededRNG) -> [Float] {
+    public func callAsFunction(_ batch: inout Batch, rng: inout RandomStream) -> [Float] {
         let side = Int(Double(batch.images.count / max(1, 3 * batch.count)).squareRoot())
         let d = draw(height: side, width: side, rng: &rng)
         return mix(&batch.images, labels: batch.labels, channels: 3, height: side, width: side, draw: d).targets

@@ -1,4 +1,5 @@
 import Foundation
+import MAEKernels
 
 /// timm's RandAugment (`rand_augment_transform`), as MAE fine-tuning uses it with
 /// `'rand-m9-mstd0.5-inc1'`: per image, `layers` ops drawn uniformly with replacement; each runs with
@@ -143,7 +144,7 @@ public struct RandAugment: Sendable, Equatable {
     }
 
     /// One image through `layers` randomly drawn ops.
-    public func apply(_ image: RGBImage, rng: inout SeededRNG) -> RGBImage {
+    public func apply(_ image: RGBImage, rng: inout RandomStream) -> RGBImage {
         var out = image
         guard !ops.isEmpty else { return out }
         let chosen = (0..<layers).map { _ in ops[rng.below(ops.count)] }
@@ -152,7 +153,7 @@ public struct RandAugment: Sendable, Equatable {
     }
 
     /// timm's AugmentOp.__call__: the probability gate, the magnitude noise and clip, the level and sign.
-    public func apply(_ op: Op, to image: RGBImage, rng: inout SeededRNG) -> RGBImage {
+    public func apply(_ op: Op, to image: RGBImage, rng: inout RandomStream) -> RGBImage {
         if probability < 1 && rng.unit() > probability { return image }
         var m = magnitude
         if magnitudeStd == .infinity {

@@ -1,4 +1,5 @@
 import Foundation
+import MAEKernels
 
 /// ImageNet statistics MAE normalises with.
 public enum ImageNetStats {
@@ -117,7 +118,7 @@ public struct RandomResizedCrop: Sendable {
 
     /// The crop box (top, left, height, width), by torchvision's `get_params`: ten tries at a
     /// random area and log-ratio that fits, then the central crop clamped to the ratio range.
-    public func box(width: Int, height: Int, rng: inout SeededRNG) -> (top: Int, left: Int, height: Int, width: Int) {
+    public func box(width: Int, height: Int, rng: inout RandomStream) -> (top: Int, left: Int, height: Int, width: Int) {
         let area = Double(width * height)
         let logLo = log(ratio.lowerBound), logHi = log(ratio.upperBound)
         for _ in 0..<10 {
@@ -141,7 +142,7 @@ public struct RandomResizedCrop: Sendable {
     }
 
     /// Crops a random box and resizes it to `size` x `size` (bicubic).
-    public func apply(_ image: RGBImage, rng: inout SeededRNG) -> RGBImage {
+    public func apply(_ image: RGBImage, rng: inout RandomStream) -> RGBImage {
         let b = box(width: image.width, height: image.height, rng: &rng)
         return image.cropped(top: b.top, left: b.left, height: b.height, width: b.width)
             .resized(width: size, height: size)
@@ -152,7 +153,7 @@ public struct RandomResizedCrop: Sendable {
 public protocol ImageTransform: Sendable {
     /// The side of the square images `apply` returns.
     var size: Int { get }
-    func apply(_ image: RGBImage, rng: inout SeededRNG) -> RGBImage
+    func apply(_ image: RGBImage, rng: inout RandomStream) -> RGBImage
 }
 
 extension RandomResizedCrop: ImageTransform {}
@@ -169,7 +170,7 @@ public enum MAETransform: ImageTransform {
     /// a `RandomErasing` as its tensor transform.
     case finetune(RandomResizedCrop, randAugment: RandAugment?)
 
-    public func apply(_ image: RGBImage, rng: inout SeededRNG) -> RGBImage {
+    public func apply(_ image: RGBImage, rng: inout RandomStream) -> RGBImage {
         switch self {
         case .train(let crop):
             let out = crop.apply(image, rng: &rng)

@@ -39,7 +39,7 @@ extension VisionTransformer {
                 let table = sinCosPositionEmbedding(width: dd, grid: config.gridSize)
                 for i in 0..<v.count { v[i] = table[i] }
             } else if name == "cls_token" || name == "mask_token" {
-                for i in 0..<v.count { v[i] = rng.nextGaussian() * 0.02 }
+                for i in 0..<v.count { v[i] = Float(rng.normal()) * 0.02 }
             } else if name == "head.weight" {
                 for i in 0..<v.count { v[i] = truncatedNormal(&rng) * headStd }
             } else if spec.shape.count >= 2 {
@@ -58,7 +58,7 @@ extension VisionTransformer {
 /// A standard normal truncated to [-2, 2] (timm's trunc_normal_ with std 1), by rejection.
 func truncatedNormal(_ rng: inout RandomStream) -> Float {
     while true {
-        let x = rng.nextGaussian()
+        let x = Float(rng.normal())
         if abs(x) <= 2 { return x }
     }
 }

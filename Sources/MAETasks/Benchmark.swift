@@ -60,8 +60,8 @@ public func runBenchmark(_ o: BenchOptions) throws -> BenchResult {
     let b = o.batchSize
     var rng = RandomStream(seed: 1)
     let images = Tensor([b, config.inChans, config.imgSize, config.imgSize])
-    for i in 0..<images.count { images[i] = rng.nextGaussian() }
-    let labels = (0..<b).map { _ in rng.nextInt(1000) }
+    for i in 0..<images.count { images[i] = Float(rng.normal()) }
+    let labels = (0..<b).map { _ in rng.below(1000) }
     let targets = smoothedTargets(labels: labels, classes: 1000, smoothing: 0.1)
     let groups = ParameterGroups(layout: model.params.layout, depth: config.depth, noDecay: ["pos_embed", "cls_token"])
     let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, beta2: 0.95)

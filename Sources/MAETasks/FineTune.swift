@@ -175,7 +175,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
             var rng = RandomStream(seed: seed).derived(UInt64(epoch * 1_000_003 + step))
             var targets = smoothedTargets(labels: b.labels, classes: k, smoothing: Float(smoothing))
             if let mixer {
-                var mixRNG = SeededRNG(seed: UInt64(seed), epoch: epoch, index: step)
+                var mixRNG = RandomStream(seed: UInt64(seed), epoch: epoch, index: step)
                 let draw = mixer.draw(height: size, width: size, rng: &mixRNG)
                 targets = mixer.mix(&images, labels: b.labels, channels: 3, height: size, width: size, draw: draw).targets
             }

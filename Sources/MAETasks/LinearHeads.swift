@@ -69,7 +69,7 @@ public final class LinearHeads {
         var dLogits = [Float](repeating: 0, count: batchSize * gk)
         var dW = [Float](repeating: 0, count: d * gk)
         for epoch in 0..<epochs {
-            for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, rng.nextInt(i + 1)) }
+            for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, rng.below(i + 1)) }
             var lossSum = [Double](repeating: 0, count: g)
             for step in 0..<steps {
                 let rows = order[(step * batchSize)..<min(n, (step + 1) * batchSize)]
@@ -78,19 +78,35 @@ public final class LinearHeads {
                     for j in 0..<d { xb[r * d + j] = x[i * d + j] }
                 }
                 var logits = xb.withUnsafeBufferPointer { self.logits($0.baseAddress!, rows: b) }
-                // Softmax per head block; dLogits = (p - onehot) / B.
+                // Softmax per head block, exponentials of the whole batch at once; dLogits = (p - onehot) / B.
                 let yb = rows.map { labels[$0] }
-                for r in 0..<b {
-                    for h in 0..<g {
-                        let base = r * gk + h * k
-                        var mx = -Float.infinity
-                        for c in 0..<k { mx = max(mx, logits[base + c]) }
-                        let target = logits[base + yb[r]]
-                        var s: Float = 0
-                        for c in 0..<k { let e = expf(logits[base + c] - mx); logits[base + c] = e; s += e }
-                        // log-sum-exp form: finite even when the target's probability underflows.
-                        lossSum[h] += Double(logf(s) - (target - mx))
-                        for c in 0..<k { dLogits[base + c] = (logits[base + c] / s - (c == yb[r] ? 1 : 0)) / Float(b) }
+                var targets = [Float](repeating: 0, count: b * g)
+                logits.withUnsafeMutableBufferPointer { lp in
+                    let l = lp.baseAddress!
+                    for r in 0..<b {
+                        for h in 0..<g {
+                            let base = r * gk + h * k
+                            var mx = -Float.infinity
+                            for c in 0..<k { mx = max(mx, l[base + c]) }
+                            for c in 0..<k { l[base + c] -= mx }
+                            targets[r * g + h] = l[base + yb[r]]
+                        }
+                    }
+                    expVectorized(l, l, b * gk)
+                    dLogits.withUnsafeMutableBufferPointer { dp in
+                        let dl = dp.baseAddress!, inv = 1 / Float(b)
+                        for r in 0..<b {
+                            for h in 0..<g {
+                                let base = r * gk + h * k
+                                var sum: Float = 0
+                                for c in 0..<k { sum += l[base + c] }
+                                // log-sum-exp form: finite even when the target's probability underflows.
+                                lossSum[h] += Double(logf(sum) - targets[r * g + h])
+                                let scale = inv / sum
+                                for c in 0..<k { dl[base + c] = l[base + c] * scale }
+                                dl[base + yb[r]] -= inv
+                            }
+                        }
                     }
                 }
                 xb.withUnsafeBufferPointer { xp in
@@ -103,18 +119,26 @@ public final class LinearHeads {
                 }
                 let scale = schedule.lr(atEpoch: Double(epoch) + Double(step) / Double(steps))
                 // SGD as torch: grad += wd * p; buf = 0.9 buf + grad; p -= lr * buf (no decay on biases).
-                for row in 0..<d {
-                    for j in 0..<gk {
-                        let idx = row * gk + j
-                        momentumW[idx] = 0.9 * momentumW[idx] + dW[idx] + wdCol[j] * weights[idx]
-                        weights[idx] -= scale * lrCol[j] * momentumW[idx]
+                let stepCol = lrCol.map { scale * $0 }
+                weights.withUnsafeMutableBufferPointer { wp in
+                    momentumW.withUnsafeMutableBufferPointer { mp in
+                        dW.withUnsafeBufferPointer { gp in
+                            let w = wp.baseAddress!, m = mp.baseAddress!, grad = gp.baseAddress!
+                            for row in 0..<d {
+                                let o = row * gk
+                                for j in 0..<gk {
+                                    m[o + j] = 0.9 * m[o + j] + grad[o + j] + wdCol[j] * w[o + j]
+                                    w[o + j] -= stepCol[j] * m[o + j]
+                                }
+                            }
+                        }
                     }
                 }
                 for j in 0..<gk {
                     var gb: Float = 0
                     for r in 0..<b { gb += dLogits[r * gk + j] }
                     momentumB[j] = 0.9 * momentumB[j] + gb
-                    bias[j] -= scale * lrCol[j] * momentumB[j]
+                    bias[j] -= stepCol[j] * momentumB[j]
                 }
             }
             onEpoch?(epoch + 1, lossSum.map { $0 / Double(n) })
@@ -195,7 +219,7 @@ func stratifiedHoldout(labels: [Int], fraction: Double, seed: UInt64) -> (fit: [
     let byClass = Dictionary(grouping: labels.indices, by: { labels[$0] })
     for c in byClass.keys.sorted() {
         var idx = byClass[c]!
-        for i in stride(from: idx.count - 1, to: 0, by: -1) { idx.swapAt(i, rng.nextInt(i + 1)) }
+        for i in stride(from: idx.count - 1, to: 0, by: -1) { idx.swapAt(i, rng.below(i + 1)) }
         let h = idx.count > 1 ? max(1, Int((Double(idx.count) * fraction).rounded())) : 0
         held += idx[0..<h]; fit += idx[h...]
     }
@@ -211,7 +235,7 @@ func stratifiedFolds(labels: [Int], folds: Int, seed: UInt64) -> [(fit: [Int], h
     var next = 0
     for c in byClass.keys.sorted() {
         var idx = byClass[c]!
-        for i in stride(from: idx.count - 1, to: 0, by: -1) { idx.swapAt(i, rng.nextInt(i + 1)) }
+        for i in stride(from: idx.count - 1, to: 0, by: -1) { idx.swapAt(i, rng.below(i + 1)) }
         // Continue dealing where the last class stopped so small classes do not all start at fold 0.
         for i in idx { fold[i] = next % folds; next += 1 }
     }

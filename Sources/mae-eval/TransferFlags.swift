@@ -24,8 +24,8 @@ struct TransferFlags: ParsableArguments {
     var seeds: String?
     @Option(name: .long, help: "Folder of the run folders.")
     var outDir = "runs"
-    @Option(name: .long, help: "Markdown report refreshed after the runs.")
-    var report = "Reports/classification.md"
+    @Option(name: .long, help: "Markdown report refreshed after the runs. Default: Reports/classification.md for the default --out-dir, OUT_DIR/classification.md for another (so an experiment elsewhere never rewrites the committed report).")
+    var report: String?
     @Flag(name: .long, help: "Do not refresh the report.")
     var noReport = false
     @Option(name: .long, help: "Attention heads, for checkpoints that do not say and match no preset.")
@@ -51,7 +51,8 @@ struct TransferFlags: ParsableArguments {
             o.seeds = [seed]
         }
         o.outDir = URL(fileURLWithPath: outDir)
-        o.report = noReport ? nil : URL(fileURLWithPath: report)
+        let defaultReport = outDir == "runs" ? "Reports/classification.md" : (outDir as NSString).appendingPathComponent("classification.md")
+        o.report = noReport ? nil : URL(fileURLWithPath: report ?? defaultReport)
         o.heads = heads
         return o
     }

@@ -1,5 +1,6 @@
 import Foundation
 import MAEData
+import MAEKernels
 import TestSupport
 import XCTest
 
@@ -68,7 +69,7 @@ final class RandAugmentTests: XCTestCase {
     /// fixed argument, with a random sign for signed ops.
     func testSamplingSemantics() {
         let src = RGBImage(width: 8, height: 6, pixels: (0..<144).map { UInt8(($0 * 37) % 256) })
-        var rng = SeededRNG(seed: 4)
+        var rng = RandomStream(seed: 4)
         let ra = RandAugment(ops: [.invert], layers: 1)
         var changed = 0
         for _ in 0..<4000 where ra.apply(src, rng: &rng) != src { changed += 1 }
@@ -143,7 +144,7 @@ final class MixingTests: XCTestCase {
 
     /// The draws: Beta means, the cutmix/mixup split, and lambda in [0, 1].
     func testDrawStatistics() {
-        var rng = SeededRNG(seed: 11)
+        var rng = RandomStream(seed: 11)
         let mix = Mixup(classes: 10)
         var cut = 0, sumMix = 0.0, nMix = 0, sumSqMix = 0.0
         for _ in 0..<20000 {
@@ -166,7 +167,7 @@ final class MixingTests: XCTestCase {
     /// Random erasing: the probability, the box bounds, and unit-normal noise inside, untouched outside.
     func testRandomErasing() {
         let re = RandomErasing()
-        var rng = SeededRNG(seed: 5)
+        var rng = RandomStream(seed: 5)
         var erased = 0
         for _ in 0..<4000 {
             let boxes = re.boxes(height: 20, width: 24, rng: &rng)
@@ -181,7 +182,7 @@ final class MixingTests: XCTestCase {
         XCTAssertEqual(Double(erased) / 4000, 0.25, accuracy: 0.02)
         var image = [Float](repeating: 7, count: 3 * 40 * 50)
         let always = RandomErasing(probability: 1)
-        var rng2 = SeededRNG(seed: 6), copy = rng2
+        var rng2 = RandomStream(seed: 6), copy = rng2
         image.withUnsafeMutableBufferPointer { always.apply($0, channels: 3, height: 40, width: 50, rng: &rng2) }
         let b = always.boxes(height: 40, width: 50, rng: &copy)[0]
         var inside: [Float] = []

@@ -1,6 +1,7 @@
 import Foundation
 import MAECOCO
 import MAEData
+import MAEKernels
 import XCTest
 
 final class DenseTransformTests: XCTestCase {
@@ -79,7 +80,7 @@ final class DenseTransformTests: XCTestCase {
         let sample = DenseSample(image: RGBImage(width: 40, height: 20, pixels: [UInt8](repeating: 200, count: 2400)),
                                  boxes: [[10, 5, 20, 10]], labels: [1], masks: [mask],
                                  classMap: LabelMap(width: 40, height: 20, labels: mask.map { Int32($0) }))
-        var rng = SeededRNG(seed: 8)
+        var rng = RandomStream(seed: 8)
         var kept = 0
         for _ in 0..<200 {
             let out = lsj.apply(sample, rng: &rng)

@@ -1,5 +1,6 @@
 import Foundation
 import MAEData
+import MAEKernels
 import TestSupport
 import XCTest
 
@@ -61,7 +62,7 @@ final class TransformTests: XCTestCase {
     /// The box always lies inside the image with the sampled ratio range; tiny scales fall back.
     func testRandomResizedCropBoxes() {
         let crop = RandomResizedCrop(size: 8, scale: 0.2...1)
-        var rng = SeededRNG(seed: 3)
+        var rng = RandomStream(seed: 3)
         for _ in 0..<500 {
             let w = 5 + rng.below(60), h = 5 + rng.below(60)
             let b = crop.box(width: w, height: h, rng: &rng)
@@ -84,8 +85,8 @@ final class TransformTests: XCTestCase {
     }
 
     func testSeededStreamsAreIndependentOfOrder() {
-        var a = SeededRNG(seed: 7, epoch: 2, index: 5), b = SeededRNG(seed: 7, epoch: 2, index: 5)
-        var c = SeededRNG(seed: 7, epoch: 2, index: 6)
+        var a = RandomStream(seed: 7, epoch: 2, index: 5), b = RandomStream(seed: 7, epoch: 2, index: 5)
+        var c = RandomStream(seed: 7, epoch: 2, index: 6)
         let xa = (0..<4).map { _ in a.next() }, xb = (0..<4).map { _ in b.next() }, xc = (0..<4).map { _ in c.next() }
         XCTAssertEqual(xa, xb)
         XCTAssertNotEqual(xa, xc)

@@ -49,7 +49,7 @@ final class TransferTests: XCTestCase {
             var x: [Float] = [], y: [Int] = []
             for i in 0..<n {
                 let c = i % 4
-                for j in 0..<8 { x.append((j == c ? 5 : 0) + rng.nextGaussian() * 0.5 + 10) }
+                for j in 0..<8 { x.append((j == c ? 5 : 0) + Float(rng.normal()) * 0.5 + 10) }
                 y.append(c)
             }
             return FeatureSet(features: x, labels: y, width: 8, classes: ["a", "b", "c", "d"])
@@ -131,7 +131,7 @@ final class TransferTests: XCTestCase {
     }
 
     func testMixupTargetsAreConvexCombinations() {
-        var rng = SeededRNG(seed: 9)
+        var rng = RandomStream(seed: 9)
         let mixer = Mixup(classes: 3, mixupAlpha: 0.8, cutmixAlpha: 1, labelSmoothing: 0.1)
         for _ in 0..<20 {
             var images = randomValues(4 * 3 * 4 * 4, seed: 2)

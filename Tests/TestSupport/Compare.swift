@@ -72,5 +72,5 @@ public func checkGradient(_ name: String, input: [Float], analytic: [Float], ste
 /// Seeded standard-normal test data (the project's own RandomStream).
 public func randomValues(_ count: Int, seed: UInt64, scale: Float = 1) -> [Float] {
     var rng = RandomStream(seed: seed)
-    return (0..<count).map { _ in rng.nextGaussian() * scale }
+    return (0..<count).map { _ in Float(rng.normal()) * scale }
 }
