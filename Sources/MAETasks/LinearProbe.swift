@@ -116,7 +116,7 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
         "selection: lr and weight decay picked on " + (grid.folds > 1
             ? "\(grid.folds)-fold stratified cross-validation of train (seed 0)"
             : "a stratified \(Int((fraction * 100).rounded()))% of train (seed 0, \(split.held.count) images)") +
-            "; val used only for the reported number and the curve",
+            " by the lowest held-out cross-entropy; val used only for the reported number and the curve",
         "feature: \(feature.describe(backbone.model))",
     ]
     let metrics = TransferMetrics(
@@ -204,7 +204,9 @@ public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeS
     // Best held-out top-1 (as scikit-learn's CV scores); ties to the lower held-out loss.
     // The lowest held-out cross-entropy: on a few hundred held-out images top-1 moves in steps of
     // whole images and picks noisily; the loss ranks neighbouring weight decays smoothly.
-    let best = scores.indices.min { scores[$0].loss < scores[$1].loss }!
+    // A head that diverged (non-finite loss) ranks last.
+    func heldLoss(_ i: Int) -> Double { scores[i].loss.isFinite ? scores[i].loss : .infinity }
+    let best = scores.indices.min { heldLoss($0) < heldLoss($1) }!
     let split = parts[0]
     let norm = Standardizer(train.features, width: d)
     let x = norm.apply(train.features), vx = norm.apply(val.features)
