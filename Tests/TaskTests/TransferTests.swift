@@ -57,6 +57,7 @@ final class TransferTests: XCTestCase {
         var settings = GridProbeSettings(recipe: RecipeSpec())
         settings.epochs = 30
         settings.batchSize = 32
+        settings.minSteps = 0
         let r = gridProbe(train: blobs(200), val: blobs(100), settings: settings, seed: 0)
         XCTAssertEqual(r.val.top1, 100)
         XCTAssertEqual(r.split.held.count, 20, "10% of train held out, stratified")
@@ -79,8 +80,9 @@ final class TransferTests: XCTestCase {
         let spec = try TaskSpec.load(contentsOf: repoRoot.appendingPathComponent("Tasks/shapes-linprobe.yaml"))
         var settings = GridProbeSettings(recipe: spec.recipe)
         // The shipped weight-decay grid, folds and schedule; only the top of the lr grid, where
-        // every weight decay converges, to keep the debug-build test short.
+        // every weight decay converges, and 1000 steps, to keep the debug-build test short.
         settings.lrs = [1, 3]
+        settings.minSteps = 1000
         let r = gridProbe(train: train, val: val, settings: settings, seed: 0)
         XCTAssertGreaterThanOrEqual(r.val.top1, f.sklearn_top1 - 100.0 / 300, "probe \(r.val.top1) vs sklearn \(f.sklearn_top1)")
     }
