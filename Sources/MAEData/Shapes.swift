@@ -313,6 +313,11 @@ typealias Color = (r: Double, g: Double, b: Double)
 
 func randomColor(_ rng: inout RandomStream) -> Color { (rng.unit(), rng.unit(), rng.unit()) }
 
+/// a + (b - a) t per channel.
+func blend(_ a: Color, _ b: Color, _ t: Double) -> Color {
+    (a.r + (b.r - a.r) * t, a.g + (b.g - a.g) * t, a.b + (b.b - a.b) * t)
+}
+
 /// One shape instance: class, pose and fill.
 struct Placement {
     var cls: Int
@@ -369,7 +374,7 @@ struct Placement {
         default: return color
         }
         let k = min(1, max(0, t))
-        return (color.r + (color2.r - color.r) * k, color.g + (color2.g - color.g) * k, color.b + (color2.b - color.b) * k)
+        return blend(color, color2, k)
     }
 }
 
@@ -406,9 +411,7 @@ struct Canvas {
         // Textures are a faint second colour over the first, so the shapes stand out from them.
         let a = randomColor(&rng), far = randomColor(&rng)
         let contrast = rng.uniform(0.15, 0.5)
-        func faint(_ c: Color) -> Color {
-            (a.r + (c.r - a.r) * contrast, a.g + (c.g - a.g) * contrast, a.b + (c.b - a.b) * contrast)
-        }
+        func faint(_ c: Color) -> Color { blend(a, c, contrast) }
         let b = faint(far)
         let kind = rng.below(6)
         let angle = rng.uniform(0, 2 * Double.pi), period = s * rng.uniform(0.08, 0.3)
@@ -444,7 +447,7 @@ struct Canvas {
                 default: t = 0
                 }
                 t = min(1, max(0, t))
-                set(x, y, (a.r + (b.r - a.r) * t, a.g + (b.g - a.g) * t, a.b + (b.b - a.b) * t))
+                set(x, y, blend(a, b, t))
             }
         }
     }

@@ -68,6 +68,8 @@ public final class LinearHeads {
         var xb = [Float](repeating: 0, count: batchSize * d)
         var dLogits = [Float](repeating: 0, count: batchSize * gk)
         var dW = [Float](repeating: 0, count: d * gk)
+        var targets = [Float](repeating: 0, count: batchSize * g)   // (B, G): each head's target logit
+        var stepCol = lrCol                                          // (G*K): this step's lr per column
         for epoch in 0..<epochs {
             for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, rng.below(i + 1)) }
             var lossSum = [Double](repeating: 0, count: g)
@@ -80,7 +82,6 @@ public final class LinearHeads {
                 var logits = xb.withUnsafeBufferPointer { self.logits($0.baseAddress!, rows: b) }
                 // Softmax per head block, exponentials of the whole batch at once; dLogits = (p - onehot) / B.
                 let yb = rows.map { labels[$0] }
-                var targets = [Float](repeating: 0, count: b * g)
                 logits.withUnsafeMutableBufferPointer { lp in
                     let l = lp.baseAddress!
                     for r in 0..<b {
@@ -119,7 +120,7 @@ public final class LinearHeads {
                 }
                 let scale = schedule.lr(atEpoch: Double(epoch) + Double(step) / Double(steps))
                 // SGD as torch: grad += wd * p; buf = 0.9 buf + grad; p -= lr * buf (no decay on biases).
-                let stepCol = lrCol.map { scale * $0 }
+                for j in 0..<gk { stepCol[j] = scale * lrCol[j] }
                 weights.withUnsafeMutableBufferPointer { wp in
                     momentumW.withUnsafeMutableBufferPointer { mp in
                         dW.withUnsafeBufferPointer { gp in

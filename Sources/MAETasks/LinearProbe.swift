@@ -201,7 +201,6 @@ public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeS
         heldCount += part.held.count
     }
     let scores = points.indices.map { HeadScore(top1: correct[$0] / Double(heldCount), top5: 0, loss: lossSum[$0] / Double(heldCount)) }
-    // Best held-out top-1 (as scikit-learn's CV scores); ties to the lower held-out loss.
     // The lowest held-out cross-entropy: on a few hundred held-out images top-1 moves in steps of
     // whole images and picks noisily; the loss ranks neighbouring weight decays smoothly.
     // A head that diverged (non-finite loss) ranks last.

@@ -19,15 +19,25 @@ public struct TransferOptions: Sendable {
     /// Seeds overriding the task's.
     public var seeds: [UInt64]?
     /// Runs go to `outDir/<task>/<variant>/<backbone>-s<seed>/`.
-    public var outDir = URL(fileURLWithPath: "runs")
+    public var outDir = URL(fileURLWithPath: TransferOptions.defaultRunsPath)
     /// The markdown report refreshed after the runs; nil: none.
-    public var report: URL? = URL(fileURLWithPath: "Reports/classification.md")
+    public var report: URL? = URL(fileURLWithPath: TransferOptions.defaultReportPath(runs: TransferOptions.defaultRunsPath))
     /// Attention heads for checkpoints that do not say (`--heads`).
     public var heads: Int?
     /// Progress lines on standard error.
     public var verbose = true
 
     public init() {}
+
+    /// The folder of run folders when none is given.
+    public static let defaultRunsPath = "runs"
+
+    /// Where the report of the runs under `runs` goes by default: the committed
+    /// `Reports/classification.md` for the default runs folder, `runs/classification.md` for another,
+    /// so an experiment elsewhere never rewrites the committed report.
+    public static func defaultReportPath(runs: String) -> String {
+        runs == defaultRunsPath ? "Reports/classification.md" : (runs as NSString).appendingPathComponent("classification.md")
+    }
 }
 
 /// One backbone to evaluate and its part in the comparison.

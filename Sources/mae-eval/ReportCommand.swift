@@ -13,9 +13,9 @@ struct Report: ParsableCommand {
             """)
 
     @Option(help: "Folder of run folders.")
-    var runs = "runs"
+    var runs = TransferOptions.defaultRunsPath
     @Option(help: "Markdown file to write.")
-    var out = "Reports/classification.md"
+    var out = TransferOptions.defaultReportPath(runs: TransferOptions.defaultRunsPath)
 
     func run() throws {
         try runCLI { try writeReport(runs: URL(fileURLWithPath: runs), to: URL(fileURLWithPath: out)) }

@@ -23,7 +23,7 @@ struct TransferFlags: ParsableArguments {
     @Option(name: .long, help: "Comma-separated seeds (e.g. 0,1,2), instead of the task's.")
     var seeds: String?
     @Option(name: .long, help: "Folder of the run folders.")
-    var outDir = "runs"
+    var outDir = TransferOptions.defaultRunsPath
     @Option(name: .long, help: "Markdown report refreshed after the runs. Default: Reports/classification.md for the default --out-dir, OUT_DIR/classification.md for another (so an experiment elsewhere never rewrites the committed report).")
     var report: String?
     @Flag(name: .long, help: "Do not refresh the report.")
@@ -51,8 +51,7 @@ struct TransferFlags: ParsableArguments {
             o.seeds = [seed]
         }
         o.outDir = URL(fileURLWithPath: outDir)
-        let defaultReport = outDir == "runs" ? "Reports/classification.md" : (outDir as NSString).appendingPathComponent("classification.md")
-        o.report = noReport ? nil : URL(fileURLWithPath: report ?? defaultReport)
+        o.report = noReport ? nil : URL(fileURLWithPath: report ?? TransferOptions.defaultReportPath(runs: outDir))
         o.heads = heads
         return o
     }
