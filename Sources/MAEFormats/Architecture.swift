@@ -38,9 +38,10 @@ public struct InferredArchitecture: Sendable, Equatable {
     /// Classifier outputs, 0 without a head.
     public var numClasses: Int
     public var pooling: Pooling
-    public var hasClsToken: Bool
+    /// DeiT distilled: a `dist_token` beside the cls token, both in the sequence (pos_embed rows 0 and 1).
+    public var distilled: Bool
     /// Tokens before the patches in pos_embed (cls, plus DeiT's dist token).
-    public var numPrefixTokens: Int
+    public var numPrefixTokens: Int { distilled ? 2 : 1 }
     public var decoder: InferredDecoder?
     /// nil when neither metadata nor a preset gives it: the user must pass --heads.
     public var numHeads: Int?
@@ -51,6 +52,7 @@ public struct InferredArchitecture: Sendable, Equatable {
         var s = "ViT width \(embedDim), depth \(depth), \(numHeads.map { "\($0) heads" } ?? "heads unknown"), " +
             "patch \(patchSize), \(inChans) channels, " + (gridSize.map { "grid \($0)x\($0)" } ?? "no pos_embed grid") +
             ", MLP \(mlpHidden), \(pooling == .avg ? "global average pool + fc_norm" : "cls token + norm")" +
+            (distilled ? ", DeiT distilled (cls + dist tokens)" : "") +
             (numClasses > 0 ? ", head of \(numClasses) classes" : ", no head")
         if let d = decoder {
             s += "; decoder width \(d.embedDim), depth \(d.depth), \(d.numHeads.map { "\($0) heads" } ?? "heads unknown"), " +
@@ -69,13 +71,15 @@ public let vitHeadPresets: [(width: Int, depth: Int, heads: Int, name: String)] 
 public let maeDecoderHeadPresets: [(width: Int, heads: Int)] = [(512, 16)]
 
 /// Infers the architecture from canonical weights (see `canonicalize`). `metadata` is a safetensors
-/// `__metadata__`: its `config` JSON (as mae-eval writes it) supplies head counts.
+/// `__metadata__`: its `config` JSON (as mae-eval writes it, or flat reference keys) supplies head
+/// counts and, when it has them, the depths and pooling the model is built with.
 public func inferArchitecture(_ w: [String: StoredTensor], metadata: [String: String] = [:],
                               source: String = "checkpoint") throws -> InferredArchitecture {
     try inferArchitecture(shapes: w.mapValues(\.shape), metadata: metadata, source: source)
 }
 
 /// `inferArchitecture` over names and shapes only (for key lists of models too large to hold in a test).
+/// Depth is the highest block index + 1 (or the metadata's): a gap is a missing block, not the end.
 public func inferArchitecture(shapes w: [String: [Int]], metadata: [String: String] = [:],
                               source: String = "checkpoint") throws -> InferredArchitecture {
     func fail(_ reason: String) -> FormatError { FormatError(source, reason) }
@@ -85,32 +89,47 @@ public func inferArchitecture(shapes w: [String: [Int]], metadata: [String: Stri
     guard patch.count == 4, patch[2] == patch[3], patch[2] > 0 else {
         throw fail("patch_embed.proj.weight has shape \(patch), not [D, C, P, P]")
     }
+    let config = metadata["config"].flatMap { try? JSONValue.parse($0, maxDepth: 64) }
+    let decoderConfig = config?["decoder"]
     let dim = patch[0]
-    let depth = blockCount(w, "blocks.")
-    guard depth > 0 else { throw fail("has no transformer blocks (blocks.0.*)") }
-    guard let fc1 = w["blocks.0.mlp.fc1.weight"], fc1.count == 2 else {
-        throw fail("has no blocks.0.mlp.fc1.weight of shape [hidden, D]")
+    let blocks = blockIndices(w, "blocks.")
+    guard let lowest = blocks.min() else { throw fail("has no transformer blocks (blocks.N.*)") }
+    let depth = config.flatMap { firstInt($0, ["depth"]) } ?? (blocks.max()! + 1)
+    guard let fc1 = w["blocks.\(lowest).mlp.fc1.weight"], fc1.count == 2 else {
+        throw fail("has no blocks.\(lowest).mlp.fc1.weight of shape [hidden, D]")
     }
-    let hasCls = w["cls_token"] != nil
-    let prefix = (hasCls ? 1 : 0) + (w["dist_token"] != nil ? 1 : 0)
+    // DeiT distilled: its dist token, its distillation head, or a pos_embed with two prefix rows
+    // (so a deleted dist_token is reported missing, not taken for a plain ViT).
+    let rows = w["pos_embed"].flatMap { $0.count == 3 ? $0[1] : nil }
+    let distilled = w["dist_token"] != nil || w["head_dist.weight"] != nil ||
+        rows.map { squareSide($0 - 1) == nil && squareSide($0 - 2) != nil } == true
+    let prefix = distilled ? 2 : 1
     var grid: Int?
-    if let pos = w["pos_embed"], pos.count == 3 {
-        grid = squareSide(pos[1] - prefix)
+    if let pos = w["pos_embed"] {
+        guard pos.count == 3, pos[0] == 1, let side = squareSide(pos[1] - prefix) else {
+            throw fail("pos_embed has shape \(pos), not [1, \(prefix) + G*G, D] for a square grid of G*G patches")
+        }
+        grid = side
+    } else if let size = config.flatMap({ firstInt($0, ["imgSize", "img_size", "img"]) }), size % patch[2] == 0 {
+        grid = size / patch[2]
     }
     var decoder: InferredDecoder?
     if let embed = w["decoder_embed.weight"], embed.count == 2 {
-        let ddepth = blockCount(w, "decoder_blocks.")
-        decoder = InferredDecoder(embedDim: embed[0], depth: ddepth,
-                                  mlpHidden: w["decoder_blocks.0.mlp.fc1.weight"]?.first ?? 0,
-                                  predDim: w["decoder_pred.weight"]?.first ?? 0, numHeads: nil)
+        let dblocks = blockIndices(w, "decoder_blocks.")
+        let ddepth = decoderConfig.flatMap { firstInt($0, ["depth"]) } ?? config.flatMap { firstInt($0, ["ddepth", "decoder_depth"]) }
+            ?? ((dblocks.max() ?? -1) + 1)
+        let dfc1 = dblocks.min().flatMap { w["decoder_blocks.\($0).mlp.fc1.weight"]?.first }
+        decoder = InferredDecoder(embedDim: embed[0], depth: ddepth, mlpHidden: dfc1 ?? 4 * embed[0],
+                                  predDim: w["decoder_pred.weight"]?.first ?? patch[1] * patch[2] * patch[2],
+                                  numHeads: nil)
     }
+    let pooling = config?["pooling"]?.stringValue.flatMap(Pooling.init(rawValue:))
+        ?? (w["fc_norm.weight"] != nil ? .avg : .cls)
     var arch = InferredArchitecture(
         embedDim: dim, depth: depth, patchSize: patch[2], inChans: patch[1], gridSize: grid,
-        mlpHidden: fc1[0], numClasses: w["head.weight"]?.first ?? 0,
-        pooling: w["fc_norm.weight"] != nil ? .avg : .cls, hasClsToken: hasCls, numPrefixTokens: prefix,
+        mlpHidden: fc1[0], numClasses: w["head.weight"]?.first ?? 0, pooling: pooling, distilled: distilled,
         decoder: decoder, numHeads: nil, headsSource: .unknown)
 
-    let config = metadata["config"].flatMap { try? JSONValue.parse($0, maxDepth: 64) }
     if let heads = config.flatMap({ firstInt($0, ["heads", "num_heads", "numHeads"]) }) {
         arch.numHeads = heads
         arch.headsSource = .metadata
@@ -129,15 +148,12 @@ public func inferArchitecture(shapes w: [String: [Int]], metadata: [String: Stri
     return arch
 }
 
-/// Number of consecutive blocks `prefix0.`, `prefix1.`, ... present.
-private func blockCount(_ w: [String: [Int]], _ prefix: String) -> Int {
-    let indices = Set(w.keys.compactMap { key -> Int? in
+/// The indices N of the `prefixN.` blocks present.
+private func blockIndices(_ w: [String: [Int]], _ prefix: String) -> Set<Int> {
+    Set(w.keys.compactMap { key -> Int? in
         guard key.hasPrefix(prefix) else { return nil }
         return Int(key.dropFirst(prefix.count).prefix { $0 != "." })
     })
-    var n = 0
-    while indices.contains(n) { n += 1 }
-    return n
 }
 
 private func squareSide(_ n: Int) -> Int? {
@@ -151,7 +167,9 @@ private func firstInt(_ json: JSONValue, _ keys: [String]) -> Int? {
     return nil
 }
 
-/// The canonical parameter names and shapes of `arch` (decoder included when it has one), in MAE's order.
+/// The canonical parameter names and shapes of `arch` (decoder included when it has one), in MAE's
+/// order: exactly the parameters `VisionTransformer` builds for the matching config (cls_token and
+/// pos_embed always; `norm` for cls pooling or with a decoder, else `fc_norm`).
 public func canonicalParameterShapes(_ arch: InferredArchitecture) -> [(name: String, shape: [Int])] {
     let d = arch.embedDim, p = arch.patchSize
     var out: [(String, [Int])] = []
@@ -163,17 +181,18 @@ public func canonicalParameterShapes(_ arch: InferredArchitecture) -> [(name: St
                 ("\(prefix)mlp.fc1.weight", [hidden, d]), ("\(prefix)mlp.fc1.bias", [hidden]),
                 ("\(prefix)mlp.fc2.weight", [d, hidden]), ("\(prefix)mlp.fc2.bias", [d])]
     }
-    let tokens = arch.numPrefixTokens + (arch.gridSize.map { $0 * $0 } ?? 0)
-    if arch.hasClsToken { out.append(("cls_token", [1, 1, d])) }
-    if arch.gridSize != nil { out.append(("pos_embed", [1, tokens, d])) }
+    let patches = arch.gridSize.map { $0 * $0 } ?? 0
+    out.append(("cls_token", [1, 1, d]))
+    if arch.distilled { out.append(("dist_token", [1, 1, d])) }
+    out.append(("pos_embed", [1, arch.numPrefixTokens + patches, d]))
     out += [("patch_embed.proj.weight", [d, arch.inChans, p, p]), ("patch_embed.proj.bias", [d])]
     for i in 0..<arch.depth { block("blocks.\(i).", d, arch.mlpHidden) }
-    let norm = arch.pooling == .avg ? "fc_norm" : "norm"
+    let norm = arch.pooling == .cls || arch.decoder != nil ? "norm" : "fc_norm"
     out += [("\(norm).weight", [d]), ("\(norm).bias", [d])]
     if arch.numClasses > 0 { out += [("head.weight", [arch.numClasses, d]), ("head.bias", [arch.numClasses])] }
     if let dec = arch.decoder {
         let dd = dec.embedDim
-        out += [("mask_token", [1, 1, dd]), ("decoder_pos_embed", [1, tokens, dd]),
+        out += [("mask_token", [1, 1, dd]), ("decoder_pos_embed", [1, 1 + patches, dd]),
                 ("decoder_embed.weight", [dd, d]), ("decoder_embed.bias", [dd])]
         for j in 0..<dec.depth { block("decoder_blocks.\(j).", dd, dec.mlpHidden) }
         out += [("decoder_norm.weight", [dd]), ("decoder_norm.bias", [dd]),

@@ -11,8 +11,12 @@ public struct CheckpointInfo {
     public var parameters: Int
     public var decoderParameters: Int
     public var unusedParameters: Int
-    /// Why a model load would refuse this file, nil when it would not.
-    public var refusal: String?
+    /// The weights the architecture uses that hold NaN or infinite values, in checkpoint order:
+    /// (canonical name, name as stored, what was found). F16/BF16/F64 are checked after conversion.
+    public var nonFinite: [(name: String, stored: String, count: NonFiniteCount)] = []
+    /// Why a backbone load (extract, linprobe, knn, finetune) would refuse this file, nil when it
+    /// would not: the same sentence `loadVisionTransformer` fails with.
+    public var refusal: String? { refusal(decoder: false, head: false) }
 
     /// Opens and analyses `url`; throws a one-sentence error for unreadable files and non-ViT layouts.
     public init(contentsOf url: URL) throws {
@@ -31,11 +35,26 @@ public struct CheckpointInfo {
         parameters = parameterCount(weights.filter { used.contains($0.key) })
         decoderParameters = parameterCount(weights.filter { used.contains($0.key) && isDecoderWeight($0.key) })
         unusedParameters = parameterCount(weights.filter { !used.contains($0.key) })
-        do {
-            try requireCompleteBackbone(keys, source: file.source)
-        } catch let error as FormatError {
-            refusal = error.reason
+        // Checkpoint order, so the first bad tensor named is the first one in the file.
+        let storedName = Dictionary(uniqueKeysWithValues: canonicalize(Dictionary(uniqueKeysWithValues:
+            file.order.map { ($0, $0) })).weights.map { ($0.value, $0.key) })
+        for raw in file.order {
+            guard let name = storedName[raw], used.contains(name), let t = weights[name], t.dtype.isFloatingPoint,
+                  let found = t.nonFiniteCount else { continue }
+            nonFinite.append((name, raw, found))
         }
+    }
+
+    /// Why a load that needs the backbone, plus the decoder and/or the checkpoint's head when asked,
+    /// refuses this file (missing or mis-shaped weights first, then non-finite values); nil when it
+    /// would load. `loadVisionTransformer` and `info` both ask this, so they always agree.
+    public func refusal(decoder: Bool, head: Bool) -> String? {
+        if let missing = keys.refusal(decoder: decoder, head: head) { return missing }
+        if let bad = nonFinite.first(where: { KeyReport.isNeeded($0.name, decoder: decoder, head: head) }) {
+            return "\(bad.stored) holds \(bad.count.phrase) (first at element \(bad.count.first)); " +
+                "refusing to evaluate a broken checkpoint"
+        }
+        return nil
     }
 
     /// The report `info` prints, one fact per line.
@@ -75,7 +94,14 @@ public struct CheckpointInfo {
         }
         for l in canonical.lines { line("key mapping", l) }
         for l in keys.lines { line("keys", l) }
-        line("loadable", refusal.map { "no: \($0)" } ?? "yes, every backbone weight is present with its shape")
+        line("loadable", refusal.map { "no: \($0)" } ?? "yes, every backbone weight is present with its shape and finite")
+        if a.decoder != nil {
+            line("visualize", refusal(decoder: true, head: false).map { "no: \($0)" } ?? "yes, the decoder is complete")
+        }
+        if a.distilled {
+            line("DeiT", "distilled: cls and dist tokens both run in the sequence; --pool cls is the cls token after " +
+                 "norm (DeiT's own eval averages the logits of head and head_dist, which mae-eval does not use)")
+        }
         return out.joined(separator: "\n")
     }
 

@@ -37,8 +37,7 @@ public let keyRules: [KeyRule] = [
 
 /// Keys that are known, kept, but not part of the canonical ViT; each with the reason for the report.
 public let knownExtras: [(prefix: String, reason: String)] = [
-    ("dist_token", "DeiT's distillation token, unused"),
-    ("head_dist.", "DeiT's distillation head, unused"),
+    ("head_dist.", "DeiT's distillation head, unused (mae-eval's features are the cls token's; DeiT's own eval averages head and head_dist)"),
     ("norm_pre.", "timm's pre-blocks norm (CLIP-style ViTs), which MAE's ViT does not have"),
     ("head_bn.", "the linear probe's BatchNorm statistics"),
     ("pre_logits.", "old timm/DeiT pre-logits layer, unused"),

@@ -30,38 +30,47 @@ public struct LoadedModel {
 
 /// Opens any supported checkpoint (safetensors, torch zip; MAE, timm, DeiT layouts), infers the
 /// architecture, builds the model and copies every weight in, checking each shape. Refuses, in one
-/// sentence naming the file, a load that would leave backbone weights random or heads unknown.
+/// sentence naming the file, a load that would leave any weight the model keeps at its initial
+/// values (`CheckpointInfo.refusal(decoder:head:)`, the verdict `info` prints), a weight holding NaN
+/// or Inf, or an unknown head count. The decoder and the head are dropped with a note unless kept.
 public func loadVisionTransformer(from url: URL, options: LoadOptions = LoadOptions()) throws -> LoadedModel {
     let info = try CheckpointInfo(contentsOf: url)
-    if let refusal = info.refusal { throw FormatError(info.file.source, refusal) }
+    let source = info.file.source
+    if let refusal = info.refusal(decoder: options.keepDecoder, head: options.keepHead) {
+        throw FormatError(source, refusal)
+    }
     let (weights, _) = canonicalize(info.file.tensors)
     let arch = info.architecture
     var notes: [String] = []
 
-    var config: ViTConfig
-    if let json = info.file.metadata["config"], let own = try? JSONDecoder().decode(ViTConfig.self, from: Data(json.utf8)) {
-        config = own
-    } else {
-        guard let heads = options.heads ?? arch.numHeads else {
-            throw FormatError(info.file.source, "does not say how many attention heads its width \(arch.embedDim) " +
-                              "and depth \(arch.depth) use and matches no standard preset; pass --heads")
-        }
-        guard let grid = arch.gridSize else {
-            throw FormatError(info.file.source, "has no square pos_embed to infer the input size from")
-        }
-        var decoder: DecoderConfig?
-        if let d = arch.decoder {
-            decoder = DecoderConfig(embedDim: d.embedDim, depth: d.depth, numHeads: d.numHeads ?? 16, mlpHidden: d.mlpHidden)
-        }
-        config = ViTConfig(imgSize: grid * arch.patchSize, patchSize: arch.patchSize, inChans: arch.inChans,
+    guard let heads = options.heads ?? arch.numHeads else {
+        throw FormatError(source, "does not say how many attention heads its width \(arch.embedDim) " +
+                          "and depth \(arch.depth) use and matches no standard preset; pass --heads")
+    }
+    if let h = options.heads, let own = arch.numHeads, h != own {
+        notes.append("using \(h) heads as asked (the checkpoint says \(own))")
+    }
+    guard let grid = arch.gridSize else {
+        throw FormatError(source, "has no square pos_embed to infer the input size from")
+    }
+    if options.keepDecoder && arch.decoder == nil {
+        throw FormatError(source, "has no MAE decoder (decoder_embed, decoder_blocks, decoder_pred)")
+    }
+    if options.keepHead && arch.numClasses == 0 {
+        throw FormatError(source, "has no classification head (head.weight, head.bias)")
+    }
+    // The model is built from the architecture the weights were checked against, so every
+    // parameter it has is in the checkpoint with its shape.
+    let own = info.file.metadata["config"].flatMap { try? JSONDecoder().decode(ViTConfig.self, from: Data($0.utf8)) }
+    var config = ViTConfig(imgSize: grid * arch.patchSize, patchSize: arch.patchSize, inChans: arch.inChans,
                            embedDim: arch.embedDim, depth: arch.depth, numHeads: heads, mlpHidden: arch.mlpHidden,
-                           numClasses: arch.numClasses, pooling: arch.pooling, decoder: decoder)
-    }
-    if let h = options.heads, h != config.numHeads {
-        notes.append("using \(h) heads as asked (the checkpoint says \(config.numHeads))")
-        config.numHeads = h
-    }
-    let sourceGrid = config.gridSize
+                           numClasses: arch.numClasses, pooling: arch.pooling,
+                           decoder: arch.decoder.map {
+                               DecoderConfig(embedDim: $0.embedDim, depth: $0.depth, numHeads: $0.numHeads ?? 16,
+                                             mlpHidden: $0.mlpHidden)
+                           },
+                           normPixLoss: own?.normPixLoss ?? true, distilled: arch.distilled)
+    let sourceGrid = grid
     if let size = options.imgSize { config.imgSize = size }
     if !options.keepDecoder, config.decoder != nil {
         config.decoder = nil
@@ -71,27 +80,28 @@ public func loadVisionTransformer(from url: URL, options: LoadOptions = LoadOpti
         notes.append("classification head of \(config.numClasses) classes dropped")
         config.numClasses = 0
     }
-    if options.keepDecoder && config.decoder == nil {
-        throw FormatError(info.file.source, "has no MAE decoder (decoder_embed, decoder_blocks, decoder_pred)")
+    if arch.distilled {
+        notes.append("DeiT distilled: cls and dist tokens both run; the cls-pool feature is the cls token after norm " +
+                     "(DeiT's own eval averages the logits of head and head_dist, which are not used here)")
     }
-    do { try config.validate() } catch { throw FormatError(info.file.source, "\(error)") }
+    do { try config.validate() } catch { throw FormatError(source, "\(error)") }
 
     let model = try VisionTransformer(config: config)
-    model.initializeWeights(seed: 0)
     for spec in model.params.specs {
         guard let stored = weights[spec.name] else {
-            notes.append("\(spec.name) is not in the checkpoint: initialised as MAE does")
-            continue
+            preconditionFailure("\(spec.name) passed the load check but is not in \(source)")
         }
         var values = stored.floats, shape = stored.shape
-        if (spec.name == "pos_embed" || spec.name == "decoder_pos_embed"), shape != spec.shape, shape.count == 3 {
+        if spec.name == "pos_embed" || spec.name == "decoder_pos_embed", shape != spec.shape {
+            let prefix = spec.name == "pos_embed" ? config.numPrefixTokens : 1
             let newGrid = config.gridSize
-            values = resizePositionEmbedding(values, width: shape[2], from: sourceGrid, to: newGrid, prefixTokens: 1)
-            shape = [1, 1 + newGrid * newGrid, shape[2]]
+            values = resizePositionEmbedding(values, width: shape[2], from: sourceGrid, to: newGrid, prefixTokens: prefix)
+            shape = [1, prefix + newGrid * newGrid, shape[2]]
             notes.append("\(spec.name) resized from \(sourceGrid)x\(sourceGrid) to \(newGrid)x\(newGrid) (bicubic)")
         }
         guard shape == spec.shape else {
-            throw FormatError(info.file.source, "\(spec.name) has shape \(shape) but the model needs \(spec.shape)")
+            throw FormatError(source, "\(spec.name) is \(shape) in the checkpoint (\(stored.shape) as stored) but " +
+                              "\(spec.shape) in the model")
         }
         try model.params.set(spec.name, shape: shape, values)
     }

@@ -34,10 +34,13 @@ public struct ViTConfig: Codable, Equatable, Sendable {
     public var decoder: DecoderConfig?
     /// MAE's norm_pix_loss: targets normalised per patch.
     public var normPixLoss: Bool = true
+    /// DeiT distilled (timm's VisionTransformerDistilled): a `dist_token` runs beside the cls token,
+    /// with pos_embed rows 0 and 1 for the two; `cls` pooling still reads the cls token.
+    public var distilled: Bool = false
 
     public init(imgSize: Int, patchSize: Int, inChans: Int = 3, embedDim: Int, depth: Int, numHeads: Int,
                 mlpHidden: Int? = nil, numClasses: Int = 0, pooling: Pooling = .cls,
-                decoder: DecoderConfig? = nil, normPixLoss: Bool = true) {
+                decoder: DecoderConfig? = nil, normPixLoss: Bool = true, distilled: Bool = false) {
         self.imgSize = imgSize
         self.patchSize = patchSize
         self.inChans = inChans
@@ -49,7 +52,30 @@ public struct ViTConfig: Codable, Equatable, Sendable {
         self.pooling = pooling
         self.decoder = decoder
         self.normPixLoss = normPixLoss
+        self.distilled = distilled
     }
+
+    private enum CodingKeys: String, CodingKey {
+        case imgSize, patchSize, inChans, embedDim, depth, numHeads, mlpHidden, numClasses, pooling, decoder
+        case normPixLoss, distilled
+    }
+
+    /// Reads mae-eval's config JSON; files written before `distilled` existed read as not distilled.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(imgSize: try c.decode(Int.self, forKey: .imgSize), patchSize: try c.decode(Int.self, forKey: .patchSize),
+                  inChans: try c.decode(Int.self, forKey: .inChans), embedDim: try c.decode(Int.self, forKey: .embedDim),
+                  depth: try c.decode(Int.self, forKey: .depth), numHeads: try c.decode(Int.self, forKey: .numHeads),
+                  mlpHidden: try c.decode(Int.self, forKey: .mlpHidden),
+                  numClasses: try c.decode(Int.self, forKey: .numClasses),
+                  pooling: try c.decode(Pooling.self, forKey: .pooling),
+                  decoder: try c.decodeIfPresent(DecoderConfig.self, forKey: .decoder),
+                  normPixLoss: try c.decode(Bool.self, forKey: .normPixLoss),
+                  distilled: try c.decodeIfPresent(Bool.self, forKey: .distilled) ?? false)
+    }
+
+    /// Tokens before the patches: cls, plus the dist token of a distilled model.
+    public var numPrefixTokens: Int { distilled ? 2 : 1 }
 
     /// Patches per side.
     public var gridSize: Int { imgSize / patchSize }
@@ -69,6 +95,9 @@ public struct ViTConfig: Codable, Equatable, Sendable {
         }
         guard embedDim % numHeads == 0 else {
             throw fail("width \(embedDim) is not divisible by \(numHeads) heads")
+        }
+        if distilled && decoder != nil {
+            throw fail("a DeiT distilled model has no MAE decoder")
         }
         if let d = decoder, d.embedDim % d.numHeads != 0 {
             throw fail("decoder width \(d.embedDim) is not divisible by \(d.numHeads) heads")

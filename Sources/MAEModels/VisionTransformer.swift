@@ -20,6 +20,8 @@ public final class VisionTransformer {
 
     // Parameter offsets.
     let clsToken, posEmbed, patchW, patchB: Int
+    /// DeiT's distillation token (distilled models only).
+    let distToken: Int?
     let encoder: TransformerStack
     let norm: (w: Int, b: Int)?
     let fcNorm: (w: Int, b: Int)?
@@ -69,8 +71,9 @@ public final class VisionTransformer {
         var layout = ParameterLayout()
         let pretraining = config.decoder != nil
         clsToken = layout.add("cls_token", [1, 1, d])
+        distToken = config.distilled ? layout.add("dist_token", [1, 1, d]) : nil
         // MAE pretraining keeps the sin-cos table fixed; fine-tuning learns it (timm / models_vit).
-        posEmbed = layout.add("pos_embed", [1, 1 + l, d], trainable: !pretraining)
+        posEmbed = layout.add("pos_embed", [1, config.numPrefixTokens + l, d], trainable: !pretraining)
         patchW = layout.add("patch_embed.proj.weight", [d, config.inChans, config.patchSize, config.patchSize])
         patchB = layout.add("patch_embed.proj.bias", [d])
         encoder = TransformerStack(&layout, prefix: "blocks", depth: config.depth, width: d,
@@ -105,8 +108,9 @@ public final class VisionTransformer {
 
     // MARK: - Encoder
 
-    /// forward_encoder: images (B,C,H,W), already normalised, -> tokens (B,1+Lk,D) after the final
-    /// `norm` when the model has one (else before it). `mask` selects the visible patches (nil: all).
+    /// forward_encoder: images (B,C,H,W), already normalised, -> tokens (B,T+Lk,D) after the final
+    /// `norm` when the model has one (else before it); T prefix tokens (cls, plus dist for DeiT
+    /// distilled) come first. `mask` selects the visible patches (nil: all).
     @discardableResult
     public func forwardEncoder(images: UnsafePointer<Float>, batch b: Int, mask m: PatchMask? = nil,
                                training t: Bool = false, seed: UInt64 = 0) -> UnsafeMutablePointer<Float> {
@@ -115,7 +119,7 @@ public final class VisionTransformer {
         precondition(m.batch == b && m.numPatches == l, "mask does not match the batch")
         batch = b; training = t; mask = m
         rng = RandomStream(seed: seed)
-        let lk = m.keepCount, n = 1 + lk, cpp = c.inChans * p * p
+        let t0 = c.numPrefixTokens, lk = m.keepCount, n = t0 + lk, cpp = c.inChans * p * p
         // patch_embed on the visible patches only.
         patches = reuse(patches, [b * lk, cpp])
         let pd = patches.data
@@ -124,13 +128,14 @@ public final class VisionTransformer {
         let emb = buffer("embedding", [b * lk, d])
         linearForward(out: emb.data, input: pd, weight: params.v(patchW), bias: params.v(patchB),
                       rows: b * lk, inDim: cpp, outDim: d)
-        let cls = params.v(clsToken), pos = params.v(posEmbed)
+        let cls = params.v(clsToken), dist = distToken.map { params.v($0) }, pos = params.v(posEmbed)
         for bi in 0..<b {
             let row0 = x0 + bi * n * d
             for i in 0..<d { row0[i] = cls[i] + pos[i] }
+            if let dist { for i in 0..<d { row0[d + i] = dist[i] + pos[d + i] } }
             for j in 0..<lk {
                 let patch = m.keep[bi * lk + j]
-                let dst = row0 + (1 + j) * d, src = emb.data + (bi * lk + j) * d, pe = pos + (1 + patch) * d
+                let dst = row0 + (t0 + j) * d, src = emb.data + (bi * lk + j) * d, pe = pos + (t0 + patch) * d
                 for i in 0..<d { dst[i] = src[i] + pe[i] }
             }
         }
@@ -184,7 +189,7 @@ public final class VisionTransformer {
 
     /// Backward of `forwardEncoder`: dOut (B,1+Lk,D) is the gradient of what it returned.
     func backwardEncoder(_ dOut: UnsafeMutablePointer<Float>) {
-        let c = config, d = c.embedDim, b = batch, m = mask!, lk = m.keepCount, n = 1 + lk
+        let c = config, d = c.embedDim, b = batch, m = mask!, t0 = c.numPrefixTokens, lk = m.keepCount, n = t0 + lk
         var dTokens = dOut
         if let norm {
             let t = buffer("dTokens", [b * n, d])
@@ -195,19 +200,20 @@ public final class VisionTransformer {
         }
         let dx0 = encoder.backward(params, dOut: dTokens, lowest: lowestTrainedBlock)
         guard lowestTrainedBlock == 0 else { return }
-        // Scatter into cls_token, pos_embed (when learnable) and the patch embedding's output.
+        // Scatter into cls_token (and dist_token), pos_embed (when learnable) and the patch embedding's output.
         let posTrainable = params.specs.first { $0.offset == posEmbed }!.trainable
-        let dCls = params.g(clsToken), dPos = params.g(posEmbed)
+        let dCls = params.g(clsToken), dDist = distToken.map { params.g($0) }, dPos = params.g(posEmbed)
         let dEmb = buffer("dEmbedding", [b * lk, d])
         for bi in 0..<b {
             let row0 = dx0 + bi * n * d
             for i in 0..<d { dCls[i] += row0[i] }
-            if posTrainable { for i in 0..<d { dPos[i] += row0[i] } }
+            if let dDist { for i in 0..<d { dDist[i] += row0[d + i] } }
+            if posTrainable { for i in 0..<(t0 * d) { dPos[i] += row0[i] } }
             for j in 0..<lk {
-                let src = row0 + (1 + j) * d
+                let src = row0 + (t0 + j) * d
                 (dEmb.data + (bi * lk + j) * d).update(from: src, count: d)
                 if posTrainable {
-                    let pe = dPos + (1 + m.keep[bi * lk + j]) * d
+                    let pe = dPos + (t0 + m.keep[bi * lk + j]) * d
                     for i in 0..<d { pe[i] += src[i] }
                 }
             }
@@ -224,14 +230,14 @@ public final class VisionTransformer {
     public func forwardFeatures(images: UnsafePointer<Float>, batch b: Int, pooling: Pooling? = nil,
                                 training t: Bool = false, seed: UInt64 = 0) -> UnsafeMutablePointer<Float> {
         let out = forwardEncoder(images: images, batch: b, training: t, seed: seed)
-        let d = config.embedDim, n = 1 + config.numPatches
+        let d = config.embedDim, t0 = config.numPrefixTokens, n = t0 + config.numPatches
         features = reuse(features, [b, d])
         switch pooling ?? config.pooling {
         case .cls:
             for bi in 0..<b { (features.data + bi * d).update(from: out + bi * n * d, count: d) }
         case .avg:
             pooled = reuse(pooled, [b, d])
-            meanTokensForward(out: pooled.data, input: out, batch: b, tokens: n, width: d, from: 1)
+            meanTokensForward(out: pooled.data, input: out, batch: b, tokens: n, width: d, from: t0)
             if let fcNorm {
                 pooledStats = (reuse(pooledStats.mean, [b]), reuse(pooledStats.rstd, [b]))
                 layerNormForward(out: features.data, mean: pooledStats.mean.data, rstd: pooledStats.rstd.data,
@@ -266,7 +272,7 @@ public final class VisionTransformer {
 
     /// Backward from the classification loss into every parameter gradient (accumulating).
     public func backwardClassification() {
-        let b = batch, k = config.numClasses, d = config.embedDim, n = 1 + mask!.keepCount
+        let b = batch, k = config.numClasses, d = config.embedDim, t0 = config.numPrefixTokens, n = t0 + mask!.keepCount
         let head = head!
         let dLogits = Tensor([b, k])
         crossEntropyBackward(dLogits: dLogits.data, probs: probs.data, targets: targets.data, rows: b, classes: k)
@@ -285,7 +291,7 @@ public final class VisionTransformer {
                                   dOut: dFeatures.data, input: pooled.data, weight: params.v(fcNorm.w),
                                   mean: pooledStats.mean.data, rstd: pooledStats.rstd.data, rows: b, width: d)
             }
-            meanTokensBackward(dInput: dOut.data, dOut: dPooled.data, batch: b, tokens: n, width: d, from: 1)
+            meanTokensBackward(dInput: dOut.data, dOut: dPooled.data, batch: b, tokens: n, width: d, from: t0)
         }
         backwardEncoder(dOut.data)
     }

@@ -42,7 +42,7 @@ public struct ProbeFeature: Sendable, Equatable {
         // nothing else differs, so this is the eval-mode function.
         precondition(model.dropPath == 0, "probe backbones run without drop path")
         model.forwardEncoder(images: images, batch: b, training: true)
-        let n = 1 + model.config.numPatches, depth = model.config.depth, k = lastBlocks
+        let t0 = model.config.numPrefixTokens, n = t0 + model.config.numPatches, depth = model.config.depth, k = lastBlocks
         let normName = model.params.spec("norm.weight") != nil ? "norm" : "fc_norm"
         let w = model.params.value(normName + ".weight").baseAddress!, bias = model.params.value(normName + ".bias").baseAddress!
         var out = [Float](repeating: 0, count: b * k * d)
@@ -55,11 +55,11 @@ public struct ProbeFeature: Sendable, Equatable {
                 if pooling == .cls {
                     for bi in 0..<b { (pooled.data + bi * d).update(from: normed.data + bi * n * d, count: d) }
                 } else {
-                    meanTokensForward(out: pooled.data, input: normed.data, batch: b, tokens: n, width: d, from: 1)
+                    meanTokensForward(out: pooled.data, input: normed.data, batch: b, tokens: n, width: d, from: t0)
                 }
             } else {
                 let avg = Tensor([b, d])
-                meanTokensForward(out: avg.data, input: tokens.data, batch: b, tokens: n, width: d, from: 1)
+                meanTokensForward(out: avg.data, input: tokens.data, batch: b, tokens: n, width: d, from: t0)
                 layerNormForward(out: pooled.data, mean: mean.data, rstd: rstd.data, input: avg.data,
                                  weight: w, bias: bias, rows: b, width: d)
             }
@@ -71,7 +71,9 @@ public struct ProbeFeature: Sendable, Equatable {
     }
 }
 
-/// Features of every image of `folder` through `transform` (one pass, dataset order).
+/// Features of every image of `folder` through `transform` (one pass, dataset order). Each batch's
+/// features are checked where they are made: a NaN or Inf stops the pass with a `NonFiniteError`
+/// naming the image and the stage of the backbone that first went non-finite.
 public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folder: ImageFolder,
                           transform: MAETransform, batchSize: Int = 64, seed: UInt64 = 0, epoch: Int = 0,
                           workers: Int = 2) throws -> FeatureSet {
@@ -84,6 +86,15 @@ public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folde
     let it = loader.epoch(epoch)
     while let batch = try it.next() {
         let f = batch.images.withUnsafeBufferPointer { feature.compute(model, images: $0.baseAddress!, batch: batch.count) }
+        if let bad = NonFiniteCount(f) {
+            let row = bad.first / w
+            let image = f[(row * w)..<((row + 1) * w)]
+            let stage = batch.images.withUnsafeBufferPointer {
+                model.firstNonFiniteStage(images: $0.baseAddress!, batch: batch.count, row: row)
+            }
+            throw NonFiniteError.image(folder.samples[batch.indices[row]].url.path, "features",
+                                       NonFiniteCount(Array(image))!, of: w, stage: stage)
+        }
         for (row, index) in batch.indices.enumerated() {
             for i in 0..<w { features[index * w + i] = f[row * w + i] }
             labels[index] = batch.labels[row]

@@ -58,15 +58,25 @@ final class LayoutTests: XCTestCase {
             // Every canonical weight is there with its shape; only the known extras are left over.
             let report = KeyReport(expected: canonicalParameterShapes(a), providedShapes: shapes)
             XCTAssertTrue(report.isComplete, "\(c.name): \(report.lines)")
-            XCTAssertNoThrow(try requireCompleteBackbone(report, source: c.name))
+            XCTAssertNil(report.refusal(), c.name)
         }
         let distilled = canonicalize(try layout("timm:deit_tiny_distilled_patch16_224").shapes)
-        XCTAssertEqual(distilled.report.extras.map(\.key).sorted(), ["dist_token", "head_dist.bias", "head_dist.weight"])
+        XCTAssertEqual(distilled.report.extras.map(\.key).sorted(), ["head_dist.bias", "head_dist.weight"])
         let a = try inferArchitecture(shapes: distilled.weights)
         XCTAssertEqual(a.numPrefixTokens, 2)
+        XCTAssertTrue(a.distilled)
+        // dist_token is a backbone weight of a distilled model; only DeiT's distillation head is left over.
         let report = KeyReport(expected: canonicalParameterShapes(a), providedShapes: distilled.weights)
-        XCTAssertEqual(report.unexpected, ["dist_token", "head_dist.bias", "head_dist.weight"])
-        XCTAssertTrue(report.lines.last!.hasPrefix("3 not used: dist_token"))
+        XCTAssertEqual(report.unexpected, ["head_dist.bias", "head_dist.weight"])
+        XCTAssertNil(report.refusal())
+        // Without its dist_token it is still a distilled model, with a backbone weight missing.
+        var noDist = distilled.weights
+        noDist["dist_token"] = nil
+        noDist["head_dist.weight"] = nil
+        let withoutDist = try inferArchitecture(shapes: noDist)
+        XCTAssertTrue(withoutDist.distilled)
+        XCTAssertEqual(KeyReport(expected: canonicalParameterShapes(withoutDist), providedShapes: noDist).refusal(),
+                       "refusing to load: 1 backbone weight is missing (dist_token), which would leave the backbone partly random")
     }
 
     func testMAEPretrainWithDecoderAndLinearProbe() throws {
@@ -101,9 +111,8 @@ final class LayoutTests: XCTestCase {
         let arch = try inferArchitecture(shapes: weights)
         let keys = KeyReport(expected: canonicalParameterShapes(arch), providedShapes: weights)
         XCTAssertEqual(keys.missing, ["patch_embed.proj.bias"])
-        assertFormatError("clip.pth", "1 backbone weight(s) missing (patch_embed.proj.bias)") {
-            try requireCompleteBackbone(keys, source: "clip.pth")
-        }
+        XCTAssertEqual(keys.refusal(), "refusing to load: 1 backbone weight is missing (patch_embed.proj.bias), " +
+                       "which would leave the backbone partly random")
     }
 
     func testMisShapedAndMissingBackboneIsRefused() throws {
@@ -117,11 +126,15 @@ final class LayoutTests: XCTestCase {
         XCTAssertEqual(report.misShaped.map(\.name), ["blocks.3.attn.qkv.weight"])
         XCTAssertEqual(report.lines[1], "2 missing (left at their initial values): blocks.11.mlp.fc2.bias, head.weight")
         XCTAssertEqual(report.lines[2], "1 with the wrong shape: blocks.3.attn.qkv.weight is [576, 190], expected [576, 192]")
-        assertFormatError("x.pth", "blocks.3.attn.qkv.weight is [576, 190]") { try requireCompleteBackbone(report, source: "x.pth") }
+        XCTAssertEqual(report.refusal(), "refusing to load: 1 backbone weight is missing (blocks.11.mlp.fc2.bias) and " +
+                       "1 backbone weight has the wrong shape (blocks.3.attn.qkv.weight is [576, 190], expected [576, 192]), " +
+                       "which would leave the backbone partly random")
         // A missing head alone is fine: heads are trained anew.
         let headless = KeyReport(expected: canonicalParameterShapes(arch),
                                  providedShapes: try layout("timm:vit_tiny_patch16_224").shapes.filter { !$0.key.hasPrefix("head") })
-        XCTAssertNoThrow(try requireCompleteBackbone(headless, source: "x.pth"))
+        XCTAssertNil(headless.refusal())
+        XCTAssertEqual(headless.refusal(head: true), "refusing to load: 2 head weights are missing (head.weight, head.bias), " +
+                       "which would leave the head partly random")
     }
 
     func testHeadsComeFromMetadataPresetOrNowhere() throws {
