@@ -25,17 +25,20 @@ public struct NonFiniteError: Error, LocalizedError, CustomStringConvertible, Se
     /// whether the weights were already non-finite (before any update: a broken model, not the
     /// learning rate; after updates: the run diverged) or whether the weights are finite and the
     /// loss alone overflowed (divergence: only then is a lower learning rate the advice).
+    /// `context` (e.g. which checkpoint was kept) ends the sentence.
     public static func loss(_ loss: Float, at step: String, model: VisionTransformer, updated: Bool,
-                            lrAdvice: String) -> NonFiniteError {
-        let head = "the loss is \(loss) at \(step)"
+                            lrAdvice: String, context: String? = nil) -> NonFiniteError {
+        let head = "Training stopped at \(step): the loss is \(loss)"
+        let tail = context.map { "; \($0)" } ?? ""
         guard let bad = model.firstNonFiniteParameter() else {
-            return NonFiniteError("\(head) with finite weights: training diverged; \(lrAdvice)")
+            return NonFiniteError("\(head) with finite weights, so training diverged; \(lrAdvice)\(tail)")
         }
         let where_ = "\(bad.name) holds \(bad.count.phrase) (first at element \(bad.count.first))"
         return updated
-            ? NonFiniteError("\(head): an update made the weights non-finite (\(where_)): training diverged; \(lrAdvice)")
-            : NonFiniteError("\(head) before any update: the model's weights are not finite (\(where_)), so the " +
-                             "learning rate is not the cause")
+            ? NonFiniteError("\(head) because an update made the weights non-finite (\(where_)), so training diverged; " +
+                             "\(lrAdvice)\(tail)")
+            : NonFiniteError("\(head) before any update because the model's weights are not finite (\(where_)); " +
+                             "the learning rate is not the cause\(tail)")
     }
 }
 

@@ -30,14 +30,25 @@ public struct ExtractOptions: Sendable {
     }
 }
 
+/// Loads a checkpoint for a command: `loadVisionTransformer` (which refuses incomplete or non-finite
+/// weights), then the load's notes (resized pos_embed, dropped head or decoder, DeiT distilled) as
+/// `note:` lines on standard error. Every command that builds a model from a checkpoint comes here,
+/// so each says the same about the same file.
+public func loadModel(from url: URL, options: LoadOptions) throws -> LoadedModel {
+    let loaded = try loadVisionTransformer(from: url, options: options)
+    for note in loaded.notes { FileHandle.standardError.write(Data("note: \(url.lastPathComponent): \(note)\n".utf8)) }
+    return loaded
+}
+
 /// Loads the checkpoint as a backbone, extracts features of every image of the ImageFolder and
 /// writes `features` (F32 [N, D]) and `labels` (I64 [N]) as safetensors with provenance metadata.
-/// Returns the checkpoint's load notes.
+/// Non-finite features stop it before anything is written. Returns the checkpoint's load notes
+/// (already printed by `loadModel`).
 @discardableResult
 public func runExtract(_ o: ExtractOptions) throws -> [String] {
     guard (0.05...1).contains(o.cropRatio) else { throw TaskError.badArgument("--crop-ratio must be in (0, 1]") }
     guard o.batchSize > 0 else { throw TaskError.badArgument("--batch-size must be positive") }
-    let loaded = try loadVisionTransformer(from: o.checkpoint, options: LoadOptions(heads: o.heads, imgSize: o.imgSize))
+    let loaded = try loadModel(from: o.checkpoint, options: LoadOptions(heads: o.heads, imgSize: o.imgSize))
     let folder = try ImageFolder(root: o.data)
     // Exactly the pooling asked for (a probe would turn cls into avg for fc_norm checkpoints).
     var feature = ProbeFeature(model: loaded.model, requested: o.pooling, lastBlocks: 1)

@@ -185,7 +185,8 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
             }
             let loss = model.classificationLoss(targets: targets)
             guard loss.isFinite else {
-                throw TaskError.badArgument("fine-tuning diverged at epoch \(epoch + 1), step \(step + 1) (loss \(loss)); lower base_lr")
+                throw NonFiniteError.loss(loss, at: "fine-tuning epoch \(epoch + 1), step \(step + 1)", model: model,
+                                          updated: epoch > 0 || step > 0, lrAdvice: "lower base_lr")
             }
             model.backwardClassification()
             if let c = r.clipGrad { clipGradNorm(model.params, groups: groups, maxNorm: Float(c)) }

@@ -238,14 +238,16 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
                     model.forwardEncoder(images: x, batch: b, mask: mask, training: true, seed: stepStream.derived(2).state)
                     let pred = model.forwardDecoder()
                     let loss = model.forwardLoss(images: x, pred: pred)
-                    try checkLoss(loss, epoch: epoch, step: step + 1, limit: o.lossLimit, files: files, done: state.epoch)
+                    try checkLoss(loss, epoch: epoch, step: step + 1, limit: o.lossLimit, files: files, done: state.epoch,
+                                  model: model)
                     model.backwardPretrain(pred: pred)
                     return loss
                 case .supervised:
                     _ = model.forwardLogits(images: x, batch: b, training: true, seed: stepStream.derived(2).state)
                     let targets = smoothedTargets(labels: batch.labels, classes: classes, smoothing: Float(o.labelSmoothing))
                     let loss = model.classificationLoss(targets: targets)
-                    try checkLoss(loss, epoch: epoch, step: step + 1, limit: o.lossLimit, files: files, done: state.epoch)
+                    try checkLoss(loss, epoch: epoch, step: step + 1, limit: o.lossLimit, files: files, done: state.epoch,
+                                  model: model)
                     model.backwardClassification()
                     return loss
                 }
@@ -319,11 +321,18 @@ struct DecodedImages: DataSource {
     func image(_ index: Int) throws -> RGBImage { images[index] }
 }
 
-func checkLoss(_ loss: Float, epoch: Int, step: Int, limit: Float, files: PretrainFiles, done: Int) throws {
+/// Stops a run whose loss is not finite (a `NonFiniteError` saying whether the weights were already
+/// broken or the run diverged) or above `limit` (diverging).
+func checkLoss(_ loss: Float, epoch: Int, step: Int, limit: Float, files: PretrainFiles, done: Int,
+               model: VisionTransformer) throws {
     guard !loss.isFinite || loss > limit else { return }
     let kept = done > 0
         ? "the last good checkpoint (epoch \(done)) is kept at \(files.checkpoint.path)"
         : "no epoch had completed, so there is no checkpoint"
+    guard loss.isFinite else {
+        throw NonFiniteError.loss(loss, at: "epoch \(epoch), step \(step)", model: model,
+                                  updated: epoch > 1 || step > 1, lrAdvice: "lower --blr", context: kept)
+    }
     throw PretrainError.diverged(epoch: epoch, step: step, loss: loss, kept: kept)
 }
 

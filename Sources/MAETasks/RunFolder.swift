@@ -111,7 +111,7 @@ public struct LoadedBackbone {
 
 /// Loads a backbone (no head, no decoder) at `imgSize`.
 public func loadBackbone(_ b: Backbone, imgSize: Int, heads: Int?) throws -> LoadedBackbone {
-    let loaded = try loadVisionTransformer(from: b.url, options: LoadOptions(heads: heads, imgSize: imgSize))
+    let loaded = try loadModel(from: b.url, options: LoadOptions(heads: heads, imgSize: imgSize))
     var method = loaded.metadata["method"] ?? "unknown"
     if loaded.metadata["method"] == nil {
         switch loaded.info.layout {

@@ -1,5 +1,6 @@
 import Foundation
 import MAEData
+import MAEFormats
 import MAEKernels
 import MAEModels
 
@@ -34,7 +35,7 @@ public struct VisualizeOptions: Sendable {
 public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: Int) {
     guard o.count > 0 else { throw TaskError.badArgument("--count must be positive") }
     guard (0..<1).contains(o.maskRatio) else { throw TaskError.badArgument("--mask-ratio must be in [0, 1)") }
-    let loaded = try loadVisionTransformer(from: o.checkpoint, options: LoadOptions(keepDecoder: true))
+    let loaded = try loadModel(from: o.checkpoint, options: LoadOptions(keepDecoder: true))
     let model = loaded.model, c = model.config
     let folder: ImageFolder
     if let data = o.data {
@@ -56,6 +57,18 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
     let pred = images.withUnsafeBufferPointer { x -> [Float] in
         model.forwardEncoder(images: x.baseAddress!, batch: n, mask: mask)
         return model.forwardDecoder().array
+    }
+    // A non-finite reconstruction would draw as a blank image: name the image and the stage instead.
+    if let bad = NonFiniteCount(pred) {
+        let row = bad.first / (l * pd)
+        let encoderStage = images.withUnsafeBufferPointer { x -> String? in
+            let latent = model.forwardEncoder(images: x.baseAddress!, batch: n), t = (c.numPrefixTokens + l) * c.embedDim
+            guard NonFiniteCount(UnsafeBufferPointer(start: latent + row * t, count: t)) != nil else { return nil }
+            return model.firstNonFiniteStage(images: x.baseAddress!, batch: n, row: row)
+        }
+        throw NonFiniteError.image(folder.samples[picks[row]].url.path, "reconstruction",
+                                   NonFiniteCount(Array(pred[(row * l * pd)..<((row + 1) * l * pd)]))!, of: l * pd,
+                                   stage: encoderStage ?? "the decoder (the encoder's output is finite)")
     }
     // Target patches (B,L,P*P*C) of the normalised input, for de-normalising and pasting.
     var target = [Float](repeating: 0, count: n * l * pd)

@@ -42,8 +42,7 @@ struct Extract: ParsableCommand {
         o.cropRatio = cropRatio
         o.heads = heads
         o.batchSize = batchSize
-        let notes = try runCLI { try runExtract(o) }
-        for n in notes { FileHandle.standardError.write(Data("note: \(n)\n".utf8)) }
+        try runCLI { try runExtract(o) }
         print(out)
     }
 }
