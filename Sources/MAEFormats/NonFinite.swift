@@ -16,6 +16,10 @@ public struct NonFiniteCount: Sendable, Equatable {
         }
     }
 
+    public init(nan: Int, infinite: Int, first: Int) {
+        self.nan = nan; self.infinite = infinite; self.first = first
+    }
+
     /// Counts the non-finite values of `values`; nil when all are finite. The common all-finite case
     /// is one branch-free pass over the exponent bits (it vectorises); only a hit is counted in detail.
     public init?(_ values: UnsafeBufferPointer<Float>) {
@@ -29,7 +33,7 @@ public struct NonFiniteCount: Sendable, Equatable {
             if first < 0 { first = i }
             if values[i].isNaN { nan += 1 } else { inf += 1 }
         }
-        self.nan = nan; self.infinite = inf; self.first = first
+        self.init(nan: nan, infinite: inf, first: first)
     }
 
     /// `init?(_:)` over an array.
