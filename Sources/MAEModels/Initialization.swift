@@ -33,12 +33,15 @@ extension VisionTransformer {
             let v = params.value(spec.name)
             let name = spec.name
             if name == "pos_embed" {
+                // The table's first row is the cls token's (zeros); a distilled model's extra prefix row too.
                 let table = sinCosPositionEmbedding(width: config.embedDim, grid: config.gridSize)
-                for i in 0..<v.count { v[i] = table[i] }
+                let extra = v.count - table.count
+                for i in 0..<extra { v[i] = 0 }
+                for i in 0..<table.count { v[extra + i] = table[i] }
             } else if name == "decoder_pos_embed", let dd = config.decoder?.embedDim {
                 let table = sinCosPositionEmbedding(width: dd, grid: config.gridSize)
                 for i in 0..<v.count { v[i] = table[i] }
-            } else if name == "cls_token" || name == "mask_token" {
+            } else if name == "cls_token" || name == "dist_token" || name == "mask_token" {
                 for i in 0..<v.count { v[i] = Float(rng.normal()) * 0.02 }
             } else if name == "head.weight" {
                 for i in 0..<v.count { v[i] = truncatedNormal(&rng) * headStd }
