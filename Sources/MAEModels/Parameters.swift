@@ -1,3 +1,4 @@
+import MAEFormats
 import MAEKernels
 
 /// One named parameter: its checkpoint key, shape and place in the flat buffers.
@@ -63,7 +64,9 @@ public final class ParameterStore {
     public func set(_ name: String, shape: [Int], _ newValues: [Float]) throws {
         guard let s = spec(name) else { throw ModelError.shapeMismatch("the model has no parameter \(name)") }
         guard s.shape == shape, newValues.count == s.count else {
-            throw ModelError.shapeMismatch("\(name) is \(s.shape) in the model but \(shape) in the checkpoint")
+            // Both real shapes: the values' count too, when it disagrees with the shape given.
+            let given = elementCount(shape) == newValues.count ? "\(shape)" : "\(shape) (\(newValues.count) values)"
+            throw ModelError.shapeMismatch("\(name) is \(s.shape) in the model but \(given) in the checkpoint")
         }
         newValues.withUnsafeBufferPointer { (values.data + s.offset).update(from: $0.baseAddress!, count: s.count) }
     }

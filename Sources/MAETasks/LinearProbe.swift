@@ -299,7 +299,7 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
         let it = loader.epoch(epoch)
         while let batch = try it.next() {
             let b = batch.count
-            let f = batch.images.withUnsafeBufferPointer { feature.compute(model, images: $0.baseAddress!, batch: b) }
+            let f = try feature.checkedCompute(model, batch: batch, folder: data.train)
             // The BatchNorm has no parameters and nothing before it trains: no backward through it.
             let z = useBN && b > 1 ? bn.forward(f, batch: b, training: true) : f
             let logits = Tensor([b, k]), probs = Tensor([b, k]), dLogits = Tensor([b, k])

@@ -31,6 +31,20 @@ public struct ProbeFeature: Sendable, Equatable {
 
     public func width(_ model: VisionTransformer) -> Int { lastBlocks * model.config.embedDim }
 
+    /// `compute` on a loader batch of `folder`, checked where the features are made: a NaN or Inf
+    /// throws a `NonFiniteError` naming the first bad image and the backbone stage that first went
+    /// non-finite on it.
+    public func checkedCompute(_ model: VisionTransformer, batch: Batch, folder: ImageFolder) throws -> [Float] {
+        let f = batch.images.withUnsafeBufferPointer { compute(model, images: $0.baseAddress!, batch: batch.count) }
+        guard let bad = NonFiniteCount(f) else { return f }
+        let w = width(model), row = bad.first / w
+        let stage = batch.images.withUnsafeBufferPointer {
+            model.firstNonFiniteStage(images: $0.baseAddress!, batch: batch.count, row: row)
+        }
+        throw NonFiniteError.image(folder.samples[batch.indices[row]].url.path, "features",
+                                   NonFiniteCount(Array(f[(row * w)..<((row + 1) * w)]))!, of: w, stage: stage)
+    }
+
     /// Features (B, lastBlocks * D) of one normalised batch, backbone in eval mode (no drop path).
     public func compute(_ model: VisionTransformer, images: UnsafePointer<Float>, batch b: Int) -> [Float] {
         let d = model.config.embedDim
@@ -85,16 +99,7 @@ public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folde
     var labels = [Int](repeating: 0, count: folder.count)
     let it = loader.epoch(epoch)
     while let batch = try it.next() {
-        let f = batch.images.withUnsafeBufferPointer { feature.compute(model, images: $0.baseAddress!, batch: batch.count) }
-        if let bad = NonFiniteCount(f) {
-            let row = bad.first / w
-            let image = f[(row * w)..<((row + 1) * w)]
-            let stage = batch.images.withUnsafeBufferPointer {
-                model.firstNonFiniteStage(images: $0.baseAddress!, batch: batch.count, row: row)
-            }
-            throw NonFiniteError.image(folder.samples[batch.indices[row]].url.path, "features",
-                                       NonFiniteCount(Array(image))!, of: w, stage: stage)
-        }
+        let f = try feature.checkedCompute(model, batch: batch, folder: folder)
         for (row, index) in batch.indices.enumerated() {
             for i in 0..<w { features[index * w + i] = f[row * w + i] }
             labels[index] = batch.labels[row]
