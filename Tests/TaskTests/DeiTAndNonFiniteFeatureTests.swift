@@ -98,4 +98,49 @@ final class DeiTAndNonFiniteFeatureTests: XCTestCase {
             }
         }
     }
+
+    /// `fixture`'s weights with element 0 of each of `names` set to 3e38: finite, so the load check
+    /// passes, but two of them added in one residual stream overflow to infinity in the forward.
+    func overflowing(_ fixture: URL, _ names: [String]) throws -> URL {
+        let file = try SafeTensors.read(contentsOf: fixture)
+        let out = temporaryFile()
+        try SafeTensors(tensors: file.order.map { key in
+            let t = file.tensors[key]!
+            guard names.contains(key) else { return (key, t) }
+            var v = t.floats
+            v[0] = 3e38
+            return (key, StoredTensor(shape: t.shape, floats: v))
+        }, metadata: file.metadata).write(to: out)
+        return out
+    }
+
+    /// End to end: features that overflow stop `extract` naming the image and the stage, and no
+    /// features file is written.
+    func testExtractStopsOnNonFiniteFeaturesAndWritesNothing() throws {
+        let checkpoint = try overflowing(fixtureURL("mae_tiny.safetensors"), ["blocks.1.attn.proj.bias", "blocks.1.mlp.fc2.bias"])
+        XCTAssertNil(try CheckpointInfo(contentsOf: checkpoint).refusal, "finite weights load")
+        let out = temporaryFile()
+        let o = ExtractOptions(checkpoint: checkpoint, data: fixture("imagefolder"), out: out)
+        XCTAssertThrowsError(try runExtract(o)) { error in
+            XCTAssertTrue(error is NonFiniteError, "\(error)")
+            XCTAssertTrue("\(error)".contains("imagefolder/alpha/img0.png: its features hold 64 NaN values (of 64), first " +
+                                              "non-finite at the output of blocks.1; refusing to evaluate a broken model."), "\(error)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out.path))
+    }
+
+    /// `visualize` with a decoder that overflows stops naming the image, instead of drawing blanks.
+    func testVisualizeStopsOnNonFiniteReconstruction() throws {
+        let checkpoint = try overflowing(fixtureURL("mae_tiny.safetensors"), ["decoder_embed.bias", "decoder_blocks.0.attn.proj.bias"])
+        var o = VisualizeOptions(out: temporaryFile().deletingPathExtension().appendingPathExtension("png"))
+        o.checkpoint = checkpoint
+        o.data = fixture("imagefolder")
+        o.count = 2
+        XCTAssertThrowsError(try runVisualize(o)) { error in
+            XCTAssertTrue(error is NonFiniteError, "\(error)")
+            XCTAssertTrue("\(error)".contains("imagefolder/alpha/img0.png: its reconstruction hold"), "\(error)")
+            XCTAssertTrue("\(error)".contains("first non-finite at the decoder (the encoder's output is finite)"), "\(error)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: o.out.path))
+    }
 }
