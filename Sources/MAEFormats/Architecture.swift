@@ -123,7 +123,8 @@ public func inferArchitecture(shapes w: [String: [Int]], metadata: [String: Stri
                                   predDim: w["decoder_pred.weight"]?.first ?? patch[1] * patch[2] * patch[2],
                                   numHeads: nil)
     }
-    let pooling = config?["pooling"]?.stringValue.flatMap(Pooling.init(rawValue:))
+    // An MAE pretraining model (with a decoder) pools the cls token after `norm`.
+    let pooling = decoder != nil ? .cls : config?["pooling"]?.stringValue.flatMap(Pooling.init(rawValue:))
         ?? (w["fc_norm.weight"] != nil ? .avg : .cls)
     var arch = InferredArchitecture(
         embedDim: dim, depth: depth, patchSize: patch[2], inChans: patch[1], gridSize: grid,
@@ -169,7 +170,7 @@ private func firstInt(_ json: JSONValue, _ keys: [String]) -> Int? {
 
 /// The canonical parameter names and shapes of `arch` (decoder included when it has one), in MAE's
 /// order: exactly the parameters `VisionTransformer` builds for the matching config (cls_token and
-/// pos_embed always; `norm` for cls pooling or with a decoder, else `fc_norm`).
+/// pos_embed always; `norm` for cls pooling, which a model with a decoder has, else `fc_norm`).
 public func canonicalParameterShapes(_ arch: InferredArchitecture) -> [(name: String, shape: [Int])] {
     let d = arch.embedDim, p = arch.patchSize
     var out: [(String, [Int])] = []
@@ -187,7 +188,7 @@ public func canonicalParameterShapes(_ arch: InferredArchitecture) -> [(name: St
     out.append(("pos_embed", [1, arch.numPrefixTokens + patches, d]))
     out += [("patch_embed.proj.weight", [d, arch.inChans, p, p]), ("patch_embed.proj.bias", [d])]
     for i in 0..<arch.depth { block("blocks.\(i).", d, arch.mlpHidden) }
-    let norm = arch.pooling == .cls || arch.decoder != nil ? "norm" : "fc_norm"
+    let norm = arch.pooling == .cls ? "norm" : "fc_norm"
     out += [("\(norm).weight", [d]), ("\(norm).bias", [d])]
     if arch.numClasses > 0 { out += [("head.weight", [arch.numClasses, d]), ("head.bias", [arch.numClasses])] }
     if let dec = arch.decoder {

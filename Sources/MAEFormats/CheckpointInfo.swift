@@ -36,8 +36,9 @@ public struct CheckpointInfo {
         decoderParameters = parameterCount(weights.filter { used.contains($0.key) && isDecoderWeight($0.key) })
         unusedParameters = parameterCount(weights.filter { !used.contains($0.key) })
         // Checkpoint order, so the first bad tensor named is the first one in the file.
-        let storedName = Dictionary(uniqueKeysWithValues: canonicalize(Dictionary(uniqueKeysWithValues:
-            file.order.map { ($0, $0) })).weights.map { ($0.value, $0.key) })
+        let rawNames = Dictionary(file.order.map { ($0, $0) }, uniquingKeysWith: { first, _ in first })
+        let storedName = Dictionary(canonicalize(rawNames).weights.map { ($0.value, $0.key) },
+                                    uniquingKeysWith: { first, _ in first })
         for raw in file.order {
             guard let name = storedName[raw], used.contains(name), let t = weights[name], t.dtype.isFloatingPoint,
                   let found = t.nonFiniteCount else { continue }

@@ -89,7 +89,8 @@ public func loadVisionTransformer(from url: URL, options: LoadOptions = LoadOpti
     let model = try VisionTransformer(config: config)
     for spec in model.params.specs {
         guard let stored = weights[spec.name] else {
-            preconditionFailure("\(spec.name) passed the load check but is not in \(source)")
+            // Unreachable when the model matches the checked architecture; refused rather than left random.
+            throw FormatError(source, "refusing to load: the model needs \(spec.name), which is not in the checkpoint")
         }
         var values = stored.floats, shape = stored.shape
         if spec.name == "pos_embed" || spec.name == "decoder_pos_embed", shape != spec.shape {
