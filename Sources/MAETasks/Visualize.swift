@@ -66,7 +66,7 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
             guard NonFiniteCount(UnsafeBufferPointer(start: latent + row * t, count: t)) != nil else { return nil }
             return model.firstNonFiniteStage(images: x.baseAddress!, batch: n, row: row)
         }
-        throw NonFiniteError.image(folder.samples[picks[row]].url.path, "reconstruction",
+        throw NonFiniteError.image(folder.samples[picks[row]].url.path, "reconstructed pixels",
                                    NonFiniteCount(Array(pred[(row * l * pd)..<((row + 1) * l * pd)]))!, of: l * pd,
                                    stage: encoderStage ?? "the decoder (the encoder's output is finite)")
     }

@@ -138,7 +138,7 @@ final class DeiTAndNonFiniteFeatureTests: XCTestCase {
         o.count = 2
         XCTAssertThrowsError(try runVisualize(o)) { error in
             XCTAssertTrue(error is NonFiniteError, "\(error)")
-            XCTAssertTrue("\(error)".contains("imagefolder/alpha/img0.png: its reconstruction hold"), "\(error)")
+            XCTAssertTrue("\(error)".contains("imagefolder/alpha/img0.png: its reconstructed pixels hold"), "\(error)")
             XCTAssertTrue("\(error)".contains("first non-finite at the decoder (the encoder's output is finite)"), "\(error)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: o.out.path))
