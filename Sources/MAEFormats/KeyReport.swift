@@ -28,11 +28,11 @@ public struct KeyReport: Sendable {
     /// True when every expected weight is present with its shape.
     public var isComplete: Bool { missing.isEmpty && misShaped.isEmpty }
 
-    /// Plain-language lines, e.g. "2 weights missing (left at their initial values): head.weight, head.bias".
+    /// Plain-language lines, e.g. "2 missing: head.weight, head.bias" (whether a load refuses them is `refusal`).
     public var lines: [String] {
         var out = ["\(matched.count) weights matched"]
         if !missing.isEmpty {
-            out.append("\(missing.count) missing (left at their initial values): \(list(missing))")
+            out.append("\(missing.count) missing: \(list(missing))")
         }
         if !misShaped.isEmpty {
             out.append("\(misShaped.count) with the wrong shape: " +

@@ -13,8 +13,8 @@ public struct NonFiniteError: Error, LocalizedError, CustomStringConvertible, Se
     public var description: String { message.hasSuffix(".") ? message : message + "." }
     public var errorDescription: String? { description }
 
-    /// The error for image `path` whose output `values` (`what`, e.g. "features") hold `found`,
-    /// with the stage of `model` where its forward first went non-finite.
+    /// The error for image `path` whose `what` (a plural: "features", "reconstructed pixels") hold
+    /// `found` of their `total` values; `stage` is where its forward first went non-finite.
     public static func image(_ path: String, _ what: String, _ found: NonFiniteCount, of total: Int,
                              stage: String) -> NonFiniteError {
         NonFiniteError("\(path): its \(what) hold \(found.phrase) (of \(total)), first non-finite at \(stage); " +

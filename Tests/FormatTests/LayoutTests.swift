@@ -124,7 +124,7 @@ final class LayoutTests: XCTestCase {
         let report = KeyReport(expected: canonicalParameterShapes(arch), providedShapes: shapes)
         XCTAssertEqual(report.missing, ["blocks.11.mlp.fc2.bias", "head.weight"])
         XCTAssertEqual(report.misShaped.map(\.name), ["blocks.3.attn.qkv.weight"])
-        XCTAssertEqual(report.lines[1], "2 missing (left at their initial values): blocks.11.mlp.fc2.bias, head.weight")
+        XCTAssertEqual(report.lines[1], "2 missing: blocks.11.mlp.fc2.bias, head.weight")
         XCTAssertEqual(report.lines[2], "1 with the wrong shape: blocks.3.attn.qkv.weight is [576, 190], expected [576, 192]")
         XCTAssertEqual(report.refusal(), "refusing to load: 1 backbone weight is missing (blocks.11.mlp.fc2.bias) and " +
                        "1 backbone weight has the wrong shape (blocks.3.attn.qkv.weight is [576, 190], expected [576, 192]), " +
