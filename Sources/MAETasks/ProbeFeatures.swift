@@ -132,8 +132,10 @@ public struct FeatureCache: Sendable {
     /// Cached features, or computed and stored. `hit` says which.
     public func features(key: String, compute: () throws -> FeatureSet) throws -> (set: FeatureSet, hit: Bool) {
         let url = folder.appendingPathComponent(key + ".safetensors")
+        // A cached file with non-finite features (written before they were checked) is a miss: the
+        // recomputation names the image.
         if let file = try? SafeTensors.read(contentsOf: url), let f = file.tensors["features"], let l = file.tensors["labels"],
-           f.shape.count == 2, f.dtype == .f32, let json = file.metadata["classes"],
+           f.shape.count == 2, f.dtype == .f32, f.nonFiniteCount == nil, let json = file.metadata["classes"],
            let classes = try? JSONDecoder().decode([String].self, from: Data(json.utf8)) {
             return (FeatureSet(features: f.floats, labels: l.int64s.map { Int($0) }, width: f.shape[1], classes: classes), true)
         }

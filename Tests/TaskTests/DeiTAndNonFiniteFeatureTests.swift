@@ -3,7 +3,7 @@ import MAEData
 import MAEFormats
 import MAEKernels
 import MAEModels
-import MAETasks
+@testable import MAETasks
 import TestSupport
 
 /// DeiT distilled against timm (Fixtures/deit from scripts/make_deit_fixtures.py), and the check
@@ -142,5 +142,22 @@ final class DeiTAndNonFiniteFeatureTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("first non-finite at the decoder (the encoder's output is finite)"), "\(error)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: o.out.path))
+    }
+
+    /// A cached feature file holding NaN (written before features were checked) is not reused.
+    func testCachedNonFiniteFeaturesAreAMiss() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("cache-\(UUID())")
+        addTeardownBlock { try? FileManager.default.removeItem(at: folder) }
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let meta = ["classes": #"["a","b"]"#]
+        try SafeTensors(tensors: [("features", StoredTensor(shape: [2, 2], floats: [1, .nan, 0, 1])),
+                                  ("labels", StoredTensor(shape: [2], int64s: [0, 1]))], metadata: meta)
+            .write(to: folder.appendingPathComponent("k.safetensors"))
+        let cache = FeatureCache(folder: folder)
+        let fresh = FeatureSet(features: [1, 2, 3, 4], labels: [0, 1], width: 2, classes: ["a", "b"])
+        let first = try cache.features(key: "k") { fresh }
+        XCTAssertFalse(first.hit)
+        XCTAssertEqual(first.set.features, [1, 2, 3, 4])
+        XCTAssertTrue(try cache.features(key: "k") { XCTFail("the finite file is reused"); return fresh }.hit)
     }
 }
