@@ -93,6 +93,17 @@ final class HostileCheckpointTests: XCTestCase {
                           "leave the backbone partly random")
     }
 
+    /// Shapes are printed as they are: a pos_embed that fits no square grid is named with its real shape.
+    func testPositionEmbeddingOfNoSquareGridIsNamedWithItsRealShape() throws {
+        let url = try hostile(maeShapes) { tensors in
+            let i = tensors.firstIndex { $0.0 == "pos_embed" }!
+            tensors[i].1 = StoredTensor(shape: [1, 60, 128], floats: Array(tensors[i].1.floats.prefix(60 * 128)))
+        }
+        let reason = "pos_embed has shape [1, 60, 128], not [1, 1 + G*G, D] for a square grid of G*G patches"
+        XCTAssertThrowsError(try CheckpointInfo(contentsOf: url)) { XCTAssertEqual("\($0)", "\(url.path): \(reason).") }
+        XCTAssertThrowsError(try loadVisionTransformer(from: url)) { XCTAssertEqual("\($0)", "\(url.path): \(reason).") }
+    }
+
     func testDecoderAndHeadAreNeededOnlyWhenKept() throws {
         let url = try dropping(maeShapes) { $0.hasPrefix("decoder_blocks.1.") }
         let backbone = try loadVisionTransformer(from: url)
