@@ -40,6 +40,10 @@ public struct BenchResult: Codable, Sendable {
     public var iters: Int
     public var seconds_per_iter: Double
     public var mask_ratio: Double?
+    /// Arithmetic of the matrix products: "fp32" (the only one so far).
+    public var precision = "fp32"
+    /// The matrix library, its version and the kernel it runs on this CPU.
+    public var blas = BLASInfo.current
     /// With --profile: share of the time per kernel family (gemm outside attention, attention, ...).
     public var time_share: [String: Double]?
 }
