@@ -24,6 +24,8 @@ public struct ExtractOptions: Sendable {
     public var cropRatio: Double = 0.875
     public var heads: Int?
     public var batchSize = 64
+    /// Compute threads (`--threads`); nil: every core.
+    public var threads: Int?
 
     public init(checkpoint: URL, data: URL, out: URL) {
         self.checkpoint = checkpoint; self.data = data; self.out = out
@@ -35,6 +37,7 @@ public struct ExtractOptions: Sendable {
 /// Returns the checkpoint's load notes.
 @discardableResult
 public func runExtract(_ o: ExtractOptions) throws -> [String] {
+    let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard (0.05...1).contains(o.cropRatio) else { throw TaskError.badArgument("--crop-ratio must be in (0, 1]") }
     guard o.batchSize > 0 else { throw TaskError.badArgument("--batch-size must be positive") }
     let loaded = try loadVisionTransformer(from: o.checkpoint, options: LoadOptions(heads: o.heads, imgSize: o.imgSize))

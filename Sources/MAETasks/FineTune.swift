@@ -84,6 +84,7 @@ func classifierScore(_ model: VisionTransformer, loader: DataLoader) throws -> H
 
 /// Fine-tunes every backbone for every seed; returns the run folders.
 public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
+    let threads = try ComputeThreads(o.common.threads); defer { threads.restore() }
     let spec = try o.common.taskSpec(default: "shapes-finetune")
     guard spec.evaluation == .finetune else {
         throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a finetune task")

@@ -20,6 +20,7 @@ public struct LinearProbeOptions: Sendable {
 
 /// Runs the linear probe of every backbone and seed; returns the run folders.
 public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
+    let threads = try ComputeThreads(o.common.threads); defer { threads.restore() }
     var spec = try o.common.taskSpec(default: "shapes-linprobe")
     guard spec.evaluation == .linprobe else {
         throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a linprobe task")

@@ -97,7 +97,8 @@ public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folde
 /// checkpoint misses the cache.
 public struct FeatureCache: Sendable {
     public var folder: URL
-    public static let standard = FeatureCache(folder: URL(fileURLWithPath: ".mae-eval/cache/features"))
+    /// The installation's cache (`<home>/.mae-eval/cache/features`, or under `MAE_EVAL_CACHE`).
+    public static let standard = FeatureCache(folder: Installation.current.featureCache)
 
     public init(folder: URL) { self.folder = folder }
 

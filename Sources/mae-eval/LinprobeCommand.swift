@@ -23,6 +23,7 @@ struct Linprobe: ParsableCommand {
             """)
 
     @OptionGroup var flags: TransferFlags
+    @OptionGroup var compute: ModelRunFlags
     @Option(help: "cached | augmented (default: the task's).")
     var mode: String?
     @Option(help: "cls | avg (default: the task's). A global-pool checkpoint without a final norm always gives avg + fc_norm.")
@@ -33,6 +34,7 @@ struct Linprobe: ParsableCommand {
     func run() throws {
         var o = LinearProbeOptions()
         o.common = try flags.options()
+        compute.apply(to: &o.common)
         o.mode = mode
         o.pooling = try parsePooling(pool)
         o.lastBlocks = lastBlocks
