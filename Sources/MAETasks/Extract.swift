@@ -26,6 +26,8 @@ public struct ExtractOptions: Sendable {
     public var batchSize = 64
     /// Compute threads (`--threads`); nil: every core.
     public var threads: Int?
+    /// A progress line on standard error.
+    public var progress = true
 
     public init(checkpoint: URL, data: URL, out: URL) {
         self.checkpoint = checkpoint; self.data = data; self.out = out
@@ -47,7 +49,9 @@ public func runExtract(_ o: ExtractOptions) throws -> [String] {
     feature.pooling = o.pooling
     let set = try probeFeatures(model: loaded.model, feature: feature, folder: folder,
                                 transform: .eval(size: loaded.model.config.imgSize, cropRatio: o.cropRatio),
-                                batchSize: o.batchSize)
+                                batchSize: o.batchSize) { [progress = ProgressLine(enabled: o.progress)] done in
+        progress.update("extracting", done: done, total: folder.count, unit: "images")
+    }
     let meta = ["checkpoint": o.checkpoint.path, "data": o.data.path, "pool": o.pooling.rawValue,
                 "img_size": "\(loaded.model.config.imgSize)", "crop_ratio": "\(o.cropRatio)",
                 "classes": String(decoding: try JSONEncoder().encode(set.classes), as: UTF8.self)]

@@ -71,10 +71,11 @@ public struct ProbeFeature: Sendable, Equatable {
     }
 }
 
-/// Features of every image of `folder` through `transform` (one pass, dataset order).
+/// Features of every image of `folder` through `transform` (one pass, dataset order);
+/// `progress(imagesDone)` after each batch.
 public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folder: ImageFolder,
                           transform: MAETransform, batchSize: Int = 64, seed: UInt64 = 0, epoch: Int = 0,
-                          workers: Int = 2) throws -> FeatureSet {
+                          workers: Int = 2, progress: ((Int) -> Void)? = nil) throws -> FeatureSet {
     guard folder.count > 0 else { throw DataError(folder.root, "has no images") }
     let w = feature.width(model)
     let loader = DataLoader(source: folder, transform: transform, batchSize: batchSize, seed: seed,
@@ -82,12 +83,15 @@ public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folde
     var features = [Float](repeating: 0, count: folder.count * w)
     var labels = [Int](repeating: 0, count: folder.count)
     let it = loader.epoch(epoch)
+    var done = 0
     while let batch = try it.next() {
         let f = batch.images.withUnsafeBufferPointer { feature.compute(model, images: $0.baseAddress!, batch: batch.count) }
         for (row, index) in batch.indices.enumerated() {
             for i in 0..<w { features[index * w + i] = f[row * w + i] }
             labels[index] = batch.labels[row]
         }
+        done += batch.count
+        progress?(done)
     }
     return FeatureSet(features: features, labels: labels, width: w, classes: folder.classes)
 }
