@@ -12,15 +12,15 @@ struct Bench: ParsableCommand {
 
     @Option(help: "Model preset: vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, vit_huge_patch14, vit_shapes_patch4 (or ViT-B/16, base, ...).")
     var model = "vit_base_patch16"
-    @Option(help: "Input size in pixels; must be divisible by the patch size.")
+    @Option(parsing: .unconditional, help: "Input size in pixels; must be divisible by the patch size.")
     var imgSize = 224
-    @Option(help: "Images per step.")
+    @Option(parsing: .unconditional, help: "Images per step.")
     var batchSize = 8
     @Option(help: "forward | train | pretrain.")
     var mode: String = "forward"
-    @Option(help: "Fraction of patches removed in pretrain mode.")
+    @Option(parsing: .unconditional, help: "Fraction of patches removed in pretrain mode.")
     var maskRatio = 0.75
-    @Option(help: "Timed iterations (after one warm-up).")
+    @Option(parsing: .unconditional, help: "Timed iterations (after one warm-up).")
     var iters = 5
     @Flag(help: "Also report the share of time per kernel family.")
     var profile = false

@@ -14,9 +14,9 @@ struct KNN: ParsableCommand {
 
     @OptionGroup var flags: TransferFlags
     @OptionGroup var compute: ModelRunFlags
-    @Option(help: "Neighbours (default: the task's, 20).")
+    @Option(parsing: .unconditional, help: "Neighbours (default: the task's, 20).")
     var k: Int?
-    @Option(help: "Temperature T of the vote weights exp(sim / T) (default: the task's, 0.07).")
+    @Option(parsing: .unconditional, help: "Temperature T of the vote weights exp(sim / T) (default: the task's, 0.07).")
     var temperature: Float?
     @Option(help: "cls | avg (default: the task's).")
     var pool: String?

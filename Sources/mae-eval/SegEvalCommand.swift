@@ -21,10 +21,10 @@ struct SegEvalCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Folder of predicted label maps with the same file names.", valueName: "DIR"))
     var pred: String
 
-    @Option(name: .customLong("num-classes"), help: "Number of classes (labels 0..<N are scored).")
+    @Option(name: .customLong("num-classes"), parsing: .unconditional, help: "Number of classes (labels 0..<N are scored).")
     var numClasses: Int
 
-    @Option(name: .customLong("ignore-index"), help: "Ground-truth label of unlabelled pixels.")
+    @Option(name: .customLong("ignore-index"), parsing: .unconditional, help: "Ground-truth label of unlabelled pixels.")
     var ignoreIndex: Int32 = 255
 
     @Flag(name: .customLong("reduce-zero-label"),
@@ -39,7 +39,7 @@ struct SegEvalCommand: ParsableCommand {
     }
 
     func run() throws {
-        do {
+        try runCLI {
             let (result, images) = try SegmentationMetrics.evaluateDirectories(
                 groundTruth: URL(fileURLWithPath: gt), predictions: URL(fileURLWithPath: pred),
                 numClasses: numClasses, ignoreIndex: ignoreIndex, reduceZeroLabel: reduceZeroLabel,
@@ -47,9 +47,6 @@ struct SegEvalCommand: ParsableCommand {
             print("\(images) label maps")
             print(result.tableLines().joined(separator: "\n"))
             if let out { try writeOutputFile(result.jsonValue().serialized(), to: out) }
-        } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            throw ExitCode.failure
         }
     }
 }
