@@ -25,7 +25,7 @@ public struct Installation: Sendable, Equatable {
     /// Resolves the home from `environment`, the executable's real path and the current folder.
     public init(environment: [String: String], executable: URL?, currentDirectory: URL) {
         if let path = environment["MAE_EVAL_HOME"], !path.isEmpty {
-            home = URL(fileURLWithPath: path, relativeTo: currentDirectory).standardizedFileURL
+            home = Installation.resolve(path, from: currentDirectory)
             foundBy = "MAE_EVAL_HOME"
         } else if let found = executable.flatMap(Installation.shippedFolder(above:)) {
             home = found
@@ -35,10 +35,15 @@ public struct Installation: Sendable, Equatable {
             foundBy = "the current folder"
         }
         if let path = environment["MAE_EVAL_CACHE"], !path.isEmpty {
-            cache = URL(fileURLWithPath: path, relativeTo: currentDirectory).standardizedFileURL
+            cache = Installation.resolve(path, from: currentDirectory)
         } else {
             cache = home.appendingPathComponent(".mae-eval/cache")
         }
+    }
+
+    /// A path from the environment: absolute, or relative to the current folder.
+    static func resolve(_ path: String, from folder: URL) -> URL {
+        (path.hasPrefix("/") ? URL(fileURLWithPath: path) : folder.appendingPathComponent(path)).standardizedFileURL
     }
 
     /// The first folder above `file` that holds both `Tasks/` and `Checkpoints/`.

@@ -14,13 +14,17 @@ public final class ProgressLine {
     private var lastDraw = 0.0
     private var width = 0
     private let start = Date()
+    private let sink: (String) -> Void
 
     /// `enabled` false silences it entirely (tests). A count of work needs no epochs or steps.
-    public init(epochs: Int = 1, stepsPerEpoch: Int = 1, enabled: Bool = true, interactive: Bool? = nil) {
+    /// `sink` receives the text instead of standard error (tests).
+    public init(epochs: Int = 1, stepsPerEpoch: Int = 1, enabled: Bool = true, interactive: Bool? = nil,
+                sink: ((String) -> Void)? = nil) {
         self.epochs = epochs
         self.stepsPerEpoch = stepsPerEpoch
         self.enabled = enabled
         self.interactive = interactive ?? (isatty(STDERR_FILENO) != 0)
+        self.sink = sink ?? { FileHandle.standardError.write(Data($0.utf8)) }
     }
 
     /// After step `step` (from 1) of `epoch` (from 1): `loss` is the epoch's running mean,
@@ -105,7 +109,7 @@ public final class ProgressLine {
         return "\(s)s"
     }
 
-    private func write(_ s: String) { FileHandle.standardError.write(Data(s.utf8)) }
+    private func write(_ s: String) { sink(s) }
 }
 
 extension String {
