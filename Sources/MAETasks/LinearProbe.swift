@@ -201,7 +201,7 @@ public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeS
         grid.train(fitNorm.apply(fitX), labels: part.fit.map { train.labels[$0] }, epochs: g.epochs, batchSize: g.batchSize,
                    warmupEpochs: g.warmupEpochs, seed: seed) { epoch, loss in
             progress?.update("linear probe", done: fold * g.epochs + epoch, total: totalEpochs, unit: "epochs",
-                             detail: "fold \(fold + 1)/\(parts.count), \(points.count) heads, best loss " +
+                             detail: "fold \(fold + 1)/\(parts.count), \(points.count) heads, lowest train loss " +
                                 String(format: "%.4f", loss.filter(\.isFinite).min() ?? .nan))
         }
         let s = grid.evaluate(fitNorm.apply(heldX), labels: part.held.map { train.labels[$0] })

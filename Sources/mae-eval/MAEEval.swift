@@ -63,12 +63,13 @@ struct MAEEval: ParsableCommand {
     static func unknownSubcommand(in arguments: [String]) -> String? {
         var command: ParsableCommand.Type = MAEEval.self
         var path = ["mae-eval"]
-        for word in arguments {
+        for (i, word) in arguments.enumerated() {
+            // `mae-eval help linprobe`: the same tree follows; `mae-eval data help` is ArgumentParser's.
+            if word == "help" { if i == 0 { continue } else { return nil } }
             let subcommands = command.configuration.subcommands
             guard !subcommands.isEmpty, !word.hasPrefix("-") else { return nil }
             let names = subcommands.map { $0._commandName }
             guard let next = subcommands.first(where: { $0._commandName == word }) else {
-                if word == "help" { return nil }
                 return "'\(word)' is not a \(path.joined(separator: " ")) command; the commands are " +
                     names.joined(separator: ", ") + "."
             }

@@ -93,6 +93,8 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(status, 1)
         for name in ["linprobe", "knn", "finetune", "extract", "info", "data"] { XCTAssertTrue(err.contains(name), err) }
         try assertOneSentenceFailure(["data", "frob"], mentions: "'frob' is not a mae-eval data command; the commands are shapes, loader-bench.")
+        try assertOneSentenceFailure(["help", "frobnicate"], mentions: "'frobnicate' is not a mae-eval command")
+        XCTAssertEqual(try run(["help", "knn"]).0, 0)
         let (bare, out, _) = try run([])
         XCTAssertEqual(bare, 0, "no arguments still prints the help")
         XCTAssertTrue(out.contains("USAGE"), out)
