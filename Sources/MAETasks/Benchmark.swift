@@ -21,6 +21,8 @@ public struct BenchOptions: Sendable {
     public var iters: Int = 5
     public var warmup: Int = 1
     public var profile = false
+    /// Compute threads (`--threads`); nil: every core.
+    public var threads: Int?
 
     public init(model: String, imgSize: Int, batchSize: Int, mode: BenchMode, maskRatio: Double = 0.75,
                 iters: Int = 5, warmup: Int = 1, profile: Bool = false) {
@@ -50,6 +52,7 @@ public struct BenchResult: Codable, Sendable {
 
 /// Times `iters` steps (after `warmup` untimed ones) of the chosen mode on random weights and inputs.
 public func runBenchmark(_ o: BenchOptions) throws -> BenchResult {
+    let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard let preset = ModelPreset(name: o.model) else { throw ModelError.unknownPreset(o.model) }
     guard o.batchSize > 0, o.iters > 0 else { throw TaskError.badArgument("--batch-size and --iters must be positive") }
     guard (0..<1).contains(o.maskRatio) else { throw TaskError.badArgument("--mask-ratio must be in [0, 1)") }

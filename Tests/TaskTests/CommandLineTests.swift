@@ -74,10 +74,11 @@ final class CommandLineTests: XCTestCase {
 
     func testBenchPrintsOneJSONLine() throws {
         let (status, out, _) = try run(["bench", "--model", "vit_shapes_patch4", "--img-size", "32", "--batch-size", "2",
-                                        "--mode", "pretrain", "--iters", "1"])
+                                        "--mode", "pretrain", "--iters", "1", "--threads", "1"])
         XCTAssertEqual(status, 0)
         let json = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
         for key in ["img_per_s", "model", "mode", "batch_size", "threads"] { XCTAssertNotNil(json?[key], key) }
+        XCTAssertEqual(json?["threads"] as? Int, 1)
         XCTAssertEqual(json?["precision"] as? String, "fp32")
         let blas = json?["blas"] as? [String: String]
         XCTAssertEqual(blas?["library"], "OpenBLAS")
