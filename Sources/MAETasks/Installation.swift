@@ -11,7 +11,7 @@ import Foundation
 public struct Installation: Sendable, Equatable {
     /// The folder holding `Tasks/` and `Checkpoints/`.
     public var home: URL
-    /// How the home was found, for messages: "MAE_EVAL_HOME", "the executable's folder" or "the current folder".
+    /// How the home was found, for messages: "MAE_EVAL_HOME", "walking up from the executable" or "falling back to the current folder".
     public var foundBy: String
     /// The feature cache's root (`features/` lies inside it).
     public var cache: URL
@@ -29,10 +29,10 @@ public struct Installation: Sendable, Equatable {
             foundBy = "MAE_EVAL_HOME"
         } else if let found = executable.flatMap(Installation.shippedFolder(above:)) {
             home = found
-            foundBy = "the executable's folder"
+            foundBy = "walking up from the executable"
         } else {
             home = currentDirectory.standardizedFileURL
-            foundBy = "the current folder"
+            foundBy = "falling back to the current folder"
         }
         if let path = environment["MAE_EVAL_CACHE"], !path.isEmpty {
             cache = Installation.resolve(path, from: currentDirectory)
@@ -73,8 +73,8 @@ public struct Installation: Sendable, Equatable {
     /// Cached eval-transform features of the probes and kNN.
     public var featureCache: URL { cache.appendingPathComponent("features") }
 
-    /// "<home> (found by ...)": what messages about missing shipped files say.
-    public var described: String { "\(home.path) (found by \(foundBy); set MAE_EVAL_HOME to choose another)" }
+    /// What messages about missing shipped files say: "the installation home is <home>, found by ...".
+    public var described: String { "the installation home is \(home.path), found by \(foundBy)" }
 }
 
 /// The shipped MAE checkpoint (`<home>/Checkpoints/mae_shapes.safetensors`).

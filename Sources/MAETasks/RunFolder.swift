@@ -65,7 +65,7 @@ extension TransferOptions {
         for b in list where !FileManager.default.fileExists(atPath: b.url.path) {
             let shipped = b.url == defaultMAECheckpoint || b.url == defaultSupervisedCheckpoint
             throw TaskError.badArgument("\(b.url.path): no such checkpoint" + (shipped
-                ? " (the shipped checkpoints live in Checkpoints/ of \(Installation.current.described); or pass --checkpoint)" : ""))
+                ? " (\(Installation.current.described); set MAE_EVAL_HOME to the folder holding Checkpoints/, or pass --checkpoint)" : ""))
         }
         return list
     }

@@ -33,7 +33,7 @@ final class InstallationTests: XCTestCase {
         XCTAssertEqual(found.checkpoints.path, repo.appendingPathComponent("Checkpoints").path)
         XCTAssertEqual(found.shapesData.path, repo.appendingPathComponent(".mae-eval/data/shapes").path)
         XCTAssertEqual(found.featureCache.path, repo.appendingPathComponent(".mae-eval/cache/features").path)
-        XCTAssertEqual(found.foundBy, "the executable's folder")
+        XCTAssertEqual(found.foundBy, "walking up from the executable")
     }
 
     func testAFolderWithOnlyTasksIsNotTheHome() throws {
@@ -63,7 +63,7 @@ final class InstallationTests: XCTestCase {
         let found = Installation(environment: ["MAE_EVAL_HOME": ""], executable: root.appendingPathComponent("bin/mae-eval"),
                                  currentDirectory: root)
         XCTAssertEqual(found.home.path, root.path)
-        XCTAssertEqual(found.foundBy, "the current folder")
+        XCTAssertEqual(found.foundBy, "falling back to the current folder")
         XCTAssertEqual(Installation(environment: [:], executable: nil, currentDirectory: root).home.path, root.path)
     }
 
