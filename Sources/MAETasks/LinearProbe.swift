@@ -263,8 +263,11 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     let valKey = o.cache.key(checkpointHash: backbone.hash, data: data.val, imgSize: spec.dataset.imgSize,
                              cropRatio: spec.dataset.cropRatio, feature: feature)
     let val = try o.cache.features(key: valKey) {
-        try probeFeatures(model: model, feature: feature, folder: data.val,
-                          transform: .eval(size: spec.dataset.imgSize, cropRatio: spec.dataset.cropRatio))
+        let progress = ProgressLine(enabled: verbose)
+        return try probeFeatures(model: model, feature: feature, folder: data.val,
+                                 transform: .eval(size: spec.dataset.imgSize, cropRatio: spec.dataset.cropRatio)) {
+            progress.update("extracting", done: $0, total: data.val.count, unit: "images")
+        }
     }.set
     let extractSeconds = elapsed(since: valStart)
 
@@ -306,6 +309,7 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
 
     var log: [TransferEpoch] = []
     let trainStart = Date()
+    let progress = ProgressLine(epochs: a.epochs, stepsPerEpoch: steps, enabled: verbose)
     for epoch in 0..<a.epochs {
         let epochStart = Date()
         var lossSum: Double = 0, seen = 0, step = 0
@@ -330,14 +334,17 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
             }
             lars.step(head, lr: schedule.lr(atEpoch: Double(epoch) + Double(step) / Double(steps)))
             seen += b; step += 1
+            let done = Double(epoch * steps + step)
+            progress.update(epoch: epoch + 1, step: step, loss: lossSum / Double(seen), imagesPerSecond: Double(seen) / elapsed(since: epochStart),
+                            secondsLeft: elapsed(since: trainStart) / done * (Double(a.epochs * steps) - done))
         }
         let score = evaluate(val.features, labels: val.labels, bn: &bn)
         let entry = TransferEpoch(epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)),
                                   lr: Double(schedule.lr(atEpoch: Double(epoch + 1))), valTop1: score.top1,
                                   seconds: elapsed(since: epochStart))
         log.append(entry)
-        say("\(backbone.stem) epoch \(epoch + 1)/\(a.epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
-            "val top-1 \(String(format: "%.2f", score.top1))%, \(String(format: "%.1f", entry.seconds)) s", verbose)
+        progress.note("\(backbone.stem) epoch \(epoch + 1)/\(a.epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
+                      "val top-1 \(String(format: "%.2f", score.top1))%, \(String(format: "%.1f", entry.seconds)) s")
     }
     let final = evaluate(val.features, labels: val.labels, bn: &bn)
     guard parameterFingerprint(model) == before else {
