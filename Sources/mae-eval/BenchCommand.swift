@@ -12,17 +12,17 @@ struct Bench: ParsableCommand {
 
     @Option(help: "Model preset: vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, vit_huge_patch14, vit_shapes_patch4 (or ViT-B/16, base, ...).")
     var model = "vit_base_patch16"
-    @Option(parsing: .unconditional, help: "Input size in pixels; must be divisible by the patch size.")
+    @Option(help: "Input size in pixels; must be divisible by the patch size.")
     var imgSize = 224
-    @Option(parsing: .unconditional, help: "Images per step.")
+    @Option(help: "Images per step.")
     var batchSize = 8
     @Option(help: "forward | train | pretrain.")
     var mode: String = "forward"
-    @Option(parsing: .unconditional, help: "Fraction of patches removed in pretrain mode.")
+    @Option(help: "Fraction of patches removed in pretrain mode.")
     var maskRatio = 0.75
-    @Option(parsing: .unconditional, help: "Timed iterations (after one warm-up).")
+    @Option(help: "Timed iterations (after one warm-up).")
     var iters = 5
-    @Option(parsing: .unconditional, help: "Compute threads (default: every core; at most 4 per core).")
+    @Option(help: "Compute threads (default: every core; at most 4 per core).")
     var threads: Int?
     @Flag(help: "Also report the share of time per kernel family.")
     var profile = false

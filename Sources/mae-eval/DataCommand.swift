@@ -26,13 +26,13 @@ struct ShapesCommand: ParsableCommand {
     @Option(name: .long, help: "Output folder.")
     var out: String
 
-    @Option(name: .long, parsing: .unconditional, help: "Side of the classification images in pixels, 8...1024.")
+    @Option(name: .long, help: "Side of the classification images in pixels, 8...1024.")
     var size: Int = 32
 
-    @Option(name: .long, parsing: .unconditional, help: "Side of the scene images in pixels, 16...2048 (default: twice --size).")
+    @Option(name: .long, help: "Side of the scene images in pixels, 16...2048 (default: twice --size).")
     var sceneSize: Int?
 
-    @Option(name: .long, parsing: .unconditional, help: "Random seed.")
+    @Option(name: .long, help: "Random seed.")
     var seed: UInt64 = 0
 
     @Option(name: .long, parsing: .singleValue,
@@ -77,16 +77,16 @@ struct LoaderBenchCommand: ParsableCommand {
     @Option(name: .long, help: "An ImageFolder dataset.")
     var data: String
 
-    @Option(name: .long, parsing: .unconditional, help: "Output side in pixels.")
+    @Option(name: .long, help: "Output side in pixels.")
     var size: Int = 224
 
     @Option(name: .long, help: "train (RandomResizedCrop + flip) or eval (resize + center crop).")
     var mode: String = "train"
 
-    @Option(name: .long, parsing: .unconditional, help: "Background threads.")
+    @Option(name: .long, help: "Background threads.")
     var workers: Int = 2
 
-    @Option(name: .long, parsing: .unconditional, help: "Images per batch.")
+    @Option(name: .long, help: "Images per batch.")
     var batchSize: Int = 32
 
     func run() throws {

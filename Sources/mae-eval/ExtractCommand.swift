@@ -23,11 +23,11 @@ struct Extract: ParsableCommand {
     @Option(help: "cls | avg.")
     var pool: String = "cls"
     @OptionGroup var compute: ModelRunFlags
-    @Option(parsing: .unconditional, help: "Center-crop ratio of the eval transform.")
+    @Option(help: "Center-crop ratio of the eval transform.")
     var cropRatio = 0.875
-    @Option(parsing: .unconditional, help: "Attention heads, when the checkpoint does not say and matches no preset.")
+    @Option(help: "Attention heads, when the checkpoint does not say and matches no preset.")
     var heads: Int?
-    @Option(parsing: .unconditional, help: "Images per forward pass.")
+    @Option(help: "Images per forward pass.")
     var batchSize = 64
 
     func run() throws {

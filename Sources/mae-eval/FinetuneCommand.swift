@@ -15,9 +15,9 @@ struct Finetune: ParsableCommand {
 
     @OptionGroup var flags: TransferFlags
     @OptionGroup var compute: ModelRunFlags
-    @Option(parsing: .unconditional, help: "Fine-tune only the last N blocks (+ fc_norm + head).")
+    @Option(help: "Fine-tune only the last N blocks (+ fc_norm + head).")
     var blocks: Int?
-    @Option(parsing: .unconditional, help: "Images per step (default: the task's).")
+    @Option(help: "Images per step (default: the task's).")
     var batchSize: Int?
     @Flag(help: "Continue each run folder's checkpoint instead of starting afresh.")
     var resume = false

@@ -14,9 +14,9 @@ struct KNN: ParsableCommand {
 
     @OptionGroup var flags: TransferFlags
     @OptionGroup var compute: ModelRunFlags
-    @Option(parsing: .unconditional, help: "Neighbours (default: the task's, 20).")
+    @Option(help: "Neighbours (default: the task's, 20).")
     var k: Int?
-    @Option(parsing: .unconditional, help: "Temperature T of the vote weights exp(sim / T) (default: the task's, 0.07).")
+    @Option(help: "Temperature T of the vote weights exp(sim / T) (default: the task's, 0.07).")
     var temperature: Float?
     @Option(help: "cls | avg (default: the task's).")
     var pool: String?

@@ -30,7 +30,7 @@ struct Linprobe: ParsableCommand {
     var mode: String?
     @Option(help: "cls | avg (default: the task's). A global-pool checkpoint without a final norm always gives avg + fc_norm.")
     var pool: String?
-    @Option(parsing: .unconditional, help: "Concatenate the pooled features of the last k blocks.")
+    @Option(help: "Concatenate the pooled features of the last k blocks.")
     var lastBlocks: Int?
 
     func run() throws {

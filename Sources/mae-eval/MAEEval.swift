@@ -35,7 +35,7 @@ struct MAEEval: ParsableCommand {
     /// Like ArgumentParser's default, but a bad flag or value gets its one-sentence message on
     /// standard error (no usage dump) and exit status 1; help and version still print in full.
     static func main() {
-        let arguments = Array(CommandLine.arguments.dropFirst())
+        let arguments = joiningNegativeNumbers(Array(CommandLine.arguments.dropFirst()))
         if let problem = unknownSubcommand(in: arguments) {
             FileHandle.standardError.write(Data("error: \(problem)\n".utf8))
             Foundation.exit(1)
@@ -56,6 +56,20 @@ struct MAEEval: ParsableCommand {
             }
             Foundation.exit(code == .validationFailure ? 1 : code.rawValue)
         }
+    }
+
+    /// `--epochs -1` as `--epochs=-1`: ArgumentParser takes a word starting with a dash for an option
+    /// (and says "Missing value"), but reads the `=` form as the value, which is then checked.
+    static func joiningNegativeNumbers(_ arguments: [String]) -> [String] {
+        var out: [String] = []
+        for word in arguments {
+            if word.hasPrefix("-"), Double(word) != nil, let last = out.last, last.hasPrefix("--"), !last.contains("=") {
+                out[out.count - 1] = last + "=" + word
+            } else {
+                out.append(word)
+            }
+        }
+        return out
     }
 
     /// The sentence for a first word that names no subcommand (`mae-eval frobnicate`, `mae-eval data frob`),

@@ -3,11 +3,11 @@ import MAETasks
 
 /// `--img-size` and `--threads`, on every command that runs a model (pretrain has its own `--threads`).
 struct ModelRunFlags: ParsableArguments {
-    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp(
+    @Option(name: .long, help: ArgumentHelp(
         "Model input size in pixels, instead of the task's dataset.img_size (extract, visualize: the checkpoint's); pos_embed is resized bicubically.",
         valueName: "N"))
     var imgSize: Int?
-    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("Compute threads (default: every core; at most 4 per core).", valueName: "N"))
+    @Option(name: .long, help: ArgumentHelp("Compute threads (default: every core; at most 4 per core).", valueName: "N"))
     var threads: Int?
 
     /// Puts both into the transfer options (`linprobe`, `knn`, `finetune`).

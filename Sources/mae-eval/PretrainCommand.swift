@@ -30,35 +30,35 @@ struct Pretrain: ParsableCommand {
     var data: String?
     @Option(help: "Where the Shapes dataset is generated and cached.")
     var shapesDir = defaultShapesRoot.path
-    @Option(parsing: .unconditional, help: "Epochs in the whole run (the schedule's length).")
+    @Option(help: "Epochs in the whole run (the schedule's length).")
     var epochs = 10
-    @Option(parsing: .unconditional, help: "Images per step.")
+    @Option(help: "Images per step.")
     var batchSize = 64
-    @Option(parsing: .unconditional, help: "Absolute learning rate (overrides --blr).")
+    @Option(help: "Absolute learning rate (overrides --blr).")
     var lr: Double?
-    @Option(parsing: .unconditional, help: "Base learning rate; lr = blr x batch size / 256 (default 1.5e-4 mae, 1e-4 supervised).")
+    @Option(help: "Base learning rate; lr = blr x batch size / 256 (default 1.5e-4 mae, 1e-4 supervised).")
     var blr: Double?
-    @Option(parsing: .unconditional, help: "Learning rate at the end of the cosine.")
+    @Option(help: "Learning rate at the end of the cosine.")
     var minLr = 0.0
-    @Option(parsing: .unconditional, help: "Warmup epochs (fractional allowed).")
+    @Option(help: "Warmup epochs (fractional allowed).")
     var warmupEpochs: Double?
-    @Option(parsing: .unconditional, help: "AdamW weight decay (default 0.05 mae, 0.3 supervised).")
+    @Option(help: "AdamW weight decay (default 0.05 mae, 0.3 supervised).")
     var weightDecay: Double?
-    @Option(parsing: .unconditional, help: "Fraction of patches removed (mae).")
+    @Option(help: "Fraction of patches removed (mae).")
     var maskRatio = 0.75
-    @Option(parsing: .unconditional, help: "Smallest crop area fraction of RandomResizedCrop (default 0.2 mae, 0.08 supervised).")
+    @Option(help: "Smallest crop area fraction of RandomResizedCrop (default 0.2 mae, 0.08 supervised).")
     var minCropScale: Double?
-    @Option(parsing: .unconditional, help: "Stochastic depth rate (default 0 mae, 0.1 supervised).")
+    @Option(help: "Stochastic depth rate (default 0 mae, 0.1 supervised).")
     var dropPath: Double?
-    @Option(parsing: .unconditional, help: "Random seed (initialisation, data order, augmentation, masking).")
+    @Option(help: "Random seed (initialisation, data order, augmentation, masking).")
     var seed: UInt64 = 0
     @Option(help: "Run folder.")
     var outDir: String
     @Flag(help: "Continue the run in --out-dir from its last complete epoch.")
     var resume = false
-    @Option(parsing: .unconditional, help: "Compute threads (default: every core; at most 4 per core).")
+    @Option(help: "Compute threads (default: every core; at most 4 per core).")
     var threads: Int?
-    @Option(parsing: .unconditional, help: "Background data-loading threads.")
+    @Option(help: "Background data-loading threads.")
     var workers = 1
 
     func run() throws {

@@ -21,10 +21,10 @@ struct SegEvalCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Folder of predicted label maps with the same file names.", valueName: "DIR"))
     var pred: String
 
-    @Option(name: .customLong("num-classes"), parsing: .unconditional, help: "Number of classes (labels 0..<N are scored).")
+    @Option(name: .customLong("num-classes"), help: "Number of classes (labels 0..<N are scored).")
     var numClasses: Int
 
-    @Option(name: .customLong("ignore-index"), parsing: .unconditional, help: "Ground-truth label of unlabelled pixels.")
+    @Option(name: .customLong("ignore-index"), help: "Ground-truth label of unlabelled pixels.")
     var ignoreIndex: Int32 = 255
 
     @Flag(name: .customLong("reduce-zero-label"),

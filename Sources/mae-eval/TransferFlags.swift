@@ -16,9 +16,9 @@ struct TransferFlags: ParsableArguments {
     var valData: String?
     @Option(name: .long, help: "Task spec: a YAML file or the name of one in the installation's Tasks/.")
     var task: String?
-    @Option(name: .long, parsing: .unconditional, help: "Epochs, instead of the task's.")
+    @Option(name: .long, help: "Epochs, instead of the task's.")
     var epochs: Int?
-    @Option(name: .long, parsing: .unconditional, help: "One seed, instead of the task's.")
+    @Option(name: .long, help: "One seed, instead of the task's.")
     var seed: UInt64?
     @Option(name: .long, help: "Comma-separated seeds (e.g. 0,1,2), instead of the task's.")
     var seeds: String?
@@ -28,7 +28,7 @@ struct TransferFlags: ParsableArguments {
     var report: String?
     @Flag(name: .long, help: "Do not refresh the report.")
     var noReport = false
-    @Option(name: .long, parsing: .unconditional, help: "Attention heads, for checkpoints that do not say and match no preset.")
+    @Option(name: .long, help: "Attention heads, for checkpoints that do not say and match no preset.")
     var heads: Int?
 
     func options() throws -> TransferOptions {

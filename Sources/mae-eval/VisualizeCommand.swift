@@ -18,11 +18,11 @@ struct Visualize: ParsableCommand {
     var data: String?
     @Option(help: "Where the Shapes dataset is generated and cached.")
     var shapesDir = defaultShapesRoot.path
-    @Option(parsing: .unconditional, help: "Fraction of patches removed.")
+    @Option(help: "Fraction of patches removed.")
     var maskRatio = 0.75
-    @Option(parsing: .unconditional, help: "Rows (images).")
+    @Option(help: "Rows (images).")
     var count = 8
-    @Option(parsing: .unconditional, help: "Seed of the masking noise.")
+    @Option(help: "Seed of the masking noise.")
     var seed: UInt64 = 0
     @Option(help: "Output PNG.")
     var out: String

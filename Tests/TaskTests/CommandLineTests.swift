@@ -154,6 +154,8 @@ final class CommandLineTests: XCTestCase {
 
     func testMessagesNameTheValue() throws {
         try assertOneSentenceFailure(["knn", "--epochs", "-1"], mentions: "--epochs must be positive")
+        try assertOneSentenceFailure(["extract", "--checkpoint", "c", "--data", "d", "--out", "o", "--batch-size", "-4"],
+                                     mentions: "--batch-size must be positive")
         try assertOneSentenceFailure(["info", "/nonexistent/x.pth"], mentions: "error: /nonexistent/x.pth")
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("scenes-\(UUID())").path
         try assertOneSentenceFailure(["data", "shapes", "--out", folder, "--scene-size", "1"], mentions: "--scene-size 16...2048")
