@@ -16,10 +16,12 @@ public struct Installation: Sendable, Equatable {
     /// The feature cache's root (`features/` lies inside it).
     public var cache: URL
 
-    /// The installation of this process: its environment, `/proc/self/exe` and the current folder.
+    /// The installation of this process: its environment, its executable's real path (`/proc/self/exe`,
+    /// or Foundation's where there is no /proc) and the current folder.
     public static let current = Installation(
         environment: ProcessInfo.processInfo.environment,
-        executable: URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath(),
+        executable: (FileManager.default.fileExists(atPath: "/proc/self/exe")
+            ? URL(fileURLWithPath: "/proc/self/exe") : Bundle.main.executableURL)?.resolvingSymlinksInPath(),
         currentDirectory: URL(fileURLWithPath: FileManager.default.currentDirectoryPath))
 
     /// Resolves the home from `environment`, the executable's real path and the current folder.
