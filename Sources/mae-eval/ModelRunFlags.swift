@@ -1,7 +1,8 @@
 import ArgumentParser
 import MAETasks
 
-/// `--img-size` and `--threads`, on every command that runs a model (pretrain has its own `--threads`).
+/// `--img-size` and `--threads`, on every command that runs a model (`pretrain` and `bench` have their own
+/// `--threads` beside their own model flags).
 struct ModelRunFlags: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
         "Model input size in pixels, instead of the task's dataset.img_size (extract, visualize: the checkpoint's); pos_embed is resized bicubically.",
