@@ -74,6 +74,10 @@ public enum ShapesDataset {
                                 sceneSize: Int? = nil) throws -> ShapesPaths {
         guard size >= 8, size <= 1024 else { throw DataError(root, "cannot hold Shapes of size \(size) (use 8...1024)") }
         let sceneSize = sceneSize ?? 2 * size
+        // A scene holds several shapes of a tenth of its side and more: below 16 px they are specks.
+        guard sceneSize >= 16, sceneSize <= 2048 else {
+            throw DataError(root, "cannot hold Shapes scenes of size \(sceneSize) (use --scene-size 16...2048)")
+        }
         let paths = ShapesPaths(root: root)
         let fm = FileManager.default
         try? fm.removeItem(at: paths.manifest)

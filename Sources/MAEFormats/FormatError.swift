@@ -13,6 +13,7 @@ public struct FormatError: Error, LocalizedError, CustomStringConvertible, Senda
         self.reason = reason
     }
 
-    public var description: String { "\(source): \(reason)." }
+    /// A reason that is already a sentence (a wrapped error's description) gets no second period.
+    public var description: String { "\(source): \(reason)" + (reason.hasSuffix(".") ? "" : ".") }
     public var errorDescription: String? { description }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import COpenBLAS
 
 /// Matrix products through OpenBLAS `cblas_sgemm`, row-major, split over our own workers.
@@ -67,4 +68,33 @@ public enum BLAS {
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
+}
+
+/// The matrix library linked in and what it runs on, as `--version`, `bench` and metrics.json state it.
+public struct BLASInfo: Sendable, Equatable, Codable {
+    /// "OpenBLAS".
+    public var library: String
+    /// The library's version ("0.3.26"), or "unknown" when its build string does not say.
+    public var version: String
+    /// The compute kernel chosen for this CPU ("Haswell", "Zen").
+    public var kernel: String
+
+    /// What `openblas_get_config()` and `openblas_get_corename()` report.
+    public static let current: BLASInfo = {
+        let config = openblas_get_config().map { String(cString: $0) } ?? ""
+        let kernel = openblas_get_corename().map { String(cString: $0) } ?? "unknown"
+        return BLASInfo(config: config, kernel: kernel)
+    }()
+
+    /// Library and version from a build string of the form "OpenBLAS 0.3.26 NO_AFFINITY Haswell MAX_THREADS=64".
+    public init(config: String, kernel: String) {
+        let words = config.split(separator: " ").map(String.init)
+        library = words.first ?? "OpenBLAS"
+        version = words.count > 1 && words[1].first?.isNumber == true ? words[1] : "unknown"
+        let k = kernel.trimmingCharacters(in: .whitespaces)
+        self.kernel = k.isEmpty ? "unknown" : k
+    }
+
+    /// "OpenBLAS 0.3.26, kernel Haswell".
+    public var summary: String { "\(library) \(version), kernel \(kernel)" }
 }

@@ -21,6 +21,8 @@ public struct BenchOptions: Sendable {
     public var iters: Int = 5
     public var warmup: Int = 1
     public var profile = false
+    /// Compute threads (`--threads`); nil: every core.
+    public var threads: Int?
 
     public init(model: String, imgSize: Int, batchSize: Int, mode: BenchMode, maskRatio: Double = 0.75,
                 iters: Int = 5, warmup: Int = 1, profile: Bool = false) {
@@ -40,12 +42,17 @@ public struct BenchResult: Codable, Sendable {
     public var iters: Int
     public var seconds_per_iter: Double
     public var mask_ratio: Double?
+    /// Arithmetic of the matrix products: "fp32" (the only one so far).
+    public var precision = "fp32"
+    /// The matrix library, its version and the kernel it runs on this CPU.
+    public var blas = BLASInfo.current
     /// With --profile: share of the time per kernel family (gemm outside attention, attention, ...).
     public var time_share: [String: Double]?
 }
 
 /// Times `iters` steps (after `warmup` untimed ones) of the chosen mode on random weights and inputs.
 public func runBenchmark(_ o: BenchOptions) throws -> BenchResult {
+    let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard let preset = ModelPreset(name: o.model) else { throw ModelError.unknownPreset(o.model) }
     guard o.batchSize > 0, o.iters > 0 else { throw TaskError.badArgument("--batch-size and --iters must be positive") }
     guard (0..<1).contains(o.maskRatio) else { throw TaskError.badArgument("--mask-ratio must be in [0, 1)") }

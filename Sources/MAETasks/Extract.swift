@@ -24,6 +24,10 @@ public struct ExtractOptions: Sendable {
     public var cropRatio: Double = 0.875
     public var heads: Int?
     public var batchSize = 64
+    /// Compute threads (`--threads`); nil: every core.
+    public var threads: Int?
+    /// A progress line on standard error.
+    public var progress = true
 
     public init(checkpoint: URL, data: URL, out: URL) {
         self.checkpoint = checkpoint; self.data = data; self.out = out
@@ -46,6 +50,7 @@ public func loadModel(from url: URL, options: LoadOptions) throws -> LoadedModel
 /// (already printed by `loadModel`).
 @discardableResult
 public func runExtract(_ o: ExtractOptions) throws -> [String] {
+    let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard (0.05...1).contains(o.cropRatio) else { throw TaskError.badArgument("--crop-ratio must be in (0, 1]") }
     guard o.batchSize > 0 else { throw TaskError.badArgument("--batch-size must be positive") }
     let loaded = try loadModel(from: o.checkpoint, options: LoadOptions(heads: o.heads, imgSize: o.imgSize))
@@ -55,7 +60,9 @@ public func runExtract(_ o: ExtractOptions) throws -> [String] {
     feature.pooling = o.pooling
     let set = try probeFeatures(model: loaded.model, feature: feature, folder: folder,
                                 transform: .eval(size: loaded.model.config.imgSize, cropRatio: o.cropRatio),
-                                batchSize: o.batchSize)
+                                batchSize: o.batchSize) { [progress = ProgressLine(enabled: o.progress)] done in
+        progress.update("extracting", done: done, total: folder.count, unit: "images")
+    }
     let meta = ["checkpoint": o.checkpoint.path, "data": o.data.path, "pool": o.pooling.rawValue,
                 "img_size": "\(loaded.model.config.imgSize)", "crop_ratio": "\(o.cropRatio)",
                 "classes": String(decoding: try JSONEncoder().encode(set.classes), as: UTF8.self)]

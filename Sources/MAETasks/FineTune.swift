@@ -84,6 +84,7 @@ func classifierScore(_ model: VisionTransformer, loader: DataLoader) throws -> H
 
 /// Fine-tunes every backbone for every seed; returns the run folders.
 public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
+    let threads = try ComputeThreads(o.common.threads); defer { threads.restore() }
     let spec = try o.common.taskSpec(default: "shapes-finetune")
     guard spec.evaluation == .finetune else {
         throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a finetune task")
@@ -166,6 +167,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
     let frozenBefore = frozenFingerprint(model, groups)
     let steps = train.batchCount
     let trainStart = Date()
+    let progress = ProgressLine(epochs: epochs, stepsPerEpoch: steps, enabled: verbose)
     for epoch in startEpoch..<epochs {
         let epochStart = Date()
         var lossSum: Double = 0, seen = 0, step = 0
@@ -192,6 +194,10 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
             if let c = r.clipGrad { clipGradNorm(model.params, groups: groups, maxNorm: Float(c)) }
             optimizer.step(model.params, lr: schedule.lr(atEpoch: Double(epoch) + Double(step) / Double(steps)))
             lossSum += Double(loss) * Double(b.count); seen += b.count; step += 1
+            let done = Double((epoch - startEpoch) * steps + step), all = Double((epochs - startEpoch) * steps)
+            progress.update(epoch: epoch + 1, step: step, loss: lossSum / Double(seen),
+                            imagesPerSecond: Double(seen) / elapsed(since: epochStart),
+                            secondsLeft: elapsed(since: trainStart) / done * (all - done))
         }
         let score = try classifierScore(model, loader: val)
         let entry = TransferEpoch(epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)),
@@ -203,8 +209,8 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         try model.saveTrainingCheckpoint(to: run.checkpoint, optimizer: optimizer, state: state,
                                          stateKey: "finetune_state", metadata: ["method": "finetune"])
         try run.write(log: log)
-        say("\(backbone.stem) \(variant) epoch \(epoch + 1)/\(epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
-            "val top-1 \(String(format: "%.2f", score.top1))%, \(String(format: "%.1f", entry.seconds)) s", verbose)
+        progress.note("\(backbone.stem) \(variant) epoch \(epoch + 1)/\(epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
+                      "val top-1 \(String(format: "%.2f", score.top1))%, \(String(format: "%.1f", entry.seconds)) s")
     }
     let final = try classifierScore(model, loader: val)
     guard frozenFingerprint(model, groups) == frozenBefore else {

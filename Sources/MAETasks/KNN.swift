@@ -71,6 +71,7 @@ public struct KNNOptions: Sendable {
 /// Runs weighted kNN for every backbone (seeds do not change kNN: it runs once per backbone and
 /// the seed is recorded as the task's first).
 public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
+    let threads = try ComputeThreads(o.common.threads); defer { threads.restore() }
     let spec = try o.common.taskSpec(default: "shapes-knn")
     guard spec.evaluation == .knn else {
         throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a knn task")

@@ -20,6 +20,7 @@ public struct LinearProbeOptions: Sendable {
 
 /// Runs the linear probe of every backbone and seed; returns the run folders.
 public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
+    let threads = try ComputeThreads(o.common.threads); defer { threads.restore() }
     var spec = try o.common.taskSpec(default: "shapes-linprobe")
     guard spec.evaluation == .linprobe else {
         throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a linprobe task")
@@ -75,7 +76,10 @@ func cachedSplits(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeatur
                             cropRatio: spec.dataset.cropRatio, feature: feature)
         let (set, hit) = try cache.features(key: key) {
             say("extracting \(folder.count) images of \(folder.root.path) with \(backbone.stem)", verbose)
-            return try probeFeatures(model: backbone.model, feature: feature, folder: folder, transform: transform)
+            let progress = ProgressLine(enabled: verbose)
+            return try probeFeatures(model: backbone.model, feature: feature, folder: folder, transform: transform) {
+                progress.update("extracting", done: $0, total: folder.count, unit: "images")
+            }
         }
         sets.append(set)
         hits += hit ? 1 : 0
@@ -96,7 +100,7 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     let (train, val) = (splits.train, splits.val), k = train.classes.count
     let trainStart = Date()
     let grid = GridProbeSettings(recipe: r)
-    let result = gridProbe(train: train, val: val, settings: grid, seed: seed)
+    let result = gridProbe(train: train, val: val, settings: grid, seed: seed, progress: ProgressLine(enabled: verbose))
     let (final, pairs, scores, best, split, log) = (result.val, result.pairs, result.heldout, result.best, result.split, result.log)
     let epochs = result.epochs, fraction = grid.holdout
     let chosen = pairs[best]
@@ -175,8 +179,10 @@ public struct GridProbeResult {
 
 /// The cached linear probe on given features: standardise, train every (lr, wd) head at once on
 /// the fit part of train, pick the best on the stratified held-out part (seed 0), retrain it on
-/// all of train, score val. Val is read only by the retrained head.
-public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeSettings, seed: UInt64) -> GridProbeResult {
+/// all of train, score val. Val is read only by the retrained head. `progress` counts the epochs
+/// of every fold's grid and of the refit.
+public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeSettings, seed: UInt64,
+                      progress: ProgressLine? = nil) -> GridProbeResult {
     let d = train.width, k = train.classes.count
     let stepsPerEpoch = max(1, (train.count + g.batchSize - 1) / g.batchSize)
     var g = g
@@ -187,12 +193,17 @@ public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeS
     let parts = g.folds > 1 ? stratifiedFolds(labels: train.labels, folds: g.folds, seed: 0)
                             : [stratifiedHoldout(labels: train.labels, fraction: g.holdout, seed: 0)]
     var correct = [Double](repeating: 0, count: points.count), lossSum = correct, heldCount = 0
-    for part in parts {
+    let totalEpochs = (parts.count + 1) * g.epochs
+    for (fold, part) in parts.enumerated() {
         let fitX = gatherRows(train.features, width: d, part.fit), heldX = gatherRows(train.features, width: d, part.held)
         let fitNorm = Standardizer(fitX, width: d)
         let grid = LinearHeads(width: d, classes: k, points: points)
         grid.train(fitNorm.apply(fitX), labels: part.fit.map { train.labels[$0] }, epochs: g.epochs, batchSize: g.batchSize,
-                   warmupEpochs: g.warmupEpochs, seed: seed)
+                   warmupEpochs: g.warmupEpochs, seed: seed) { epoch, loss in
+            progress?.update("linear probe", done: fold * g.epochs + epoch, total: totalEpochs, unit: "epochs",
+                             detail: "fold \(fold + 1)/\(parts.count), \(points.count) heads, lowest train loss " +
+                                String(format: "%.4f", loss.filter(\.isFinite).min() ?? .nan))
+        }
         let s = grid.evaluate(fitNorm.apply(heldX), labels: part.held.map { train.labels[$0] })
         for i in s.indices {
             correct[i] += s[i].top1 * Double(part.held.count)
@@ -218,6 +229,8 @@ public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeS
     var epochStart = Date()
     let schedule = WarmupCosine(baseLR: points[best].lr, warmupEpochs: g.warmupEpochs, epochs: Double(g.epochs))
     head.train(x, labels: train.labels, epochs: g.epochs, batchSize: g.batchSize, warmupEpochs: g.warmupEpochs, seed: seed) { epoch, loss in
+        progress?.update("linear probe", done: parts.count * g.epochs + epoch, total: totalEpochs, unit: "epochs",
+                         detail: "refit on all of train, loss " + String(format: "%.4f", loss[0]))
         let valTop1 = head.evaluate(vx, labels: val.labels)[0].top1
         log.append(TransferEpoch(epoch: epoch, trainLoss: loss[0], lr: Double(schedule.lr(atEpoch: Double(epoch))),
                                  valTop1: valTop1, seconds: elapsed(since: epochStart)))
@@ -250,8 +263,11 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     let valKey = o.cache.key(checkpointHash: backbone.hash, data: data.val, imgSize: spec.dataset.imgSize,
                              cropRatio: spec.dataset.cropRatio, feature: feature)
     let val = try o.cache.features(key: valKey) {
-        try probeFeatures(model: model, feature: feature, folder: data.val,
-                          transform: .eval(size: spec.dataset.imgSize, cropRatio: spec.dataset.cropRatio))
+        let progress = ProgressLine(enabled: verbose)
+        return try probeFeatures(model: model, feature: feature, folder: data.val,
+                                 transform: .eval(size: spec.dataset.imgSize, cropRatio: spec.dataset.cropRatio)) {
+            progress.update("extracting", done: $0, total: data.val.count, unit: "images")
+        }
     }.set
     let extractSeconds = elapsed(since: valStart)
 
@@ -293,6 +309,7 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
 
     var log: [TransferEpoch] = []
     let trainStart = Date()
+    let progress = ProgressLine(epochs: a.epochs, stepsPerEpoch: steps, enabled: verbose)
     for epoch in 0..<a.epochs {
         let epochStart = Date()
         var lossSum: Double = 0, seen = 0, step = 0
@@ -317,14 +334,17 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
             }
             lars.step(head, lr: schedule.lr(atEpoch: Double(epoch) + Double(step) / Double(steps)))
             seen += b; step += 1
+            let done = Double(epoch * steps + step)
+            progress.update(epoch: epoch + 1, step: step, loss: lossSum / Double(seen), imagesPerSecond: Double(seen) / elapsed(since: epochStart),
+                            secondsLeft: elapsed(since: trainStart) / done * (Double(a.epochs * steps) - done))
         }
         let score = evaluate(val.features, labels: val.labels, bn: &bn)
         let entry = TransferEpoch(epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)),
                                   lr: Double(schedule.lr(atEpoch: Double(epoch + 1))), valTop1: score.top1,
                                   seconds: elapsed(since: epochStart))
         log.append(entry)
-        say("\(backbone.stem) epoch \(epoch + 1)/\(a.epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
-            "val top-1 \(String(format: "%.2f", score.top1))%, \(String(format: "%.1f", entry.seconds)) s", verbose)
+        progress.note("\(backbone.stem) epoch \(epoch + 1)/\(a.epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
+                      "val top-1 \(String(format: "%.2f", score.top1))%, \(String(format: "%.1f", entry.seconds)) s")
     }
     let final = evaluate(val.features, labels: val.labels, bn: &bn)
     guard parameterFingerprint(model) == before else {

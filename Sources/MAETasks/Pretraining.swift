@@ -12,9 +12,6 @@ public enum PretrainMethod: String, CaseIterable, Codable, Sendable {
     case supervised
 }
 
-/// Where the embedded Shapes dataset is generated and cached unless `--data` says otherwise.
-public let defaultShapesRoot = URL(fileURLWithPath: ".mae-eval/data/shapes")
-
 /// Everything `mae-eval pretrain` takes. Unset optional values take the method's recipe default.
 public struct PretrainOptions: Sendable {
     public var method: PretrainMethod
@@ -47,6 +44,8 @@ public struct PretrainOptions: Sendable {
     public var resume = false
     /// Background data-loading threads.
     public var workers = 1
+    /// Compute threads (`--threads`); nil: every core.
+    public var threads: Int?
     /// A step loss above this (or not finite) stops the run.
     public var lossLimit: Float = 1e4
     /// Stops after this many epochs as if the run were killed there (tests of `resume`).
@@ -92,6 +91,9 @@ public struct PretrainMetrics: Codable, Sendable {
     public var batch_size: Int
     public var checkpoint: String
     public var backbone: String
+    /// The mae-eval that made the run and the BLAS it ran on (absent in runs of older versions).
+    public var mae_eval_version: String? = MAEEvalVersion.described
+    public var blas: BLASInfo? = .current
 }
 
 /// What a finished (or interrupted-by-request) run returns.
@@ -151,6 +153,7 @@ struct TrainState: Codable, Equatable {
 /// the completed epoch count is the whole RNG position and a resumed run matches an unbroken one bit
 /// for bit (given the same `epochs` and learning-rate flags, which shape the schedule).
 public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
+    let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard let preset = ModelPreset(name: o.model) else { throw ModelError.unknownPreset(o.model) }
     guard o.epochs > 0, o.batchSize > 0 else { throw TaskError.badArgument("--epochs and --batch-size must be positive") }
     guard (0..<1).contains(o.maskRatio) else { throw TaskError.badArgument("--mask-ratio must be in [0, 1)") }

@@ -85,12 +85,13 @@ public struct ProbeFeature: Sendable, Equatable {
     }
 }
 
-/// Features of every image of `folder` through `transform` (one pass, dataset order). Each batch's
-/// features are checked where they are made: a NaN or Inf stops the pass with a `NonFiniteError`
-/// naming the image and the stage of the backbone that first went non-finite.
+/// Features of every image of `folder` through `transform` (one pass, dataset order);
+/// `progress(imagesDone)` after each batch. Each batch's features are checked where they are made:
+/// a NaN or Inf stops the pass with a `NonFiniteError` naming the image and the stage of the
+/// backbone that first went non-finite.
 public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folder: ImageFolder,
                           transform: MAETransform, batchSize: Int = 64, seed: UInt64 = 0, epoch: Int = 0,
-                          workers: Int = 2) throws -> FeatureSet {
+                          workers: Int = 2, progress: ((Int) -> Void)? = nil) throws -> FeatureSet {
     guard folder.count > 0 else { throw DataError(folder.root, "has no images") }
     let w = feature.width(model)
     let loader = DataLoader(source: folder, transform: transform, batchSize: batchSize, seed: seed,
@@ -98,12 +99,15 @@ public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folde
     var features = [Float](repeating: 0, count: folder.count * w)
     var labels = [Int](repeating: 0, count: folder.count)
     let it = loader.epoch(epoch)
+    var done = 0
     while let batch = try it.next() {
         let f = try feature.checkedCompute(model, batch: batch, folder: folder)
         for (row, index) in batch.indices.enumerated() {
             for i in 0..<w { features[index * w + i] = f[row * w + i] }
             labels[index] = batch.labels[row]
         }
+        done += batch.count
+        progress?(done)
     }
     return FeatureSet(features: features, labels: labels, width: w, classes: folder.classes)
 }
@@ -113,7 +117,8 @@ public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folde
 /// checkpoint misses the cache.
 public struct FeatureCache: Sendable {
     public var folder: URL
-    public static let standard = FeatureCache(folder: URL(fileURLWithPath: ".mae-eval/cache/features"))
+    /// The installation's cache (`<home>/.mae-eval/cache/features`, or under `MAE_EVAL_CACHE`).
+    public static let standard = FeatureCache(folder: Installation.current.featureCache)
 
     public init(folder: URL) { self.folder = folder }
 

@@ -1,9 +1,10 @@
 import Foundation
 
-/// A training progress line on standard error: epoch, step, loss, images/s and time left.
+/// A progress line on standard error: a training run's epoch, step, loss, images/s and time left,
+/// or a count of work done (images extracted, epochs of a probe grid) with its rate and time left.
 ///
 /// On a terminal it is redrawn in place (`\r`) a few times a second; when standard error is a file
-/// or a pipe (logs, CI) it prints one line per epoch instead, so logs stay readable.
+/// or a pipe (logs, CI) it prints one line per epoch (per finished count) instead, so logs stay readable.
 public final class ProgressLine {
     public let epochs: Int
     public let stepsPerEpoch: Int
@@ -12,33 +13,70 @@ public final class ProgressLine {
     private let enabled: Bool
     private var lastDraw = 0.0
     private var width = 0
+    private let start = Date()
+    private let sink: (String) -> Void
 
-    /// `enabled` false silences it entirely (tests).
-    public init(epochs: Int, stepsPerEpoch: Int, enabled: Bool = true, interactive: Bool? = nil) {
+    /// `enabled` false silences it entirely (tests). A count of work needs no epochs or steps.
+    /// `sink` receives the text instead of standard error (tests).
+    public init(epochs: Int = 1, stepsPerEpoch: Int = 1, enabled: Bool = true, interactive: Bool? = nil,
+                sink: ((String) -> Void)? = nil) {
         self.epochs = epochs
         self.stepsPerEpoch = stepsPerEpoch
         self.enabled = enabled
         self.interactive = interactive ?? (isatty(STDERR_FILENO) != 0)
+        self.sink = sink ?? { FileHandle.standardError.write(Data($0.utf8)) }
     }
 
     /// After step `step` (from 1) of `epoch` (from 1): `loss` is the epoch's running mean,
     /// `imagesPerSecond` the epoch's rate so far, `secondsLeft` the estimate for the whole run.
     public func update(epoch: Int, step: Int, loss: Double, imagesPerSecond: Double, secondsLeft: Double) {
+        draw(force: step == stepsPerEpoch) {
+            line(epoch: epoch, step: step, loss: loss, imagesPerSecond: imagesPerSecond, secondsLeft: secondsLeft)
+        }
+    }
+
+    /// At an epoch's end: finishes the in-place line, or prints the epoch's line when not a terminal.
+    public func endEpoch(epoch: Int, loss: Double, imagesPerSecond: Double, secondsLeft: Double) {
+        finish(line(epoch: epoch, step: stepsPerEpoch, loss: loss, imagesPerSecond: imagesPerSecond,
+                    secondsLeft: secondsLeft))
+    }
+
+    /// `done` of `total` `unit` ("images") since this line was made, as "`label` done/total unit
+    /// rate unit/s  left T" (`detail`, e.g. a loss, after the count). Redrawn in place on a terminal;
+    /// the line is finished when `done` reaches `total` (then also printed when not a terminal).
+    public func update(_ label: String, done: Int, total: Int, unit: String, detail: String = "") {
+        if done >= total {
+            finish(countLine(label, done: done, total: total, unit: unit, detail: detail))
+        } else {
+            draw(force: false) { countLine(label, done: done, total: total, unit: unit, detail: detail) }
+        }
+    }
+
+    func countLine(_ label: String, done: Int, total: Int, unit: String, detail: String) -> String {
+        let seconds = Date().timeIntervalSince(start)
+        let rate = seconds > 0 ? Double(done) / seconds : 0
+        let left = rate > 0 ? Double(total - done) / rate : .nan
+        let count = String(done).leftPadded(to: String(total).count)
+        return "\(label) \(count)/\(total) \(unit)" + (detail.isEmpty ? "" : "  \(detail)") +
+            "  \(String(format: rate >= 10 ? "%.0f" : "%.1f", rate)) \(unit)/s  " +
+            (done >= total ? "took \(ProgressLine.duration(seconds))" : "left \(ProgressLine.duration(left))")
+    }
+
+    /// Redraws the in-place line (terminal only), at most five times a second unless `force`.
+    private func draw(force: Bool, _ text: () -> String) {
         guard enabled, interactive else { return }
         let now = Date().timeIntervalSinceReferenceDate
-        guard now - lastDraw > 0.2 || step == stepsPerEpoch else { return }
+        guard now - lastDraw > 0.2 || force else { return }
         lastDraw = now
-        let text = line(epoch: epoch, step: step, loss: loss, imagesPerSecond: imagesPerSecond, secondsLeft: secondsLeft)
+        let text = text()
         let padding = String(repeating: " ", count: max(0, width - text.count))
         width = text.count
         write("\r" + text + padding)
     }
 
-    /// At an epoch's end: finishes the in-place line, or prints the epoch's line when not a terminal.
-    public func endEpoch(epoch: Int, loss: Double, imagesPerSecond: Double, secondsLeft: Double) {
+    /// Ends the in-place line with `text`, or prints `text` on its own line when not a terminal.
+    private func finish(_ text: String) {
         guard enabled else { return }
-        let text = line(epoch: epoch, step: stepsPerEpoch, loss: loss, imagesPerSecond: imagesPerSecond,
-                        secondsLeft: secondsLeft)
         if interactive {
             let padding = String(repeating: " ", count: max(0, width - text.count))
             write("\r" + text + padding + "\n")
@@ -71,7 +109,7 @@ public final class ProgressLine {
         return "\(s)s"
     }
 
-    private func write(_ s: String) { FileHandle.standardError.write(Data(s.utf8)) }
+    private func write(_ s: String) { sink(s) }
 }
 
 extension String {

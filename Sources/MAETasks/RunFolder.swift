@@ -1,6 +1,7 @@
 import Foundation
 import MAEData
 import MAEFormats
+import MAEKernels
 import MAEModels
 
 /// What `linprobe`, `knn` and `finetune` share: which backbones, which data, which task, where runs go.
@@ -26,6 +27,11 @@ public struct TransferOptions: Sendable {
     public var heads: Int?
     /// Progress lines on standard error.
     public var verbose = true
+    /// Model input size (`--img-size`) instead of the task's `dataset.img_size`; a generated Shapes
+    /// dataset keeps the task's size (the eval transform resizes it).
+    public var imgSize: Int?
+    /// Compute threads for the run (`--threads`); nil: every core.
+    public var threads: Int?
 
     public init() {}
 
@@ -59,7 +65,7 @@ extension TransferOptions {
         for b in list where !FileManager.default.fileExists(atPath: b.url.path) {
             let shipped = b.url == defaultMAECheckpoint || b.url == defaultSupervisedCheckpoint
             throw TaskError.badArgument("\(b.url.path): no such checkpoint" + (shipped
-                ? " (the shipped checkpoints live in Checkpoints/; run from the repository root or pass --checkpoint)" : ""))
+                ? " (\(Installation.current.described); set MAE_EVAL_HOME to the folder holding Checkpoints/, or pass --checkpoint)" : ""))
         }
         return list
     }
@@ -76,6 +82,10 @@ extension TransferOptions {
             guard !seeds.isEmpty else { throw TaskError.badArgument("--seeds must list at least one seed") }
             spec.seeds = seeds
         }
+        if let imgSize {
+            guard imgSize > 0 else { throw TaskError.badArgument("--img-size must be positive") }
+            spec.dataset.imgSize = imgSize
+        }
         return spec
     }
 
@@ -86,7 +96,9 @@ extension TransferOptions {
             return (try ImageFolder(root: t), try ImageFolder(root: v), t.deletingLastPathComponent().lastPathComponent)
         case (nil, nil):
             if spec.dataset.generate == "shapes" {
-                try ShapesDataset.ensure(at: spec.dataset.rootURL, size: spec.dataset.imgSize)
+                // At the task file's own size: --img-size changes the model's input, not the data.
+                let size = imgSize == nil ? spec.dataset.imgSize : try TaskSpec.load(task ?? spec.name).dataset.imgSize
+                try ShapesDataset.ensure(at: spec.dataset.rootURL, size: size)
             }
             return (try ImageFolder(root: spec.dataset.trainURL), try ImageFolder(root: spec.dataset.valURL), spec.dataset.name)
         default:
@@ -172,12 +184,16 @@ public struct TransferMetrics: Codable, Sendable {
     public var timings: [String: Double]
     public var epochs: Int
     public var created: String
+    /// The mae-eval that made the run and the BLAS it ran on (absent in runs of older versions).
+    public var maeEvalVersion: String? = MAEEvalVersion.described
+    public var blas: BLASInfo? = .current
 
     enum CodingKeys: String, CodingKey {
         case task, evaluation = "protocol", variant, checkpoint, checkpointHash = "checkpoint_hash", method, role
         case top1, top5, seed, recipe, dataset, trainData = "train_data", valData = "val_data"
         case trainImages = "train_images", valImages = "val_images", classes, pooling, selected, grid
         case protocolChecks = "protocol_checks", timings, epochs, created
+        case maeEvalVersion = "mae_eval_version", blas
     }
 }
 

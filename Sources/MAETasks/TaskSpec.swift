@@ -157,8 +157,8 @@ public struct TaskSpecError: Error, LocalizedError, CustomStringConvertible {
 }
 
 extension TaskSpec {
-    /// Folder of the shipped task specs.
-    public static let folder = URL(fileURLWithPath: "Tasks")
+    /// Folder of the shipped task specs (the installation's `Tasks/`).
+    public static let folder = Installation.current.tasks
 
     /// A spec by path (`Tasks/x.yaml`, `my.yaml`) or by name of a file in `Tasks/` (`shapes-linprobe`).
     public static func load(_ nameOrPath: String) throws -> TaskSpec {
@@ -167,7 +167,7 @@ extension TaskSpec {
         let named = folder.appendingPathComponent(nameOrPath + ".yaml")
         if FileManager.default.fileExists(atPath: named.path) { return try load(contentsOf: named) }
         throw TaskSpecError(path: nameOrPath, problem: "is neither a task spec file nor the name of one in " +
-                            "\(folder.path)/ (run from the repository root, or pass the YAML file's path)")
+                            "\(folder.path)/ (pass the YAML file's path, or set MAE_EVAL_HOME to the folder holding Tasks/)")
     }
 
     /// Reads and checks a YAML task spec.

@@ -4,11 +4,6 @@ import MAEFormats
 import MAEKernels
 import MAEModels
 
-/// The shipped MAE checkpoint, relative to the working directory (the repository root).
-public let defaultMAECheckpoint = URL(fileURLWithPath: "Checkpoints/mae_shapes.safetensors")
-/// The shipped supervised checkpoint.
-public let defaultSupervisedCheckpoint = URL(fileURLWithPath: "Checkpoints/supervised_shapes.safetensors")
-
 /// What `mae-eval visualize` takes.
 public struct VisualizeOptions: Sendable {
     public var checkpoint = defaultMAECheckpoint
@@ -21,6 +16,10 @@ public struct VisualizeOptions: Sendable {
     /// Each cell is scaled up (nearest) to at least this many pixels.
     public var cellSize = 96
     public var out: URL
+    /// Model input size (`--img-size`) instead of the checkpoint's.
+    public var imgSize: Int?
+    /// Compute threads (`--threads`); nil: every core.
+    public var threads: Int?
 
     public init(out: URL) { self.out = out }
 }
@@ -33,9 +32,10 @@ public struct VisualizeOptions: Sendable {
 /// Returns the grid's (width, height).
 @discardableResult
 public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: Int) {
+    let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard o.count > 0 else { throw TaskError.badArgument("--count must be positive") }
     guard (0..<1).contains(o.maskRatio) else { throw TaskError.badArgument("--mask-ratio must be in [0, 1)") }
-    let loaded = try loadModel(from: o.checkpoint, options: LoadOptions(keepDecoder: true))
+    let loaded = try loadModel(from: o.checkpoint, options: LoadOptions(imgSize: o.imgSize, keepDecoder: true))
     let model = loaded.model, c = model.config
     let folder: ImageFolder
     if let data = o.data {

@@ -7,7 +7,7 @@ struct Bench: ParsableCommand {
         abstract: "Measure images/s of a forward pass, a training step or an MAE pretraining step.",
         discussion: """
             Runs on random weights and inputs and prints one JSON line with img_per_s, model, mode, \
-            batch_size and threads. Compare with PyTorch on the same cores (scripts/bench_pytorch.py).
+            batch_size, threads, precision and blas (library, version, kernel). Compare with PyTorch on the same cores (scripts/bench_pytorch.py).
             """)
 
     @Option(help: "Model preset: vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, vit_huge_patch14, vit_shapes_patch4 (or ViT-B/16, base, ...).")
@@ -22,6 +22,8 @@ struct Bench: ParsableCommand {
     var maskRatio = 0.75
     @Option(help: "Timed iterations (after one warm-up).")
     var iters = 5
+    @Option(help: "Compute threads (default: every core; at most 4 per core).")
+    var threads: Int?
     @Flag(help: "Also report the share of time per kernel family.")
     var profile = false
 
@@ -29,10 +31,10 @@ struct Bench: ParsableCommand {
         guard let mode = BenchMode(rawValue: mode) else {
             throw ValidationError("--mode must be forward, train or pretrain, not '\(self.mode)'.")
         }
-        let result = try runCLI {
-            try runBenchmark(BenchOptions(model: model, imgSize: imgSize, batchSize: batchSize, mode: mode,
-                                          maskRatio: maskRatio, iters: iters, profile: profile))
-        }
+        var o = BenchOptions(model: model, imgSize: imgSize, batchSize: batchSize, mode: mode,
+                             maskRatio: maskRatio, iters: iters, profile: profile)
+        o.threads = threads
+        let result = try runCLI { try runBenchmark(o) }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         print(String(decoding: try encoder.encode(result), as: UTF8.self))

@@ -16,20 +16,20 @@ struct ShapesCommand: ParsableCommand {
         commandName: "shapes",
         abstract: "Generate the Shapes dataset (ImageFolder PNGs, COCO instances JSON, PNG class maps).",
         discussion: """
-        Writes under --out: pretrain/unlabeled/*.png, supervised/<class>/*.png, train/<class>/*.png,
-        val/<class>/*.png, scenes_train and scenes_val (images/*.png, instances.json in COCO format,
-        class_maps/*.png with 0 = background and 1...K = classes), and shapes.json (the manifest).
-        The output depends only on the flags; when shapes.json already matches them nothing is redone
-        unless --force is given.
-        """)
+            Writes under --out: pretrain/unlabeled/*.png, supervised/<class>/*.png, train/<class>/*.png, \
+            val/<class>/*.png, scenes_train and scenes_val (images/*.png, instances.json in COCO format, \
+            class_maps/*.png with 0 = background and 1...K = classes), and shapes.json (the manifest). \
+            The output depends only on the flags; when shapes.json already matches them nothing is redone \
+            unless --force is given.
+            """)
 
     @Option(name: .long, help: "Output folder.")
     var out: String
 
-    @Option(name: .long, help: "Side of the classification images in pixels.")
+    @Option(name: .long, help: "Side of the classification images in pixels, 8...1024.")
     var size: Int = 32
 
-    @Option(name: .long, help: "Side of the scene images in pixels (default: twice --size).")
+    @Option(name: .long, help: "Side of the scene images in pixels, 16...2048 (default: twice --size).")
     var sceneSize: Int?
 
     @Option(name: .long, help: "Random seed.")

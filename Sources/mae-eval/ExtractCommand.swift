@@ -22,8 +22,7 @@ struct Extract: ParsableCommand {
     var out: String
     @Option(help: "cls | avg.")
     var pool: String = "cls"
-    @Option(help: "Input size (pos_embed is resized when it differs from the checkpoint's).")
-    var imgSize: Int?
+    @OptionGroup var compute: ModelRunFlags
     @Option(help: "Center-crop ratio of the eval transform.")
     var cropRatio = 0.875
     @Option(help: "Attention heads, when the checkpoint does not say and matches no preset.")
@@ -38,7 +37,8 @@ struct Extract: ParsableCommand {
         var o = ExtractOptions(checkpoint: URL(fileURLWithPath: checkpoint), data: URL(fileURLWithPath: data),
                                out: URL(fileURLWithPath: out))
         o.pooling = pooling
-        o.imgSize = imgSize
+        o.imgSize = compute.imgSize
+        o.threads = compute.threads
         o.cropRatio = cropRatio
         o.heads = heads
         o.batchSize = batchSize

@@ -14,6 +14,7 @@ struct Finetune: ParsableCommand {
             """)
 
     @OptionGroup var flags: TransferFlags
+    @OptionGroup var compute: ModelRunFlags
     @Option(help: "Fine-tune only the last N blocks (+ fc_norm + head).")
     var blocks: Int?
     @Option(help: "Images per step (default: the task's).")
@@ -24,6 +25,7 @@ struct Finetune: ParsableCommand {
     func run() throws {
         var o = FineTuneOptions()
         o.common = try flags.options()
+        compute.apply(to: &o.common)
         o.blocks = blocks
         o.batchSize = batchSize
         o.resume = resume

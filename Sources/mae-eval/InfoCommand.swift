@@ -20,11 +20,6 @@ struct Info: ParsableCommand {
     var checkpoint: String
 
     func run() throws {
-        do {
-            print(try CheckpointInfo(contentsOf: URL(fileURLWithPath: checkpoint)).rendered)
-        } catch {
-            FileHandle.standardError.write(Data("mae-eval info: \(error)\n".utf8))
-            throw ExitCode.failure
-        }
+        print(try runCLI { try CheckpointInfo(contentsOf: URL(fileURLWithPath: checkpoint)).rendered })
     }
 }

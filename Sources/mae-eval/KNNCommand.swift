@@ -13,6 +13,7 @@ struct KNN: ParsableCommand {
             """)
 
     @OptionGroup var flags: TransferFlags
+    @OptionGroup var compute: ModelRunFlags
     @Option(help: "Neighbours (default: the task's, 20).")
     var k: Int?
     @Option(help: "Temperature T of the vote weights exp(sim / T) (default: the task's, 0.07).")
@@ -23,6 +24,7 @@ struct KNN: ParsableCommand {
     func run() throws {
         var o = KNNOptions()
         o.common = try flags.options()
+        compute.apply(to: &o.common)
         o.k = k
         o.temperature = temperature
         o.pooling = try parsePooling(pool)

@@ -7,10 +7,12 @@ struct Linprobe: ParsableCommand {
         abstract: "Linear probing of frozen backbones (MAE's protocol, or a fast cached grid).",
         discussion: """
             With no arguments: the shipped MAE and supervised Shapes checkpoints on Tasks/shapes-linprobe.yaml \
-            (Shapes is generated under .mae-eval/data/shapes when missing), then Reports/classification.md.
+            (Shapes is generated under the installation's .mae-eval/data/shapes when missing), then \
+            ./Reports/classification.md. The installation (Tasks/, Checkpoints/, .mae-eval/) is found as \
+            mae-eval --help says, so this runs from any folder; runs/ and Reports/ go to the current folder.
 
             --mode cached (the task's default) extracts eval-transform features once (cached under \
-            .mae-eval/cache/features by checkpoint content, data, transform and feature), standardises them with \
+            the installation's .mae-eval/cache/features, or MAE_EVAL_CACHE/features, by checkpoint content, data, transform and feature), standardises them with \
             train statistics, trains one linear head per (lr, weight decay) of the task's grid at once, picks the \
             best on a stratified held-out part of train, retrains it on all of train and reports val top-1/top-5.
 
@@ -23,6 +25,7 @@ struct Linprobe: ParsableCommand {
             """)
 
     @OptionGroup var flags: TransferFlags
+    @OptionGroup var compute: ModelRunFlags
     @Option(help: "cached | augmented (default: the task's).")
     var mode: String?
     @Option(help: "cls | avg (default: the task's). A global-pool checkpoint without a final norm always gives avg + fc_norm.")
@@ -33,6 +36,7 @@ struct Linprobe: ParsableCommand {
     func run() throws {
         var o = LinearProbeOptions()
         o.common = try flags.options()
+        compute.apply(to: &o.common)
         o.mode = mode
         o.pooling = try parsePooling(pool)
         o.lastBlocks = lastBlocks

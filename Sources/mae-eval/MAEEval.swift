@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MAETasks
 
 /// The `mae-eval` command line: each subcommand parses its flags and makes one library call.
 @main
@@ -7,6 +8,15 @@ struct MAEEval: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mae-eval",
         abstract: "Transfer-learning evaluation of MAE-pretrained Vision Transformers.",
+        discussion: """
+            The shipped task specs (Tasks/), checkpoints (Checkpoints/), the generated Shapes data and the \
+            feature cache (.mae-eval/) are found in the installation's home, so every command runs from any \
+            folder: MAE_EVAL_HOME when set, else the first folder above the executable holding Tasks/ and \
+            Checkpoints/ (the repository for .build/*/mae-eval), else the current folder. MAE_EVAL_CACHE moves \
+            the feature cache. Outputs stay where you are: runs/ and Reports/classification.md are relative to \
+            the current folder (from the repository root, the committed report).
+            """,
+        version: MAEEvalVersion.text,
         subcommands: [
             Bench.self,
             Extract.self,
@@ -25,8 +35,13 @@ struct MAEEval: ParsableCommand {
     /// Like ArgumentParser's default, but a bad flag or value gets its one-sentence message on
     /// standard error (no usage dump) and exit status 1; help and version still print in full.
     static func main() {
+        let arguments = joiningNegativeNumbers(Array(CommandLine.arguments.dropFirst()))
+        if let problem = unknownSubcommand(in: arguments) {
+            FileHandle.standardError.write(Data("error: \(problem)\n".utf8))
+            Foundation.exit(1)
+        }
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(arguments)
             try command.run()
         } catch {
             let code = exitCode(for: error)
@@ -41,5 +56,40 @@ struct MAEEval: ParsableCommand {
             }
             Foundation.exit(code == .validationFailure ? 1 : code.rawValue)
         }
+    }
+
+    /// `--epochs -1` as `--epochs=-1`: ArgumentParser takes a word starting with a dash for an option
+    /// (and says "Missing value"), but reads the `=` form as the value, which is then checked.
+    static func joiningNegativeNumbers(_ arguments: [String]) -> [String] {
+        var out: [String] = []
+        for word in arguments {
+            if word.hasPrefix("-"), Double(word) != nil, let last = out.last, last.hasPrefix("--"), !last.contains("=") {
+                out[out.count - 1] = last + "=" + word
+            } else {
+                out.append(word)
+            }
+        }
+        return out
+    }
+
+    /// The sentence for a first word that names no subcommand (`mae-eval frobnicate`, `mae-eval data frob`),
+    /// listing the valid ones; nil when the words name a command (or are options or help).
+    static func unknownSubcommand(in arguments: [String]) -> String? {
+        var command: ParsableCommand.Type = MAEEval.self
+        var path = ["mae-eval"]
+        for (i, word) in arguments.enumerated() {
+            // `mae-eval help linprobe`: the same tree follows; `mae-eval data help` is ArgumentParser's.
+            if word == "help" { if i == 0 { continue } else { return nil } }
+            let subcommands = command.configuration.subcommands
+            guard !subcommands.isEmpty, !word.hasPrefix("-") else { return nil }
+            let names = subcommands.map { $0._commandName }
+            guard let next = subcommands.first(where: { $0._commandName == word }) else {
+                return "'\(word)' is not a \(path.joined(separator: " ")) command; the commands are " +
+                    names.joined(separator: ", ") + "."
+            }
+            command = next
+            path.append(word)
+        }
+        return nil
     }
 }

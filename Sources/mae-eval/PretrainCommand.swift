@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import MAEKernels
 import MAETasks
 
 struct Pretrain: ParsableCommand {
@@ -57,7 +56,7 @@ struct Pretrain: ParsableCommand {
     var outDir: String
     @Flag(help: "Continue the run in --out-dir from its last complete epoch.")
     var resume = false
-    @Option(help: "Compute threads (default: all cores).")
+    @Option(help: "Compute threads (default: every core; at most 4 per core).")
     var threads: Int?
     @Option(help: "Background data-loading threads.")
     var workers = 1
@@ -65,10 +64,6 @@ struct Pretrain: ParsableCommand {
     func run() throws {
         guard let method = PretrainMethod(rawValue: method) else {
             throw ValidationError("--method must be mae or supervised, not '\(self.method)'.")
-        }
-        if let threads {
-            guard threads > 0 else { throw ValidationError("--threads must be positive.") }
-            Parallel.workers = threads
         }
         var o = PretrainOptions(method: method, epochs: epochs, outDir: URL(fileURLWithPath: outDir))
         o.model = model
@@ -78,7 +73,7 @@ struct Pretrain: ParsableCommand {
         o.lr = lr; o.blr = blr; o.minLR = minLr
         o.warmupEpochs = warmupEpochs; o.weightDecay = weightDecay
         o.maskRatio = maskRatio; o.dropPath = dropPath; o.minCropScale = minCropScale
-        o.seed = seed; o.resume = resume; o.workers = workers
+        o.seed = seed; o.resume = resume; o.workers = workers; o.threads = threads
         let result = try runCLI { try runPretraining(o) }
         print(result.outDir.path)
     }

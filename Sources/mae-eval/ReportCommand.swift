@@ -12,9 +12,9 @@ struct Report: ParsableCommand {
             next to the report). The report is written atomically.
             """)
 
-    @Option(help: "Folder of run folders.")
+    @Option(help: "Folder of run folders (relative to the current folder).")
     var runs = TransferOptions.defaultRunsPath
-    @Option(help: "Markdown file to write.")
+    @Option(help: "Markdown file to write (for the default --runs: ./Reports/classification.md, the committed report from the repository root).")
     var out = TransferOptions.defaultReportPath(runs: TransferOptions.defaultRunsPath)
 
     func run() throws {

@@ -6,15 +6,15 @@ import MAETasks
 
 /// Flags `linprobe`, `knn` and `finetune` share.
 struct TransferFlags: ParsableArguments {
-    @Option(name: .long, help: "Backbone checkpoint to evaluate (repeatable). Default: Checkpoints/mae_shapes.safetensors.")
+    @Option(name: .long, help: "Backbone checkpoint to evaluate (repeatable). Default: the installation's Checkpoints/mae_shapes.safetensors (see mae-eval --help).")
     var checkpoint: [String] = []
-    @Option(name: .long, help: "Backbone the others are compared against. Default (with no --checkpoint): Checkpoints/supervised_shapes.safetensors.")
+    @Option(name: .long, help: "Backbone the others are compared against. Default (with no --checkpoint): the installation's Checkpoints/supervised_shapes.safetensors.")
     var baseline: String?
     @Option(name: .long, help: "Train ImageFolder (one sub-folder per class), instead of the task's.")
     var trainData: String?
     @Option(name: .long, help: "Val ImageFolder, instead of the task's.")
     var valData: String?
-    @Option(name: .long, help: "Task spec: a YAML file or the name of one in Tasks/.")
+    @Option(name: .long, help: "Task spec: a YAML file or the name of one in the installation's Tasks/.")
     var task: String?
     @Option(name: .long, help: "Epochs, instead of the task's.")
     var epochs: Int?
@@ -22,9 +22,9 @@ struct TransferFlags: ParsableArguments {
     var seed: UInt64?
     @Option(name: .long, help: "Comma-separated seeds (e.g. 0,1,2), instead of the task's.")
     var seeds: String?
-    @Option(name: .long, help: "Folder of the run folders.")
+    @Option(name: .long, help: "Folder of the run folders (relative to the current folder).")
     var outDir = TransferOptions.defaultRunsPath
-    @Option(name: .long, help: "Markdown report refreshed after the runs. Default: Reports/classification.md for the default --out-dir, OUT_DIR/classification.md for another (so an experiment elsewhere never rewrites the committed report).")
+    @Option(name: .long, help: "Markdown report refreshed after the runs. Default: ./Reports/classification.md for the default --out-dir (from the repository root, the committed report), OUT_DIR/classification.md for another (so an experiment elsewhere never rewrites the committed report).")
     var report: String?
     @Flag(name: .long, help: "Do not refresh the report.")
     var noReport = false

@@ -26,6 +26,7 @@ struct Visualize: ParsableCommand {
     var seed: UInt64 = 0
     @Option(help: "Output PNG.")
     var out: String
+    @OptionGroup var compute: ModelRunFlags
 
     func run() throws {
         var o = VisualizeOptions(out: URL(fileURLWithPath: out))
@@ -33,6 +34,7 @@ struct Visualize: ParsableCommand {
         o.data = data.map { URL(fileURLWithPath: $0) }
         o.shapesRoot = URL(fileURLWithPath: shapesDir)
         o.maskRatio = maskRatio; o.count = count; o.seed = seed
+        o.imgSize = compute.imgSize; o.threads = compute.threads
         let size = try runCLI { try runVisualize(o) }
         print("\(out) (\(size.width)x\(size.height))")
     }

@@ -101,3 +101,14 @@ enum ImageFolderTestHelpers {
         return FileManager.default.fileExists(atPath: url.path, isDirectory: &d) && d.boolValue
     }
 }
+
+final class ShapesSizeTests: XCTestCase {
+    /// 1x1 scenes hold no shape: refused in one sentence before anything is written.
+    func testTinyScenesAreRefused() throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("scenes-\(UUID())")
+        XCTAssertThrowsError(try ShapesDataset.generate(to: root, size: 8, seed: 0, counts: .standard, sceneSize: 1)) {
+            XCTAssertTrue("\($0)".contains("cannot hold Shapes scenes of size 1 (use --scene-size 16...2048)"), "\($0)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root.path))
+    }
+}

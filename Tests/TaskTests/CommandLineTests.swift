@@ -1,11 +1,12 @@
 import XCTest
 import MAEKernels
+import MAETasks
 import TestSupport
 
 /// The built `mae-eval` binary as a user meets it: exit status and the one-sentence error.
 final class CommandLineTests: XCTestCase {
     /// Runs mae-eval (built beside the test bundle by `swift test`) and returns (status, stdout, stderr).
-    func run(_ arguments: [String]) throws -> (Int32, String, String) {
+    func run(_ arguments: [String], in directory: URL? = nil, environment: [String: String] = [:]) throws -> (Int32, String, String) {
         let folder = try XCTUnwrap(Bundle.main.executableURL).deletingLastPathComponent()
         let binary = folder.appendingPathComponent("mae-eval")
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
@@ -14,6 +15,8 @@ final class CommandLineTests: XCTestCase {
         let p = Process()
         p.executableURL = binary
         p.arguments = arguments
+        if let directory { p.currentDirectoryURL = directory }
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -23,8 +26,9 @@ final class CommandLineTests: XCTestCase {
         return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
     }
 
-    func assertOneSentenceFailure(_ arguments: [String], mentions: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let (status, _, err) = try run(arguments)
+    func assertOneSentenceFailure(_ arguments: [String], mentions: String, in folder: URL? = nil,
+                                  file: StaticString = #filePath, line: UInt = #line) throws {
+        let (status, _, err) = try run(arguments, in: folder)
         XCTAssertNotEqual(status, 0, "exit status", file: file, line: line)
         let lines = err.split(separator: "\n").filter { !$0.isEmpty }
         XCTAssertEqual(lines.count, 1, "one line on stderr, got: \(err)", file: file, line: line)
@@ -70,9 +74,94 @@ final class CommandLineTests: XCTestCase {
 
     func testBenchPrintsOneJSONLine() throws {
         let (status, out, _) = try run(["bench", "--model", "vit_shapes_patch4", "--img-size", "32", "--batch-size", "2",
-                                        "--mode", "pretrain", "--iters", "1"])
+                                        "--mode", "pretrain", "--iters", "1", "--threads", "1"])
         XCTAssertEqual(status, 0)
         let json = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
         for key in ["img_per_s", "model", "mode", "batch_size", "threads"] { XCTAssertNotNil(json?[key], key) }
+        XCTAssertEqual(json?["threads"] as? Int, 1)
+        XCTAssertEqual(json?["precision"] as? String, "fp32")
+        let blas = json?["blas"] as? [String: String]
+        XCTAssertEqual(blas?["library"], "OpenBLAS")
+        XCTAssertNotNil(blas?["version"])
+        XCTAssertNotNil(blas?["kernel"])
+    }
+
+    // MARK: - The command line itself
+
+    func testUnknownSubcommandIsOneSentenceListingTheCommands() throws {
+        try assertOneSentenceFailure(["frobnicate"], mentions: "'frobnicate' is not a mae-eval command")
+        let (status, _, err) = try run(["frobnicate"])
+        XCTAssertEqual(status, 1)
+        for name in ["linprobe", "knn", "finetune", "extract", "info", "data"] { XCTAssertTrue(err.contains(name), err) }
+        try assertOneSentenceFailure(["data", "frob"], mentions: "'frob' is not a mae-eval data command; the commands are shapes, loader-bench.")
+        try assertOneSentenceFailure(["help", "frobnicate"], mentions: "'frobnicate' is not a mae-eval command")
+        XCTAssertEqual(try run(["help", "knn"]).0, 0)
+        let (bare, out, _) = try run([])
+        XCTAssertEqual(bare, 0, "no arguments still prints the help")
+        XCTAssertTrue(out.contains("USAGE"), out)
+    }
+
+    func testVersionNamesReleaseCommitBLASAndCPU() throws {
+        let (status, out, _) = try run(["--version"], environment: ["MAE_EVAL_COMMIT": "abc1234"])
+        XCTAssertEqual(status, 0)
+        let lines = out.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.first, "mae-eval \(MAEEvalVersion.number) (abc1234)")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("BLAS: OpenBLAS ") && $0.contains(", kernel ") }, out)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("CPU: ") }, out)
+    }
+
+    /// From a bare folder the default task and checkpoints are the installation's, and explicit data works.
+    func testRunsFromABareFolder() throws {
+        let bare = FileManager.default.temporaryDirectory.appendingPathComponent("bare-\(UUID())")
+        try FileManager.default.createDirectory(at: bare, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: bare) }
+        let images = Bundle.module.url(forResource: "Fixtures/imagefolder", withExtension: nil)!.path
+        let (status, out, err) = try run(["knn", "--checkpoint", fixtureURL("mae_tiny.safetensors").path, "--train-data", images,
+                                          "--val-data", images, "--k", "3", "--threads", "1", "--no-report"],
+                                         in: bare, environment: ["MAE_EVAL_CACHE": bare.appendingPathComponent("cache").path])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.hasPrefix(bare.appendingPathComponent("runs/shapes-knn").path) ||
+                      out.contains("/runs/shapes-knn/"), "run folder under the current folder: \(out)")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: bare.appendingPathComponent("runs/shapes-knn").path), out)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: bare.appendingPathComponent(".mae-eval").path),
+                       "nothing of the installation is made in the current folder")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: bare.appendingPathComponent("cache/features").path).count, 1,
+                       "the features are cached under MAE_EVAL_CACHE")
+        XCTAssertTrue(err.contains("extracting 6/6 images"), err)
+        // The shipped checkpoints are found too (the check runs before any work).
+        try assertOneSentenceFailure(["linprobe", "--img-size", "0"], mentions: "--img-size must be positive", in: bare)
+    }
+
+    func testEveryModelCommandTakesImageSizeAndThreads() throws {
+        let ckpt = fixtureURL("mae_tiny.safetensors").path
+        let images = Bundle.module.url(forResource: "Fixtures/imagefolder", withExtension: nil)!.path
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("never-\(UUID())").path
+        for command in [["linprobe"], ["knn"], ["finetune"],
+                        ["extract", "--checkpoint", ckpt, "--data", images, "--out", out + ".safetensors"],
+                        ["visualize", "--checkpoint", ckpt, "--data", images, "--out", out + ".png"]] {
+            try assertOneSentenceFailure(command + ["--threads", "0"], mentions: "--threads must be between 1 and")
+        }
+        for command in [["linprobe"], ["knn"], ["finetune"]] {
+            try assertOneSentenceFailure(command + ["--img-size", "-8", "--threads", "1"], mentions: "--img-size must be positive")
+        }
+        let extract = ["extract", "--checkpoint", ckpt, "--data", images, "--out", out + ".safetensors", "--img-size", "36"]
+        try assertOneSentenceFailure(extract, mentions: "not divisible by patch size 8.")
+        XCTAssertFalse(try run(extract).2.contains(".."), "one period")
+        try assertOneSentenceFailure(["visualize", "--checkpoint", ckpt, "--data", images, "--out", out + ".png",
+                                      "--img-size", "36"], mentions: "not divisible by patch size 8.")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + ".png"))
+    }
+
+    func testMessagesNameTheValue() throws {
+        try assertOneSentenceFailure(["knn", "--epochs", "-1"], mentions: "--epochs must be positive")
+        try assertOneSentenceFailure(["extract", "--checkpoint", "c", "--data", "d", "--out", "o", "--batch-size", "-4"],
+                                     mentions: "--batch-size must be positive")
+        try assertOneSentenceFailure(["info", "/nonexistent/x.pth"], mentions: "error: /nonexistent/x.pth")
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("scenes-\(UUID())").path
+        try assertOneSentenceFailure(["data", "shapes", "--out", folder, "--scene-size", "1"], mentions: "--scene-size 16...2048")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder))
+        let (_, help, _) = try run(["data", "shapes", "--help"])
+        XCTAssertTrue(help.contains("train/<class>/*.png, val/<class>/*.png"),
+                      "sentences wrap at the terminal width, not mid-sentence in the source: \(help)")
     }
 }
