@@ -12,7 +12,7 @@ public func knnClassify(train: [Float], trainLabels: [Int], test: [Float], testL
     precondition(train.count == n * d && test.count == m * d && n > 0 && m > 0, "features must be (N, D)")
     let a = l2Normalized(train, width: d), q = l2Normalized(test, width: d)
     let kk = min(k, n), chunk = 256
-    var top1 = 0, top5 = 0
+    var tally = TopKTally()
     var start = 0
     while start < m {
         let rows = min(chunk, m - start)
@@ -27,21 +27,24 @@ public func knnClassify(train: [Float], trainLabels: [Int], test: [Float], testL
         }
         for r in 0..<rows {
             let row = sim[(r * n)..<((r + 1) * n)]
-            // The k largest similarities; ties to the lower train index (torch.topk is unspecified).
-            let nearest = row.indices.sorted { row[$0] != row[$1] ? row[$0] > row[$1] : $0 < $1 }.prefix(kk)
-            // exp((sim - max) / T): the common factor exp(max / T) leaves the vote unchanged and
-            // keeps small temperatures from overflowing.
             var votes = [Double](repeating: 0, count: classes)
-            let top = Double(row[nearest.first!])
-            for j in nearest { votes[trainLabels[j - r * n]] += exp((Double(row[j]) - top) / Double(temperature)) }
-            let y = testLabels[start + r]
-            let rank = votes.indices.filter { votes[$0] > votes[y] }.count
-            if rank < 1 { top1 += 1 }
-            if rank < 5 { top5 += 1 }
+            if row.allSatisfy(\.isFinite) {
+                // The k largest similarities; ties to the lower train index (torch.topk is unspecified).
+                let nearest = row.indices.sorted { row[$0] != row[$1] ? row[$0] > row[$1] : $0 < $1 }.prefix(kk)
+                // exp((sim - max) / T): the common factor exp(max / T) leaves the vote unchanged and
+                // keeps small temperatures from overflowing.
+                let top = Double(row[nearest.first!])
+                for j in nearest { votes[trainLabels[j - r * n]] += exp((Double(row[j]) - top) / Double(temperature)) }
+            } else {
+                // A NaN or infinite similarity (a non-finite feature) leaves no valid neighbours: the
+                // vote is undefined and the query a miss, whatever the classes.
+                votes = [Double](repeating: .nan, count: classes)
+            }
+            tally.add(votes, label: testLabels[start + r])
         }
         start += rows
     }
-    return HeadScore(top1: 100 * Double(top1) / Double(m), top5: 100 * Double(top5) / Double(m), loss: 0)
+    return HeadScore(tally)
 }
 
 /// Rows of x (N,D) scaled to unit L2 norm (F.normalize, eps 1e-12).

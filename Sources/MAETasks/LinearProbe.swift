@@ -282,13 +282,9 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
                 linearForward(out: lp.baseAddress!, input: zp.baseAddress!, weight: w, bias: bias, rows: n, inDim: d, outDim: k)
             }
         }
-        var t1 = 0, t5 = 0
-        for r in 0..<n {
-            let (rank, _) = rankAndLoss(logits, base: r * k, classes: k, label: labels[r])
-            if rank < 1 { t1 += 1 }
-            if rank < 5 { t5 += 1 }
-        }
-        return HeadScore(top1: 100 * Double(t1) / Double(n), top5: 100 * Double(t5) / Double(n), loss: 0)
+        var tally = TopKTally()
+        for r in 0..<n { tally.add(logits[(r * k)..<(r * k + k)], label: labels[r]) }
+        return HeadScore(tally)
     }
 
     var log: [TransferEpoch] = []
