@@ -96,7 +96,10 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     let (train, val) = (splits.train, splits.val), k = train.classes.count
     let trainStart = Date()
     let grid = GridProbeSettings(recipe: r)
-    let result = gridProbe(train: train, val: val, settings: grid, seed: seed)
+    let result: GridProbeResult
+    do { result = try gridProbe(train: train, val: val, settings: grid, seed: seed) } catch let TaskError.badArgument(why) {
+        throw TaskError.badArgument("linear probe of \(backbone.url.path) (seed \(seed)): \(why)")
+    }
     let (final, pairs, scores, best, split, log) = (result.val, result.pairs, result.heldout, result.best, result.split, result.log)
     let epochs = result.epochs, fraction = grid.holdout
     let chosen = pairs[best]
@@ -122,7 +125,8 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     let metrics = TransferMetrics(
         task: spec.name, evaluation: "linprobe", variant: variant, checkpoint: backbone.url.path, checkpointHash: backbone.hash,
         method: backbone.method, role: backbone.role, top1: final.top1, top5: final.top5, seed: seed,
-        recipe: spec.recipeSummary, dataset: data.name, trainData: data.train.root.path, valData: data.val.root.path,
+        recipe: spec.recipeSummary + "; \(result.steps) SGD steps (\(epochs) epochs x \(result.stepsPerEpoch) steps of the retrained head)",
+        dataset: data.name, trainData: data.train.root.path, valData: data.val.root.path,
         trainImages: train.count, valImages: val.count, classes: k, pooling: feature.describe(backbone.model),
         selected: ["lr": pairs[best].lr, "weight_decay": pairs[best].wd, "heldout_top1": scores[best].top1],
         grid: pairs.indices.map { ["lr": pairs[$0].lr, "weight_decay": pairs[$0].wd,
@@ -142,10 +146,6 @@ public struct GridProbeSettings: Sendable {
     public var epochs: Int, batchSize: Int, warmupEpochs: Double, holdout: Double
     /// 1: select on one stratified `holdout` part of train; k > 1: on all k folds of train.
     public var folds: Int
-    /// Small training sets get more epochs so every head takes at least this many steps: weakly
-    /// regularised heads on correlated features converge slowly, and with 1000 steps (100 epochs
-    /// of 4,000 images) they stopped 1-2 points short of scikit-learn's exact logistic regression.
-    public var minSteps = 4000
 
     public init(recipe r: RecipeSpec) {
         lrs = r.lrGrid ?? [0.01, 0.03, 0.1, 0.3, 1]
@@ -169,18 +169,20 @@ public struct GridProbeResult {
     public var split: (fit: [Int], held: [Int])
     /// Per epoch of the retrained head: train loss and val top-1.
     public var log: [TransferEpoch]
-    /// Epochs run (the recipe's, or more to reach `minSteps`).
-    public var epochs: Int
+    /// Epochs over the cached features (the recipe's) and SGD steps of one epoch of the retrained
+    /// head (all of train; a fit part of train takes as many epochs of its own, shorter, size).
+    public var epochs: Int, stepsPerEpoch: Int
+    /// SGD steps of the retrained head: epochs x steps per epoch.
+    public var steps: Int { epochs * stepsPerEpoch }
 }
 
 /// The cached linear probe on given features: standardise, train every (lr, wd) head at once on
 /// the fit part of train, pick the best on the stratified held-out part (seed 0), retrain it on
-/// all of train, score val. Val is read only by the retrained head.
-public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeSettings, seed: UInt64) -> GridProbeResult {
+/// all of train, score val. Val is read only by the retrained head. A head that diverged
+/// (non-finite held-out loss) ranks last and is never chosen.
+/// - Throws: `TaskError` when every head of the grid diverged.
+public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeSettings, seed: UInt64) throws -> GridProbeResult {
     let d = train.width, k = train.classes.count
-    let stepsPerEpoch = max(1, (train.count + g.batchSize - 1) / g.batchSize)
-    var g = g
-    g.epochs = max(g.epochs, (g.minSteps + stepsPerEpoch - 1) / stepsPerEpoch)
     let pairs = g.lrs.flatMap { lr in g.wds.map { (lr: lr, wd: $0) } }
     let points = pairs.map { GridPoint(lr: Float($0.lr), wd: Float($0.wd)) }
     // Held-out parts of train: one stratified part, or every fold of a stratified k-fold split.
@@ -203,9 +205,11 @@ public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeS
     let scores = points.indices.map { HeadScore(top1: correct[$0] / Double(heldCount), top5: 0, loss: lossSum[$0] / Double(heldCount)) }
     // The lowest held-out cross-entropy: on a few hundred held-out images top-1 moves in steps of
     // whole images and picks noisily; the loss ranks neighbouring weight decays smoothly.
-    // A head that diverged (non-finite loss) ranks last.
-    func heldLoss(_ i: Int) -> Double { scores[i].loss.isFinite ? scores[i].loss : .infinity }
-    let best = scores.indices.min { heldLoss($0) < heldLoss($1) }!
+    // A head that diverged (non-finite loss) ranks last and is never chosen.
+    guard let best = scores.indices.filter({ scores[$0].loss.isFinite }).min(by: { scores[$0].loss < scores[$1].loss }) else {
+        throw TaskError.badArgument("every one of the \(points.count) (lr, weight decay) heads diverged (non-finite held-out loss): " +
+                                    "the features hold NaN or Inf values, or every learning rate is too high")
+    }
     let split = parts[0]
     let norm = Standardizer(train.features, width: d)
     let x = norm.apply(train.features), vx = norm.apply(val.features)
@@ -224,7 +228,8 @@ public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeS
         epochStart = Date()
     }
     return GridProbeResult(val: head.evaluate(vx, labels: val.labels)[0], pairs: pairs, heldout: scores, best: best,
-                           split: split, log: log, epochs: g.epochs)
+                           split: split, log: log, epochs: g.epochs,
+                           stepsPerEpoch: max(1, (train.count + g.batchSize - 1) / g.batchSize))
 }
 
 /// Truncated normal N(0, std) on [-2 std, 2 std] (timm's trunc_normal_).

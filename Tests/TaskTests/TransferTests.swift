@@ -43,25 +43,53 @@ final class TransferTests: XCTestCase {
 
     // MARK: - Linear probe
 
-    func testGridProbeSeparatesSeparableFeatures() {
-        var rng = RandomStream(seed: 3)
-        func blobs(_ n: Int) -> FeatureSet {
-            var x: [Float] = [], y: [Int] = []
-            for i in 0..<n {
-                let c = i % 4
-                for j in 0..<8 { x.append((j == c ? 5 : 0) + Float(rng.normal()) * 0.5 + 10) }
-                y.append(c)
-            }
-            return FeatureSet(features: x, labels: y, width: 8, classes: ["a", "b", "c", "d"])
+    func blobs(_ n: Int, seed: UInt64 = 3) -> FeatureSet {
+        var rng = RandomStream(seed: seed)
+        var x: [Float] = [], y: [Int] = []
+        for i in 0..<n {
+            let c = i % 4
+            for j in 0..<8 { x.append((j == c ? 5 : 0) + Float(rng.normal()) * 0.5 + 10) }
+            y.append(c)
         }
+        return FeatureSet(features: x, labels: y, width: 8, classes: ["a", "b", "c", "d"])
+    }
+
+    func testGridProbeSeparatesSeparableFeatures() throws {
         var settings = GridProbeSettings(recipe: RecipeSpec())
         settings.epochs = 30
         settings.batchSize = 32
-        settings.minSteps = 0
-        let r = gridProbe(train: blobs(200), val: blobs(100), settings: settings, seed: 0)
+        let r = try gridProbe(train: blobs(200), val: blobs(100), settings: settings, seed: 0)
         XCTAssertEqual(r.val.top1, 100)
         XCTAssertEqual(r.split.held.count, 20, "10% of train held out, stratified")
         XCTAssertEqual(Set(r.split.held).intersection(r.split.fit).count, 0)
+    }
+
+    /// `--epochs 5` is 5 epochs over the cached features (it was raised to 4000 steps).
+    func testGridProbeRunsTheEpochsItIsGiven() throws {
+        var settings = GridProbeSettings(recipe: RecipeSpec())
+        settings.epochs = 5
+        settings.batchSize = 32
+        let r = try gridProbe(train: blobs(200), val: blobs(100), settings: settings, seed: 0)
+        XCTAssertEqual(r.log.map(\.epoch), [1, 2, 3, 4, 5])
+        XCTAssertEqual(r.stepsPerEpoch, 7, "200 images in batches of 32")
+        XCTAssertEqual(r.steps, 35)
+    }
+
+    /// A grid point whose head diverges ranks last and is never chosen; a grid that diverges
+    /// everywhere (NaN features) is an error, not a result.
+    func testDivergedGridPointsAreNeverChosen() throws {
+        var settings = GridProbeSettings(recipe: RecipeSpec())
+        settings.lrs = [3e38, 0.1]
+        settings.epochs = 5
+        settings.batchSize = 32
+        let r = try gridProbe(train: blobs(200), val: blobs(100), settings: settings, seed: 0)
+        XCTAssertFalse(r.heldout[0].loss.isFinite, "lr 3e38 overflows the weights")
+        XCTAssertEqual(r.pairs[r.best].lr, 0.1)
+        var poisoned = blobs(200)
+        poisoned.features[5] = .nan
+        XCTAssertThrowsError(try gridProbe(train: poisoned, val: blobs(100), settings: settings, seed: 0)) { e in
+            XCTAssertTrue("\(e)".contains("every one of the 2 (lr, weight decay) heads diverged"), "\(e)")
+        }
     }
 
     /// Against scikit-learn's LogisticRegressionCV (C tuned by 5-fold CV over 33 values), from
@@ -80,10 +108,10 @@ final class TransferTests: XCTestCase {
         let spec = try TaskSpec.load(contentsOf: repoRoot.appendingPathComponent("Tasks/shapes-linprobe.yaml"))
         var settings = GridProbeSettings(recipe: spec.recipe)
         // The shipped weight-decay grid, folds and schedule; only the top of the lr grid, where
-        // every weight decay converges, and 1000 steps, to keep the debug-build test short.
+        // every weight decay converges, and 1000 steps (500 epochs of 2 steps), to keep the debug-build test short.
         settings.lrs = [1, 3]
-        settings.minSteps = 1000
-        let r = gridProbe(train: train, val: val, settings: settings, seed: 0)
+        settings.epochs = 500
+        let r = try gridProbe(train: train, val: val, settings: settings, seed: 0)
         XCTAssertGreaterThanOrEqual(r.val.top1, f.sklearn_top1 - 100.0 / 300, "probe \(r.val.top1) vs sklearn \(f.sklearn_top1)")
     }
 
