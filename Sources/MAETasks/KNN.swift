@@ -97,8 +97,6 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
         let seed = spec.seeds[0]
         let variant = "k \(k), T \(t), \(feature.requested.rawValue)"
         let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
-        try run.create()
-        try run.write(log: [])
         let metrics = TransferMetrics(
             task: spec.name, evaluation: "knn", variant: variant, checkpoint: backbone.url.path, checkpointHash: backbone.hash,
             method: backbone.method, role: backbone.role, top1: score.top1, top5: score.top5, seed: seed,
@@ -113,7 +111,7 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
             ],
             timings: ["extract_s": splits.seconds, "eval_s": elapsed(since: evalStart), "total_s": elapsed(since: start)],
             epochs: 0, created: timestamp())
-        try run.write(metrics)
+        try run.write(metrics, log: [])
         say("\(backbone.stem): kNN val top-1 \(String(format: "%.2f", score.top1))%", o.common.verbose)
         print(run.dir.path)
         runs.append(run)

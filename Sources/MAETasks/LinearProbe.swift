@@ -110,8 +110,6 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
 
     let variant = probeVariant(mode: "cached", feature: feature)
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
-    try run.create()
-    try run.write(log: log)
     let checks = [
         "backbone frozen: its weights' fingerprint is identical before and after the run",
         "backbone in eval mode: no drop path, no masking; features of the eval transform (resize + center crop, crop ratio \(spec.dataset.cropRatio))",
@@ -135,7 +133,7 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
         timings: ["extract_s": splits.seconds, "train_s": trainSeconds, "total_s": elapsed(since: total),
                   "cache_hits": Double(splits.hits)],
         epochs: epochs, created: timestamp())
-    try run.write(metrics)
+    try run.write(metrics, log: log)
     say("\(backbone.stem) seed \(seed): val top-1 \(String(format: "%.2f", final.top1))% (lr \(chosen.lr), wd \(chosen.wd))", verbose)
     return run
 }
@@ -333,8 +331,6 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     }
     let variant = probeVariant(mode: "augmented", feature: feature)
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
-    try run.create()
-    try run.write(log: log)
     let checks = [
         "backbone frozen: its weights' fingerprint is identical before and after the run; no gradient reaches it",
         "backbone in eval mode: no drop path, no masking; train images through RandomResizedCrop (scale \(scale[0])-\(scale[1])) + flip, val through resize + center crop",
@@ -351,7 +347,7 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
         selected: nil, grid: nil, protocolChecks: checks,
         timings: ["extract_s": extractSeconds, "train_s": elapsed(since: trainStart), "total_s": elapsed(since: total)],
         epochs: a.epochs, created: timestamp())
-    try run.write(metrics)
+    try run.write(metrics, log: log)
     say("\(backbone.stem) seed \(seed): val top-1 \(String(format: "%.2f", final.top1))%", verbose)
     return run
 }

@@ -219,18 +219,59 @@ public struct TransferRun: Sendable {
         }
     }
 
+    /// Creates the folder and writes `log.jsonl` and `metrics.json`, both checked before either is
+    /// written, so a failed check leaves no folder and no half-updated run.
+    /// - Throws: `TaskError` naming the field and the run when a number is NaN or infinite.
+    public func write(_ metrics: TransferMetrics, log entries: [TransferEpoch]) throws {
+        try check(log: entries)
+        try check(metrics)
+        try create()
+        try write(log: entries)
+        try write(metrics)
+    }
+
+    /// Writes `metrics.json`.
+    /// - Throws: `TaskError` naming the field and the run when a number is NaN or infinite: a
+    ///   non-finite number is never written as a result.
     public func write(_ metrics: TransferMetrics) throws {
+        try check(metrics)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeAtomically(try encoder.encode(metrics), to: self.metrics)
     }
 
+    /// Writes `log.jsonl`, one epoch a line.
+    /// - Throws: `TaskError` naming the field, the epoch and the run when a number is NaN or infinite.
     public func write(log entries: [TransferEpoch]) throws {
+        try check(log: entries)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         var text = ""
         for e in entries { text += String(decoding: try encoder.encode(e), as: UTF8.self) + "\n" }
         try writeAtomically(Data(text.utf8), to: log)
+    }
+
+    private func check(_ metrics: TransferMetrics) throws {
+        var numbers: [(String, Double)] = [("top-1", metrics.top1), ("top-5", metrics.top5)]
+        numbers += (metrics.selected ?? [:]).sorted { $0.key < $1.key }.map { ("selected \($0.key)", $0.value) }
+        for (i, point) in (metrics.grid ?? []).enumerated() {
+            numbers += point.sorted { $0.key < $1.key }.map { ("grid point \(i + 1) \($0.key)", $0.value) }
+        }
+        numbers += metrics.timings.sorted { $0.key < $1.key }.map { ("timing \($0.key)", $0.value) }
+        if let (field, value) = numbers.first(where: { !$0.1.isFinite }) {
+            throw TaskError.badArgument("\(field) is \(nonFiniteName(value)) in the metrics of \(displayPath(dir.path)): " +
+                                        "a non-finite number is not a result, so nothing was recorded")
+        }
+    }
+
+    private func check(log entries: [TransferEpoch]) throws {
+        for e in entries {
+            let numbers = [("train loss", e.trainLoss), ("lr", e.lr), ("val top-1", e.valTop1 ?? 0), ("seconds", e.seconds)]
+            if let (field, value) = numbers.first(where: { !$0.1.isFinite }) {
+                throw TaskError.badArgument("\(field) is \(nonFiniteName(value)) at epoch \(e.epoch) of \(displayPath(dir.path)): " +
+                                            (field == "train loss" ? "the head diverged" : "a non-finite number cannot be logged"))
+            }
+        }
     }
 
     public func readLog() throws -> [TransferEpoch] {
@@ -243,6 +284,9 @@ public struct TransferRun: Sendable {
         }
     }
 }
+
+/// "NaN", "+Inf" or "-Inf", for messages about a non-finite number.
+func nonFiniteName(_ v: Double) -> String { v.isNaN ? "NaN" : v > 0 ? "+Inf" : "-Inf" }
 
 /// ISO 8601 time stamp for metrics.
 func timestamp() -> String { ISO8601DateFormatter().string(from: Date()) }

@@ -176,17 +176,45 @@ final class TransferTests: XCTestCase {
 
     // MARK: - Report
 
-    func fakeRun(_ root: URL, checkpoint: String, method: String, role: String, seed: UInt64, top1: Double) throws {
-        let run = TransferRun(dir: root.appendingPathComponent("shapes-linprobe/cached-cls/\(checkpoint)-s\(seed)"))
-        try run.create()
-        try run.write(log: (1...3).map { TransferEpoch(epoch: $0, trainLoss: 2 / Double($0), lr: 0.1, valTop1: top1 - Double(3 - $0), seconds: 1) })
-        try run.write(TransferMetrics(
+    func fakeMetrics(checkpoint: String, method: String, role: String, seed: UInt64, top1: Double) -> TransferMetrics {
+        TransferMetrics(
             task: "shapes-linprobe", evaluation: "linprobe", variant: "cached, cls", checkpoint: "Checkpoints/\(checkpoint).safetensors",
             checkpointHash: checkpoint, method: method, role: role, top1: top1, top5: 99, seed: seed, recipe: "a recipe",
             dataset: "shapes", trainData: "train", valData: "val", trainImages: 2000, valImages: 1000, classes: 10,
             pooling: "cls", selected: ["lr": 0.1, "weight_decay": 0], grid: nil,
             protocolChecks: ["backbone frozen", "feature: \(method == "mae" ? "cls" : "avg")"],
-            timings: ["total_s": 3], epochs: 3, created: "now"))
+            timings: ["total_s": 3], epochs: 3, created: "now")
+    }
+
+    func fakeLog(top1: Double, loss: Double = 2) -> [TransferEpoch] {
+        (1...3).map { TransferEpoch(epoch: $0, trainLoss: loss / Double($0), lr: 0.1, valTop1: top1 - Double(3 - $0), seconds: 1) }
+    }
+
+    @discardableResult
+    func fakeRun(_ root: URL, checkpoint: String, method: String, role: String, seed: UInt64, top1: Double) throws -> TransferRun {
+        let run = TransferRun(dir: root.appendingPathComponent("shapes-linprobe/cached-cls/\(checkpoint)-s\(seed)"))
+        try run.write(fakeMetrics(checkpoint: checkpoint, method: method, role: role, seed: seed, top1: top1), log: fakeLog(top1: top1))
+        return run
+    }
+
+    /// A NaN is never written as a result: one sentence naming the field and the run (it was
+    /// `EncodingError.invalidValue: nan`), and no folder is left behind.
+    func testNonFiniteNumbersAreRefusedBeforeAnythingIsWritten() throws {
+        let root = try temporaryFolder()
+        let run = TransferRun(dir: root.appendingPathComponent("shapes-linprobe/cached-cls/mae-s0"))
+        let good = fakeMetrics(checkpoint: "mae", method: "mae", role: "checkpoint", seed: 0, top1: 50)
+        XCTAssertThrowsError(try run.write(good, log: fakeLog(top1: 50, loss: .nan))) { e in
+            XCTAssertEqual("\(e)", "train loss is NaN at epoch 1 of \(run.dir.path): the head diverged.")
+        }
+        var bad = good
+        bad.grid = [["lr": 0.1, "heldout_loss": 1], ["lr": .infinity, "heldout_loss": 1]]
+        XCTAssertThrowsError(try run.write(bad, log: fakeLog(top1: 50))) { e in
+            XCTAssertTrue("\(e)".hasPrefix("grid point 2 lr is +Inf in the metrics of \(run.dir.path)"), "\(e)")
+        }
+        bad = good
+        bad.top1 = .nan
+        XCTAssertThrowsError(try run.write(bad)) { XCTAssertTrue("\($0)".hasPrefix("top-1 is NaN"), "\($0)") }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: run.dir.path), "nothing was written")
     }
 
     func testReportPutsMethodsSideBySideWithDeltaAndSeedSpread() throws {
