@@ -79,9 +79,15 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
         throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a knn task")
     }
     let k = o.k ?? spec.head.k ?? 20, t = o.temperature ?? spec.head.temperature ?? 0.07
-    guard k >= 1, t > 0 else { throw TaskError.badArgument("--k must be at least 1 and --temperature positive") }
+    let kName = o.k != nil ? "--k" : "head.k of task \(spec.name)"
+    let tName = o.temperature != nil ? "--temperature" : "head.temperature of task \(spec.name)"
+    guard k >= 1 else { throw TaskError.badArgument("\(kName) must be at least 1, not \(k)") }
+    guard t.isFinite && t > 0 else { throw TaskError.badArgument("\(tName) must be a finite positive number, not \(t)") }
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
+    guard k <= data.train.count else {
+        throw TaskError.badArgument("\(kName) \(k) is more neighbours than the \(data.train.count) train images of \(data.train.root.path)")
+    }
     var runs: [TransferRun] = []
     for b in backbones {
         let start = Date()

@@ -80,18 +80,29 @@ extension TransferOptions {
     }
 
     /// Train and val ImageFolders: the flags', else the task's (Shapes is generated when missing).
+    /// - Throws: `TaskError` naming the folder when a split has fewer than two classes (top-1 would
+    ///   be 100% by construction). Train and val being one folder gets a warning on standard error.
     public func datasets(_ spec: TaskSpec) throws -> (train: ImageFolder, val: ImageFolder, name: String) {
+        let data: (train: ImageFolder, val: ImageFolder, name: String)
         switch (trainData, valData) {
         case let (t?, v?):
-            return (try ImageFolder(root: t), try ImageFolder(root: v), t.deletingLastPathComponent().lastPathComponent)
+            data = (try ImageFolder(root: t), try ImageFolder(root: v), t.deletingLastPathComponent().lastPathComponent)
         case (nil, nil):
             if spec.dataset.generate == "shapes" {
                 try ShapesDataset.ensure(at: spec.dataset.rootURL, size: spec.dataset.imgSize)
             }
-            return (try ImageFolder(root: spec.dataset.trainURL), try ImageFolder(root: spec.dataset.valURL), spec.dataset.name)
+            data = (try ImageFolder(root: spec.dataset.trainURL), try ImageFolder(root: spec.dataset.valURL), spec.dataset.name)
         default:
             throw TaskError.badArgument("pass --train-data and --val-data together")
         }
+        for folder in [data.train, data.val] where folder.classes.count < 2 {
+            throw TaskError.badArgument("\(folder.root.path) has only one class folder ('\(folder.classes[0])'): classification " +
+                                        "needs at least two classes (with one, top-1 is 100% by construction)")
+        }
+        if data.train.root.standardizedFileURL.resolvingSymlinksInPath() == data.val.root.standardizedFileURL.resolvingSymlinksInPath() {
+            warn("train and val are the same folder \(data.train.root.path): the val accuracy measures fitting the training images, not transfer")
+        }
+        return data
     }
 }
 
@@ -293,6 +304,12 @@ func timestamp() -> String { ISO8601DateFormatter().string(from: Date()) }
 
 /// Seconds since `start`.
 func elapsed(since start: Date) -> Double { Date().timeIntervalSince(start) }
+
+/// A `warning: ...` line on standard error, whatever the verbosity: the run goes on, but its
+/// numbers need the caveat.
+func warn(_ message: String) {
+    FileHandle.standardError.write(Data(("warning: " + message + "\n").utf8))
+}
 
 /// A message on standard error.
 func say(_ message: String, _ verbose: Bool) {

@@ -4,8 +4,9 @@ import TestSupport
 
 /// The built `mae-eval` binary as a user meets it: exit status and the one-sentence error.
 final class CommandLineTests: XCTestCase {
-    /// Runs mae-eval (built beside the test bundle by `swift test`) and returns (status, stdout, stderr).
-    func run(_ arguments: [String]) throws -> (Int32, String, String) {
+    /// Runs mae-eval (built beside the test bundle by `swift test`), from `cwd` if given (the
+    /// feature cache goes there), and returns (status, stdout, stderr).
+    func run(_ arguments: [String], in cwd: URL? = nil) throws -> (Int32, String, String) {
         let folder = try XCTUnwrap(Bundle.main.executableURL).deletingLastPathComponent()
         let binary = folder.appendingPathComponent("mae-eval")
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
@@ -14,6 +15,7 @@ final class CommandLineTests: XCTestCase {
         let p = Process()
         p.executableURL = binary
         p.arguments = arguments
+        if let cwd { p.currentDirectoryURL = cwd }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -30,6 +32,15 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(lines.count, 1, "one line on stderr, got: \(err)", file: file, line: line)
         XCTAssertTrue(err.contains(mentions), "stderr should mention \(mentions): \(err)", file: file, line: line)
         XCTAssertFalse(err.contains("Fatal error") || err.contains("Stack dump"), "no crash", file: file, line: line)
+    }
+
+    let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    func temporaryFolder() throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID())")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url
     }
 
     func temporaryFile(_ bytes: [UInt8], _ name: String) throws -> URL {
@@ -59,6 +70,31 @@ final class CommandLineTests: XCTestCase {
         for (url, name) in cases {
             try assertOneSentenceFailure(["info", url.path], mentions: name)
         }
+    }
+
+    /// kNN refuses what it cannot do: k above the train size, a non-finite or non-positive T,
+    /// and the shared --epochs / --seed it has no use for; train = val runs with a warning.
+    func testKNNRefusesBadFlagsAndWarnsWhenTrainIsVal() throws {
+        let folder = Bundle.module.url(forResource: "Fixtures/imagefolder", withExtension: nil)!.path
+        let work = try temporaryFolder()
+        let base = ["knn", "--checkpoint", fixtureURL("mae_tiny.safetensors").path,
+                    "--task", repoRoot.appendingPathComponent("Tasks/shapes-knn.yaml").path,
+                    "--out-dir", work.appendingPathComponent("runs").path, "--no-report"]
+        try assertOneSentenceFailure(["knn", "--epochs", "3"], mentions: "--epochs does nothing for kNN")
+        try assertOneSentenceFailure(["knn", "--seed", "1"], mentions: "--seed does nothing for kNN")
+        try assertOneSentenceFailure(["knn", "--seeds", "0,1"], mentions: "--seeds does nothing for kNN")
+        try assertOneSentenceFailure(base + ["--train-data", folder, "--val-data", folder, "--temperature", "inf"],
+                                     mentions: "--temperature must be a finite positive number, not inf")
+        try assertOneSentenceFailure(base + ["--train-data", folder, "--val-data", folder, "--temperature", "0"],
+                                     mentions: "--temperature must be a finite positive number")
+        let (status, out, err) = try run(base + ["--train-data", folder, "--val-data", folder, "--k", "100"], in: work)
+        XCTAssertEqual(status, 1)
+        XCTAssertTrue(err.contains("error: --k 100 is more neighbours than the 6 train images of \(folder)."), err)
+        XCTAssertEqual(out, "")
+        let (ok, runOut, warnings) = try run(base + ["--train-data", folder, "--val-data", folder, "--k", "3"], in: work)
+        XCTAssertEqual(ok, 0, warnings)
+        XCTAssertTrue(warnings.contains("warning: train and val are the same folder \(folder)"), warnings)
+        XCTAssertTrue(runOut.contains("shapes-knn/k-3-t-0-07-cls/"), runOut)
     }
 
     func testBenchRefusesBadShapesAndPresets() throws {

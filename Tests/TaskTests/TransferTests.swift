@@ -236,7 +236,62 @@ final class TransferTests: XCTestCase {
                        ["shapes-linprobe-linprobe-cached-cls-loss.png", "shapes-linprobe-linprobe-cached-cls-val.png"])
     }
 
+    /// `report --runs X` with X missing or a file, and a corrupt or incomplete metrics.json, are
+    /// errors naming the path (a corrupt seed 0 used to vanish from the mean); a pretraining run's
+    /// metrics.json is not a transfer run and is skipped.
+    func testReportRefusesMissingFoldersAndBrokenMetrics() throws {
+        let root = try temporaryFolder()
+        let out = root.appendingPathComponent("report.md")
+        XCTAssertThrowsError(try writeReport(runs: root.appendingPathComponent("nope"), to: out)) { e in
+            XCTAssertEqual("\(e)", "\(root.appendingPathComponent("nope").path) is not a folder of runs (no such folder).")
+        }
+        try Data("x".utf8).write(to: root.appendingPathComponent("file"))
+        XCTAssertThrowsError(try writeReport(runs: root.appendingPathComponent("file"), to: out)) { e in
+            XCTAssertTrue("\(e)".hasSuffix("file is not a folder of runs."), "\(e)")
+        }
+        let runs = root.appendingPathComponent("runs")
+        let seed0 = try fakeRun(runs, checkpoint: "mae_shapes", method: "mae", role: "checkpoint", seed: 0, top1: 80)
+        try fakeRun(runs, checkpoint: "mae_shapes", method: "mae", role: "checkpoint", seed: 1, top1: 82)
+        let pretrain = PretrainMetrics(method: "mae", model: "m", data: "d", epochs: 1, final_loss: 0.5, losses: [0.5],
+                                       images_per_s: 1, seconds: 1, recipe: "r", seed: 0, batch_size: 8, checkpoint: "c", backbone: "b")
+        try FileManager.default.createDirectory(at: runs.appendingPathComponent("pt"), withIntermediateDirectories: true)
+        try JSONEncoder().encode(pretrain).write(to: runs.appendingPathComponent("pt/metrics.json"))
+        try writeReport(runs: runs, to: out)
+        XCTAssertTrue(try String(contentsOf: out, encoding: .utf8).contains("81.00 ± 1.41"))
+        let good = try Data(contentsOf: seed0.metrics)
+        var object = try XCTUnwrap(try JSONSerialization.jsonObject(with: good) as? [String: Any])
+        object["top1"] = nil
+        try JSONSerialization.data(withJSONObject: object).write(to: seed0.metrics)
+        XCTAssertThrowsError(try writeReport(runs: runs, to: out)) { e in
+            XCTAssertEqual("\(e)", "\(seed0.metrics.path) lacks the field 'top1', so the report cannot include its run.")
+        }
+        try good.prefix(50).write(to: seed0.metrics)
+        XCTAssertThrowsError(try writeReport(runs: runs, to: out)) { e in
+            XCTAssertTrue("\(e)".hasPrefix("\(seed0.metrics.path) is not a JSON object"), "\(e)")
+        }
+    }
+
     // MARK: - Task specs and bad input
+
+    /// One class: top-1 would be 100% by construction, so the folder is refused.
+    func testOneClassSplitIsRefused() throws {
+        let root = try temporaryFolder()
+        let one = root.appendingPathComponent("one")
+        try FileManager.default.createDirectory(at: one, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: fixture("imagefolder/alpha"), to: one.appendingPathComponent("alpha"))
+        var o = TransferOptions()
+        let spec = try TaskSpec.load(contentsOf: repoRoot.appendingPathComponent("Tasks/shapes-linprobe.yaml"))
+        o.trainData = fixture("imagefolder")
+        o.valData = one
+        XCTAssertThrowsError(try o.datasets(spec)) { e in
+            XCTAssertEqual("\(e)", "\(one.path) has only one class folder ('alpha'): classification needs at least two classes " +
+                           "(with one, top-1 is 100% by construction).")
+        }
+        o.trainData = one
+        XCTAssertThrowsError(try o.datasets(spec)) { XCTAssertTrue("\($0)".hasPrefix(one.path), "\($0)") }
+        o.valData = fixture("imagefolder")
+        XCTAssertThrowsError(try o.datasets(spec))
+    }
 
     func testShippedTaskSpecsParse() throws {
         for name in ["shapes-linprobe", "shapes-knn", "shapes-finetune"] {
