@@ -31,15 +31,12 @@ struct CocoEvalCommand: ParsableCommand {
     var out: String?
 
     func run() throws {
-        do {
+        try runCLI {
             let result = try COCOEvaluator.evaluateFiles(
                 groundTruth: URL(fileURLWithPath: gt), detections: URL(fileURLWithPath: dt),
                 iouType: iouType == .bbox ? .bbox : .segm)
             print(result.summaryLines.joined(separator: "\n"))
             if let out { try writeOutputFile(result.jsonValue().serialized(), to: out) }
-        } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            throw ExitCode.failure
         }
     }
 }

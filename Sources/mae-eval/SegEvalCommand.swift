@@ -39,7 +39,7 @@ struct SegEvalCommand: ParsableCommand {
     }
 
     func run() throws {
-        do {
+        try runCLI {
             let (result, images) = try SegmentationMetrics.evaluateDirectories(
                 groundTruth: URL(fileURLWithPath: gt), predictions: URL(fileURLWithPath: pred),
                 numClasses: numClasses, ignoreIndex: ignoreIndex, reduceZeroLabel: reduceZeroLabel,
@@ -47,9 +47,6 @@ struct SegEvalCommand: ParsableCommand {
             print("\(images) label maps")
             print(result.tableLines().joined(separator: "\n"))
             if let out { try writeOutputFile(result.jsonValue().serialized(), to: out) }
-        } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            throw ExitCode.failure
         }
     }
 }
