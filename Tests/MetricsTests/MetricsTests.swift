@@ -212,6 +212,22 @@ final class SegmentationMetricsTests: XCTestCase {
         }
     }
 
+    /// `--num-classes 2000000000` grew to 23 GB and was OOM-killed; it is refused before allocating.
+    func testClassCountAndIgnoreIndexAreBounded() {
+        XCTAssertNil(SegmentationMetrics.problem(numClasses: 65536, ignoreIndex: 255))
+        XCTAssertEqual(SegmentationMetrics.problem(numClasses: 2_000_000_000, ignoreIndex: 255),
+                       "--num-classes 2000000000 exceeds 65536: label maps are 8- or 16-bit PNGs, whose labels are 0...65535")
+        XCTAssertEqual(SegmentationMetrics.problem(numClasses: 0, ignoreIndex: 255), "--num-classes must be positive, not 0")
+        XCTAssertTrue(SegmentationMetrics.problem(numClasses: 3, ignoreIndex: -1)?.hasPrefix("--ignore-index -1 is not a label") ?? false)
+        XCTAssertTrue(SegmentationMetrics.problem(numClasses: 3, ignoreIndex: 70000)?.hasPrefix("--ignore-index 70000") ?? false)
+        let folder = FileManager.default.temporaryDirectory
+        XCTAssertThrowsError(try SegmentationMetrics.evaluateDirectories(
+            groundTruth: folder, predictions: folder, numClasses: Int.max,
+            readLabelMap: { _ in XCTFail("nothing is read"); return (0, 0, []) })) { e in
+            XCTAssertTrue("\(e)".contains("exceeds 65536"), "\(e)")
+        }
+    }
+
     func testMismatchedSizeNamesTheImage() {
         var metrics = SegmentationMetrics(numClasses: 3)
         XCTAssertThrowsError(try metrics.add(prediction: [0, 1, 2], groundTruth: [0, 1], name: "val/0001.png")) {

@@ -97,6 +97,19 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(runOut.contains("shapes-knn/k-3-t-0-07-cls/"), runOut)
     }
 
+    /// seg-eval bounds the class count before allocating; report refuses a missing --runs folder.
+    func testSegEvalAndReportRefuseBadArguments() throws {
+        let work = try temporaryFolder()
+        try assertOneSentenceFailure(["seg-eval", "--gt", work.path, "--pred", work.path, "--num-classes", "2000000000"],
+                                     mentions: "--num-classes 2000000000 exceeds 65536")
+        try assertOneSentenceFailure(["seg-eval", "--gt", work.path, "--pred", work.path, "--num-classes", "3", "--ignore-index=-1"],
+                                     mentions: "--ignore-index -1")
+        let missing = work.appendingPathComponent("nope").path
+        try assertOneSentenceFailure(["report", "--runs", missing, "--out", work.appendingPathComponent("r.md").path],
+                                     mentions: "\(missing) is not a folder of runs")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: work.appendingPathComponent("r.md").path))
+    }
+
     func testBenchRefusesBadShapesAndPresets() throws {
         try assertOneSentenceFailure(["bench", "--model", "vit_gigantic", "--iters", "1"], mentions: "vit_gigantic")
         try assertOneSentenceFailure(["bench", "--model", "vit_tiny_patch16", "--img-size", "225", "--iters", "1"],
