@@ -127,8 +127,9 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
         dataset: data.name, trainData: data.train.root.path, valData: data.val.root.path,
         trainImages: train.count, valImages: val.count, classes: k, pooling: feature.describe(backbone.model),
         selected: ["lr": pairs[best].lr, "weight_decay": pairs[best].wd, "heldout_top1": scores[best].top1],
-        grid: pairs.indices.map { ["lr": pairs[$0].lr, "weight_decay": pairs[$0].wd,
-                                    "heldout_top1": scores[$0].top1, "heldout_loss": scores[$0].loss] },
+        // A diverged point (never chosen) has no held-out loss to record: it is marked instead.
+        grid: pairs.indices.map { ["lr": pairs[$0].lr, "weight_decay": pairs[$0].wd, "heldout_top1": scores[$0].top1]
+            .merging(scores[$0].loss.isFinite ? ["heldout_loss": scores[$0].loss] : ["diverged": 1]) { a, _ in a } },
         protocolChecks: checks,
         timings: ["extract_s": splits.seconds, "train_s": trainSeconds, "total_s": elapsed(since: total),
                   "cache_hits": Double(splits.hits)],

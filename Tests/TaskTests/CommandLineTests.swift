@@ -110,6 +110,32 @@ final class CommandLineTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: work.appendingPathComponent("r.md").path))
     }
 
+    /// A grid point that diverges is recorded as such (not as a NaN loss, which JSON cannot hold) and
+    /// never chosen; the run still succeeds on the points that converged.
+    func testLinprobeRecordsADivergedGridPointWithoutChoosingIt() throws {
+        let folder = Bundle.module.url(forResource: "Fixtures/imagefolder", withExtension: nil)!.path
+        let work = try temporaryFolder()
+        let spec = try String(contentsOf: repoRoot.appendingPathComponent("Tasks/shapes-linprobe.yaml"), encoding: .utf8)
+            .replacingOccurrences(of: "lr_grid: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]", with: "lr_grid: [3.0e38, 0.1]")
+            .replacingOccurrences(of: "wd_grid: [0.0, 0.00001, 0.00003, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.03, 0.1, 0.3, 1.0]",
+                                  with: "wd_grid: [0.0]")
+        XCTAssertTrue(spec.contains("[3.0e38, 0.1]") && spec.contains("wd_grid: [0.0]"), "the shipped spec's grid lines changed")
+        let task = work.appendingPathComponent("lp.yaml")
+        try spec.write(to: task, atomically: true, encoding: .utf8)
+        let (status, out, err) = try run(["linprobe", "--checkpoint", fixtureURL("mae_tiny.safetensors").path, "--task", task.path,
+                                          "--train-data", folder, "--val-data", folder, "--epochs", "2",
+                                          "--out-dir", work.appendingPathComponent("runs").path, "--no-report"], in: work)
+        XCTAssertEqual(status, 0, err)
+        let metrics = URL(fileURLWithPath: out.trimmingCharacters(in: .whitespacesAndNewlines)).appendingPathComponent("metrics.json")
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: metrics)) as? [String: Any])
+        let grid = try XCTUnwrap(json["grid"] as? [[String: Double]])
+        XCTAssertEqual(grid.map { $0["diverged"] }, [1, nil])
+        XCTAssertNil(grid[0]["heldout_loss"])
+        XCTAssertEqual((json["selected"] as? [String: Double])?["lr"], 0.1)
+        XCTAssertTrue((json["recipe"] as? String)?.hasSuffix("; 2 SGD steps (2 epochs x 1 steps of the retrained head)") ?? false,
+                      "\(json["recipe"] ?? "")")
+    }
+
     func testBenchRefusesBadShapesAndPresets() throws {
         try assertOneSentenceFailure(["bench", "--model", "vit_gigantic", "--iters", "1"], mentions: "vit_gigantic")
         try assertOneSentenceFailure(["bench", "--model", "vit_tiny_patch16", "--img-size", "225", "--iters", "1"],
