@@ -123,7 +123,7 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     let metrics = TransferMetrics(
         task: spec.name, evaluation: "linprobe", variant: variant, checkpoint: backbone.url.path, checkpointHash: backbone.hash,
         method: backbone.method, role: backbone.role, top1: final.top1, top5: final.top5, seed: seed,
-        recipe: spec.recipeSummary + "; \(result.steps) SGD steps (\(epochs) epochs x \(result.stepsPerEpoch) steps of the retrained head)",
+        recipe: spec.recipeSummary + "; retrained head: \(result.steps) SGD steps (\(epochs) epochs x \(result.stepsPerEpoch) steps per epoch)",
         dataset: data.name, trainData: data.train.root.path, valData: data.val.root.path,
         trainImages: train.count, valImages: val.count, classes: k, pooling: feature.describe(backbone.model),
         selected: ["lr": pairs[best].lr, "weight_decay": pairs[best].wd, "heldout_top1": scores[best].top1],

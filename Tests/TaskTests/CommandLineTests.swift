@@ -132,7 +132,7 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(grid.map { $0["diverged"] }, [1, nil])
         XCTAssertNil(grid[0]["heldout_loss"])
         XCTAssertEqual((json["selected"] as? [String: Double])?["lr"], 0.1)
-        XCTAssertTrue((json["recipe"] as? String)?.hasSuffix("; 2 SGD steps (2 epochs x 1 steps of the retrained head)") ?? false,
+        XCTAssertTrue((json["recipe"] as? String)?.hasSuffix("; retrained head: 2 SGD steps (2 epochs x 1 steps per epoch)") ?? false,
                       "\(json["recipe"] ?? "")")
     }
 
