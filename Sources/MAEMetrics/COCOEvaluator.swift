@@ -114,10 +114,10 @@ public struct COCOEvaluator {
             if iouType == .segm {
                 guard let s = a.segmentation, let (h, w) = sizes[a.imageId] else {
                     throw COCOError(file: groundTruthFile,
-                                    problem: "annotation \(n) (id \(a.id)) has no segmentation, which segm evaluation needs")
+                                    problem: "annotations[\(n)] (id \(a.id)) has no segmentation, which segm evaluation needs")
                 }
                 if case .polygons(let polygons) = s, let problem = polygonProblem(polygons) {
-                    throw COCOError(file: groundTruthFile, problem: "annotation \(n) (id \(a.id)) \(problem)")
+                    throw COCOError(file: groundTruthFile, problem: "annotations[\(n)] (id \(a.id)) \(problem)")
                 }
                 mask = s.rle(imageHeight: h, imageWidth: w)
             }

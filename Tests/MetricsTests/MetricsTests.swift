@@ -299,11 +299,11 @@ final class COCOHostileInputTests: XCTestCase {
     /// pycocotools raises on `[[1, 2, 3]]` and on `[]` when it rasterises masks; boxes never read them.
     func testShortPolygonsAreRefusedForMasks() throws {
         let three = try editedGroundTruth { _, a in setField(&a, 0, "segmentation", .array([.array([.int(1), .int(2), .int(3)])])) }
-        assertRefused(three, .segm, "annotation 0 (id 1) has a polygon of 3 numbers (a polygon is x, y pairs of at least " +
+        assertRefused(three, .segm, "annotations[0] (id 1) has a polygon of 3 numbers (a polygon is x, y pairs of at least " +
                       "3 points: an even count of 6 or more)")
         XCTAssertEqual(try evaluate(three, .bbox), try unchanged(.bbox), "as pycocotools: boxes ignore the mask")
         let none = try editedGroundTruth { _, a in setField(&a, 0, "segmentation", .array([])) }
-        assertRefused(none, .segm, "annotation 0 (id 1) has an empty polygon list")
+        assertRefused(none, .segm, "annotations[0] (id 1) has an empty polygon list")
     }
 
     func testOverflowingBoxSaysWhatIsWrong() throws {
