@@ -138,8 +138,9 @@ public struct COCODataset: Equatable, Sendable {
             reader.context = "annotations[\(i)]"
             let o = try reader.object(item)
             let id = try reader.int(o["id"], "id")
+            reader.context = "annotations[\(i)] (id \(id))"
             for key in requiredAnnotationFields where o[key] == nil {
-                throw reader.error("(id \(id)) has no \"\(key)\", which pycocotools' COCOeval needs (it raises KeyError)")
+                throw reader.error("has no \"\(key)\", which pycocotools' COCOeval needs (it raises KeyError)")
             }
             let imageId = try reader.int(o["image_id"], "image_id")
             let segmentation = try o["segmentation"].map { try reader.segmentation($0) }

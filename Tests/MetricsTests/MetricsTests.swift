@@ -308,7 +308,7 @@ final class COCOHostileInputTests: XCTestCase {
 
     func testOverflowingBoxSaysWhatIsWrong() throws {
         let gt = try editedGroundTruth { _, a in setField(&a, 0, "bbox", .array([.double(1e308), .int(1), .int(2), .int(3)])) }
-        assertRefused(gt, .bbox, "annotations[0] has a bbox number 1e+308 that is out of range (beyond ±1e8, which overflows the area and mask arithmetic)")
+        assertRefused(gt, .bbox, "annotations[0] (id 1) has a bbox number 1e+308 that is out of range (beyond ±1e8, which overflows the area and mask arithmetic)")
     }
 
     /// It used to surface as "detection 12 refers to image id 2, which is not in ...".
