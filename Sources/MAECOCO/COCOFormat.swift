@@ -102,8 +102,11 @@ public struct COCODataset: Equatable, Sendable {
         self.categories = categories
     }
 
-    /// Reads an instances JSON file; throws `COCOError` naming the file if it is missing or malformed.
-    public init(contentsOf url: URL) throws {
+    /// Reads an instances JSON file; throws `COCOError` naming the file if it is missing or malformed,
+    /// or if two images share an id.
+    /// - Parameter requiredAnnotationFields: keys every annotation must have (COCOeval reads `area`,
+    ///   `iscrowd` and, for boxes, `bbox` without a default); others are filled in from the mask.
+    public init(contentsOf url: URL, requiredAnnotationFields: [String] = []) throws {
         let root = try readJSON(url)
         let file = url.path
         guard case .object(let top) = root else {
@@ -117,6 +120,13 @@ public struct COCODataset: Equatable, Sendable {
                              height: try reader.int(o["height"], "height"),
                              fileName: o["file_name"]?.stringValue ?? "")
         }
+        var firstIndex: [Int: Int] = [:]
+        for (i, image) in images.enumerated() {
+            if let j = firstIndex[image.id] {
+                throw COCOError(file: file, problem: "images[\(i)] repeats the image id \(image.id) of images[\(j)] (image ids must be unique)")
+            }
+            firstIndex[image.id] = i
+        }
         categories = try reader.array(top["categories"], "categories").enumerated().map { i, item in
             reader.context = "categories[\(i)]"
             let o = try reader.object(item)
@@ -127,6 +137,11 @@ public struct COCODataset: Equatable, Sendable {
         annotations = try reader.array(top["annotations"] ?? .array([]), "annotations").enumerated().map { i, item in
             reader.context = "annotations[\(i)]"
             let o = try reader.object(item)
+            let id = try reader.int(o["id"], "id")
+            reader.context = "annotations[\(i)] (id \(id))"
+            for key in requiredAnnotationFields where o[key] == nil {
+                throw reader.error("has no \"\(key)\", which pycocotools' COCOeval needs (it raises KeyError)")
+            }
             let imageId = try reader.int(o["image_id"], "image_id")
             let segmentation = try o["segmentation"].map { try reader.segmentation($0) }
             var bbox = try o["bbox"].map { try reader.box($0) }
@@ -138,7 +153,7 @@ public struct COCODataset: Equatable, Sendable {
                 area = area ?? Double(mask.area)
             }
             guard let bbox else { throw reader.error("has neither bbox nor segmentation") }
-            return COCOAnnotation(id: try reader.int(o["id"], "id"), imageId: imageId,
+            return COCOAnnotation(id: id, imageId: imageId,
                                   categoryId: try reader.int(o["category_id"], "category_id"), bbox: bbox,
                                   area: area ?? bbox[2] * bbox[3],
                                   isCrowd: try o["iscrowd"].map { try reader.double($0, "iscrowd") != 0 } ?? false,
@@ -308,8 +323,9 @@ private struct FieldReader {
     func numbers(_ v: JSONValue, _ what: String) throws -> [Double] {
         guard case .array(let a) = v else { throw error("has a \(what) that is not a list of numbers") }
         return try a.map { x in
-            guard let d = x.doubleValue, d.isFinite, abs(d) < 1e8 else {
-                throw error("has a \(what) that is not a list of numbers")
+            guard let d = x.doubleValue else { throw error("has a \(what) that is not a list of numbers") }
+            guard d.isFinite, abs(d) < 1e8 else {
+                throw error("has a \(what) number \(d) that is \(d.isFinite ? "out of range (beyond ±1e8, which overflows the area and mask arithmetic)" : "not finite")")
             }
             return d
         }

@@ -28,6 +28,17 @@ public struct COCOEvalParams: Sendable {
     public init() {}
 }
 
+/// Why a ground-truth polygon list cannot be rasterised as pycocotools would, or nil. pycocotools
+/// raises on an empty list or a first polygon of fewer than 4 numbers, reads a list of 4-number
+/// entries as boxes, and rasterises anything else; a polygon of fewer than 3 points (6 numbers) or
+/// with an odd count is refused here rather than guessed at.
+func polygonProblem(_ polygons: [[Double]]) -> String? {
+    guard !polygons.isEmpty else { return "has an empty polygon list" }
+    if polygons.allSatisfy({ $0.count == 4 }) { return nil }
+    guard let bad = polygons.first(where: { $0.count < 6 || $0.count % 2 != 0 }) else { return nil }
+    return "has a polygon of \(bad.count) numbers (a polygon is x, y pairs of at least 3 points: an even count of 6 or more)"
+}
+
 /// numpy's linspace with endpoint: start + i * step, the last value set to stop.
 func linspace(_ start: Double, _ stop: Double, _ num: Int) -> [Double] {
     let step = (stop - start) / Double(num - 1)
@@ -84,6 +95,16 @@ public struct COCOEvaluator {
         let imageIndex = Dictionary(uniqueKeysWithValues: imageIds.enumerated().map { ($1, $0) })
         let categoryIndex = Dictionary(uniqueKeysWithValues: categoryIds.enumerated().map { ($1, $0) })
 
+        // pycocotools keys annotations by id and keeps the last of a repeated one (twice), so its AP
+        // would differ from an evaluation of the file as written: refuse instead.
+        var firstIndex: [Int: Int] = [:]
+        for (n, a) in groundTruth.annotations.enumerated() {
+            if let m = firstIndex[a.id] {
+                throw COCOError(file: groundTruthFile, problem: "annotation id \(a.id) appears twice (annotations[\(m)] and " +
+                                "annotations[\(n)]); pycocotools would evaluate the last one twice and drop the other")
+            }
+            firstIndex[a.id] = n
+        }
         var gts: [EvalObject] = []
         var gtKeys: [Int] = []
         gts.reserveCapacity(groundTruth.annotations.count)
@@ -93,7 +114,10 @@ public struct COCOEvaluator {
             if iouType == .segm {
                 guard let s = a.segmentation, let (h, w) = sizes[a.imageId] else {
                     throw COCOError(file: groundTruthFile,
-                                    problem: "annotation \(n) (id \(a.id)) has no segmentation, which segm evaluation needs")
+                                    problem: "annotations[\(n)] (id \(a.id)) has no segmentation, which segm evaluation needs")
+                }
+                if case .polygons(let polygons) = s, let problem = polygonProblem(polygons) {
+                    throw COCOError(file: groundTruthFile, problem: "annotations[\(n)] (id \(a.id)) \(problem)")
                 }
                 mask = s.rle(imageHeight: h, imageWidth: w)
             }
@@ -144,9 +168,11 @@ public struct COCOEvaluator {
         dtGroups = groupIndices(keys: dtKeys, groups: groups)
     }
 
-    /// Reads both files and evaluates: the whole of `mae-eval coco-eval`.
+    /// Reads both files and evaluates: the whole of `mae-eval coco-eval`. Ground-truth annotations
+    /// must have what COCOeval reads without a default: `area`, `iscrowd`, and `bbox` for boxes.
     public static func evaluateFiles(groundTruth: URL, detections: URL, iouType: COCOIoUType) throws -> COCOEvalResult {
-        let gt = try COCODataset(contentsOf: groundTruth)
+        let gt = try COCODataset(contentsOf: groundTruth,
+                                 requiredAnnotationFields: iouType == .bbox ? ["bbox", "area", "iscrowd"] : ["area", "iscrowd"])
         let dt = try COCODetection.load(contentsOf: detections)
         let evaluator = try COCOEvaluator(groundTruth: gt, detections: dt, iouType: iouType,
                                           groundTruthFile: groundTruth.path, detectionsFile: detections.path)

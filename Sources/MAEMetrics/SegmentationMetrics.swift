@@ -20,6 +20,12 @@ public struct SegmentationMetricsError: LocalizedError, CustomStringConvertible,
 
 /// mmseg's mIoU metric: accumulate label maps image by image, then `compute()`.
 public struct SegmentationMetrics: Sendable {
+    /// Label maps are 8- or 16-bit PNGs, so labels are 0...65535: at most 65536 classes (and the
+    /// per-class counts, 32 bytes a class, are bounded before anything is allocated).
+    public static let maxClasses = 65536
+    /// The label values a PNG label map can hold, and so the ignore indices that can match one.
+    public static let labelRange: ClosedRange<Int32> = 0...65535
+
     public let numClasses: Int
     /// Ground-truth value that marks unlabelled pixels (mmseg's default 255).
     public let ignoreIndex: Int32
@@ -32,7 +38,7 @@ public struct SegmentationMetrics: Sendable {
     public private(set) var areaLabel: [Int64]
 
     public init(numClasses: Int, ignoreIndex: Int32 = 255, reduceZeroLabel: Bool = false) {
-        precondition(numClasses > 0, "numClasses must be positive")
+        precondition((1...Self.maxClasses).contains(numClasses), "numClasses must be in 1...\(Self.maxClasses)")
         self.numClasses = numClasses
         self.ignoreIndex = ignoreIndex
         self.reduceZeroLabel = reduceZeroLabel
@@ -131,6 +137,18 @@ func nanMean(_ values: [Double]) -> Double {
 // MARK: - Directories of label maps
 
 extension SegmentationMetrics {
+    /// What is wrong with a class count or ignore index (flag-named, for `seg-eval`), or nil.
+    public static func problem(numClasses: Int, ignoreIndex: Int32) -> String? {
+        guard numClasses > 0 else { return "--num-classes must be positive, not \(numClasses)" }
+        guard numClasses <= maxClasses else {
+            return "--num-classes \(numClasses) exceeds \(maxClasses): label maps are 8- or 16-bit PNGs, whose labels are 0...65535"
+        }
+        guard labelRange.contains(ignoreIndex) else {
+            return "--ignore-index \(ignoreIndex) is not a label a PNG label map can hold (0...65535), so it would ignore nothing"
+        }
+        return nil
+    }
+
     /// Scores every `.png` label map in `groundTruth` against the file of the same name in
     /// `predictions` (the whole of `mae-eval seg-eval`). `readLabelMap` decodes one PNG into row-major
     /// labels; it is passed in so that this target needs no image codec.
@@ -141,8 +159,8 @@ extension SegmentationMetrics {
         groundTruth: URL, predictions: URL, numClasses: Int, ignoreIndex: Int32 = 255, reduceZeroLabel: Bool = false,
         readLabelMap: (URL) throws -> (width: Int, height: Int, labels: [Int32])
     ) throws -> (result: SegmentationResult, images: Int) {
-        guard numClasses > 0 else {
-            throw SegmentationMetricsError(image: groundTruth.path, problem: "the number of classes must be positive")
+        if let problem = SegmentationMetrics.problem(numClasses: numClasses, ignoreIndex: ignoreIndex) {
+            throw SegmentationMetricsError(image: groundTruth.path, problem: problem)
         }
         let fm = FileManager.default
         let names: [String]

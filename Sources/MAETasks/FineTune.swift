@@ -66,20 +66,15 @@ struct FineTuneState: Codable, Equatable {
 
 /// Top-1 and top-5 (percent) of a classifier on a dataset through the eval transform.
 func classifierScore(_ model: VisionTransformer, loader: DataLoader) throws -> HeadScore {
-    var t1 = 0, t5 = 0, n = 0
+    var tally = TopKTally()
     let k = model.config.numClasses
     let it = loader.epoch(0)
     while let batch = try it.next() {
         let logits = batch.images.withUnsafeBufferPointer { model.forwardLogits(images: $0.baseAddress!, batch: batch.count) }
         let values = logits.array
-        for r in 0..<batch.count {
-            let (rank, _) = rankAndLoss(values, base: r * k, classes: k, label: batch.labels[r])
-            if rank < 1 { t1 += 1 }
-            if rank < 5 { t5 += 1 }
-        }
-        n += batch.count
+        for r in 0..<batch.count { tally.add(values[(r * k)..<(r * k + k)], label: batch.labels[r]) }
     }
-    return HeadScore(top1: 100 * Double(t1) / Double(max(n, 1)), top5: 100 * Double(t5) / Double(max(n, 1)), loss: 0)
+    return HeadScore(tally)
 }
 
 /// Fine-tunes every backbone for every seed; returns the run folders.

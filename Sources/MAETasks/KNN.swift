@@ -12,7 +12,7 @@ public func knnClassify(train: [Float], trainLabels: [Int], test: [Float], testL
     precondition(train.count == n * d && test.count == m * d && n > 0 && m > 0, "features must be (N, D)")
     let a = l2Normalized(train, width: d), q = l2Normalized(test, width: d)
     let kk = min(k, n), chunk = 256
-    var top1 = 0, top5 = 0
+    var tally = TopKTally()
     var start = 0
     while start < m {
         let rows = min(chunk, m - start)
@@ -27,21 +27,24 @@ public func knnClassify(train: [Float], trainLabels: [Int], test: [Float], testL
         }
         for r in 0..<rows {
             let row = sim[(r * n)..<((r + 1) * n)]
-            // The k largest similarities; ties to the lower train index (torch.topk is unspecified).
-            let nearest = row.indices.sorted { row[$0] != row[$1] ? row[$0] > row[$1] : $0 < $1 }.prefix(kk)
-            // exp((sim - max) / T): the common factor exp(max / T) leaves the vote unchanged and
-            // keeps small temperatures from overflowing.
             var votes = [Double](repeating: 0, count: classes)
-            let top = Double(row[nearest.first!])
-            for j in nearest { votes[trainLabels[j - r * n]] += exp((Double(row[j]) - top) / Double(temperature)) }
-            let y = testLabels[start + r]
-            let rank = votes.indices.filter { votes[$0] > votes[y] }.count
-            if rank < 1 { top1 += 1 }
-            if rank < 5 { top5 += 1 }
+            if row.allSatisfy(\.isFinite) {
+                // The k largest similarities; ties to the lower train index (torch.topk is unspecified).
+                let nearest = row.indices.sorted { row[$0] != row[$1] ? row[$0] > row[$1] : $0 < $1 }.prefix(kk)
+                // exp((sim - max) / T): the common factor exp(max / T) leaves the vote unchanged and
+                // keeps small temperatures from overflowing.
+                let top = Double(row[nearest.first!])
+                for j in nearest { votes[trainLabels[j - r * n]] += exp((Double(row[j]) - top) / Double(temperature)) }
+            } else {
+                // A NaN or infinite similarity (a non-finite feature) leaves no valid neighbours: the
+                // vote is undefined and the query a miss, whatever the classes.
+                votes = [Double](repeating: .nan, count: classes)
+            }
+            tally.add(votes, label: testLabels[start + r])
         }
         start += rows
     }
-    return HeadScore(top1: 100 * Double(top1) / Double(m), top5: 100 * Double(top5) / Double(m), loss: 0)
+    return HeadScore(tally)
 }
 
 /// Rows of x (N,D) scaled to unit L2 norm (F.normalize, eps 1e-12).
@@ -77,9 +80,15 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
         throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a knn task")
     }
     let k = o.k ?? spec.head.k ?? 20, t = o.temperature ?? spec.head.temperature ?? 0.07
-    guard k >= 1, t > 0 else { throw TaskError.badArgument("--k must be at least 1 and --temperature positive") }
+    let kName = o.k != nil ? "--k" : "head.k of task \(spec.name)"
+    let tName = o.temperature != nil ? "--temperature" : "head.temperature of task \(spec.name)"
+    guard k >= 1 else { throw TaskError.badArgument("\(kName) must be at least 1, not \(k)") }
+    guard t.isFinite && t > 0 else { throw TaskError.badArgument("\(tName) must be a finite positive number, not \(t)") }
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
+    guard k <= data.train.count else {
+        throw TaskError.badArgument("\(kName) \(k) is more neighbours than the \(data.train.count) train images of \(data.train.root.path)")
+    }
     var runs: [TransferRun] = []
     for b in backbones {
         let start = Date()
@@ -95,8 +104,6 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
         let seed = spec.seeds[0]
         let variant = "k \(k), T \(t), \(feature.requested.rawValue)"
         let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
-        try run.create()
-        try run.write(log: [])
         let metrics = TransferMetrics(
             task: spec.name, evaluation: "knn", variant: variant, checkpoint: backbone.url.path, checkpointHash: backbone.hash,
             method: backbone.method, role: backbone.role, top1: score.top1, top5: score.top5, seed: seed,
@@ -111,7 +118,7 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
             ],
             timings: ["extract_s": splits.seconds, "eval_s": elapsed(since: evalStart), "total_s": elapsed(since: start)],
             epochs: 0, created: timestamp())
-        try run.write(metrics)
+        try run.write(metrics, log: [])
         say("\(backbone.stem): kNN val top-1 \(String(format: "%.2f", score.top1))%", o.common.verbose)
         print(run.dir.path)
         runs.append(run)

@@ -146,10 +146,10 @@ public final class LinearHeads {
         }
     }
 
-    /// Every head's top-1, top-5 (percent) and mean loss on x (N,D).
+    /// Every head's top-1, top-5 (percent, by `TopKTally`) and mean loss on x (N,D).
     public func evaluate(_ x: [Float], labels: [Int]) -> [HeadScore] {
         let n = labels.count, k = classes, g = count, gk = g * k, chunk = 1024
-        var top1 = [Int](repeating: 0, count: g), top5 = top1, loss = [Double](repeating: 0, count: g)
+        var tallies = [TopKTally](repeating: TopKTally(), count: g), loss = [Double](repeating: 0, count: g)
         var start = 0
         while start < n {
             let rows = min(chunk, n - start)
@@ -157,30 +157,24 @@ public final class LinearHeads {
             for r in 0..<rows {
                 let y = labels[start + r]
                 for h in 0..<g {
-                    let base = r * gk + h * k
-                    let (rank, ce) = rankAndLoss(logits, base: base, classes: k, label: y)
-                    if rank < 1 { top1[h] += 1 }
-                    if rank < 5 { top5[h] += 1 }
-                    loss[h] += ce
+                    let head = logits[(r * gk + h * k)..<(r * gk + h * k + k)]
+                    tallies[h].add(head, label: y)
+                    loss[h] += crossEntropy(head, label: y)
                 }
             }
             start += rows
         }
-        return (0..<g).map { HeadScore(top1: 100 * Double(top1[$0]) / Double(n), top5: 100 * Double(top5[$0]) / Double(n),
-                                       loss: loss[$0] / Double(n)) }
+        return (0..<g).map { HeadScore(tallies[$0], loss: loss[$0] / Double(n)) }
     }
 }
 
-/// How many classes score strictly higher than `label` (0: top-1 correct), and the cross-entropy.
-func rankAndLoss(_ logits: [Float], base: Int, classes k: Int, label y: Int) -> (Int, Double) {
-    var mx = -Float.infinity, rank = 0
-    for c in 0..<k {
-        mx = max(mx, logits[base + c])
-        if logits[base + c] > logits[base + y] { rank += 1 }
-    }
+/// Softmax cross-entropy of one sample's logits [K] against `label` (log-sum-exp form; NaN when a
+/// logit is NaN).
+func crossEntropy(_ logits: ArraySlice<Float>, label y: Int) -> Double {
+    let mx = logits.max() ?? 0
     var s: Double = 0
-    for c in 0..<k { s += Double(expf(logits[base + c] - mx)) }
-    return (rank, log(s) - Double(logits[base + y] - mx))
+    for v in logits { s += Double(expf(v - mx)) }
+    return log(s) - Double(logits[logits.startIndex + y] - mx)
 }
 
 /// Per-dimension mean and std of x (N,D), for standardising features (a BatchNorm without affine

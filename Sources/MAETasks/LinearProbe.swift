@@ -100,7 +100,12 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     let (train, val) = (splits.train, splits.val), k = train.classes.count
     let trainStart = Date()
     let grid = GridProbeSettings(recipe: r)
-    let result = gridProbe(train: train, val: val, settings: grid, seed: seed, progress: ProgressLine(enabled: verbose))
+    let result: GridProbeResult
+    do {
+        result = try gridProbe(train: train, val: val, settings: grid, seed: seed, progress: ProgressLine(enabled: verbose))
+    } catch let TaskError.badArgument(why) {
+        throw TaskError.badArgument("linear probe of \(backbone.url.path) (seed \(seed)): \(why)")
+    }
     let (final, pairs, scores, best, split, log) = (result.val, result.pairs, result.heldout, result.best, result.split, result.log)
     let epochs = result.epochs, fraction = grid.holdout
     let chosen = pairs[best]
@@ -111,8 +116,6 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
 
     let variant = probeVariant(mode: "cached", feature: feature)
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
-    try run.create()
-    try run.write(log: log)
     let checks = [
         "backbone frozen: its weights' fingerprint is identical before and after the run",
         "backbone in eval mode: no drop path, no masking; features of the eval transform (resize + center crop, crop ratio \(spec.dataset.cropRatio))",
@@ -126,16 +129,18 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     let metrics = TransferMetrics(
         task: spec.name, evaluation: "linprobe", variant: variant, checkpoint: backbone.url.path, checkpointHash: backbone.hash,
         method: backbone.method, role: backbone.role, top1: final.top1, top5: final.top5, seed: seed,
-        recipe: spec.recipeSummary, dataset: data.name, trainData: data.train.root.path, valData: data.val.root.path,
+        recipe: spec.recipeSummary + "; retrained head: \(result.steps) SGD steps (\(epochs) epochs x \(result.stepsPerEpoch) steps per epoch)",
+        dataset: data.name, trainData: data.train.root.path, valData: data.val.root.path,
         trainImages: train.count, valImages: val.count, classes: k, pooling: feature.describe(backbone.model),
         selected: ["lr": pairs[best].lr, "weight_decay": pairs[best].wd, "heldout_top1": scores[best].top1],
-        grid: pairs.indices.map { ["lr": pairs[$0].lr, "weight_decay": pairs[$0].wd,
-                                    "heldout_top1": scores[$0].top1, "heldout_loss": scores[$0].loss] },
+        // A diverged point (never chosen) has no held-out loss to record: it is marked instead.
+        grid: pairs.indices.map { ["lr": pairs[$0].lr, "weight_decay": pairs[$0].wd, "heldout_top1": scores[$0].top1]
+            .merging(scores[$0].loss.isFinite ? ["heldout_loss": scores[$0].loss] : ["diverged": 1]) { a, _ in a } },
         protocolChecks: checks,
         timings: ["extract_s": splits.seconds, "train_s": trainSeconds, "total_s": elapsed(since: total),
                   "cache_hits": Double(splits.hits)],
         epochs: epochs, created: timestamp())
-    try run.write(metrics)
+    try run.write(metrics, log: log)
     say("\(backbone.stem) seed \(seed): val top-1 \(String(format: "%.2f", final.top1))% (lr \(chosen.lr), wd \(chosen.wd))", verbose)
     return run
 }
@@ -146,10 +151,6 @@ public struct GridProbeSettings: Sendable {
     public var epochs: Int, batchSize: Int, warmupEpochs: Double, holdout: Double
     /// 1: select on one stratified `holdout` part of train; k > 1: on all k folds of train.
     public var folds: Int
-    /// Small training sets get more epochs so every head takes at least this many steps: weakly
-    /// regularised heads on correlated features converge slowly, and with 1000 steps (100 epochs
-    /// of 4,000 images) they stopped 1-2 points short of scikit-learn's exact logistic regression.
-    public var minSteps = 4000
 
     public init(recipe r: RecipeSpec) {
         lrs = r.lrGrid ?? [0.01, 0.03, 0.1, 0.3, 1]
@@ -173,20 +174,22 @@ public struct GridProbeResult {
     public var split: (fit: [Int], held: [Int])
     /// Per epoch of the retrained head: train loss and val top-1.
     public var log: [TransferEpoch]
-    /// Epochs run (the recipe's, or more to reach `minSteps`).
-    public var epochs: Int
+    /// Epochs over the cached features (the recipe's) and SGD steps of one epoch of the retrained
+    /// head (all of train; a fit part of train takes as many epochs of its own, shorter, size).
+    public var epochs: Int, stepsPerEpoch: Int
+    /// SGD steps of the retrained head: epochs x steps per epoch.
+    public var steps: Int { epochs * stepsPerEpoch }
 }
 
 /// The cached linear probe on given features: standardise, train every (lr, wd) head at once on
 /// the fit part of train, pick the best on the stratified held-out part (seed 0), retrain it on
-/// all of train, score val. Val is read only by the retrained head. `progress` counts the epochs
-/// of every fold's grid and of the refit.
+/// all of train, score val. Val is read only by the retrained head. A head that diverged
+/// (non-finite held-out loss) ranks last and is never chosen. `progress` counts the epochs of
+/// every fold's grid and of the refit.
+/// - Throws: `TaskError` when every head of the grid diverged.
 public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeSettings, seed: UInt64,
-                      progress: ProgressLine? = nil) -> GridProbeResult {
+                      progress: ProgressLine? = nil) throws -> GridProbeResult {
     let d = train.width, k = train.classes.count
-    let stepsPerEpoch = max(1, (train.count + g.batchSize - 1) / g.batchSize)
-    var g = g
-    g.epochs = max(g.epochs, (g.minSteps + stepsPerEpoch - 1) / stepsPerEpoch)
     let pairs = g.lrs.flatMap { lr in g.wds.map { (lr: lr, wd: $0) } }
     let points = pairs.map { GridPoint(lr: Float($0.lr), wd: Float($0.wd)) }
     // Held-out parts of train: one stratified part, or every fold of a stratified k-fold split.
@@ -214,9 +217,11 @@ public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeS
     let scores = points.indices.map { HeadScore(top1: correct[$0] / Double(heldCount), top5: 0, loss: lossSum[$0] / Double(heldCount)) }
     // The lowest held-out cross-entropy: on a few hundred held-out images top-1 moves in steps of
     // whole images and picks noisily; the loss ranks neighbouring weight decays smoothly.
-    // A head that diverged (non-finite loss) ranks last.
-    func heldLoss(_ i: Int) -> Double { scores[i].loss.isFinite ? scores[i].loss : .infinity }
-    let best = scores.indices.min { heldLoss($0) < heldLoss($1) }!
+    // A head that diverged (non-finite loss) ranks last and is never chosen.
+    guard let best = scores.indices.filter({ scores[$0].loss.isFinite }).min(by: { scores[$0].loss < scores[$1].loss }) else {
+        throw TaskError.badArgument("every one of the \(points.count) (lr, weight decay) heads diverged (non-finite held-out loss): " +
+                                    "the features hold NaN or Inf values, or every learning rate is too high")
+    }
     let split = parts[0]
     let norm = Standardizer(train.features, width: d)
     let x = norm.apply(train.features), vx = norm.apply(val.features)
@@ -237,7 +242,8 @@ public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeS
         epochStart = Date()
     }
     return GridProbeResult(val: head.evaluate(vx, labels: val.labels)[0], pairs: pairs, heldout: scores, best: best,
-                           split: split, log: log, epochs: g.epochs)
+                           split: split, log: log, epochs: g.epochs,
+                           stepsPerEpoch: max(1, (train.count + g.batchSize - 1) / g.batchSize))
 }
 
 /// Truncated normal N(0, std) on [-2 std, 2 std] (timm's trunc_normal_).
@@ -298,13 +304,9 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
                 linearForward(out: lp.baseAddress!, input: zp.baseAddress!, weight: w, bias: bias, rows: n, inDim: d, outDim: k)
             }
         }
-        var t1 = 0, t5 = 0
-        for r in 0..<n {
-            let (rank, _) = rankAndLoss(logits, base: r * k, classes: k, label: labels[r])
-            if rank < 1 { t1 += 1 }
-            if rank < 5 { t5 += 1 }
-        }
-        return HeadScore(top1: 100 * Double(t1) / Double(n), top5: 100 * Double(t5) / Double(n), loss: 0)
+        var tally = TopKTally()
+        for r in 0..<n { tally.add(logits[(r * k)..<(r * k + k)], label: labels[r]) }
+        return HeadScore(tally)
     }
 
     var log: [TransferEpoch] = []
@@ -352,8 +354,6 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     }
     let variant = probeVariant(mode: "augmented", feature: feature)
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
-    try run.create()
-    try run.write(log: log)
     let checks = [
         "backbone frozen: its weights' fingerprint is identical before and after the run; no gradient reaches it",
         "backbone in eval mode: no drop path, no masking; train images through RandomResizedCrop (scale \(scale[0])-\(scale[1])) + flip, val through resize + center crop",
@@ -370,7 +370,7 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
         selected: nil, grid: nil, protocolChecks: checks,
         timings: ["extract_s": extractSeconds, "train_s": elapsed(since: trainStart), "total_s": elapsed(since: total)],
         epochs: a.epochs, created: timestamp())
-    try run.write(metrics)
+    try run.write(metrics, log: log)
     say("\(backbone.stem) seed \(seed): val top-1 \(String(format: "%.2f", final.top1))%", verbose)
     return run
 }

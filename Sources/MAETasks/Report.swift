@@ -40,16 +40,44 @@ func formatMeanStd(_ xs: [Double]) -> String {
     return xs.count > 1 ? String(format: "%.2f ± %.2f", m, s) : String(format: "%.2f", m)
 }
 
-/// Every `metrics.json` of a transfer run under `root` (others, such as pretraining's, are skipped).
-func collectRuns(_ root: URL) -> [FoundRun] {
-    guard let walker = FileManager.default.enumerator(at: root, includingPropertiesForKeys: nil) else { return [] }
+/// Every `metrics.json` of a transfer run under `root`; a pretraining run's is skipped.
+/// - Throws: `TaskError` when `root` is not a folder, or naming the file when a metrics.json cannot
+///   be read, is not JSON, or lacks a field a transfer run's needs (it is never silently left out).
+func collectRuns(_ root: URL) throws -> [FoundRun] {
+    var isFolder: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: root.path, isDirectory: &isFolder), isFolder.boolValue else {
+        throw TaskError.badArgument("\(root.path) is not a folder of runs" +
+                                    (FileManager.default.fileExists(atPath: root.path) ? "" : " (no such folder)"))
+    }
+    guard let walker = FileManager.default.enumerator(at: root, includingPropertiesForKeys: nil) else {
+        throw TaskError.badArgument("\(root.path) cannot be listed")
+    }
     var found: [FoundRun] = []
-    let decoder = JSONDecoder()
     for case let url as URL in walker where url.lastPathComponent == "metrics.json" {
-        guard let data = try? Data(contentsOf: url), let m = try? decoder.decode(TransferMetrics.self, from: data) else { continue }
+        guard let m = try readTransferMetrics(url) else { continue }
         found.append(FoundRun(metrics: m, run: TransferRun(dir: url.deletingLastPathComponent())))
     }
     return found.sorted { $0.run.dir.path < $1.run.dir.path }
+}
+
+/// A transfer run's metrics, or nil for a pretraining run's `metrics.json`.
+func readTransferMetrics(_ url: URL) throws -> TransferMetrics? {
+    func bad(_ problem: String) -> TaskError { TaskError.badArgument("\(url.path) \(problem), so the report cannot include its run") }
+    guard let data = try? Data(contentsOf: url) else { throw bad("cannot be read") }
+    guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+        throw bad("is not a JSON object (truncated or corrupt)")
+    }
+    let decoder = JSONDecoder()
+    if object["protocol"] == nil, (try? decoder.decode(PretrainMetrics.self, from: data)) != nil { return nil }
+    do {
+        return try decoder.decode(TransferMetrics.self, from: data)
+    } catch DecodingError.keyNotFound(let key, _) {
+        throw bad("lacks the field '\(key.stringValue)'")
+    } catch DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context) {
+        throw bad("has a bad value for '\(context.codingPath.map(\.stringValue).joined(separator: "."))'")
+    } catch {
+        throw bad("is not a transfer run's metrics")
+    }
 }
 
 /// One backbone's row in a section: its runs over seeds.
@@ -65,8 +93,8 @@ struct BackboneRow {
 
 /// Renders the markdown report of every run under `runs`; figures go to `figures` (a folder next
 /// to the report), linked relative to the report. Returns the markdown and the figures to write.
-func renderReport(runs root: URL, figuresFolder: String) -> (markdown: String, figures: [(String, LinePlot)]) {
-    let found = collectRuns(root)
+func renderReport(runs root: URL, figuresFolder: String) throws -> (markdown: String, figures: [(String, LinePlot)]) {
+    let found = try collectRuns(root)
     let order = ["linprobe": 0, "knn": 1, "finetune": 2]
     let sections = Dictionary(grouping: found) { "\($0.metrics.task)\u{1}\($0.metrics.evaluation)\u{1}\($0.metrics.variant)" }
         .values.sorted { a, b in
@@ -128,8 +156,9 @@ func renderReport(runs root: URL, figuresFolder: String) -> (markdown: String, f
         body += seen.map { "- \($0)\n" }.joined() + "\n"
 
         // Curves of each backbone's first seed.
-        let logs = rows.compactMap { row -> (String, [TransferEpoch])? in
-            guard let log = try? row.runs[0].run.readLog(), !log.isEmpty else { return nil }
+        let logs = try rows.compactMap { row -> (String, [TransferEpoch])? in
+            let log = try row.runs[0].run.readLog()
+            guard !log.isEmpty else { return nil }
             return (row.name, log)
         }
         if !logs.isEmpty {
@@ -155,7 +184,7 @@ func renderReport(runs root: URL, figuresFolder: String) -> (markdown: String, f
 /// `<out without .md>-figures/`.
 public func writeReport(runs: URL, to out: URL) throws {
     let folderName = out.deletingPathExtension().lastPathComponent + "-figures"
-    let (markdown, figures) = renderReport(runs: runs, figuresFolder: folderName)
+    let (markdown, figures) = try renderReport(runs: runs, figuresFolder: folderName)
     let dir = out.deletingLastPathComponent()
     let figureDir = dir.appendingPathComponent(folderName)
     do {

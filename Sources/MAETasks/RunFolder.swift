@@ -90,20 +90,31 @@ extension TransferOptions {
     }
 
     /// Train and val ImageFolders: the flags', else the task's (Shapes is generated when missing).
+    /// - Throws: `TaskError` naming the folder when a split has fewer than two classes (top-1 would
+    ///   be 100% by construction). Train and val being one folder gets a warning on standard error.
     public func datasets(_ spec: TaskSpec) throws -> (train: ImageFolder, val: ImageFolder, name: String) {
+        let data: (train: ImageFolder, val: ImageFolder, name: String)
         switch (trainData, valData) {
         case let (t?, v?):
-            return (try ImageFolder(root: t), try ImageFolder(root: v), t.deletingLastPathComponent().lastPathComponent)
+            data = (try ImageFolder(root: t), try ImageFolder(root: v), t.deletingLastPathComponent().lastPathComponent)
         case (nil, nil):
             if spec.dataset.generate == "shapes" {
                 // At the task file's own size: --img-size changes the model's input, not the data.
                 let size = imgSize == nil ? spec.dataset.imgSize : try TaskSpec.load(task ?? spec.name).dataset.imgSize
                 try ShapesDataset.ensure(at: spec.dataset.rootURL, size: size)
             }
-            return (try ImageFolder(root: spec.dataset.trainURL), try ImageFolder(root: spec.dataset.valURL), spec.dataset.name)
+            data = (try ImageFolder(root: spec.dataset.trainURL), try ImageFolder(root: spec.dataset.valURL), spec.dataset.name)
         default:
             throw TaskError.badArgument("pass --train-data and --val-data together")
         }
+        for folder in [data.train, data.val] where folder.classes.count < 2 {
+            throw TaskError.badArgument("\(folder.root.path) has only one class folder ('\(folder.classes[0])'): classification " +
+                                        "needs at least two classes (with one, top-1 is 100% by construction)")
+        }
+        if data.train.root.standardizedFileURL.resolvingSymlinksInPath() == data.val.root.standardizedFileURL.resolvingSymlinksInPath() {
+            warn("train and val are the same folder \(data.train.root.path): the val accuracy measures fitting the training images, not transfer")
+        }
+        return data
     }
 }
 
@@ -235,18 +246,59 @@ public struct TransferRun: Sendable {
         }
     }
 
+    /// Creates the folder and writes `log.jsonl` and `metrics.json`, both checked before either is
+    /// written, so a failed check leaves no folder and no half-updated run.
+    /// - Throws: `TaskError` naming the field and the run when a number is NaN or infinite.
+    public func write(_ metrics: TransferMetrics, log entries: [TransferEpoch]) throws {
+        try check(log: entries)
+        try check(metrics)
+        try create()
+        try write(log: entries)
+        try write(metrics)
+    }
+
+    /// Writes `metrics.json`.
+    /// - Throws: `TaskError` naming the field and the run when a number is NaN or infinite: a
+    ///   non-finite number is never written as a result.
     public func write(_ metrics: TransferMetrics) throws {
+        try check(metrics)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeAtomically(try encoder.encode(metrics), to: self.metrics)
     }
 
+    /// Writes `log.jsonl`, one epoch a line.
+    /// - Throws: `TaskError` naming the field, the epoch and the run when a number is NaN or infinite.
     public func write(log entries: [TransferEpoch]) throws {
+        try check(log: entries)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         var text = ""
         for e in entries { text += String(decoding: try encoder.encode(e), as: UTF8.self) + "\n" }
         try writeAtomically(Data(text.utf8), to: log)
+    }
+
+    private func check(_ metrics: TransferMetrics) throws {
+        var numbers: [(String, Double)] = [("top-1", metrics.top1), ("top-5", metrics.top5)]
+        numbers += (metrics.selected ?? [:]).sorted { $0.key < $1.key }.map { ("selected \($0.key)", $0.value) }
+        for (i, point) in (metrics.grid ?? []).enumerated() {
+            numbers += point.sorted { $0.key < $1.key }.map { ("grid point \(i + 1) \($0.key)", $0.value) }
+        }
+        numbers += metrics.timings.sorted { $0.key < $1.key }.map { ("timing \($0.key)", $0.value) }
+        if let (field, value) = numbers.first(where: { !$0.1.isFinite }) {
+            throw TaskError.badArgument("\(field) is \(nonFiniteName(value)) in the metrics of \(displayPath(dir.path)): " +
+                                        "a non-finite number is not a result, so nothing was recorded")
+        }
+    }
+
+    private func check(log entries: [TransferEpoch]) throws {
+        for e in entries {
+            let numbers = [("train loss", e.trainLoss), ("lr", e.lr), ("val top-1", e.valTop1 ?? 0), ("seconds", e.seconds)]
+            if let (field, value) = numbers.first(where: { !$0.1.isFinite }) {
+                throw TaskError.badArgument("\(field) is \(nonFiniteName(value)) at epoch \(e.epoch) of \(displayPath(dir.path)): " +
+                                            (field == "train loss" ? "the head diverged" : "a non-finite number cannot be logged"))
+            }
+        }
     }
 
     public func readLog() throws -> [TransferEpoch] {
@@ -260,11 +312,20 @@ public struct TransferRun: Sendable {
     }
 }
 
+/// "NaN", "+Inf" or "-Inf", for messages about a non-finite number.
+func nonFiniteName(_ v: Double) -> String { v.isNaN ? "NaN" : v > 0 ? "+Inf" : "-Inf" }
+
 /// ISO 8601 time stamp for metrics.
 func timestamp() -> String { ISO8601DateFormatter().string(from: Date()) }
 
 /// Seconds since `start`.
 func elapsed(since start: Date) -> Double { Date().timeIntervalSince(start) }
+
+/// A `warning: ...` line on standard error, whatever the verbosity: the run goes on, but its
+/// numbers need the caveat.
+func warn(_ message: String) {
+    FileHandle.standardError.write(Data(("warning: " + message + "\n").utf8))
+}
 
 /// A message on standard error.
 func say(_ message: String, _ verbose: Bool) {

@@ -266,7 +266,7 @@ extension TaskSpec {
                              "batch \(a.batchSize), \(a.epochs) epochs, warmup \(a.warmupEpochs), BatchNorm (no affine) + linear, RRC + flip")
             } else {
                 parts.append("cached features standardised; \(r.lrGrid?.count ?? 0) lr x \(r.wdGrid?.count ?? 1) wd heads trained at once " +
-                             "(SGD momentum 0.9, batch \(r.batchSize ?? 256), \(r.epochs ?? 100) epochs (at least \(GridProbeSettings(recipe: r).minSteps) steps), warmup \(r.warmupEpochs ?? 0) + cosine), " +
+                             "(SGD momentum 0.9, batch \(r.batchSize ?? 256), \(r.epochs ?? 100) epochs, warmup \(r.warmupEpochs ?? 0) + cosine), " +
                              ((r.folds ?? 1) > 1 ? "selected by \(r.folds!)-fold cross-validation on train"
                                                  : "selected on \(Int((r.holdout ?? 0.1) * 100))% of train") +
                              " (lowest held-out cross-entropy), retrained on all of train (weight decay scaled by fit part / train size)")

@@ -21,6 +21,14 @@ struct KNN: ParsableCommand {
     @Option(help: "cls | avg (default: the task's).")
     var pool: String?
 
+    func validate() throws {
+        // Shared flags kNN has no use for: no training (--epochs), no randomness (--seed, --seeds).
+        if flags.epochs != nil { throw ValidationError("--epochs does nothing for kNN (it trains nothing); leave it out.") }
+        if flags.seed != nil || flags.seeds != nil {
+            throw ValidationError("--\(flags.seed != nil ? "seed" : "seeds") does nothing for kNN (it draws nothing at random); leave it out.")
+        }
+    }
+
     func run() throws {
         var o = KNNOptions()
         o.common = try flags.options()

@@ -21,10 +21,10 @@ struct SegEvalCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Folder of predicted label maps with the same file names.", valueName: "DIR"))
     var pred: String
 
-    @Option(name: .customLong("num-classes"), help: "Number of classes (labels 0..<N are scored).")
+    @Option(name: .customLong("num-classes"), help: "Number of classes (labels 0..<N are scored; at most 65536, as label maps are 8- or 16-bit PNGs).")
     var numClasses: Int
 
-    @Option(name: .customLong("ignore-index"), help: "Ground-truth label of unlabelled pixels.")
+    @Option(name: .customLong("ignore-index"), help: "Ground-truth label of unlabelled pixels (0...65535).")
     var ignoreIndex: Int32 = 255
 
     @Flag(name: .customLong("reduce-zero-label"),
@@ -35,7 +35,9 @@ struct SegEvalCommand: ParsableCommand {
     var out: String?
 
     func validate() throws {
-        guard numClasses > 0 else { throw ValidationError("--num-classes must be positive.") }
+        if let problem = SegmentationMetrics.problem(numClasses: numClasses, ignoreIndex: ignoreIndex) {
+            throw ValidationError(problem + ".")
+        }
     }
 
     func run() throws {

@@ -212,10 +212,112 @@ final class SegmentationMetricsTests: XCTestCase {
         }
     }
 
+    /// `--num-classes 2000000000` grew to 23 GB and was OOM-killed; it is refused before allocating.
+    func testClassCountAndIgnoreIndexAreBounded() {
+        XCTAssertNil(SegmentationMetrics.problem(numClasses: 65536, ignoreIndex: 255))
+        XCTAssertEqual(SegmentationMetrics.problem(numClasses: 2_000_000_000, ignoreIndex: 255),
+                       "--num-classes 2000000000 exceeds 65536: label maps are 8- or 16-bit PNGs, whose labels are 0...65535")
+        XCTAssertEqual(SegmentationMetrics.problem(numClasses: 0, ignoreIndex: 255), "--num-classes must be positive, not 0")
+        XCTAssertTrue(SegmentationMetrics.problem(numClasses: 3, ignoreIndex: -1)?.hasPrefix("--ignore-index -1 is not a label") ?? false)
+        XCTAssertTrue(SegmentationMetrics.problem(numClasses: 3, ignoreIndex: 70000)?.hasPrefix("--ignore-index 70000") ?? false)
+        let folder = FileManager.default.temporaryDirectory
+        XCTAssertThrowsError(try SegmentationMetrics.evaluateDirectories(
+            groundTruth: folder, predictions: folder, numClasses: Int.max,
+            readLabelMap: { _ in XCTFail("nothing is read"); return (0, 0, []) })) { e in
+            XCTAssertTrue("\(e)".contains("exceeds 65536"), "\(e)")
+        }
+    }
+
     func testMismatchedSizeNamesTheImage() {
         var metrics = SegmentationMetrics(numClasses: 3)
         XCTAssertThrowsError(try metrics.add(prediction: [0, 1, 2], groundTruth: [0, 1], name: "val/0001.png")) {
             XCTAssert("\($0)".contains("val/0001.png"), "\($0)")
         }
+    }
+}
+
+/// Hostile ground truth for coco-eval: pycocotools' COCOeval is the contract, so each file either
+/// gives pycocotools' numbers or is refused in one sentence (what pycocotools does with each is
+/// recorded by scripts/check_coco_hostile.py).
+final class COCOHostileInputTests: XCTestCase {
+    /// coco_mixed_gt.json with `edit` applied, written to a temporary file.
+    func editedGroundTruth(_ edit: (inout [JSONValue], inout [JSONValue]) -> Void) throws -> URL {
+        guard case .object(var top) = try JSONValue.parse(Data(contentsOf: fixture("coco_mixed_gt.json"))),
+              var images = top["images"]?.arrayValue, var annotations = top["annotations"]?.arrayValue else {
+            throw XCTSkip("fixture is not an instances file")
+        }
+        edit(&images, &annotations)
+        top["images"] = .array(images)
+        top["annotations"] = .array(annotations)
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("hostile-\(UUID()).json")
+        try Data(JSONValue.object(top).serialized().utf8).write(to: url)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url
+    }
+
+    func setField(_ annotations: inout [JSONValue], _ i: Int, _ key: String, _ value: JSONValue?) {
+        guard case .object(var o) = annotations[i] else { return }
+        o[key] = value
+        annotations[i] = .object(o)
+    }
+
+    func evaluate(_ gt: URL, _ type: COCOIoUType) throws -> [Double] {
+        try COCOEvaluator.evaluateFiles(groundTruth: gt, detections: fixture("coco_mixed_dt.json"), iouType: type).stats
+    }
+
+    func assertRefused(_ gt: URL, _ type: COCOIoUType, _ expected: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try evaluate(gt, type), file: file, line: line) { e in
+            XCTAssertEqual("\(e)", "\(gt.path): \(expected).", file: file, line: line)
+        }
+    }
+
+    func unchanged(_ type: COCOIoUType) throws -> [Double] { try evaluate(fixture("coco_mixed_gt.json"), type) }
+
+    /// pycocotools gives 0.4223 (bbox) instead of 0.4229: it keeps the last annotation of an id twice.
+    func testDuplicateAnnotationIdIsRefused() throws {
+        let gt = try editedGroundTruth { _, a in setField(&a, 3, "id", a[0]["id"]) }
+        for type in COCOIoUType.allCases {
+            assertRefused(gt, type, "annotation id 1 appears twice (annotations[0] and annotations[3]); " +
+                          "pycocotools would evaluate the last one twice and drop the other")
+        }
+    }
+
+    /// pycocotools raises KeyError for a missing area or iscrowd, and for a missing bbox with
+    /// boxes; with masks it never reads bbox, and neither do we (same AP).
+    func testMissingFieldsAreRefusedWherePycocotoolsNeedsThem() throws {
+        for key in ["area", "iscrowd"] {
+            let gt = try editedGroundTruth { _, a in setField(&a, 2, key, nil) }
+            for type in COCOIoUType.allCases {
+                assertRefused(gt, type, "annotations[2] (id 3) has no \"\(key)\", which pycocotools' COCOeval needs (it raises KeyError)")
+            }
+        }
+        let noBox = try editedGroundTruth { _, a in setField(&a, 0, "bbox", nil) }
+        assertRefused(noBox, .bbox, "annotations[0] (id 1) has no \"bbox\", which pycocotools' COCOeval needs (it raises KeyError)")
+        XCTAssertEqual(try evaluate(noBox, .segm), try unchanged(.segm))
+    }
+
+    /// pycocotools raises on `[[1, 2, 3]]` and on `[]` when it rasterises masks; boxes never read them.
+    func testShortPolygonsAreRefusedForMasks() throws {
+        let three = try editedGroundTruth { _, a in setField(&a, 0, "segmentation", .array([.array([.int(1), .int(2), .int(3)])])) }
+        assertRefused(three, .segm, "annotations[0] (id 1) has a polygon of 3 numbers (a polygon is x, y pairs of at least " +
+                      "3 points: an even count of 6 or more)")
+        XCTAssertEqual(try evaluate(three, .bbox), try unchanged(.bbox), "as pycocotools: boxes ignore the mask")
+        let none = try editedGroundTruth { _, a in setField(&a, 0, "segmentation", .array([])) }
+        assertRefused(none, .segm, "annotations[0] (id 1) has an empty polygon list")
+    }
+
+    func testOverflowingBoxSaysWhatIsWrong() throws {
+        let gt = try editedGroundTruth { _, a in setField(&a, 0, "bbox", .array([.double(1e308), .int(1), .int(2), .int(3)])) }
+        assertRefused(gt, .bbox, "annotations[0] (id 1) has a bbox number 1e+308 that is out of range (beyond ±1e8, which overflows the area and mask arithmetic)")
+    }
+
+    /// It used to surface as "detection 12 refers to image id 2, which is not in ...".
+    func testDuplicateImageIdIsNamed() throws {
+        let gt = try editedGroundTruth { images, _ in
+            guard case .object(var o) = images[1] else { return }
+            o["id"] = images[0]["id"]
+            images[1] = .object(o)
+        }
+        assertRefused(gt, .bbox, "images[1] repeats the image id 10 of images[0] (image ids must be unique)")
     }
 }

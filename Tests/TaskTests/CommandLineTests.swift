@@ -6,7 +6,13 @@ import TestSupport
 /// The built `mae-eval` binary as a user meets it: exit status and the one-sentence error.
 final class CommandLineTests: XCTestCase {
     /// Runs mae-eval (built beside the test bundle by `swift test`) and returns (status, stdout, stderr).
+    /// Run in a `directory`, its feature cache goes there too (unless `environment` names one), so a
+    /// test never writes into the installation's cache.
     func run(_ arguments: [String], in directory: URL? = nil, environment: [String: String] = [:]) throws -> (Int32, String, String) {
+        var environment = environment
+        if let directory, environment["MAE_EVAL_CACHE"] == nil {
+            environment["MAE_EVAL_CACHE"] = directory.appendingPathComponent(".mae-eval-cache").path
+        }
         let folder = try XCTUnwrap(Bundle.main.executableURL).deletingLastPathComponent()
         let binary = folder.appendingPathComponent("mae-eval")
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
@@ -36,6 +42,15 @@ final class CommandLineTests: XCTestCase {
         XCTAssertFalse(err.contains("Fatal error") || err.contains("Stack dump"), "no crash", file: file, line: line)
     }
 
+    let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    func temporaryFolder() throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID())")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url
+    }
+
     func temporaryFile(_ bytes: [UInt8], _ name: String) throws -> URL {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID())-\(name)")
         try Data(bytes).write(to: url)
@@ -63,6 +78,70 @@ final class CommandLineTests: XCTestCase {
         for (url, name) in cases {
             try assertOneSentenceFailure(["info", url.path], mentions: name)
         }
+    }
+
+    /// kNN refuses what it cannot do: k above the train size, a non-finite or non-positive T,
+    /// and the shared --epochs / --seed it has no use for; train = val runs with a warning.
+    func testKNNRefusesBadFlagsAndWarnsWhenTrainIsVal() throws {
+        let folder = Bundle.module.url(forResource: "Fixtures/imagefolder", withExtension: nil)!.path
+        let work = try temporaryFolder()
+        let base = ["knn", "--checkpoint", fixtureURL("mae_tiny.safetensors").path,
+                    "--task", repoRoot.appendingPathComponent("Tasks/shapes-knn.yaml").path,
+                    "--out-dir", work.appendingPathComponent("runs").path, "--no-report"]
+        try assertOneSentenceFailure(["knn", "--epochs", "3"], mentions: "--epochs does nothing for kNN")
+        try assertOneSentenceFailure(["knn", "--seed", "1"], mentions: "--seed does nothing for kNN")
+        try assertOneSentenceFailure(["knn", "--seeds", "0,1"], mentions: "--seeds does nothing for kNN")
+        try assertOneSentenceFailure(base + ["--train-data", folder, "--val-data", folder, "--temperature", "inf"],
+                                     mentions: "--temperature must be a finite positive number, not inf")
+        try assertOneSentenceFailure(base + ["--train-data", folder, "--val-data", folder, "--temperature", "0"],
+                                     mentions: "--temperature must be a finite positive number")
+        let (status, out, err) = try run(base + ["--train-data", folder, "--val-data", folder, "--k", "100"], in: work)
+        XCTAssertEqual(status, 1)
+        XCTAssertTrue(err.contains("error: --k 100 is more neighbours than the 6 train images of \(folder)."), err)
+        XCTAssertEqual(out, "")
+        let (ok, runOut, warnings) = try run(base + ["--train-data", folder, "--val-data", folder, "--k", "3"], in: work)
+        XCTAssertEqual(ok, 0, warnings)
+        XCTAssertTrue(warnings.contains("warning: train and val are the same folder \(folder)"), warnings)
+        XCTAssertTrue(runOut.contains("shapes-knn/k-3-t-0-07-cls/"), runOut)
+    }
+
+    /// seg-eval bounds the class count before allocating; report refuses a missing --runs folder.
+    func testSegEvalAndReportRefuseBadArguments() throws {
+        let work = try temporaryFolder()
+        try assertOneSentenceFailure(["seg-eval", "--gt", work.path, "--pred", work.path, "--num-classes", "2000000000"],
+                                     mentions: "--num-classes 2000000000 exceeds 65536")
+        try assertOneSentenceFailure(["seg-eval", "--gt", work.path, "--pred", work.path, "--num-classes", "3", "--ignore-index=-1"],
+                                     mentions: "--ignore-index -1")
+        let missing = work.appendingPathComponent("nope").path
+        try assertOneSentenceFailure(["report", "--runs", missing, "--out", work.appendingPathComponent("r.md").path],
+                                     mentions: "\(missing) is not a folder of runs")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: work.appendingPathComponent("r.md").path))
+    }
+
+    /// A grid point that diverges is recorded as such (not as a NaN loss, which JSON cannot hold) and
+    /// never chosen; the run still succeeds on the points that converged.
+    func testLinprobeRecordsADivergedGridPointWithoutChoosingIt() throws {
+        let folder = Bundle.module.url(forResource: "Fixtures/imagefolder", withExtension: nil)!.path
+        let work = try temporaryFolder()
+        let spec = try String(contentsOf: repoRoot.appendingPathComponent("Tasks/shapes-linprobe.yaml"), encoding: .utf8)
+            .replacingOccurrences(of: "lr_grid: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]", with: "lr_grid: [3.0e38, 0.1]")
+            .replacingOccurrences(of: "wd_grid: [0.0, 0.00001, 0.00003, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.03, 0.1, 0.3, 1.0]",
+                                  with: "wd_grid: [0.0]")
+        XCTAssertTrue(spec.contains("[3.0e38, 0.1]") && spec.contains("wd_grid: [0.0]"), "the shipped spec's grid lines changed")
+        let task = work.appendingPathComponent("lp.yaml")
+        try spec.write(to: task, atomically: true, encoding: .utf8)
+        let (status, out, err) = try run(["linprobe", "--checkpoint", fixtureURL("mae_tiny.safetensors").path, "--task", task.path,
+                                          "--train-data", folder, "--val-data", folder, "--epochs", "2",
+                                          "--out-dir", work.appendingPathComponent("runs").path, "--no-report"], in: work)
+        XCTAssertEqual(status, 0, err)
+        let metrics = URL(fileURLWithPath: out.trimmingCharacters(in: .whitespacesAndNewlines)).appendingPathComponent("metrics.json")
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: metrics)) as? [String: Any])
+        let grid = try XCTUnwrap(json["grid"] as? [[String: Double]])
+        XCTAssertEqual(grid.map { $0["diverged"] }, [1, nil])
+        XCTAssertNil(grid[0]["heldout_loss"])
+        XCTAssertEqual((json["selected"] as? [String: Double])?["lr"], 0.1)
+        XCTAssertTrue((json["recipe"] as? String)?.hasSuffix("; retrained head: 2 SGD steps (2 epochs x 1 steps per epoch)") ?? false,
+                      "\(json["recipe"] ?? "")")
     }
 
     func testBenchRefusesBadShapesAndPresets() throws {

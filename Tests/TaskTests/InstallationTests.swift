@@ -170,15 +170,15 @@ final class InstallationTests: XCTestCase {
         XCTAssertEqual(seen, [4, 6])
     }
 
-    func testGridProbeCountsEveryEpochOfEveryFoldAndTheRefit() {
+    func testGridProbeCountsEveryEpochOfEveryFoldAndTheRefit() throws {
         // Two separable classes; 2 folds of 3 epochs + the refit's 3 epochs.
         let train = FeatureSet(features: [1, 0, 0.9, 0.1, 0, 1, 0.1, 0.9, 1, 0.1, 0, 0.8], labels: [0, 0, 1, 1, 0, 1],
                                width: 2, classes: ["a", "b"])
         var g = GridProbeSettings(recipe: RecipeSpec())
-        g.lrs = [0.1]; g.wds = [0]; g.epochs = 3; g.batchSize = 2; g.folds = 2; g.minSteps = 0
+        g.lrs = [0.1]; g.wds = [0]; g.epochs = 3; g.batchSize = 2; g.folds = 2
         var lines: [String] = []
         let progress = ProgressLine(enabled: true, interactive: false, sink: { lines.append($0) })
-        _ = gridProbe(train: train, val: train, settings: g, seed: 0, progress: progress)
+        _ = try gridProbe(train: train, val: train, settings: g, seed: 0, progress: progress)
         XCTAssertEqual(lines.count, 1, "one line when not a terminal: \(lines)")
         XCTAssertTrue(lines[0].hasPrefix("linear probe 9/9 epochs  refit on all of train, loss "), lines[0])
     }

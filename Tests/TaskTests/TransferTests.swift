@@ -43,25 +43,53 @@ final class TransferTests: XCTestCase {
 
     // MARK: - Linear probe
 
-    func testGridProbeSeparatesSeparableFeatures() {
-        var rng = RandomStream(seed: 3)
-        func blobs(_ n: Int) -> FeatureSet {
-            var x: [Float] = [], y: [Int] = []
-            for i in 0..<n {
-                let c = i % 4
-                for j in 0..<8 { x.append((j == c ? 5 : 0) + Float(rng.normal()) * 0.5 + 10) }
-                y.append(c)
-            }
-            return FeatureSet(features: x, labels: y, width: 8, classes: ["a", "b", "c", "d"])
+    func blobs(_ n: Int, seed: UInt64 = 3) -> FeatureSet {
+        var rng = RandomStream(seed: seed)
+        var x: [Float] = [], y: [Int] = []
+        for i in 0..<n {
+            let c = i % 4
+            for j in 0..<8 { x.append((j == c ? 5 : 0) + Float(rng.normal()) * 0.5 + 10) }
+            y.append(c)
         }
+        return FeatureSet(features: x, labels: y, width: 8, classes: ["a", "b", "c", "d"])
+    }
+
+    func testGridProbeSeparatesSeparableFeatures() throws {
         var settings = GridProbeSettings(recipe: RecipeSpec())
         settings.epochs = 30
         settings.batchSize = 32
-        settings.minSteps = 0
-        let r = gridProbe(train: blobs(200), val: blobs(100), settings: settings, seed: 0)
+        let r = try gridProbe(train: blobs(200), val: blobs(100), settings: settings, seed: 0)
         XCTAssertEqual(r.val.top1, 100)
         XCTAssertEqual(r.split.held.count, 20, "10% of train held out, stratified")
         XCTAssertEqual(Set(r.split.held).intersection(r.split.fit).count, 0)
+    }
+
+    /// `--epochs 5` is 5 epochs over the cached features (it was raised to 4000 steps).
+    func testGridProbeRunsTheEpochsItIsGiven() throws {
+        var settings = GridProbeSettings(recipe: RecipeSpec())
+        settings.epochs = 5
+        settings.batchSize = 32
+        let r = try gridProbe(train: blobs(200), val: blobs(100), settings: settings, seed: 0)
+        XCTAssertEqual(r.log.map(\.epoch), [1, 2, 3, 4, 5])
+        XCTAssertEqual(r.stepsPerEpoch, 7, "200 images in batches of 32")
+        XCTAssertEqual(r.steps, 35)
+    }
+
+    /// A grid point whose head diverges ranks last and is never chosen; a grid that diverges
+    /// everywhere (NaN features) is an error, not a result.
+    func testDivergedGridPointsAreNeverChosen() throws {
+        var settings = GridProbeSettings(recipe: RecipeSpec())
+        settings.lrs = [3e38, 0.1]
+        settings.epochs = 5
+        settings.batchSize = 32
+        let r = try gridProbe(train: blobs(200), val: blobs(100), settings: settings, seed: 0)
+        XCTAssertFalse(r.heldout[0].loss.isFinite, "lr 3e38 overflows the weights")
+        XCTAssertEqual(r.pairs[r.best].lr, 0.1)
+        var poisoned = blobs(200)
+        poisoned.features[5] = .nan
+        XCTAssertThrowsError(try gridProbe(train: poisoned, val: blobs(100), settings: settings, seed: 0)) { e in
+            XCTAssertTrue("\(e)".contains("every one of the 2 (lr, weight decay) heads diverged"), "\(e)")
+        }
     }
 
     /// Against scikit-learn's LogisticRegressionCV (C tuned by 5-fold CV over 33 values), from
@@ -80,10 +108,10 @@ final class TransferTests: XCTestCase {
         let spec = try TaskSpec.load(contentsOf: repoRoot.appendingPathComponent("Tasks/shapes-linprobe.yaml"))
         var settings = GridProbeSettings(recipe: spec.recipe)
         // The shipped weight-decay grid, folds and schedule; only the top of the lr grid, where
-        // every weight decay converges, and 1000 steps, to keep the debug-build test short.
+        // every weight decay converges, and 1000 steps (500 epochs of 2 steps), to keep the debug-build test short.
         settings.lrs = [1, 3]
-        settings.minSteps = 1000
-        let r = gridProbe(train: train, val: val, settings: settings, seed: 0)
+        settings.epochs = 500
+        let r = try gridProbe(train: train, val: val, settings: settings, seed: 0)
         XCTAssertGreaterThanOrEqual(r.val.top1, f.sklearn_top1 - 100.0 / 300, "probe \(r.val.top1) vs sklearn \(f.sklearn_top1)")
     }
 
@@ -148,17 +176,45 @@ final class TransferTests: XCTestCase {
 
     // MARK: - Report
 
-    func fakeRun(_ root: URL, checkpoint: String, method: String, role: String, seed: UInt64, top1: Double) throws {
-        let run = TransferRun(dir: root.appendingPathComponent("shapes-linprobe/cached-cls/\(checkpoint)-s\(seed)"))
-        try run.create()
-        try run.write(log: (1...3).map { TransferEpoch(epoch: $0, trainLoss: 2 / Double($0), lr: 0.1, valTop1: top1 - Double(3 - $0), seconds: 1) })
-        try run.write(TransferMetrics(
+    func fakeMetrics(checkpoint: String, method: String, role: String, seed: UInt64, top1: Double) -> TransferMetrics {
+        TransferMetrics(
             task: "shapes-linprobe", evaluation: "linprobe", variant: "cached, cls", checkpoint: "Checkpoints/\(checkpoint).safetensors",
             checkpointHash: checkpoint, method: method, role: role, top1: top1, top5: 99, seed: seed, recipe: "a recipe",
             dataset: "shapes", trainData: "train", valData: "val", trainImages: 2000, valImages: 1000, classes: 10,
             pooling: "cls", selected: ["lr": 0.1, "weight_decay": 0], grid: nil,
             protocolChecks: ["backbone frozen", "feature: \(method == "mae" ? "cls" : "avg")"],
-            timings: ["total_s": 3], epochs: 3, created: "now"))
+            timings: ["total_s": 3], epochs: 3, created: "now")
+    }
+
+    func fakeLog(top1: Double, loss: Double = 2) -> [TransferEpoch] {
+        (1...3).map { TransferEpoch(epoch: $0, trainLoss: loss / Double($0), lr: 0.1, valTop1: top1 - Double(3 - $0), seconds: 1) }
+    }
+
+    @discardableResult
+    func fakeRun(_ root: URL, checkpoint: String, method: String, role: String, seed: UInt64, top1: Double) throws -> TransferRun {
+        let run = TransferRun(dir: root.appendingPathComponent("shapes-linprobe/cached-cls/\(checkpoint)-s\(seed)"))
+        try run.write(fakeMetrics(checkpoint: checkpoint, method: method, role: role, seed: seed, top1: top1), log: fakeLog(top1: top1))
+        return run
+    }
+
+    /// A NaN is never written as a result: one sentence naming the field and the run (it was
+    /// `EncodingError.invalidValue: nan`), and no folder is left behind.
+    func testNonFiniteNumbersAreRefusedBeforeAnythingIsWritten() throws {
+        let root = try temporaryFolder()
+        let run = TransferRun(dir: root.appendingPathComponent("shapes-linprobe/cached-cls/mae-s0"))
+        let good = fakeMetrics(checkpoint: "mae", method: "mae", role: "checkpoint", seed: 0, top1: 50)
+        XCTAssertThrowsError(try run.write(good, log: fakeLog(top1: 50, loss: .nan))) { e in
+            XCTAssertEqual("\(e)", "train loss is NaN at epoch 1 of \(run.dir.path): the head diverged.")
+        }
+        var bad = good
+        bad.grid = [["lr": 0.1, "heldout_loss": 1], ["lr": .infinity, "heldout_loss": 1]]
+        XCTAssertThrowsError(try run.write(bad, log: fakeLog(top1: 50))) { e in
+            XCTAssertTrue("\(e)".hasPrefix("grid point 2 lr is +Inf in the metrics of \(run.dir.path)"), "\(e)")
+        }
+        bad = good
+        bad.top1 = .nan
+        XCTAssertThrowsError(try run.write(bad)) { XCTAssertTrue("\($0)".hasPrefix("top-1 is NaN"), "\($0)") }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: run.dir.path), "nothing was written")
     }
 
     func testReportPutsMethodsSideBySideWithDeltaAndSeedSpread() throws {
@@ -180,7 +236,62 @@ final class TransferTests: XCTestCase {
                        ["shapes-linprobe-linprobe-cached-cls-loss.png", "shapes-linprobe-linprobe-cached-cls-val.png"])
     }
 
+    /// `report --runs X` with X missing or a file, and a corrupt or incomplete metrics.json, are
+    /// errors naming the path (a corrupt seed 0 used to vanish from the mean); a pretraining run's
+    /// metrics.json is not a transfer run and is skipped.
+    func testReportRefusesMissingFoldersAndBrokenMetrics() throws {
+        let root = try temporaryFolder()
+        let out = root.appendingPathComponent("report.md")
+        XCTAssertThrowsError(try writeReport(runs: root.appendingPathComponent("nope"), to: out)) { e in
+            XCTAssertEqual("\(e)", "\(root.appendingPathComponent("nope").path) is not a folder of runs (no such folder).")
+        }
+        try Data("x".utf8).write(to: root.appendingPathComponent("file"))
+        XCTAssertThrowsError(try writeReport(runs: root.appendingPathComponent("file"), to: out)) { e in
+            XCTAssertTrue("\(e)".hasSuffix("file is not a folder of runs."), "\(e)")
+        }
+        let runs = root.appendingPathComponent("runs")
+        let seed0 = try fakeRun(runs, checkpoint: "mae_shapes", method: "mae", role: "checkpoint", seed: 0, top1: 80)
+        try fakeRun(runs, checkpoint: "mae_shapes", method: "mae", role: "checkpoint", seed: 1, top1: 82)
+        let pretrain = PretrainMetrics(method: "mae", model: "m", data: "d", epochs: 1, final_loss: 0.5, losses: [0.5],
+                                       images_per_s: 1, seconds: 1, recipe: "r", seed: 0, batch_size: 8, checkpoint: "c", backbone: "b")
+        try FileManager.default.createDirectory(at: runs.appendingPathComponent("pt"), withIntermediateDirectories: true)
+        try JSONEncoder().encode(pretrain).write(to: runs.appendingPathComponent("pt/metrics.json"))
+        try writeReport(runs: runs, to: out)
+        XCTAssertTrue(try String(contentsOf: out, encoding: .utf8).contains("81.00 ± 1.41"))
+        let good = try Data(contentsOf: seed0.metrics)
+        var object = try XCTUnwrap(try JSONSerialization.jsonObject(with: good) as? [String: Any])
+        object["top1"] = nil
+        try JSONSerialization.data(withJSONObject: object).write(to: seed0.metrics)
+        XCTAssertThrowsError(try writeReport(runs: runs, to: out)) { e in
+            XCTAssertEqual("\(e)", "\(seed0.metrics.path) lacks the field 'top1', so the report cannot include its run.")
+        }
+        try good.prefix(50).write(to: seed0.metrics)
+        XCTAssertThrowsError(try writeReport(runs: runs, to: out)) { e in
+            XCTAssertTrue("\(e)".hasPrefix("\(seed0.metrics.path) is not a JSON object"), "\(e)")
+        }
+    }
+
     // MARK: - Task specs and bad input
+
+    /// One class: top-1 would be 100% by construction, so the folder is refused.
+    func testOneClassSplitIsRefused() throws {
+        let root = try temporaryFolder()
+        let one = root.appendingPathComponent("one")
+        try FileManager.default.createDirectory(at: one, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: fixture("imagefolder/alpha"), to: one.appendingPathComponent("alpha"))
+        var o = TransferOptions()
+        let spec = try TaskSpec.load(contentsOf: repoRoot.appendingPathComponent("Tasks/shapes-linprobe.yaml"))
+        o.trainData = fixture("imagefolder")
+        o.valData = one
+        XCTAssertThrowsError(try o.datasets(spec)) { e in
+            XCTAssertEqual("\(e)", "\(one.path) has only one class folder ('alpha'): classification needs at least two classes " +
+                           "(with one, top-1 is 100% by construction).")
+        }
+        o.trainData = one
+        XCTAssertThrowsError(try o.datasets(spec)) { XCTAssertTrue("\($0)".hasPrefix(one.path), "\($0)") }
+        o.valData = fixture("imagefolder")
+        XCTAssertThrowsError(try o.datasets(spec))
+    }
 
     func testShippedTaskSpecsParse() throws {
         for name in ["shapes-linprobe", "shapes-knn", "shapes-finetune"] {

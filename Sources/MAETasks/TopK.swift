@@ -1,0 +1,58 @@
+/// How many classes other than `label` score at least as high as it (0: a top-1 hit), or nil when
+/// the label's own score is not finite. A NaN score of another class is not known to be lower than
+/// the label's, so it counts as at least as high.
+/// - Parameter scores: one sample's class scores [K] (logits, probabilities or kNN votes).
+public func labelRank<Scores: RandomAccessCollection>(_ scores: Scores, label: Int) -> Int?
+where Scores.Element: FloatingPoint, Scores.Index == Int {
+    precondition((0..<scores.count).contains(label), "label \(label) outside 0..<\(scores.count)")
+    let y = scores[scores.startIndex + label]
+    guard y.isFinite else { return nil }
+    var rank = 0
+    for c in scores.indices where c != scores.startIndex + label {
+        if !(scores[c] < y) { rank += 1 }   // >= y, or NaN
+    }
+    return rank
+}
+
+/// Whether one sample is a top-k hit. A sample is a top-k hit only when its label's score is finite
+/// and fewer than k classes score >= it (excluding the label itself): ties count against the sample,
+/// a non-finite label score is never a hit (and a NaN elsewhere counts as scoring >= it), so an
+/// all-equal head scores 0%, not 100%. With k at or above the number of classes every sample with a
+/// finite label score is a hit.
+public func isTopKHit<Scores: RandomAccessCollection>(_ scores: Scores, label: Int, k: Int) -> Bool
+where Scores.Element: FloatingPoint, Scores.Index == Int {
+    labelRank(scores, label: label).map { $0 < k } ?? false
+}
+
+/// Top-1 and top-5 counts over a set of samples, by the rule of `isTopKHit`: the one top-k routine
+/// every classification task (linear probes, fine-tuning, kNN) scores with.
+public struct TopKTally: Sendable {
+    public private(set) var top1 = 0
+    public private(set) var top5 = 0
+    public private(set) var samples = 0
+
+    public init() {}
+
+    /// Counts one sample from its class scores [K].
+    public mutating func add<Scores: RandomAccessCollection>(_ scores: Scores, label: Int)
+    where Scores.Element: FloatingPoint, Scores.Index == Int {
+        samples += 1
+        guard let rank = labelRank(scores, label: label) else { return }
+        if rank < 1 { top1 += 1 }
+        if rank < 5 { top5 += 1 }
+    }
+
+    /// Top-1 and top-5 in percent (0 for no samples).
+    public var percent: (top1: Double, top5: Double) {
+        let n = Double(max(samples, 1))
+        return (100 * Double(top1) / n, 100 * Double(top5) / n)
+    }
+}
+
+extension HeadScore {
+    /// The tally's accuracies with a mean loss.
+    init(_ tally: TopKTally, loss: Double = 0) {
+        let p = tally.percent
+        self.init(top1: p.top1, top5: p.top5, loss: loss)
+    }
+}
