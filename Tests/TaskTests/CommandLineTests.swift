@@ -232,7 +232,7 @@ final class CommandLineTests: XCTestCase {
     }
 
     func testMessagesNameTheValue() throws {
-        try assertOneSentenceFailure(["knn", "--epochs", "-1"], mentions: "--epochs must be positive")
+        try assertOneSentenceFailure(["finetune", "--epochs", "-1"], mentions: "--epochs must be positive")
         try assertOneSentenceFailure(["extract", "--checkpoint", "c", "--data", "d", "--out", "o", "--batch-size", "-4"],
                                      mentions: "--batch-size must be positive")
         try assertOneSentenceFailure(["info", "/nonexistent/x.pth"], mentions: "error: /nonexistent/x.pth")
