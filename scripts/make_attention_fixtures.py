@@ -207,8 +207,40 @@ def block_case(name, batch, heads, hd, grid, length):
 block_case("block_window", 2, 2, 8, (14, 14), 27)       # 14x14 windows, tables at their own length
 rel.save("relpos.safetensors")
 
-rel = Recorder()  # the global block alone is half a megabyte: its own file
-block_case("block_global", 1, 1, 4, (64, 64), 27)      # 64x64 global block, 27-row table resized to 127
+
+
+def smooth_gradient(shape, phase):
+    """g[..., n, k] = cos(0.1 n + 0.7 k + phase) in float64, then float32: an upstream gradient the
+    Swift test rebuilds itself, so the 64x64 grid's (4096, 64) gradients need not be stored."""
+    n = torch.arange(shape[-2], dtype=torch.float64)[:, None]
+    k = torch.arange(shape[-1], dtype=torch.float64)[None, :]
+    return torch.cos(0.1 * n + 0.7 * k + phase).to(torch.float32).expand(shape)
+
+
+def terms_global_case(name, grid, hd, length, row_step):
+    """The 64x64 global grid (one head at reduced width) with a 27-row table resized to 127.
+    Stores rel_h / rel_w on every row_step-th query only, and the gradients of
+    sum(rel_h * g_h + rel_w * g_w) for the smooth g of `smooth_gradient` (phases 0 and 1)."""
+    gh, gw = grid
+    n = gh * gw
+    rel.sizes(name, [1, n, hd, 1, gh, gw, length, row_step])
+    qkv = torch.randn(1, n, 3 * hd).requires_grad_(True)
+    tables = {"rel_pos_h": torch.randn(length, hd).requires_grad_(True),
+              "rel_pos_w": torch.randn(length, hd).requires_grad_(True)}
+    rel_h, rel_w = rel_pos_terms(qkv[:, :, :hd], rel_pos_rows(gh, gh, tables["rel_pos_h"]),
+                                 rel_pos_rows(gw, gw, tables["rel_pos_w"]), gh, gw)
+    ((rel_h * smooth_gradient(rel_h.shape, 0.0)).sum() + (rel_w * smooth_gradient(rel_w.shape, 1.0)).sum()).backward()
+    rel.put(name, "qkv", qkv)
+    rel.put(name, "rel_h_rows", rel_h[:, ::row_step])
+    rel.put(name, "rel_w_rows", rel_w[:, ::row_step])
+    rel.put(name, "d_q", qkv.grad[:, :, :hd])
+    for k, v in tables.items():
+        rel.put(name, k, v)
+        rel.put(name, "d_" + k, v.grad)
+
+
+rel = Recorder()  # the 64x64 grid's own file, to keep each under 1 MB
+terms_global_case("terms_global", (64, 64), 4, 27, 31)
 rel.save("relpos_global.safetensors")
 
 # MARK: - Window partition / unpartition
