@@ -65,48 +65,42 @@ public enum AttentionBiasGradient {
 
 /// out (B,N,D), logSumExp (B,H,N), qkv (B,N,3D). Writes `out` and `logSumExp`.
 /// out = softmax(scale q k^T + bias) v per (b, h); logSumExp[b,h,i] = log sum_j e^(s_ij), kept for
-/// the backward. Work is split over heads x query tiles (each item runs every image of the batch,
-/// so a bias shared over the batch is only ever updated by one worker in the backward).
+/// the backward. Work is split over (image, head, query tile) items.
 public func flashAttentionForward(out: UnsafeMutablePointer<Float>, logSumExp: UnsafeMutablePointer<Float>,
                                   qkv: UnsafePointer<Float>, bias: AttentionBias = .none,
                                   size s: FlashAttentionSize) {
     checkBias(bias, s)
     Profiler.measure(.attention) {
         let hd = s.headWidth, bq = s.queryTile, bk = s.keyTile
-        Parallel.forChunks(s.heads * s.queryTiles) { _, items in
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
-            let rowMaxes = UnsafeMutablePointer<Float>.allocate(capacity: bq)
-            let rowSums = UnsafeMutablePointer<Float>.allocate(capacity: bq)
-            defer { scores.deallocate(); rowMaxes.deallocate(); rowSums.deallocate() }
-            for item in items {
-                let h = item / s.queryTiles, q0 = (item % s.queryTiles) * bq, rows = min(bq, s.tokens - q0)
-                for b in 0..<s.batch {
-                    let slice = AttentionSlice(s, b: b, h: h)
-                    let o = out + (b * s.tokens + q0) * s.width + h * hd
-                    for r in 0..<rows { (o + r * s.width).update(repeating: 0, count: hd) }
-                    rowMaxes.update(repeating: -.infinity, count: rows)
-                    rowSums.update(repeating: 0, count: rows)
-                    for k0 in stride(from: 0, to: s.tokens, by: bk) {
-                        let cols = min(bk, s.tokens - k0)
-                        slice.scores(scores, qkv, bias, q0: q0, rows: rows, k0: k0, cols: cols)
-                        // Online softmax: rescale what the row has so far to the new running max.
-                        for r in 0..<rows {
-                            let row = scores + r * bk
-                            let mx = max(rowMaxes[r], rowMax(row, cols))
-                            let rescale = exp(rowMaxes[r] - mx)
-                            rowSums[r] = rowSums[r] * rescale + expShiftedRow(row, cols, shift: mx)
-                            if rescale != 1 { scaleRow(o + r * s.width, hd, rescale) }
-                            rowMaxes[r] = mx
-                        }
-                        BLAS.gemmSerial(m: rows, n: hd, k: cols, a: scores, lda: bk,
-                                        b: slice.v(qkv) + k0 * slice.ld, ldb: slice.ld,
-                                        beta: 1, c: o, ldc: s.width)
-                    }
-                    let lse = logSumExp + (b * s.heads + h) * s.tokens + q0
+        forEachTile(s, tiles: s.queryTiles, wholeBatch: false, scratch: bq * bk + 2 * bq) { images, h, tile, scratch in
+            let scores = scratch, rowMaxes = scratch + bq * bk, rowSums = rowMaxes + bq
+            let q0 = tile * bq, rows = min(bq, s.tokens - q0)
+            for b in images {
+                let slice = AttentionSlice(s, b: b, h: h)
+                let o = out + (b * s.tokens + q0) * s.width + h * hd
+                for r in 0..<rows { (o + r * s.width).update(repeating: 0, count: hd) }
+                rowMaxes.update(repeating: -.infinity, count: rows)
+                rowSums.update(repeating: 0, count: rows)
+                for k0 in stride(from: 0, to: s.tokens, by: bk) {
+                    let cols = min(bk, s.tokens - k0)
+                    slice.scores(scores, qkv, bias, q0: q0, rows: rows, k0: k0, cols: cols)
+                    // Online softmax: rescale what the row has so far to the new running max.
                     for r in 0..<rows {
-                        scaleRow(o + r * s.width, hd, 1 / rowSums[r])
-                        lse[r] = rowMaxes[r] + log(rowSums[r])
+                        let row = scores + r * bk
+                        let mx = max(rowMaxes[r], rowMax(row, cols))
+                        let rescale = exp(rowMaxes[r] - mx)
+                        rowSums[r] = rowSums[r] * rescale + expShiftedRow(row, cols, shift: mx)
+                        if rescale != 1 { scaleRow(o + r * s.width, hd, rescale) }
+                        rowMaxes[r] = mx
                     }
+                    BLAS.gemmSerial(m: rows, n: hd, k: cols, a: scores, lda: bk,
+                                    b: slice.v(qkv) + k0 * slice.ld, ldb: slice.ld,
+                                    beta: 1, c: o, ldc: s.width)
+                }
+                let lse = logSumExp + (b * s.heads + h) * s.tokens + q0
+                for r in 0..<rows {
+                    scaleRow(o + r * s.width, hd, 1 / rowSums[r])
+                    lse[r] = rowMaxes[r] + log(rowSums[r])
                 }
             }
         }
@@ -153,44 +147,40 @@ public func flashAttentionBackward(dQKV: UnsafeMutablePointer<Float>, dBias: Att
             for r in 0..<rows { subtractScaleRow(grads + r * bk, probs + r * bk, cols, d[r]) }
         }
         // Pass 1: dV_j += P^T dO, dK_j += scale dS^T Q over every query tile.
-        Parallel.forChunks(s.heads * s.keyTiles) { _, items in
-            let probs = UnsafeMutablePointer<Float>.allocate(capacity: 2 * bq * bk), grads = probs + bq * bk
-            defer { probs.deallocate() }
-            for item in items {
-                let h = item / s.keyTiles, k0 = (item % s.keyTiles) * bk, cols = min(bk, n - k0)
-                for b in 0..<s.batch {
-                    let slice = AttentionSlice(s, b: b, h: h)
-                    let dk = dQKV + (b * n + k0) * slice.ld + s.width + h * hd, dv = dk + s.width
-                    for q0 in stride(from: 0, to: n, by: bq) {
-                        let rows = min(bq, n - q0)
-                        tileGradients(slice, probs, grads, q0: q0, rows: rows, k0: k0, cols: cols)
-                        BLAS.gemmSerial(transA: true, m: cols, n: hd, k: rows, a: probs, lda: bk,
-                                        b: slice.dOut(dOut) + q0 * s.width, ldb: s.width,
-                                        beta: 1, c: dv, ldc: slice.ld)
-                        BLAS.gemmSerial(transA: true, m: cols, n: hd, k: rows, alpha: slice.scale, a: grads, lda: bk,
-                                        b: slice.q(qkv) + q0 * slice.ld, ldb: slice.ld,
-                                        beta: 1, c: dk, ldc: slice.ld)
-                    }
+        forEachTile(s, tiles: s.keyTiles, wholeBatch: false, scratch: 2 * bq * bk) { images, h, tile, scratch in
+            let probs = scratch, grads = scratch + bq * bk
+            let k0 = tile * bk, cols = min(bk, n - k0)
+            for b in images {
+                let slice = AttentionSlice(s, b: b, h: h)
+                let dk = dQKV + (b * n + k0) * slice.ld + s.width + h * hd, dv = dk + s.width
+                for q0 in stride(from: 0, to: n, by: bq) {
+                    let rows = min(bq, n - q0)
+                    tileGradients(slice, probs, grads, q0: q0, rows: rows, k0: k0, cols: cols)
+                    BLAS.gemmSerial(transA: true, m: cols, n: hd, k: rows, a: probs, lda: bk,
+                                    b: slice.dOut(dOut) + q0 * s.width, ldb: s.width,
+                                    beta: 1, c: dv, ldc: slice.ld)
+                    BLAS.gemmSerial(transA: true, m: cols, n: hd, k: rows, alpha: slice.scale, a: grads, lda: bk,
+                                    b: slice.q(qkv) + q0 * slice.ld, ldb: slice.ld,
+                                    beta: 1, c: dk, ldc: slice.ld)
                 }
             }
         }
         // Pass 2: dQ_i += scale dS K, and the bias gradient, over every key tile.
-        Parallel.forChunks(s.heads * s.queryTiles) { _, items in
-            let probs = UnsafeMutablePointer<Float>.allocate(capacity: 2 * bq * bk), grads = probs + bq * bk
-            defer { probs.deallocate() }
-            for item in items {
-                let h = item / s.queryTiles, q0 = (item % s.queryTiles) * bq, rows = min(bq, n - q0)
-                for b in 0..<s.batch {
-                    let slice = AttentionSlice(s, b: b, h: h)
-                    let dq = dQKV + (b * n + q0) * slice.ld + h * hd
-                    for k0 in stride(from: 0, to: n, by: bk) {
-                        let cols = min(bk, n - k0)
-                        tileGradients(slice, probs, grads, q0: q0, rows: rows, k0: k0, cols: cols)
-                        BLAS.gemmSerial(m: rows, n: hd, k: cols, alpha: slice.scale, a: grads, lda: bk,
-                                        b: slice.k(qkv) + k0 * slice.ld, ldb: slice.ld,
-                                        beta: 1, c: dq, ldc: slice.ld)
-                        slice.accumulateBiasGradient(dBias, bias, grads, q0: q0, rows: rows, k0: k0, cols: cols)
-                    }
+        var sharedBias = false
+        if case .dense(_, true) = bias { sharedBias = true }
+        forEachTile(s, tiles: s.queryTiles, wholeBatch: sharedBias, scratch: 2 * bq * bk) { images, h, tile, scratch in
+            let probs = scratch, grads = scratch + bq * bk
+            let q0 = tile * bq, rows = min(bq, n - q0)
+            for b in images {
+                let slice = AttentionSlice(s, b: b, h: h)
+                let dq = dQKV + (b * n + q0) * slice.ld + h * hd
+                for k0 in stride(from: 0, to: n, by: bk) {
+                    let cols = min(bk, n - k0)
+                    tileGradients(slice, probs, grads, q0: q0, rows: rows, k0: k0, cols: cols)
+                    BLAS.gemmSerial(m: rows, n: hd, k: cols, alpha: slice.scale, a: grads, lda: bk,
+                                    b: slice.k(qkv) + k0 * slice.ld, ldb: slice.ld,
+                                    beta: 1, c: dq, ldc: slice.ld)
+                    slice.accumulateBiasGradient(dBias, bias, grads, q0: q0, rows: rows, k0: k0, cols: cols)
                 }
             }
         }
@@ -285,4 +275,21 @@ private func subtractScaleRow(_ g: UnsafeMutablePointer<Float>, _ p: UnsafePoint
     var j = 0
     while j + 16 <= n { store16(load16(p + j) * (load16(g + j) - dv), g + j); j += 16 }
     while j < n { g[j] = p[j] * (g[j] - d); j += 1 }
+}
+
+/// Runs body(images, h, tile, scratch) for every work item of one pass, split statically over the
+/// workers, each with its own `scratch` floats. An item is one (image, head, tile), or with
+/// `wholeBatch` one (head, tile) over every image: then a gradient shared over the batch (a dense
+/// bias broadcast over it) has a single writer per (head, tile).
+private func forEachTile(_ s: FlashAttentionSize, tiles: Int, wholeBatch: Bool, scratch: Int,
+                         _ body: (Range<Int>, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+    let perGroup = s.heads * tiles
+    Parallel.forChunks((wholeBatch ? 1 : s.batch) * perGroup) { _, items in
+        let buffer = UnsafeMutablePointer<Float>.allocate(capacity: scratch)
+        defer { buffer.deallocate() }
+        for item in items {
+            let group = item / perGroup, h = item % perGroup / tiles, tile = item % tiles
+            body(wholeBatch ? 0..<s.batch : group..<group + 1, h, tile, buffer)
+        }
+    }
 }
