@@ -110,11 +110,12 @@ public func flashAttentionForward(out: UnsafeMutablePointer<Float>, logSumExp: U
 /// Accumulates: dQKV (B,N,3D) += gradient through the attention, and the bias gradient into
 /// `dBias`. dOut (B,N,D); out (B,N,D), logSumExp (B,H,N) and qkv, bias as the forward had them.
 /// Flash-attention 2's backward: the probabilities are recomputed per tile from q, k and
-/// logSumExp, P = e^(s - lse), then dP = dO v^T, dS = P * (dP - rowsum(dO * O)). It runs in two
-/// passes so no two workers ever add into the same gradient: over (head, key tile) for dK, dV
-/// (summing over every query tile), then over (head, query tile) for dQ and the bias gradient
-/// (summing over every key tile). The scores are recomputed in each pass (7 tile products per
-/// tile pair instead of 5) - the price of needing no locks and no per-worker gradient copies.
+/// logSumExp, P = e^(s - lse), then dP = dO v^T, dS = P * (dP - rowsum(dO * O)), and no two
+/// workers ever add into the same gradient. With at least two (b, h) slices per worker each item
+/// owns whole slices (5 tile products per tile pair). With fewer (one image, few heads, many
+/// tokens) the work is split over tiles in two passes instead: over key tiles for dK, dV, then over
+/// query tiles for dQ and the bias gradient, each recomputing the scores (7 tile products per
+/// tile pair) - the price of needing no locks and no per-worker gradient copies.
 public func flashAttentionBackward(dQKV: UnsafeMutablePointer<Float>, dBias: AttentionBiasGradient = .none,
                                    dOut: UnsafePointer<Float>, out: UnsafePointer<Float>,
                                    logSumExp: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
@@ -146,41 +147,69 @@ public func flashAttentionBackward(dQKV: UnsafeMutablePointer<Float>, dBias: Att
                             b: slice.v(qkv) + k0 * slice.ld, ldb: slice.ld, c: grads, ldc: bk)
             for r in 0..<rows { subtractScaleRow(grads + r * bk, probs + r * bk, cols, d[r]) }
         }
-        // Pass 1: dV_j += P^T dO, dK_j += scale dS^T Q over every query tile.
-        forEachTile(s, tiles: s.keyTiles, wholeBatch: false, scratch: 2 * bq * bk) { images, h, tile, scratch in
-            let probs = scratch, grads = scratch + bq * bk
-            let k0 = tile * bk, cols = min(bk, n - k0)
-            for b in images {
-                let slice = AttentionSlice(s, b: b, h: h)
-                let dk = dQKV + (b * n + k0) * slice.ld + s.width + h * hd, dv = dk + s.width
-                for q0 in stride(from: 0, to: n, by: bq) {
-                    let rows = min(bq, n - q0)
-                    tileGradients(slice, probs, grads, q0: q0, rows: rows, k0: k0, cols: cols)
-                    BLAS.gemmSerial(transA: true, m: cols, n: hd, k: rows, a: probs, lda: bk,
-                                    b: slice.dOut(dOut) + q0 * s.width, ldb: s.width,
-                                    beta: 1, c: dv, ldc: slice.ld)
-                    BLAS.gemmSerial(transA: true, m: cols, n: hd, k: rows, alpha: slice.scale, a: grads, lda: bk,
-                                    b: slice.q(qkv) + q0 * slice.ld, ldb: slice.ld,
-                                    beta: 1, c: dk, ldc: slice.ld)
-                }
-            }
+        /// dV_j += P^T dO_i and dK_j += scale dS^T Q_i from one tile pair's P and dS.
+        func keyGradients(_ slice: AttentionSlice, _ probs: UnsafePointer<Float>, _ grads: UnsafePointer<Float>,
+                          q0: Int, rows: Int, k0: Int, cols: Int) {
+            let dk = dQKV + (slice.b * n + k0) * slice.ld + s.width + slice.h * hd, dv = dk + s.width
+            BLAS.gemmSerial(transA: true, m: cols, n: hd, k: rows, a: probs, lda: bk,
+                            b: slice.dOut(dOut) + q0 * s.width, ldb: s.width, beta: 1, c: dv, ldc: slice.ld)
+            BLAS.gemmSerial(transA: true, m: cols, n: hd, k: rows, alpha: slice.scale, a: grads, lda: bk,
+                            b: slice.q(qkv) + q0 * slice.ld, ldb: slice.ld, beta: 1, c: dk, ldc: slice.ld)
         }
-        // Pass 2: dQ_i += scale dS K, and the bias gradient, over every key tile.
+        /// dQ_i += scale dS K_j and the bias gradient of the tile pair.
+        func queryGradients(_ slice: AttentionSlice, _ grads: UnsafePointer<Float>,
+                            q0: Int, rows: Int, k0: Int, cols: Int) {
+            BLAS.gemmSerial(m: rows, n: hd, k: cols, alpha: slice.scale, a: grads, lda: bk,
+                            b: slice.k(qkv) + k0 * slice.ld, ldb: slice.ld,
+                            beta: 1, c: dQKV + (slice.b * n + q0) * slice.ld + slice.h * hd, ldc: slice.ld)
+            slice.accumulateBiasGradient(dBias, bias, grads, q0: q0, rows: rows, k0: k0, cols: cols)
+        }
         var sharedBias = false
         if case .dense(_, true) = bias { sharedBias = true }
-        forEachTile(s, tiles: s.queryTiles, wholeBatch: sharedBias, scratch: 2 * bq * bk) { images, h, tile, scratch in
-            let probs = scratch, grads = scratch + bq * bk
-            let q0 = tile * bq, rows = min(bq, n - q0)
-            for b in images {
-                let slice = AttentionSlice(s, b: b, h: h)
-                let dq = dQKV + (b * n + q0) * slice.ld + h * hd
-                for k0 in stride(from: 0, to: n, by: bk) {
-                    let cols = min(bk, n - k0)
-                    tileGradients(slice, probs, grads, q0: q0, rows: rows, k0: k0, cols: cols)
-                    BLAS.gemmSerial(m: rows, n: hd, k: cols, alpha: slice.scale, a: grads, lda: bk,
-                                    b: slice.k(qkv) + k0 * slice.ld, ldb: slice.ld,
-                                    beta: 1, c: dq, ldc: slice.ld)
-                    slice.accumulateBiasGradient(dBias, bias, grads, q0: q0, rows: rows, k0: k0, cols: cols)
+        if (sharedBias ? s.heads : s.batch * s.heads) >= 2 * Parallel.workers {
+            // Enough (b, h) slices to keep every worker busy: one pass, each item owning whole
+            // slices (with a bias shared over the batch, every image of its head), so each tile
+            // pair's P and dS are computed once and feed dV, dK and dQ together.
+            forEachTile(s, tiles: 1, wholeBatch: sharedBias, scratch: 2 * bq * bk) { images, h, _, scratch in
+                let probs = scratch, grads = scratch + bq * bk
+                for b in images {
+                    let slice = AttentionSlice(s, b: b, h: h)
+                    for k0 in stride(from: 0, to: n, by: bk) {
+                        let cols = min(bk, n - k0)
+                        for q0 in stride(from: 0, to: n, by: bq) {
+                            let rows = min(bq, n - q0)
+                            tileGradients(slice, probs, grads, q0: q0, rows: rows, k0: k0, cols: cols)
+                            keyGradients(slice, probs, grads, q0: q0, rows: rows, k0: k0, cols: cols)
+                            queryGradients(slice, grads, q0: q0, rows: rows, k0: k0, cols: cols)
+                        }
+                    }
+                }
+            }
+        } else {
+            // Pass 1, over (image, head, key tile): dK_j and dV_j summed over every query tile.
+            forEachTile(s, tiles: s.keyTiles, wholeBatch: false, scratch: 2 * bq * bk) { images, h, tile, scratch in
+                let probs = scratch, grads = scratch + bq * bk
+                let k0 = tile * bk, cols = min(bk, n - k0)
+                for b in images {
+                    let slice = AttentionSlice(s, b: b, h: h)
+                    for q0 in stride(from: 0, to: n, by: bq) {
+                        let rows = min(bq, n - q0)
+                        tileGradients(slice, probs, grads, q0: q0, rows: rows, k0: k0, cols: cols)
+                        keyGradients(slice, probs, grads, q0: q0, rows: rows, k0: k0, cols: cols)
+                    }
+                }
+            }
+            // Pass 2, over (image, head, query tile): dQ_i and the bias gradient over every key tile.
+            forEachTile(s, tiles: s.queryTiles, wholeBatch: sharedBias, scratch: 2 * bq * bk) { images, h, tile, scratch in
+                let probs = scratch, grads = scratch + bq * bk
+                let q0 = tile * bq, rows = min(bq, n - q0)
+                for b in images {
+                    let slice = AttentionSlice(s, b: b, h: h)
+                    for k0 in stride(from: 0, to: n, by: bk) {
+                        let cols = min(bk, n - k0)
+                        tileGradients(slice, probs, grads, q0: q0, rows: rows, k0: k0, cols: cols)
+                        queryGradients(slice, grads, q0: q0, rows: rows, k0: k0, cols: cols)
+                    }
                 }
             }
         }

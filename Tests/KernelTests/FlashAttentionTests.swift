@@ -77,6 +77,17 @@ final class FlashAttentionTests: XCTestCase {
     /// softmax rescales several times and the last tiles are partial.
     static let tileChoices = [AttentionTiles(), AttentionTiles(queries: 8, keys: 16), AttentionTiles(queries: 7, keys: 5)]
 
+    /// Runs `body` with 1 worker and with 16: the backward then takes its one-pass path (items
+    /// owning whole (b, h) slices) and its two-pass path (items over tiles) on the same sizes.
+    func withWorkerCounts(_ body: (String) throws -> Void) rethrows {
+        let saved = Parallel.workers
+        defer { Parallel.workers = saved }
+        for workers in [1, 16] {
+            Parallel.workers = workers
+            try body("workers \(workers)")
+        }
+    }
+
     /// Against torch's scaled_dot_product_attention with a float attn_mask (the bias), for no
     /// bias, a dense (B*H, N, N) bias, a dense (H, N, N) bias broadcast over the batch, and the
     /// decomposed rel-pos form. Forward rtol 1e-4 atol 1e-5; gradients (accumulated onto 0.5)
@@ -98,9 +109,9 @@ final class FlashAttentionTests: XCTestCase {
             } else {
                 bias = .none
             }
-            for tiles in Self.tileChoices {
+            try withWorkerCounts { workers in for tiles in Self.tileChoices {
                 let s = FlashAttentionSize(batch: sz[0], tokens: sz[1], width: sz[2], heads: sz[3], tiles: tiles)
-                let label = "\(name) tiles \(tiles.queries)x\(tiles.keys)"
+                let label = "\(name) tiles \(tiles.queries)x\(tiles.keys) \(workers)"
                 let (out, lse) = flashForward(qkv, bias, s)
                 assertClose(out, try fx.floats("\(name)/out"), rtol: 1e-4, atol: 1e-5, "\(label) out")
                 assertClose(lse, try fx.floats("\(name)/lse"), rtol: 1e-5, atol: 1e-5, "\(label) logSumExp")
@@ -111,7 +122,7 @@ final class FlashAttentionTests: XCTestCase {
                 for (i, (got, want)) in zip(dBias, expectedBiasGrads).enumerated() {
                     assertClose(got, want.map { $0 + 0.5 }, rtol: 1e-3, atol: 1e-5, "\(label) dBias[\(i)]")
                 }
-            }
+            } }
         }
     }
 
@@ -125,12 +136,12 @@ final class FlashAttentionTests: XCTestCase {
             attentionForward(out: &out, probs: &probs, qkv: qkv, batch: b, tokens: n, width: d, heads: h)
             var dRef = [Float](repeating: 0, count: qkv.count)
             attentionBackward(dQKV: &dRef, dOut: dOut, qkv: qkv, probs: probs, batch: b, tokens: n, width: d, heads: h)
-            for tiles in Self.tileChoices {
+            withWorkerCounts { workers in for tiles in Self.tileChoices {
                 let s = FlashAttentionSize(batch: b, tokens: n, width: d, heads: h, tiles: tiles)
-                let label = "B\(b) N\(n) D\(d) H\(h) tiles \(tiles.queries)x\(tiles.keys)"
+                let label = "B\(b) N\(n) D\(d) H\(h) tiles \(tiles.queries)x\(tiles.keys) \(workers)"
                 assertClose(flashForward(qkv, .none, s).out, out, rtol: 1e-4, atol: 1e-5, "\(label) out")
                 assertClose(flashBackward(dOut, qkv, .none, s).dQKV, dRef, rtol: 1e-3, atol: 1e-5, "\(label) dQKV")
-            }
+            } }
         }
     }
 
@@ -153,6 +164,13 @@ final class FlashAttentionTests: XCTestCase {
         ]
         for (name, bias, params, rebuild) in biases {
             let (dQKV, dBias) = flashBackward(r, qkv, bias, s)
+            withWorkerCounts { workers in
+                let again = flashBackward(r, qkv, bias, s)
+                assertClose(again.dQKV, dQKV, rtol: 1e-5, atol: 1e-6, "\(name) dQKV \(workers)")
+                for i in params.indices {
+                    assertClose(again.dBias[i], dBias[i], rtol: 1e-5, atol: 1e-6, "\(name) dBias[\(i)] \(workers)")
+                }
+            }
             checkGradient("\(name) dQKV", input: qkv, analytic: dQKV, step: 1e-2, rtol: 1e-2, atol: 1e-3) {
                 dot(flashForward($0, bias, s).out, r)
             }
