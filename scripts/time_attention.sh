@@ -1,7 +1,7 @@
 #!/bin/sh
 # Rough timing of fused vs materialised attention at ViTDet's global-block size (N 4096, 12 heads,
 # head width 64, batch 1), optimised as the release build is (-O, whole module, -target-cpu haswell).
-# Usage: scripts/time_attention.sh [tokens [heads]]
+# Usage: scripts/time_attention.sh [tokens [heads [query-tile key-tile]]]   (FUSED_ONLY=1 skips the materialised run)
 # Compiles the MAEKernels sources with scripts/time_attention.swift into one throwaway binary, so it
 # needs no package resolution and leaves .build alone. On a shared machine the numbers are contended.
 set -eu
