@@ -59,6 +59,12 @@ public func attentionBackward(dQKV: UnsafeMutablePointer<Float>, dOut: UnsafePoi
 /// In-place softmax of one row of `n` logits.
 @inline(__always) @usableFromInline
 func softmaxRow(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
+    scaleRow(x, n, 1 / expShiftedRow(x, n, shift: rowMax(x, n)))
+}
+
+/// max_j x[j] (-inf for an empty row).
+@inline(__always) @usableFromInline
+func rowMax(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
     var mx = -Float.infinity
     var j = 0
     if n >= 16 {
@@ -68,18 +74,25 @@ func softmaxRow(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
         mx = m16.max()
     }
     while j < n { mx = max(mx, x[j]); j += 1 }
-    let mv = Vec16(repeating: mx)
+    return mx
+}
+
+/// In place x[j] = e^(x[j] - shift); returns the sum of the new values. `shift` >= every x[j]
+/// keeps the exponentials in (0, 1] (the softmax's row max, or the attention row's log-sum-exp).
+@inline(__always) @usableFromInline
+func expShiftedRow(_ x: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Float {
+    let mv = Vec16(repeating: shift)
     var acc = Vec16()
-    j = 0
+    var j = 0
     while j + 16 <= n { let e = exp16(load16(x + j) - mv); store16(e, x + j); acc += e; j += 16 }
     var sum = acc.sum()
     if j < n {
         let m = n - j
-        let e = exp16(loadPartial(x + j, m, pad: mx) - mv)
+        let e = exp16(loadPartial(x + j, m, pad: shift) - mv)
         storePartial(e, x + j, m)
         for t in 0..<m { sum += e[t] }
     }
-    scaleRow(x, n, 1 / sum)
+    return sum
 }
 
 /// x (n) *= s.

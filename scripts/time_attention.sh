@@ -1,0 +1,16 @@
+#!/bin/sh
+# Rough timing of fused vs materialised attention at ViTDet's global-block size (N 4096, 12 heads,
+# head width 64, batch 1), optimised as the release build is (-O, whole module, -target-cpu haswell).
+# Usage: scripts/time_attention.sh [tokens [heads [query-tile key-tile]]]   (FUSED_ONLY=1 skips the materialised run)
+# Compiles the MAEKernels sources with scripts/time_attention.swift into one throwaway binary, so it
+# needs no package resolution and leaves .build alone. On a shared machine the numbers are contended.
+set -eu
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${TMPDIR:-/tmp}/mae-time-attention
+mkdir -p "$OUT"
+cp "$ROOT/scripts/time_attention.swift" "$OUT/main.swift"
+swiftc -O -wmo -target-cpu haswell -module-name TimeAttention \
+    $(pkg-config --cflags openblas | sed 's/-I/-Xcc -I/g') -I "$ROOT/Sources/COpenBLAS" \
+    "$ROOT"/Sources/MAEKernels/*.swift "$OUT/main.swift" \
+    $(pkg-config --libs openblas) -o "$OUT/time-attention"
+"$OUT/time-attention" "$@"
