@@ -84,10 +84,17 @@ func classifierScore(_ model: VisionTransformer, loader: DataLoader) throws -> H
 
 /// Fine-tunes every backbone for every seed; returns the run folders.
 public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
-    let spec = try o.common.taskSpec(default: "shapes-finetune")
+    var spec = try o.common.taskSpec(default: "shapes-finetune")
     guard spec.evaluation == .finetune else {
         throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a finetune task")
     }
+    // Flags become part of the spec, so the recorded recipe and config.yaml are what runs.
+    if let b = o.batchSize {
+        guard b > 0 else { throw TaskError.badArgument("--batch-size must be positive") }
+        spec.recipe.batchSize = b
+        try spec.revalidate(flags: ["--batch-size \(b)"])
+    }
+    if let n = o.blocks { spec.recipe.blocks = n }
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
     guard data.train.classes == data.val.classes else {
@@ -96,8 +103,8 @@ public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
     var runs: [TransferRun] = []
     for b in backbones {
         let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads)
-        if let n = o.blocks ?? spec.recipe.blocks, !(0...backbone.model.config.depth).contains(n) {
-            throw TaskError.badArgument("--blocks \(n) is outside 0...\(backbone.model.config.depth) for \(b.url.path)")
+        if let n = spec.recipe.blocks, !(0...backbone.model.config.depth).contains(n) {
+            throw TaskError.badArgument("\(o.blocks != nil ? "--blocks" : "\(spec.source): recipe.blocks") \(n) is outside 0...\(backbone.model.config.depth) for \(b.url.path)")
         }
         for seed in spec.seeds {
             let run = try fineTuneOne(spec: spec, backbone: backbone, data: data, seed: seed, o: o)
@@ -113,7 +120,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
                  seed: UInt64, o: FineTuneOptions) throws -> TransferRun {
     let total = Date(), r = spec.recipe, aug = r.augmentation, verbose = o.common.verbose
     let k = data.train.classes.count, size = spec.dataset.imgSize
-    let blocks = o.blocks ?? r.blocks
+    let blocks = r.blocks
     let depth = backbone.model.config.depth
     let (model, fresh) = try makeClassifier(from: backbone.model, classes: k, headStd: spec.head.initStd ?? 2e-5, seed: seed)
     model.dropPath = Float(r.dropPath ?? 0.1)
@@ -121,7 +128,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
     model.lowestTrainedBlock = firstTrained
     let groups = fineTuneGroups(model, blocks: blocks, layerDecay: Float(r.layerDecay ?? 0.75))
     let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, weightDecay: Float(r.weightDecay ?? 0.05))
-    let batch = o.batchSize ?? r.batchSize ?? 64, epochs = r.epochs ?? 10
+    let batch = r.batchSize ?? 64, epochs = r.epochs ?? 10
     let lr = Float(r.baseLR ?? 1e-3) * Float(batch) / 256
     let schedule = WarmupCosine(baseLR: lr, minLR: Float(r.minLR ?? 1e-6), warmupEpochs: r.warmupEpochs ?? 1, epochs: Double(epochs))
     let scale = aug?.rrcScale ?? [0.08, 1]

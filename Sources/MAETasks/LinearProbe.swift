@@ -38,7 +38,8 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
     for b in backbones {
         let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads)
         guard lastBlocks <= backbone.model.config.depth else {
-            throw TaskError.badArgument("--last-blocks \(lastBlocks) exceeds the depth \(backbone.model.config.depth) of \(b.url.path)")
+            let field = o.lastBlocks != nil ? "--last-blocks" : "\(spec.source): head.last_blocks"
+            throw TaskError.badArgument("\(field) \(lastBlocks) exceeds the depth \(backbone.model.config.depth) of \(b.url.path)")
         }
         let feature = ProbeFeature(model: backbone.model, requested: o.pooling ?? spec.head.pooling, lastBlocks: lastBlocks)
         for seed in spec.seeds {
