@@ -95,6 +95,8 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
         let variant = "k \(k), T \(t), \(feature.requested.rawValue)"
         let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
         try run.create()
+        try run.writeConfig(command: "knn", spec: spec, resolved: ["k": Double(k), "temperature": Double(t)], backbone: backbone,
+                            seed: seed, data: data, extra: ["variant": variant, "feature": feature.describe(backbone.model)])
         try run.write(log: [])
         let metrics = TransferMetrics(
             task: spec.name, evaluation: "knn", variant: variant, checkpoint: backbone.url.path, checkpointHash: backbone.hash,

@@ -109,6 +109,8 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     let variant = probeVariant(mode: "cached", feature: feature)
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     try run.create()
+    try run.writeConfig(command: "linprobe", spec: spec, resolved: grid, backbone: backbone, seed: seed, data: data,
+                        extra: ["variant": variant, "feature": feature.describe(backbone.model), "epochs_run": String(epochs)])
     try run.write(log: log)
     let checks = [
         "backbone frozen: its weights' fingerprint is identical before and after the run",
@@ -138,7 +140,7 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
 }
 
 /// The cached probe's grid and schedule.
-public struct GridProbeSettings: Sendable {
+public struct GridProbeSettings: Encodable, Sendable {
     public var lrs: [Double], wds: [Double]
     public var epochs: Int, batchSize: Int, warmupEpochs: Double, holdout: Double
     /// 1: select on one stratified `holdout` part of train; k > 1: on all k folds of train.
@@ -334,6 +336,9 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     let variant = probeVariant(mode: "augmented", feature: feature)
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     try run.create()
+    try run.writeConfig(command: "linprobe", spec: spec, resolved: a, backbone: backbone, seed: seed, data: data,
+                        extra: ["variant": variant, "feature": feature.describe(model),
+                                "rrc_scale": "\(scale[0])...\(scale[1])", "batch_norm": String(useBN)])
     try run.write(log: log)
     let checks = [
         "backbone frozen: its weights' fingerprint is identical before and after the run; no gradient reaches it",

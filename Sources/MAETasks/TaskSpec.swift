@@ -22,6 +22,8 @@ public struct TaskSpec: Codable, Sendable {
     public var seeds: [UInt64]
     /// Where the spec came from, with its `--set` overrides, for messages; not a YAML field.
     public var source = ""
+    /// Changes made to the spec after it was read (a shortened warmup), for config.yaml; not a YAML field.
+    public var notes: [String] = []
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case name, evaluation = "protocol", dataset, head, recipe, metrics, seeds
@@ -244,20 +246,21 @@ extension TaskSpec {
         "recipe.augmentation": AugmentationSpec.CodingKeys.allCases.map(\.rawValue),
     ]
 
-    /// The fields each protocol reads (a section name stands for all of its fields): anything else
+    /// The fields each protocol reads (`section.*`: all of its fields): anything else
     /// present would be ignored while the recorded recipe showed it, so it is refused.
     static let usedFields: [TransferProtocol: Set<String>] = {
-        let common: Set<String> = ["name", "protocol", "dataset", "metrics", "seeds", "head", "recipe", "head.pooling", "head.last_blocks"]
+        let common: Set<String> = ["name", "protocol", "dataset", "dataset.*", "metrics", "seeds", "head", "recipe", "head.pooling",
+                                   "head.last_blocks"]
         return [
             .knn: common.union(["head.k", "head.temperature"]),
             .linprobe: common.union(["head.batch_norm", "head.init_std", "recipe.mode", "recipe.optimizer", "recipe.lr_grid",
                                      "recipe.wd_grid", "recipe.batch_size", "recipe.epochs", "recipe.warmup_epochs",
-                                     "recipe.holdout", "recipe.folds", "recipe.augmented", "recipe.augmentation",
+                                     "recipe.holdout", "recipe.folds", "recipe.augmented", "recipe.augmented.*", "recipe.augmentation",
                                      "recipe.augmentation.rrc_scale", "recipe.augmentation.flip"]),
             .finetune: common.subtracting(["head.last_blocks"]).union([
                 "head.init_std", "recipe.optimizer", "recipe.base_lr", "recipe.weight_decay", "recipe.batch_size",
                 "recipe.epochs", "recipe.warmup_epochs", "recipe.min_lr", "recipe.layer_decay", "recipe.drop_path",
-                "recipe.clip_grad", "recipe.blocks", "recipe.augmentation"]),
+                "recipe.clip_grad", "recipe.blocks", "recipe.augmentation", "recipe.augmentation.*"]),
         ]
     }()
 
@@ -293,9 +296,7 @@ extension TaskSpec {
             guard case .mapping(let map) = node else { return }
             for (key, value) in map {
                 let full = path.isEmpty ? key.quoted : path + "." + key.quoted
-                // A used sub-section listed without any of its fields is used whole.
-                let wholeSection = used.contains(path) && !used.contains { $0.hasPrefix(path + ".") }
-                guard wholeSection || used.contains(full) else {
+                guard used.contains(full) || used.contains(path + ".*") else {
                     throw TaskSpecError(path: source, problem: "sets '\(full)', which a \(evaluation.rawValue) task does not use; remove it")
                 }
                 if fieldTable[full] != nil { try walk(value, full) }
@@ -435,7 +436,7 @@ extension TaskSpec {
         try check(r.warmupEpochs, "recipe.warmup_epochs", "in [0, \(epochs)) (below recipe.epochs)") { $0 >= 0 && $0 < Double(epochs) }
         try check(r.minLR, "recipe.min_lr", "a number >= 0") { $0 >= 0 }
         if let minLR = r.minLR, evaluation == .finetune {
-            let lr = (r.baseLR ?? 1e-3) * Double(r.batchSize ?? 64) / 256
+            let lr = FineTuneRecipe(self).lr
             guard minLR <= lr else { throw fail("recipe.min_lr \(minLR) is above the learning rate \(lr) (base_lr x batch_size / 256)") }
         }
         if let g = r.lrGrid, g.isEmpty || g.contains(where: { !$0.isFinite || $0 <= 0 }) {
@@ -500,6 +501,7 @@ extension TaskSpec {
             guard let w = warmup, w >= Double(n) else { return }
             let scaled = w * Double(n) / Double(old)
             notes.append("\(field) \(w) is not below --epochs \(n): shortened to \(scaled) (the task's \(w) of \(old) epochs)")
+            self.notes.append(notes.last!)
             warmup = scaled
         }
         if evaluation != .knn {
@@ -540,10 +542,10 @@ extension TaskSpec {
                              " (lowest held-out cross-entropy), retrained on all of train (weight decay scaled by fit part / train size)")
             }
         case .finetune:
-            let a = r.augmentation
-            parts.append("\((r.optimizer ?? "adamw").uppercased()) blr \(r.baseLR ?? 1e-3), wd \(r.weightDecay ?? 0.05), batch \(r.batchSize ?? 64), " +
-                         "\(r.epochs ?? 0) epochs, warmup \(r.warmupEpochs ?? 0) + cosine, layer decay \(r.layerDecay ?? 0.75), " +
-                         "drop path \(r.dropPath ?? 0.1), label smoothing \(a?.labelSmoothing ?? 0.1), mixup \(a?.mixup ?? 0), cutmix \(a?.cutmix ?? 0), " +
+            let f = FineTuneRecipe(self)
+            parts.append("\(f.optimizer.uppercased()) blr \(f.baseLR), wd \(f.weightDecay), batch \(f.batchSize), " +
+                         "\(f.epochs) epochs, warmup \(f.warmupEpochs) + cosine to \(f.minLR), layer decay \(f.layerDecay), " +
+                         "drop path \(f.dropPath), label smoothing \(f.labelSmoothing), mixup \(f.mixup), cutmix \(f.cutmix), " +
                          "global pool + fc_norm")
         }
         return parts.joined(separator: "; ")

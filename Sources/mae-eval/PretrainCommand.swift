@@ -67,7 +67,9 @@ struct Pretrain: ParsableCommand {
             throw ValidationError("--method must be mae or supervised, not '\(self.method)'.")
         }
         if let threads {
-            guard threads > 0 else { throw ValidationError("--threads must be positive.") }
+            // More threads than 4 per core only adds contention; a larger value is a typo.
+            let limit = 4 * ProcessInfo.processInfo.activeProcessorCount
+            guard (1...limit).contains(threads) else { throw ValidationError("--threads must be in 1...\(limit) (4 per core), not \(threads).") }
             Parallel.workers = threads
         }
         var o = PretrainOptions(method: method, epochs: epochs, outDir: URL(fileURLWithPath: outDir))
