@@ -32,6 +32,9 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
     spec.recipe.mode = mode
     let lastBlocks = o.lastBlocks ?? spec.head.lastBlocks ?? 1
     guard lastBlocks >= 1 else { throw TaskError.badArgument("--last-blocks must be at least 1") }
+    // The flags become part of the spec, so config.yaml records what runs.
+    spec.head.lastBlocks = lastBlocks
+    if let p = o.pooling { spec.head.pooling = p }
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
     var runs: [TransferRun] = []

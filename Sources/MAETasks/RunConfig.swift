@@ -40,7 +40,9 @@ public struct RunConfig<Resolved: Encodable>: Encodable {
             case .scalar(let s):
                 // Yams writes floats as plain scalars like 2e-3; quoted strings stay as they are.
                 guard s.style == .plain, Int(s.string) == nil, let value = Double(s.string) else { return node }
-                return Node("\(value)")
+                // A Float field (head.temperature 0.07) reads as its Float, not as the widened Double.
+                let narrow = Float(value)
+                return Node(Double(narrow) == value ? "\(narrow)" : "\(value)")
             case .sequence(let seq): return .sequence(Node.Sequence(seq.map(plainNumbers), seq.tag, seq.style))
             case .mapping(let map):
                 return .mapping(Node.Mapping(map.map { ($0.key, plainNumbers($0.value)) }, map.tag, map.style))
