@@ -72,7 +72,7 @@ public struct PretrainOptions: Sendable {
     public func validate() throws {
         func fail(_ s: String) -> TaskError { .badArgument(s) }
         func check(_ value: Double?, _ flag: String, _ domain: String, _ ok: (Double) -> Bool) throws {
-            if let v = value, !(v.isFinite && ok(v)) { throw fail("\(flag) must be \(domain), not \(v)") }
+            if let v = value, !(v.isFinite && ok(v)) { throw fail("\(flag) must be \(domain), not \(plainNumber(v))") }
         }
         guard (1...100_000).contains(epochs) else { throw fail("--epochs must be in 1...100000, not \(epochs)") }
         guard (1...65_536).contains(batchSize) else { throw fail("--batch-size must be in 1...65536, not \(batchSize)") }
@@ -347,11 +347,6 @@ func checkResume(_ saved: TrainState, against new: PretrainRecipe, checkpoint: U
                                          "so a resume cannot be checked; choose another --out-dir")
     }
     let finished = saved.epoch >= old.epochs
-    if new.epochs < saved.epoch || (finished && new.epochs == saved.epoch) {
-        throw PretrainError.cannotResume("the run in \(checkpoint.deletingLastPathComponent().path) has already completed " +
-            "\(saved.epoch) of its \(old.epochs) epochs, so --epochs \(new.epochs) leaves nothing to do " +
-            "(pass a larger --epochs to extend a finished run)")
-    }
     var comparable = new
     if finished {
         // Extending a finished run: the new schedule's length (and the warmup derived from it) may differ.
@@ -361,6 +356,11 @@ func checkResume(_ saved: TrainState, against new: PretrainRecipe, checkpoint: U
     if let d = firstDifference(comparable, old) {
         throw PretrainError.cannotResume("\(d.field) is \(d.new) but the run being resumed used \(d.old); " +
                                          "resume with the same recipe or choose another --out-dir")
+    }
+    if new.epochs < saved.epoch || (finished && new.epochs == saved.epoch) {
+        throw PretrainError.cannotResume("the run in \(checkpoint.deletingLastPathComponent().path) has already completed " +
+            "\(saved.epoch) of its \(old.epochs) epochs, so --epochs \(new.epochs) leaves nothing to do " +
+            "(pass a larger --epochs to extend a finished run)")
     }
 }
 

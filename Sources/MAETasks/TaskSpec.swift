@@ -157,6 +157,11 @@ public struct AugmentationSpec: Codable, Sendable {
     }
 }
 
+/// A number for messages: `-1`, not `-1.0`.
+func plainNumber(_ v: Double) -> String {
+    v == v.rounded() && abs(v) < 1e15 ? String(Int(v)) : String(v)
+}
+
 /// The first element that occurs twice.
 func firstRepeat<T: Hashable>(_ items: [T]) -> T? {
     var seen = Set<T>()
@@ -400,7 +405,7 @@ extension TaskSpec {
     func validate(source: String) throws {
         func fail(_ s: String) -> TaskSpecError { TaskSpecError(path: source, problem: s) }
         func check(_ value: Double?, _ field: String, _ domain: String, _ ok: (Double) -> Bool) throws {
-            if let v = value, !(v.isFinite && ok(v)) { throw fail("\(field) must be \(domain), not \(v)") }
+            if let v = value, !(v.isFinite && ok(v)) { throw fail("\(field) must be \(domain), not \(plainNumber(v))") }
         }
         guard !name.isEmpty else { throw fail("name must not be empty") }
         guard (1...4096).contains(dataset.imgSize) else { throw fail("dataset.img_size must be in 1...4096, not \(dataset.imgSize)") }
