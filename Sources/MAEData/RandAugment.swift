@@ -131,6 +131,10 @@ public struct RandAugment: Sendable, Equatable {
             guard let split = part.firstIndex(where: { $0.isNumber }), let value = Double(part[split...]) else {
                 throw DataError(path: config, "has a section '\(part)' that is not a name followed by a number")
             }
+            // Int(value) traps beyond Int's range; no section means anything that large.
+            guard value.isFinite, abs(value) <= 1e6 else {
+                throw DataError(path: config, "has a section '\(part)' whose number is out of range")
+            }
             switch part[..<split] {
             case "m": magnitude = Double(Int(value))
             case "n": layers = Int(value)

@@ -54,14 +54,50 @@ public func fineTuneGroups(_ model: VisionTransformer, blocks: Int?, layerDecay:
     }
 }
 
+/// A task's fine-tuning recipe with every default filled in, resolved once: the run, its one-line
+/// summary, config.yaml and the resume check all read this. Keys are the spec's dotted field names,
+/// so a resume refusal names the field.
+public struct FineTuneRecipe: Codable, Equatable, Sendable {
+    public var optimizer = "adamw"
+    public var baseLR: Double, weightDecay: Double, batchSize: Int, epochs: Int, warmupEpochs: Double, minLR: Double
+    public var layerDecay: Double, dropPath: Double, clipGrad: Double?, blocks: Int?, initStd: Double
+    public var rrcScale: [Double], randAugment: String?, mixup: Double, cutmix: Double, mixupProb: Double
+    public var switchProb: Double, labelSmoothing: Double, reprob: Double
+    /// The absolute peak learning rate: base_lr x batch_size / 256 (MAE's rule).
+    public var lr: Double { baseLR * Double(batchSize) / 256 }
+
+    enum CodingKeys: String, CodingKey {
+        case optimizer = "recipe.optimizer", baseLR = "recipe.base_lr", weightDecay = "recipe.weight_decay"
+        case batchSize = "recipe.batch_size", epochs = "recipe.epochs", warmupEpochs = "recipe.warmup_epochs"
+        case minLR = "recipe.min_lr", layerDecay = "recipe.layer_decay", dropPath = "recipe.drop_path"
+        case clipGrad = "recipe.clip_grad", blocks = "recipe.blocks", initStd = "head.init_std"
+        case rrcScale = "recipe.augmentation.rrc_scale", randAugment = "recipe.augmentation.rand_augment"
+        case mixup = "recipe.augmentation.mixup", cutmix = "recipe.augmentation.cutmix"
+        case mixupProb = "recipe.augmentation.mixup_prob", switchProb = "recipe.augmentation.switch_prob"
+        case labelSmoothing = "recipe.augmentation.label_smoothing", reprob = "recipe.augmentation.reprob"
+    }
+
+    /// MAE's main_finetune.py defaults where the spec says nothing.
+    public init(_ spec: TaskSpec) {
+        let r = spec.recipe, a = r.augmentation
+        optimizer = r.optimizer?.lowercased() ?? "adamw"
+        baseLR = r.baseLR ?? 1e-3; weightDecay = r.weightDecay ?? 0.05; batchSize = r.batchSize ?? 64
+        epochs = r.epochs ?? 10; warmupEpochs = r.warmupEpochs ?? 1; minLR = r.minLR ?? 1e-6
+        layerDecay = r.layerDecay ?? 0.75; dropPath = r.dropPath ?? 0.1; clipGrad = r.clipGrad; blocks = r.blocks
+        initStd = Double(spec.head.initStd ?? 2e-5)
+        rrcScale = a?.rrcScale ?? [0.08, 1]; randAugment = a?.randAugment; mixup = a?.mixup ?? 0; cutmix = a?.cutmix ?? 0
+        mixupProb = a?.mixupProb ?? 1; switchProb = a?.switchProb ?? 0.5; labelSmoothing = a?.labelSmoothing ?? 0.1
+        reprob = a?.reprob ?? 0
+    }
+}
+
 /// The resume state kept in the run checkpoint's metadata.
 struct FineTuneState: Codable, Equatable {
     var epoch: Int
     var seed: UInt64
-    var blocks: Int?
-    var batchSize: Int
     var classes: Int
     var checkpointHash: String
+    var recipe: FineTuneRecipe
 }
 
 /// Top-1 and top-5 (percent) of a classifier on a dataset through the eval transform.
@@ -80,10 +116,17 @@ func classifierScore(_ model: VisionTransformer, loader: DataLoader) throws -> H
 /// Fine-tunes every backbone for every seed; returns the run folders.
 public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
     let threads = try ComputeThreads(o.common.threads); defer { threads.restore() }
-    let spec = try o.common.taskSpec(default: "shapes-finetune")
+    var spec = try o.common.taskSpec(default: "shapes-finetune")
     guard spec.evaluation == .finetune else {
         throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a finetune task")
     }
+    // Flags become part of the spec, so the recorded recipe and config.yaml are what runs.
+    if let b = o.batchSize {
+        guard b > 0 else { throw TaskError.badArgument("--batch-size must be positive") }
+        spec.recipe.batchSize = b
+        try spec.revalidate(flags: ["--batch-size \(b)"])
+    }
+    if let n = o.blocks { spec.recipe.blocks = n }
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
     guard data.train.classes == data.val.classes else {
@@ -92,8 +135,8 @@ public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
     var runs: [TransferRun] = []
     for b in backbones {
         let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads)
-        if let n = o.blocks ?? spec.recipe.blocks, !(0...backbone.model.config.depth).contains(n) {
-            throw TaskError.badArgument("--blocks \(n) is outside 0...\(backbone.model.config.depth) for \(b.url.path)")
+        if let n = spec.recipe.blocks, !(0...backbone.model.config.depth).contains(n) {
+            throw TaskError.badArgument("\(o.blocks != nil ? "--blocks" : "\(spec.source): recipe.blocks") \(n) is outside 0...\(backbone.model.config.depth) for \(b.url.path)")
         }
         for seed in spec.seeds {
             let run = try fineTuneOne(spec: spec, backbone: backbone, data: data, seed: seed, o: o)
@@ -107,57 +150,64 @@ public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
 
 func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFolder, val: ImageFolder, name: String),
                  seed: UInt64, o: FineTuneOptions) throws -> TransferRun {
-    let total = Date(), r = spec.recipe, aug = r.augmentation, verbose = o.common.verbose
+    let total = Date(), r = FineTuneRecipe(spec), verbose = o.common.verbose
     let k = data.train.classes.count, size = spec.dataset.imgSize
-    let blocks = o.blocks ?? r.blocks
+    let blocks = r.blocks
     let depth = backbone.model.config.depth
-    let (model, fresh) = try makeClassifier(from: backbone.model, classes: k, headStd: spec.head.initStd ?? 2e-5, seed: seed)
-    model.dropPath = Float(r.dropPath ?? 0.1)
+    let (model, fresh) = try makeClassifier(from: backbone.model, classes: k, headStd: Float(r.initStd), seed: seed)
+    model.dropPath = Float(r.dropPath)
     let firstTrained = depth - (blocks ?? depth)
     model.lowestTrainedBlock = firstTrained
-    let groups = fineTuneGroups(model, blocks: blocks, layerDecay: Float(r.layerDecay ?? 0.75))
-    let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, weightDecay: Float(r.weightDecay ?? 0.05))
-    let batch = o.batchSize ?? r.batchSize ?? 64, epochs = r.epochs ?? 10
-    let lr = Float(r.baseLR ?? 1e-3) * Float(batch) / 256
-    let schedule = WarmupCosine(baseLR: lr, minLR: Float(r.minLR ?? 1e-6), warmupEpochs: r.warmupEpochs ?? 1, epochs: Double(epochs))
-    let scale = aug?.rrcScale ?? [0.08, 1]
+    let groups = fineTuneGroups(model, blocks: blocks, layerDecay: Float(r.layerDecay))
+    let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, weightDecay: Float(r.weightDecay))
+    let batch = r.batchSize, epochs = r.epochs
+    let schedule = WarmupCosine(baseLR: Float(r.lr), minLR: Float(r.minLR), warmupEpochs: r.warmupEpochs, epochs: Double(epochs))
+    let scale = r.rrcScale
     // timm's fine-tuning pipeline: RandomResizedCrop + flip (+ RandAugment), normalise, random erasing.
     let crop = RandomResizedCrop(size: size, scale: scale[0]...scale[1])
-    let randAugment = try aug?.randAugment.map { policy in
+    let randAugment = try r.randAugment.map { policy in
         do { return try RandAugment(config: policy) } catch {
             throw TaskError.badArgument("the task's rand_augment policy '\(policy)' is not one timm defines: \(error)")
         }
     }
-    let erasing = (aug?.reprob ?? 0) > 0 ? RandomErasing(probability: aug!.reprob!) : nil
+    let erasing = r.reprob > 0 ? RandomErasing(probability: r.reprob) : nil
     let train = DataLoader(source: data.train, transform: MAETransform.finetune(crop, randAugment: randAugment),
                            tensorTransform: erasing, batchSize: batch, seed: seed, shuffle: true,
                            dropLast: data.train.count >= batch)
     let val = DataLoader(source: data.val, transform: MAETransform.eval(size: size, cropRatio: spec.dataset.cropRatio),
                          batchSize: 128, shuffle: false)
-    let smoothing = aug?.labelSmoothing ?? 0.1
-    let mixer = (aug?.mixup ?? 0) > 0 || (aug?.cutmix ?? 0) > 0
-        ? Mixup(classes: k, mixupAlpha: aug?.mixup ?? 0, cutmixAlpha: aug?.cutmix ?? 0, probability: aug?.mixupProb ?? 1,
-                switchProbability: aug?.switchProb ?? 0.5, labelSmoothing: smoothing)
+    let smoothing = r.labelSmoothing
+    let mixer = r.mixup > 0 || r.cutmix > 0
+        ? Mixup(classes: k, mixupAlpha: r.mixup, cutmixAlpha: r.cutmix, probability: r.mixupProb,
+                switchProbability: r.switchProb, labelSmoothing: smoothing)
         : nil
     let variant = blocks.map { "last \($0) blocks" } ?? "full"
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     try run.create()
-    let expected = FineTuneState(epoch: 0, seed: seed, blocks: blocks, batchSize: batch, classes: k, checkpointHash: backbone.hash)
+    try run.writeConfig(command: "finetune", spec: spec, resolved: r, backbone: backbone, seed: seed, data: data,
+                        extra: ["variant": variant, "resume": String(o.resume)])
+    let expected = FineTuneState(epoch: 0, seed: seed, classes: k, checkpointHash: backbone.hash, recipe: r)
     var log: [TransferEpoch] = []
     var startEpoch = 0
     if o.resume, FileManager.default.fileExists(atPath: run.checkpoint.path) {
         startEpoch = try model.resumeTrainingCheckpoint(from: run.checkpoint, optimizer: optimizer,
                                                         stateKey: "finetune_state") { (saved: FineTuneState) in
+            let what = "the run being resumed (\(run.checkpoint.path))"
+            if let d = firstDifference(r, saved.recipe) {
+                throw TaskError.badArgument("\(d.field) is \(d.new) but \(what) used \(d.old); resume with the same recipe or choose another --out-dir")
+            }
             var same = saved
             same.epoch = expected.epoch
             guard same == expected else {
-                throw TaskError.badArgument("\(run.checkpoint.path) was fine-tuned with other settings (seed, blocks, batch size, classes or backbone) and cannot be resumed with these")
+                throw TaskError.badArgument("\(run.checkpoint.path) was fine-tuned with another seed, class count or backbone and cannot be resumed with these")
             }
         }.epoch
         log = Array(try run.readLog().prefix(startEpoch))
         say("resuming \(run.dir.path) after epoch \(startEpoch)", verbose)
     } else if FileManager.default.fileExists(atPath: run.checkpoint.path) {
         say("note: starting \(run.dir.path) afresh (pass --resume to continue its checkpoint)", verbose)
+    } else if o.resume {
+        say("note: --resume, but \(run.dir.path) holds no checkpoint: starting it afresh", verbose)
     }
     let frozenBefore = frozenFingerprint(model, groups)
     let steps = train.batchCount
@@ -214,13 +264,13 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
     let trained = model.params.specs.indices.filter { !groups.frozen[$0] }.count
     var checks = [
         blocks.map { n in "partial fine-tuning (last \(n) blocks): blocks \(firstTrained)..\(depth - 1) of \(depth), fc_norm and head train; the \(model.params.specs.count - trained) frozen tensors (patch embedding, tokens, earlier blocks) are verified unchanged" }
-            ?? "full fine-tuning: all \(trained) trainable tensors train, with layer-wise lr decay \(r.layerDecay ?? 0.75)",
+            ?? "full fine-tuning: all \(trained) trainable tensors train, with layer-wise lr decay \(r.layerDecay)",
         "initialised fresh: \(fresh.joined(separator: ", ")); the backbone's final norm is not used (global pool + fc_norm)",
-        "training mode: drop path \(r.dropPath ?? 0.1); val through resize + center crop in eval mode, the last epoch is reported (val chooses nothing)",
+        "training mode: drop path \(r.dropPath); val through resize + center crop in eval mode, the last epoch is reported (val chooses nothing)",
         "augmentation: RandomResizedCrop (scale \(scale[0])-\(scale[1])) + flip" +
-            (aug?.randAugment.map { " + RandAugment \($0)" } ?? "") +
-            ", mixup \(aug?.mixup ?? 0), cutmix \(aug?.cutmix ?? 0), label smoothing \(smoothing)" +
-            ((aug?.reprob ?? 0) > 0 ? ", random erasing p \(aug!.reprob!) (pixel)" : "") + " (timm's implementations)",
+            (r.randAugment.map { " + RandAugment \($0)" } ?? "") +
+            ", mixup \(r.mixup), cutmix \(r.cutmix), label smoothing \(smoothing)" +
+            (r.reprob > 0 ? ", random erasing p \(r.reprob) (pixel)" : "") + " (timm's implementations)",
     ]
     if startEpoch > 0 { checks.append("resumed after epoch \(startEpoch) from the run's checkpoint (weights and AdamW state)") }
     let metrics = TransferMetrics(

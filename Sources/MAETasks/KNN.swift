@@ -119,6 +119,8 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
             timings: ["extract_s": splits.seconds, "eval_s": elapsed(since: evalStart), "total_s": elapsed(since: start)],
             epochs: 0, created: timestamp())
         try run.write(metrics, log: [])
+        try run.writeConfig(command: "knn", spec: spec, resolved: ["k": Double(k), "temperature": Double(t)], backbone: backbone,
+                            seed: seed, data: data, extra: ["variant": variant, "feature": feature.describe(backbone.model)])
         say("\(backbone.stem): kNN val top-1 \(String(format: "%.2f", score.top1))%", o.common.verbose)
         print(run.dir.path)
         runs.append(run)

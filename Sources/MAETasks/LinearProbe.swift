@@ -33,13 +33,17 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
     spec.recipe.mode = mode
     let lastBlocks = o.lastBlocks ?? spec.head.lastBlocks ?? 1
     guard lastBlocks >= 1 else { throw TaskError.badArgument("--last-blocks must be at least 1") }
+    // The flags become part of the spec, so config.yaml records what runs.
+    spec.head.lastBlocks = lastBlocks
+    if let p = o.pooling { spec.head.pooling = p }
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
     var runs: [TransferRun] = []
     for b in backbones {
         let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads)
         guard lastBlocks <= backbone.model.config.depth else {
-            throw TaskError.badArgument("--last-blocks \(lastBlocks) exceeds the depth \(backbone.model.config.depth) of \(b.url.path)")
+            let field = o.lastBlocks != nil ? "--last-blocks" : "\(spec.source): head.last_blocks"
+            throw TaskError.badArgument("\(field) \(lastBlocks) exceeds the depth \(backbone.model.config.depth) of \(b.url.path)")
         }
         let feature = ProbeFeature(model: backbone.model, requested: o.pooling ?? spec.head.pooling, lastBlocks: lastBlocks)
         for seed in spec.seeds {
@@ -141,12 +145,14 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
                   "cache_hits": Double(splits.hits)],
         epochs: epochs, created: timestamp())
     try run.write(metrics, log: log)
+    try run.writeConfig(command: "linprobe", spec: spec, resolved: grid, backbone: backbone, seed: seed, data: data,
+                        extra: ["variant": variant, "feature": feature.describe(backbone.model), "epochs_run": String(epochs)])
     say("\(backbone.stem) seed \(seed): val top-1 \(String(format: "%.2f", final.top1))% (lr \(chosen.lr), wd \(chosen.wd))", verbose)
     return run
 }
 
 /// The cached probe's grid and schedule.
-public struct GridProbeSettings: Sendable {
+public struct GridProbeSettings: Encodable, Sendable {
     public var lrs: [Double], wds: [Double]
     public var epochs: Int, batchSize: Int, warmupEpochs: Double, holdout: Double
     /// 1: select on one stratified `holdout` part of train; k > 1: on all k folds of train.
@@ -371,6 +377,9 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
         timings: ["extract_s": extractSeconds, "train_s": elapsed(since: trainStart), "total_s": elapsed(since: total)],
         epochs: a.epochs, created: timestamp())
     try run.write(metrics, log: log)
+    try run.writeConfig(command: "linprobe", spec: spec, resolved: a, backbone: backbone, seed: seed, data: data,
+                        extra: ["variant": variant, "feature": feature.describe(model),
+                                "rrc_scale": "\(scale[0])...\(scale[1])", "batch_norm": String(useBN)])
     say("\(backbone.stem) seed \(seed): val top-1 \(String(format: "%.2f", final.top1))%", verbose)
     return run
 }

@@ -64,7 +64,51 @@ public struct PretrainOptions: Sendable {
     /// MAE warms up 40 of 800 epochs, the supervised recipe 20 of 300: the same fraction here.
     var warmup: Double { warmupEpochs ?? Double(epochs) * (method == .mae ? 0.05 : 20.0 / 300) }
     var stochasticDepth: Double { dropPath ?? (method == .mae ? 0 : 0.1) }
-    var cropScale: ClosedRange<Double> { (minCropScale ?? (method == .mae ? 0.2 : 0.08))...1 }
+    var minimumCropScale: Double { minCropScale ?? (method == .mae ? 0.2 : 0.08) }
+    var cropScale: ClosedRange<Double> { minimumCropScale...1 }
+
+    /// Refuses values outside their domains before any work, naming the flag.
+    public func validate() throws {
+        func fail(_ s: String) -> TaskError { .badArgument(s) }
+        func check(_ value: Double?, _ flag: String, _ domain: String, _ ok: (Double) -> Bool) throws {
+            if let v = value, !(v.isFinite && ok(v)) { throw fail("\(flag) must be \(domain), not \(plainNumber(v))") }
+        }
+        guard (1...100_000).contains(epochs) else { throw fail("--epochs must be in 1...100000, not \(epochs)") }
+        guard (1...65_536).contains(batchSize) else { throw fail("--batch-size must be in 1...65536, not \(batchSize)") }
+        guard (0..<1).contains(maskRatio) else { throw fail("--mask-ratio must be in [0, 1)") }
+        try check(lr, "--lr", "a positive number", { $0 > 0 })
+        try check(blr, "--blr", "a positive number", { $0 > 0 })
+        guard learningRate > 0, learningRate.isFinite else { throw fail("the learning rate must be positive") }
+        try check(minLR, "--min-lr", "a number >= 0 and at most the learning rate \(learningRate)", { $0 >= 0 && $0 <= learningRate })
+        try check(warmupEpochs, "--warmup-epochs", "a number >= 0", { $0 >= 0 })
+        try check(weightDecay, "--weight-decay", "a number >= 0", { $0 >= 0 })
+        try check(minCropScale, "--min-crop-scale", "in (0, 1]", { $0 > 0 && $0 <= 1 })
+        try check(dropPath, "--drop-path", "in [0, 1)", { $0 >= 0 && $0 < 1 })
+        guard (0...256).contains(workers) else { throw fail("--workers must be in 0...256, not \(workers)") }
+    }
+
+    /// Everything that shapes the run, defaults filled in, keyed by flag name (a resume refusal
+    /// names the flag).
+    func resolvedRecipe(data: String, images: Int) -> PretrainRecipe {
+        PretrainRecipe(method: method.rawValue, model: architecture.map { "custom \($0.embedDim)x\($0.depth)" } ?? model,
+                       data: data, images: images, epochs: epochs, batchSize: batchSize, lr: learningRate, blr: baseLR,
+                       minLR: minLR, warmupEpochs: warmup, weightDecay: decay, maskRatio: maskRatio,
+                       labelSmoothing: labelSmoothing, minCropScale: minimumCropScale, dropPath: stochasticDepth, seed: seed)
+    }
+}
+
+/// The resolved pretraining recipe, stored in every training checkpoint and written to config.yaml.
+public struct PretrainRecipe: Codable, Equatable, Sendable {
+    public var method: String, model: String, data: String, images: Int, epochs: Int, batchSize: Int
+    public var lr: Double, blr: Double, minLR: Double, warmupEpochs: Double, weightDecay: Double, maskRatio: Double
+    public var labelSmoothing: Double, minCropScale: Double, dropPath: Double, seed: UInt64
+
+    enum CodingKeys: String, CodingKey {
+        case method = "--method", model = "--model", data = "--data", images = "the image count of --data"
+        case epochs = "--epochs", batchSize = "--batch-size", lr = "--lr", blr = "--blr", minLR = "--min-lr"
+        case warmupEpochs = "--warmup-epochs", weightDecay = "--weight-decay", maskRatio = "--mask-ratio"
+        case labelSmoothing = "the label smoothing", minCropScale = "--min-crop-scale", dropPath = "--drop-path", seed = "--seed"
+    }
 }
 
 /// One line of `log.jsonl`.
@@ -136,12 +180,11 @@ public enum PretrainError: Error, LocalizedError, CustomStringConvertible {
 
 /// The resume state stored in the checkpoint's metadata under `train_state`.
 struct TrainState: Codable, Equatable {
-    var method: PretrainMethod
     var epoch: Int
-    var seed: UInt64
-    var batchSize: Int
-    var maskRatio: Double
-    var dataCount: Int
+    /// nil in checkpoints of earlier versions, which cannot be checked and are not resumed.
+    var recipe: PretrainRecipe?
+    /// The epoch counts of earlier schedules when a finished run was extended with a larger `--epochs`.
+    var extendedFrom: [Int]?
 }
 
 /// Pretrains a ViT by MAE or supervised classification, as `mae-eval pretrain` does.
@@ -155,9 +198,7 @@ struct TrainState: Codable, Equatable {
 public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard let preset = ModelPreset(name: o.model) else { throw ModelError.unknownPreset(o.model) }
-    guard o.epochs > 0, o.batchSize > 0 else { throw TaskError.badArgument("--epochs and --batch-size must be positive") }
-    guard (0..<1).contains(o.maskRatio) else { throw TaskError.badArgument("--mask-ratio must be in [0, 1)") }
-    guard o.learningRate > 0, o.learningRate.isFinite else { throw TaskError.badArgument("the learning rate must be positive") }
+    try o.validate()
 
     // Data: decoded once into memory (Shapes is small), augmented per epoch by the loader.
     let (folder, dataName) = try pretrainingData(o)
@@ -188,32 +229,40 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     let loader = DataLoader(source: source, transform: transform, batchSize: o.batchSize, seed: o.seed,
                             shuffle: true, dropLast: true, workers: o.workers)
     let steps = loader.batchCount
-    let recipe = recipeText(o, config: config)
+    var recipe = recipeText(o, config: config)
+    let resolved = o.resolvedRecipe(data: dataName, images: source.count)
 
     // Resume or start.
     let files = PretrainFiles(dir: o.outDir)
     let fm = FileManager.default
     try fm.createDirectory(at: o.outDir, withIntermediateDirectories: true)
-    var state = TrainState(method: o.method, epoch: 0, seed: o.seed, batchSize: o.batchSize, maskRatio: o.maskRatio,
-                           dataCount: source.count)
+    var state = TrainState(epoch: 0, recipe: resolved, extendedFrom: nil)
     var log: [EpochLog] = []
+    var notes: [String] = []
     if fm.fileExists(atPath: files.checkpoint.path) {
         guard o.resume else { throw PretrainError.existingRun(o.outDir) }
-        let expected = state
-        state.epoch = try model.resumeTrainingCheckpoint(from: files.checkpoint, optimizer: optimizer,
-                                                         stateKey: "train_state") { (saved: TrainState) in
-            var comparable = saved
-            comparable.epoch = expected.epoch
-            guard comparable == expected else {
-                throw PretrainError.cannotResume("\(files.checkpoint.path) was trained with method \(saved.method.rawValue), " +
-                    "seed \(saved.seed), batch size \(saved.batchSize), mask ratio \(saved.maskRatio) on \(saved.dataCount) " +
-                    "images, not \(expected.method.rawValue), \(expected.seed), \(expected.batchSize), " +
-                    "\(expected.maskRatio) on \(expected.dataCount)")
-            }
-        }.epoch
+        let saved = try model.resumeTrainingCheckpoint(from: files.checkpoint, optimizer: optimizer,
+                                                       stateKey: "train_state") { (saved: TrainState) in
+            try checkResume(saved, against: resolved, checkpoint: files.checkpoint)
+        }
+        state.epoch = saved.epoch
+        if let old = saved.recipe, old.epochs != resolved.epochs {
+            state.extendedFrom = (saved.extendedFrom ?? []) + [old.epochs]
+        } else {
+            state.extendedFrom = saved.extendedFrom
+        }
         log = try readLog(files.log).filter { $0.epoch <= state.epoch }
+    } else if o.resume && o.progress {
+        FileHandle.standardError.write(Data("note: --resume, but \(o.outDir.path) holds no checkpoint: starting a new run\n".utf8))
+    }
+    if let earlier = state.extendedFrom {
+        let note = "extended with --resume: earlier epochs ran on schedules of \(earlier.map(String.init).joined(separator: ", then ")) epochs"
+        notes.append(note)
+        recipe += "; " + note
     }
     try writeLog(log, to: files.log)
+    try RunConfig(command: "pretrain", resolved: resolved, run: ["out_dir": o.outDir.path, "workers": String(o.workers)],
+                  notes: notes).write(into: o.outDir)
 
     let progress = ProgressLine(epochs: o.epochs, stepsPerEpoch: steps, enabled: o.progress)
     if state.epoch > 0 { progress.note("resuming after epoch \(state.epoch) from \(files.checkpoint.path)") }
@@ -292,6 +341,32 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     try writeAtomically(try encoder.encode(metrics), to: files.metrics)
     try writeLossPlot(log, method: o.method, to: files.lossPlot)
     return PretrainResult(log: log, metrics: metrics, outDir: o.outDir)
+}
+
+/// Refuses a resume whose recipe differs from the checkpoint's, naming the first differing flag. A
+/// finished run may be extended to more epochs (its earlier schedule is recorded); fewer epochs, or
+/// the same on a finished run, leave nothing to do and are refused.
+func checkResume(_ saved: TrainState, against new: PretrainRecipe, checkpoint: URL) throws {
+    guard let old = saved.recipe else {
+        throw PretrainError.cannotResume("\(checkpoint.path) does not record its recipe (an earlier mae-eval wrote it), " +
+                                         "so a resume cannot be checked; choose another --out-dir")
+    }
+    let finished = saved.epoch >= old.epochs
+    var comparable = new
+    if finished {
+        // Extending a finished run: the new schedule's length (and the warmup derived from it) may differ.
+        comparable.epochs = old.epochs
+        comparable.warmupEpochs = old.warmupEpochs
+    }
+    if let d = firstDifference(comparable, old) {
+        throw PretrainError.cannotResume("\(d.field) is \(d.new) but the run being resumed used \(d.old); " +
+                                         "resume with the same recipe or choose another --out-dir")
+    }
+    if new.epochs < saved.epoch || (finished && new.epochs == saved.epoch) {
+        throw PretrainError.cannotResume("the run in \(checkpoint.deletingLastPathComponent().path) has already completed " +
+            "\(saved.epoch) of its \(old.epochs) epochs, so --epochs \(new.epochs) leaves nothing to do " +
+            "(pass a larger --epochs to extend a finished run)")
+    }
 }
 
 /// The training images and a description of them for the metadata.

@@ -16,6 +16,8 @@ public struct TransferOptions: Sendable {
     public var valData: URL?
     /// Task spec path or name in `Tasks/`; nil: the protocol's Shapes task.
     public var task: String?
+    /// `dotted.path=value` overrides of task-spec fields (`--set`), applied before the spec is checked.
+    public var overrides: [String] = []
     public var epochs: Int?
     /// Seeds overriding the task's.
     public var seeds: [UInt64]?
@@ -70,22 +72,42 @@ extension TransferOptions {
         return list
     }
 
-    /// The task spec: `--task`, else the protocol's Shapes task.
+    /// `--seeds 0,1,2`: non-negative integers, none empty, none repeated (each seed is one run folder).
+    public static func parseSeeds(_ text: String) throws -> [UInt64] {
+        let items = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        let parsed = items.compactMap { UInt64($0) }
+        guard parsed.count == items.count else {
+            throw TaskError.badArgument("--seeds must be comma-separated non-negative integers, not '\(text)'" +
+                                        (items.contains("") ? " (an item is empty)" : ""))
+        }
+        if let repeated = firstRepeat(parsed) {
+            throw TaskError.badArgument("--seeds lists \(repeated) twice; each seed is one run folder")
+        }
+        return parsed
+    }
+
+    /// The task spec: `--task`, else the protocol's Shapes task, with `--set`, `--epochs` and `--seeds`
+    /// applied and checked again.
     public func taskSpec(default name: String) throws -> TaskSpec {
-        var spec = try TaskSpec.load(task ?? name)
+        var spec = try TaskSpec.load(task ?? name, overrides: overrides)
+        var flags: [String] = []
         if let epochs {
             guard epochs > 0 else { throw TaskError.badArgument("--epochs must be positive") }
-            spec.recipe.epochs = epochs
-            spec.recipe.augmented?.epochs = epochs
+            guard spec.evaluation != .knn else { throw TaskError.badArgument("--epochs does not apply to knn, which trains nothing") }
+            for note in spec.setEpochs(epochs) { say("note: " + note, verbose) }
+            flags.append("--epochs \(epochs)")
         }
         if let seeds {
             guard !seeds.isEmpty else { throw TaskError.badArgument("--seeds must list at least one seed") }
             spec.seeds = seeds
+            flags.append("--seeds " + seeds.map(String.init).joined(separator: ","))
         }
         if let imgSize {
             guard imgSize > 0 else { throw TaskError.badArgument("--img-size must be positive") }
             spec.dataset.imgSize = imgSize
+            flags.append("--img-size \(imgSize)")
         }
+        try spec.revalidate(flags: flags)
         return spec
     }
 

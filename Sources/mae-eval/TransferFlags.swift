@@ -16,6 +16,8 @@ struct TransferFlags: ParsableArguments {
     var valData: String?
     @Option(name: .long, help: "Task spec: a YAML file or the name of one in the installation's Tasks/.")
     var task: String?
+    @Option(name: .customLong("set"), help: ArgumentHelp("Override a task-spec field by its dotted YAML path, e.g. --set recipe.base_lr=0.002 --set dataset.img_size=64 (repeatable; the value is a YAML scalar or [list]).", valueName: "key=value"))
+    var overrides: [String] = []
     @Option(name: .long, help: "Epochs, instead of the task's.")
     var epochs: Int?
     @Option(name: .long, help: "One seed, instead of the task's.")
@@ -38,13 +40,10 @@ struct TransferFlags: ParsableArguments {
         o.trainData = trainData.map { URL(fileURLWithPath: $0) }
         o.valData = valData.map { URL(fileURLWithPath: $0) }
         o.task = task
+        o.overrides = overrides
         o.epochs = epochs
         if let seeds {
-            let parsed = seeds.split(separator: ",").map { UInt64($0.trimmingCharacters(in: .whitespaces)) }
-            guard !parsed.isEmpty, parsed.allSatisfy({ $0 != nil }) else {
-                throw ValidationError("--seeds must be comma-separated non-negative integers, not '\(seeds)'.")
-            }
-            o.seeds = parsed.map { $0! }
+            do { o.seeds = try TransferOptions.parseSeeds(seeds) } catch { throw ValidationError("\(error)") }
         }
         if let seed {
             guard seeds == nil else { throw ValidationError("pass --seed or --seeds, not both.") }
@@ -63,3 +62,4 @@ func parsePooling(_ s: String?) throws -> Pooling? {
     guard let p = Pooling(rawValue: s) else { throw ValidationError("--pool must be cls or avg, not '\(s)'.") }
     return p
 }
+
