@@ -162,14 +162,15 @@ public struct PretrainFiles: Sendable {
 
 /// Errors of a training run; each reads as one sentence.
 public enum PretrainError: Error, LocalizedError, CustomStringConvertible {
-    case diverged(epoch: Int, step: Int, loss: Float, kept: String)
+    case diverged(epoch: Int, step: Int, loss: Float, limit: Float, kept: String)
     case cannotResume(String)
     case existingRun(URL)
 
     public var description: String {
         switch self {
-        case .diverged(let e, let s, let loss, let kept):
-            "Training stopped at epoch \(e), step \(s): the loss is \(loss), which is not finite or exploding; \(kept)."
+        case .diverged(let e, let s, let loss, let limit, let kept):
+            "Training stopped at epoch \(e), step \(s): the loss is \(loss), above its limit \(limit), so training diverged; " +
+                "lower --blr; \(kept)."
         case .cannotResume(let why): "Cannot resume: \(why)."
         case .existingRun(let url):
             "\(url.path) already holds a checkpoint; pass --resume to continue it or choose another --out-dir."
@@ -411,7 +412,7 @@ func checkLoss(_ loss: Float, epoch: Int, step: Int, limit: Float, files: Pretra
         throw NonFiniteError.loss(loss, at: "epoch \(epoch), step \(step)", model: model,
                                   updated: epoch > 1 || step > 1, lrAdvice: "lower --blr", context: kept)
     }
-    throw PretrainError.diverged(epoch: epoch, step: step, loss: loss, kept: kept)
+    throw PretrainError.diverged(epoch: epoch, step: step, loss: loss, limit: limit, kept: kept)
 }
 
 /// The recipe in one line for the metadata and metrics.

@@ -52,13 +52,13 @@ final class TaskSpecTests: XCTestCase {
     }
 
     func testDuplicateKeysAreRefusedNamingTheKey() throws {
-        let yaml = replacing(try shipped("shapes-linprobe"), "  epochs: 100\n", "  epochs: 10\n  epochs: 20\n")
+        let yaml = replacing(try shipped("shapes-linprobe"), "  epochs: 250\n", "  epochs: 10\n  epochs: 20\n")
         assertRefused(yaml, "sets 'recipe.epochs' twice")
     }
 
     func testTypeErrorsNameTheFieldInPlainWords() throws {
         let lp = try shipped("shapes-linprobe")
-        assertRefused(replacing(lp, "epochs: 100", "epochs: ten"), "recipe.epochs must be an integer, not 'ten'")
+        assertRefused(replacing(lp, "epochs: 250", "epochs: ten"), "recipe.epochs must be an integer, not 'ten'")
         assertRefused(replacing(lp, "lr_grid: [0.01,", "lr_grid: [\"fast\","), "recipe.lr_grid[0] must be a number, not 'fast'")
         assertRefused(replacing(lp, "name: shapes-linprobe", "name: [shapes"), "is not valid YAML")
     }
@@ -75,8 +75,8 @@ final class TaskSpecTests: XCTestCase {
         let lp = try shipped("shapes-linprobe"), ft = try shipped("shapes-finetune"), knn = try shipped("shapes-knn")
         assertRefused(replacing(lp, "lr_grid: [0.01,", "lr_grid: [.nan,"), "recipe.lr_grid must list positive finite")
         assertRefused(replacing(lp, "lr_grid: [0.01,", "lr_grid: [.inf,"), "recipe.lr_grid must list positive finite")
-        assertRefused(replacing(lp, "warmup_epochs: 5", "warmup_epochs: -1"), "recipe.warmup_epochs must be in [0, 100)")
-        assertRefused(replacing(lp, "warmup_epochs: 5", "warmup_epochs: 100"), "recipe.warmup_epochs must be in [0, 100)")
+        assertRefused(replacing(lp, "warmup_epochs: 5", "warmup_epochs: -1"), "recipe.warmup_epochs must be in [0, 250)")
+        assertRefused(replacing(lp, "warmup_epochs: 5", "warmup_epochs: 250"), "recipe.warmup_epochs must be in [0, 250)")
         assertRefused(replacing(lp, "warmup_epochs: 3", "warmup_epochs: 30"), "recipe.augmented.warmup_epochs must be in [0, 30)")
         assertRefused(replacing(lp, "seeds: [0]", "seeds: [0, 0]"), "seeds lists 0 twice")
         assertRefused(replacing(knn, "temperature: 0.07", "temperature: .inf"), "head.temperature must be a positive number")
@@ -156,7 +156,7 @@ final class TaskSpecTests: XCTestCase {
         let notes = spec.setEpochs(2)
         XCTAssertEqual(spec.recipe.augmented?.epochs, 2)
         XCTAssertEqual(spec.recipe.augmented?.warmupEpochs ?? 0, 3.0 * 2 / 30, accuracy: 1e-12)
-        XCTAssertEqual(spec.recipe.warmupEpochs ?? 0, 5.0 * 2 / 100, accuracy: 1e-12)
+        XCTAssertEqual(spec.recipe.warmupEpochs ?? 0, 5.0 * 2 / 250, accuracy: 1e-12)
         XCTAssertEqual(notes.count, 2)
         XCTAssertEqual(spec.notes, notes)
         XCTAssertNoThrow(try spec.revalidate(flags: ["--epochs 2"]))
