@@ -1,6 +1,7 @@
 import CPNG
 import CTurboJPEG
 import Foundation
+import MAEFormats
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved: `pixels` is (H, W, 3).
 public struct RGBImage: Sendable, Equatable {
@@ -122,15 +123,6 @@ func readFile(_ url: URL) throws -> Data {
         return try Data(contentsOf: url)
     } catch {
         throw DataError(url, "cannot be read (\(error.localizedDescription))")
-    }
-}
-
-/// Writes through a temporary file and a rename, so a reader never sees half a file.
-func writeAtomically(_ data: Data, to url: URL) throws {
-    do {
-        try data.write(to: url, options: .atomic)
-    } catch {
-        throw DataError(url, "cannot be written (\(error.localizedDescription))")
     }
 }
 

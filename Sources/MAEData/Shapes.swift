@@ -1,4 +1,5 @@
 import Foundation
+import MAEFormats
 import MAEKernels
 import MAECOCO
 
