@@ -141,7 +141,7 @@ private func checkWritableFolder(_ folder: String, flag: String, file: String) t
                                                              : "cannot be written (\(posixCause(errno)))")
     }
     guard st.st_mode & S_IFMT == S_IFDIR else { throw FormatError("\(flag) \(file)", "is inside \(dir), which is a file, not a folder") }
-    guard access(dir, W_OK) == 0 else { throw FormatError("\(flag) \(file)", posixCause(errno)) }
+    guard access(dir, W_OK) == 0 else { throw FormatError("\(flag) \(file)", "cannot be written (\(posixCause(errno)))") }
     var fs = statvfs()
     if statvfs(dir, &fs) == 0, fs.f_bavail == 0 {
         throw FormatError("\(flag) \(file)", "cannot be written: no space left on the device")

@@ -65,11 +65,12 @@ public func describeCause(_ error: Error) -> String {
 public func posixCause(_ code: Int32) -> String {
     switch code {
     case ENOSPC, EDQUOT: return "no space left on the device"
-    case EROFS: return "it is on a read-only file system"
+    case EROFS: return "the file system is read-only"
     case EACCES, EPERM: return "permission denied"
     case ENOENT: return "no such file or folder"
     case ENOTDIR: return "a part of the path is a file, not a folder"
     case EISDIR: return "it is a folder"
+    case EFBIG: return "the file is larger than this process may write"
     case EEXIST: return "a file of that name is already there"
     case ELOOP: return "too many levels of symbolic links"
     case ENAMETOOLONG: return "the name is too long"

@@ -92,6 +92,9 @@ public struct PretrainMetrics: Codable, Sendable {
     public var batch_size: Int
     public var checkpoint: String
     public var backbone: String
+    /// When the run finished (ISO 8601). Only here and not in the weights, so identical runs write
+    /// byte-identical safetensors.
+    public var created: String
 }
 
 /// What a finished (or interrupted-by-request) run returns.
@@ -281,7 +284,8 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
         method: o.method.rawValue, model: preset.rawValue, data: dataName, epochs: state.epoch, final_loss: finalLoss,
         losses: log.map(\.loss), images_per_s: timed.map(\.images_per_s).reduce(0, +) / Double(max(timed.count, 1)),
         seconds: epochsRun > 0 ? Date().timeIntervalSince(runStart) : 0, recipe: recipe, seed: o.seed,
-        batch_size: o.batchSize, checkpoint: files.checkpoint.path, backbone: files.backbone.path)
+        batch_size: o.batchSize, checkpoint: files.checkpoint.path, backbone: files.backbone.path,
+        created: timestamp())
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
     try writeAtomically(try encoder.encode(metrics), to: files.metrics)
@@ -345,10 +349,11 @@ func recipeText(_ o: PretrainOptions, config: ViTConfig) -> String {
     }
 }
 
+/// The weights files' provenance metadata. No time stamp (that is in metrics.json), so identical runs
+/// give byte-identical weights.
 func provenance(_ o: PretrainOptions, data: String, recipe: String, epochs: Int, loss: Double) -> [String: String] {
     ["method": o.method.rawValue, "data": data, "recipe": recipe, "epochs": String(epochs),
-     "final_loss": String(format: "%.6f", loss), "seed": String(o.seed),
-     "created": ISO8601DateFormatter().string(from: Date())]
+     "final_loss": String(format: "%.6f", loss), "seed": String(o.seed)]
 }
 
 // MARK: - Checkpoint and log files
