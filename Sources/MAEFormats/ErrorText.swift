@@ -12,8 +12,7 @@ public func describe(_ error: Error) -> String {
         let cause = describeCause(error)
         return cause.prefix(1).uppercased() + cause.dropFirst() + "."
     }
-    let text = (error as? LocalizedError)?.errorDescription ?? String(describing: error)
-    return text.hasSuffix(".") || text.hasSuffix("?") ? text : text + "."
+    return (error as? LocalizedError)?.errorDescription ?? String(describing: error)
 }
 
 /// The cause of `error` as a lower-case fragment without the path ("no space left on the device"),

@@ -88,6 +88,7 @@ public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
     guard spec.evaluation == .finetune else {
         throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a finetune task")
     }
+    try o.common.prepareOutputs()
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
     guard data.train.classes == data.val.classes else {
@@ -145,7 +146,9 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         : nil
     let variant = blocks.map { "last \($0) blocks" } ?? "full"
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
-    try run.create()
+    // The run folder is locked for the whole run (a second run into it is refused at once).
+    let lock = try run.lock()
+    defer { withExtendedLifetime(lock) {} }
     let expected = FineTuneState(epoch: 0, seed: seed, blocks: blocks, batchSize: batch, classes: k, checkpointHash: backbone.hash)
     var log: [TransferEpoch] = []
     var startEpoch = 0

@@ -77,6 +77,7 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
     }
     let k = o.k ?? spec.head.k ?? 20, t = o.temperature ?? spec.head.temperature ?? 0.07
     guard k >= 1, t > 0 else { throw TaskError.badArgument("--k must be at least 1 and --temperature positive") }
+    try o.common.prepareOutputs()
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
     var runs: [TransferRun] = []
@@ -85,16 +86,18 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
         let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads)
         let feature = ProbeFeature(model: backbone.model, requested: o.pooling ?? spec.head.pooling,
                                    lastBlocks: spec.head.lastBlocks ?? 1)
+        let seed = spec.seeds[0]
+        let variant = "k \(k), T \(t), \(feature.requested.rawValue)"
+        // The run folder is locked for the whole run (a second run into it is refused at once).
+        let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
+        let lock = try run.lock()
+        defer { withExtendedLifetime(lock) {} }
         let splits = try cachedSplits(spec: spec, backbone: backbone, feature: feature, data: data, cache: o.cache,
                                       verbose: o.common.verbose)
         let evalStart = Date()
         let score = knnClassify(train: splits.train.features, trainLabels: splits.train.labels, test: splits.val.features,
                                 testLabels: splits.val.labels, width: splits.train.width,
                                 classes: splits.train.classes.count, k: k, temperature: t)
-        let seed = spec.seeds[0]
-        let variant = "k \(k), T \(t), \(feature.requested.rawValue)"
-        let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
-        try run.create()
         try run.write(log: [])
         let metrics = TransferMetrics(
             task: spec.name, evaluation: "knn", variant: variant, checkpoint: backbone.url.path, checkpointHash: backbone.hash,

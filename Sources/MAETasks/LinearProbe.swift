@@ -32,6 +32,7 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
     spec.recipe.mode = mode
     let lastBlocks = o.lastBlocks ?? spec.head.lastBlocks ?? 1
     guard lastBlocks >= 1 else { throw TaskError.badArgument("--last-blocks must be at least 1") }
+    try o.common.prepareOutputs()
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
     var runs: [TransferRun] = []
@@ -92,6 +93,11 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
                  o: LinearProbeOptions) throws -> TransferRun {
     let total = Date(), r = spec.recipe, verbose = o.common.verbose
     let before = parameterFingerprint(backbone.model)
+    // The run folder is locked for the whole run (a second run into it is refused at once).
+    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: probeVariant(mode: "cached", feature: feature),
+                          backbone: backbone, seed: seed)
+    let lock = try run.lock()
+    defer { withExtendedLifetime(lock) {} }
     let splits = try cachedSplits(spec: spec, backbone: backbone, feature: feature, data: data, cache: o.cache, verbose: verbose)
     let (train, val) = (splits.train, splits.val), k = train.classes.count
     let trainStart = Date()
@@ -106,8 +112,6 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     }
 
     let variant = probeVariant(mode: "cached", feature: feature)
-    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
-    try run.create()
     try run.write(log: log)
     let checks = [
         "backbone frozen: its weights' fingerprint is identical before and after the run",
@@ -241,6 +245,11 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
                     o: LinearProbeOptions) throws -> TransferRun {
     let total = Date(), a = spec.recipe.augmented!, verbose = o.common.verbose, model = backbone.model
     let before = parameterFingerprint(model)
+    // The run folder is locked for the whole run (a second run into it is refused at once).
+    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: probeVariant(mode: "augmented", feature: feature),
+                          backbone: backbone, seed: seed)
+    let lock = try run.lock()
+    defer { withExtendedLifetime(lock) {} }
     let d = feature.width(model), k = data.train.classes.count
     guard data.train.classes == data.val.classes else {
         throw TaskError.badArgument("\(data.train.root.path) and \(data.val.root.path) have different class folders")
@@ -331,8 +340,6 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
         throw TaskError.badArgument("internal check failed: the backbone's weights changed during a linear probe")
     }
     let variant = probeVariant(mode: "augmented", feature: feature)
-    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
-    try run.create()
     try run.write(log: log)
     let checks = [
         "backbone frozen: its weights' fingerprint is identical before and after the run; no gradient reaches it",

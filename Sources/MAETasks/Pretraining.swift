@@ -158,6 +158,9 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     guard o.epochs > 0, o.batchSize > 0 else { throw TaskError.badArgument("--epochs and --batch-size must be positive") }
     guard (0..<1).contains(o.maskRatio) else { throw TaskError.badArgument("--mask-ratio must be in [0, 1)") }
     guard o.learningRate > 0, o.learningRate.isFinite else { throw TaskError.badArgument("the learning rate must be positive") }
+    // The run folder is checked and locked before any work, and stays locked until the run returns.
+    let lock = try RunFolderLock(o.outDir, flag: "--out-dir")
+    defer { withExtendedLifetime(lock) {} }
 
     // Data: decoded once into memory (Shapes is small), augmented per epoch by the loader.
     let (folder, dataName) = try pretrainingData(o)
@@ -193,7 +196,6 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     // Resume or start.
     let files = PretrainFiles(dir: o.outDir)
     let fm = FileManager.default
-    try fm.createDirectory(at: o.outDir, withIntermediateDirectories: true)
     var state = TrainState(method: o.method, epoch: 0, seed: o.seed, batchSize: o.batchSize, maskRatio: o.maskRatio,
                            dataCount: source.count)
     var log: [EpochLog] = []

@@ -1,5 +1,6 @@
 import Foundation
 import MAEData
+import MAEFormats
 import MAEKernels
 import MAEModels
 
@@ -34,6 +35,9 @@ public struct VisualizeOptions: Sendable {
 public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: Int) {
     guard o.count > 0 else { throw TaskError.badArgument("--count must be positive") }
     guard (0..<1).contains(o.maskRatio) else { throw TaskError.badArgument("--mask-ratio must be in [0, 1)") }
+    // --out is checked (its folder created) before any work, and is never the checkpoint.
+    try prepareOutputFolder(o.out.deletingLastPathComponent(), flag: "the folder of --out \(o.out.path)")
+    try checkOutputFile(o.out, flag: "--out", inputs: [("--checkpoint", o.checkpoint)])
     let loaded = try loadVisionTransformer(from: o.checkpoint, options: LoadOptions(keepDecoder: true))
     let model = loaded.model, c = model.config
     let folder: ImageFolder
@@ -97,7 +101,6 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
             blit(&canvas, image, x: gap + col * (cell + gap), y: header + gap + i * (cell + gap), scale: scale)
         }
     }
-    try FileManager.default.createDirectory(at: o.out.deletingLastPathComponent(), withIntermediateDirectories: true)
     try ImageCodec.writePNG(canvas.image, to: o.out)
     return (width, height)
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MAEFormats
 import MAEMetrics
 
 /// `mae-eval coco-eval`: COCO box or mask AP of a results file, as pycocotools' COCOeval.
@@ -32,13 +33,17 @@ struct CocoEvalCommand: ParsableCommand {
 
     func run() throws {
         do {
+            if let out {
+                try checkOutputFile(URL(fileURLWithPath: out), flag: "--out",
+                                    inputs: [("--gt", URL(fileURLWithPath: gt)), ("--dt", URL(fileURLWithPath: dt))])
+            }
             let result = try COCOEvaluator.evaluateFiles(
                 groundTruth: URL(fileURLWithPath: gt), detections: URL(fileURLWithPath: dt),
                 iouType: iouType == .bbox ? .bbox : .segm)
             print(result.summaryLines.joined(separator: "\n"))
             if let out { try writeOutputFile(result.jsonValue().serialized(), to: out) }
         } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("error: \(describe(error))\n".utf8))
             throw ExitCode.failure
         }
     }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MAEFormats
 import MAEMetrics
 
 /// `mae-eval seg-eval`: semantic-segmentation mIoU of predicted label maps, as mmseg computes it.
@@ -40,6 +41,7 @@ struct SegEvalCommand: ParsableCommand {
 
     func run() throws {
         do {
+            if let out { try checkOutputFile(URL(fileURLWithPath: out), flag: "--out") }
             let (result, images) = try SegmentationMetrics.evaluateDirectories(
                 groundTruth: URL(fileURLWithPath: gt), predictions: URL(fileURLWithPath: pred),
                 numClasses: numClasses, ignoreIndex: ignoreIndex, reduceZeroLabel: reduceZeroLabel,
@@ -48,7 +50,7 @@ struct SegEvalCommand: ParsableCommand {
             print(result.tableLines().joined(separator: "\n"))
             if let out { try writeOutputFile(result.jsonValue().serialized(), to: out) }
         } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("error: \(describe(error))\n".utf8))
             throw ExitCode.failure
         }
     }
