@@ -41,19 +41,22 @@ public func checkOutputFile(_ url: URL, flag: String, inputs: [(flag: String, ur
 }
 
 /// Creates `url` (and its parents) as a command's output folder, or checks the existing one, before any
-/// work: `--out-dir runs is a file, not a folder`, `... is on a read-only file system`, `... no space left`.
-public func prepareOutputFolder(_ url: URL, flag: String) throws {
+/// work: `--out-dir runs: is a file, not a folder`, `... the file system is read-only`, `... no space
+/// left`. With `file`, `url` is that output file's folder and errors name the file (`--report r.md: its
+/// folder x is a file, not a folder`).
+public func prepareOutputFolder(_ url: URL, flag: String, of file: URL? = nil) throws {
     let path = url.path
+    let subject = "\(flag) \(file?.path ?? path)", its = file == nil ? "" : "its folder \(path) "
     var isFolder: ObjCBool = false
     if FileManager.default.fileExists(atPath: path, isDirectory: &isFolder), !isFolder.boolValue {
-        throw FormatError("\(flag) \(path)", "is a file, not a folder")
+        throw FormatError(subject, its + "is a file, not a folder")
     }
     do {
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     } catch {
-        throw FormatError("\(flag) \(path)", "cannot be created (\(describeCause(error)))")
+        throw FormatError(subject, its + "cannot be created (\(describeCause(error)))")
     }
-    try checkWritableFolder(path, flag: flag, file: path)
+    try checkWritableFolder(path, flag: flag, file: file?.path ?? path)
 }
 
 /// The temporary `writeAtomically` writes before renaming it to `name`: `.<name>.<UUID>.tmp`.

@@ -134,6 +134,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         }
     }
     let erasing = (aug?.reprob ?? 0) > 0 ? RandomErasing(probability: aug!.reprob!) : nil
+    try model.checkMemory(batch: batch, training: true)
     let train = DataLoader(source: data.train, transform: MAETransform.finetune(crop, randAugment: randAugment),
                            tensorTransform: erasing, batchSize: batch, seed: seed, shuffle: true,
                            dropLast: data.train.count >= batch)

@@ -179,6 +179,7 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     case .supervised: config.numClasses = classes; config.pooling = .avg
     }
     let model = try VisionTransformer(config: config)
+    try model.checkMemory(batch: o.batchSize, training: true, maskRatio: o.method == .mae ? o.maskRatio : 0)
     model.initializeWeights(seed: o.seed, headStd: 0.02)
     model.dropPath = Float(o.stochasticDepth)
     let groups = ParameterGroups(layout: model.params.layout, depth: config.depth,

@@ -159,7 +159,7 @@ func reportFiguresFolder(_ out: URL) -> URL {
 /// Creates the folder of the report `out` and checks that the report and its figures folder can be
 /// written, so a command can refuse a bad `flag` before its work.
 public func prepareReportOutput(_ out: URL, flag: String) throws {
-    try prepareOutputFolder(out.deletingLastPathComponent(), flag: "the folder of \(flag) \(out.path)")
+    try prepareOutputFolder(out.deletingLastPathComponent(), flag: flag, of: out)
     try checkOutputFile(out, flag: flag)
     var isFolder: ObjCBool = false
     let figures = reportFiguresFolder(out)

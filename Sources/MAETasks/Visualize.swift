@@ -36,7 +36,7 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
     guard o.count > 0 else { throw TaskError.badArgument("--count must be positive") }
     guard (0..<1).contains(o.maskRatio) else { throw TaskError.badArgument("--mask-ratio must be in [0, 1)") }
     // --out is checked (its folder created) before any work, and is never the checkpoint.
-    try prepareOutputFolder(o.out.deletingLastPathComponent(), flag: "the folder of --out \(o.out.path)")
+    try prepareOutputFolder(o.out.deletingLastPathComponent(), flag: "--out", of: o.out)
     try checkOutputFile(o.out, flag: "--out", inputs: [("--checkpoint", o.checkpoint)])
     let loaded = try loadVisionTransformer(from: o.checkpoint, options: LoadOptions(keepDecoder: true))
     let model = loaded.model, c = model.config
@@ -47,6 +47,7 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
         folder = try ImageFolder(root: try ShapesDataset.ensure(at: o.shapesRoot).val)
     }
     let n = min(o.count, folder.count), s = c.imgSize, l = c.numPatches, pd = c.patchDim
+    try model.checkMemory(batch: n, training: false, maskRatio: o.maskRatio)
     // Spread the rows over the classes rather than taking the first class's images only.
     let picks = (0..<n).map { $0 * folder.count / n }
     let originals = try picks.map { try evalTransform(ImageCodec.decode(contentsOf: folder.samples[$0].url), size: s, cropRatio: 1) }
