@@ -290,16 +290,27 @@ func decodeJPEG(_ data: Data, name: URL) throws -> RGBImage {
         throw DataError(name, "cannot be decoded: TurboJPEG failed to initialise")
     }
     defer { tjDestroy(handle) }
-    func message() -> String { String(cString: tjGetErrorStr2(handle)) }
+    // libjpeg reports missing or corrupt entropy data ("Premature end of JPEG file", "Corrupt JPEG
+    // data: premature end of data segment", a frame larger than its data, bad Huffman codes) as
+    // warnings and fills the rest with grey; PIL refuses such files ("image file is truncated"), and
+    // so do we. The one warning that leaves a complete image is extraneous bytes between markers
+    // (common in ImageNet). TurboJPEG 2.1 keeps the first warning's text.
+    func refuseUnlessClean(_ rc: Int32) throws {
+        guard rc != 0 else { return }
+        let text = String(cString: tjGetErrorStr2(handle))
+        if tjGetErrorCode(handle) != Int32(TJERR_WARNING.rawValue) || !text.contains("extraneous bytes before marker") {
+            throw DataError(name, "is a truncated or corrupt JPEG (\(text))")
+        }
+    }
     return try data.withUnsafeBytes { raw -> RGBImage in
         guard let src = raw.bindMemory(to: UInt8.self).baseAddress else {
             throw DataError(name, "is an empty file")
         }
         var w: Int32 = 0, h: Int32 = 0, subsampling: Int32 = 0, colorspace: Int32 = 0
-        guard tjDecompressHeader3(handle, src, UInt(raw.count), &w, &h, &subsampling, &colorspace) == 0 else {
-            throw DataError(name, "is not a readable JPEG (\(message()))")
-        }
-        guard w > 0, h > 0, Int(w) * Int(h) <= maxDecodedPixels else {
+        try refuseUnlessClean(tjDecompressHeader3(handle, src, UInt(raw.count), &w, &h, &subsampling, &colorspace))
+        // A file cut before its frame header "reads" as 0x0: libjpeg only warned about the early end.
+        guard w > 0, h > 0 else { throw DataError(name, "is a truncated or corrupt JPEG (it ends before its frame header)") }
+        guard Int(w) * Int(h) <= maxDecodedPixels else {
             throw DataError(name, "is a JPEG of \(w)x\(h) pixels, which this reader does not accept")
         }
         let cmyk = colorspace == Int32(TJCS_CMYK.rawValue) || colorspace == Int32(TJCS_YCCK.rawValue)
@@ -310,15 +321,7 @@ func decodeJPEG(_ data: Data, name: URL) throws -> RGBImage {
             tjDecompress2(handle, src, UInt(raw.count), dst.baseAddress, w, 0, h,
                           Int32(format.rawValue), TJFLAG_ACCURATEDCT)
         }
-        if rc != 0 {
-            let text = message()
-            // libjpeg reports a missing end of file as a warning and fills the rest with grey;
-            // PIL refuses such files ("image file is truncated"), and so do we. Other warnings
-            // (extraneous bytes between markers, common in ImageNet) leave a usable image.
-            if tjGetErrorCode(handle) != Int32(TJERR_WARNING.rawValue) || text.contains("Premature end") {
-                throw DataError(name, "is a truncated or corrupt JPEG (\(text))")
-            }
-        }
+        try refuseUnlessClean(rc)
         guard cmyk else { return RGBImage(width: Int(w), height: Int(h), pixels: out) }
         // Adobe CMYK JPEGs store inverted inks, so the decoded bytes are (255 - C, ..., 255 - K);
         // Pillow's CMYK -> RGB is R = (255 - C)(255 - K) / 255, rounded as its MULDIV255.
