@@ -292,9 +292,10 @@ func decodeJPEG(_ data: Data, name: URL) throws -> RGBImage {
     defer { tjDestroy(handle) }
     // libjpeg reports missing or corrupt entropy data ("Premature end of JPEG file", "Corrupt JPEG
     // data: premature end of data segment", a frame larger than its data, bad Huffman codes) as
-    // warnings and fills the rest with grey; PIL refuses such files ("image file is truncated"), and
-    // so do we. The one warning that leaves a complete image is extraneous bytes between markers
-    // (common in ImageNet). TurboJPEG 2.1 keeps the first warning's text.
+    // warnings and fills the rest with grey. PIL refuses a file that ends early ("image file is
+    // truncated") but not one whose frame outruns its data; we refuse both, since part of the image
+    // would be filler. The one warning that leaves a complete image is extraneous bytes between
+    // markers (common in ImageNet). TurboJPEG 2.1 keeps only the first warning's text.
     func refuseUnlessClean(_ rc: Int32) throws {
         guard rc != 0 else { return }
         let text = String(cString: tjGetErrorStr2(handle))
