@@ -159,7 +159,7 @@ private func replaceFile(_ target: String, with data: Data, mode: mode_t?, name:
     let temp = (folder as NSString).appendingPathComponent(temporaryName(for: (target as NSString).lastPathComponent))
     let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
     guard fd >= 0 else {
-        throw FormatError(name, "cannot be written into the folder \(folder.isEmpty ? "." : folder) (\(posixCause(errno)))")
+        throw FormatError(name, "cannot write into the folder \(folder.isEmpty ? "." : folder) (\(posixCause(errno)))")
     }
     do {
         if let mode { fchmod(fd, mode) }
