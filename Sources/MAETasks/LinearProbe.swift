@@ -277,6 +277,7 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     let schedule = WarmupCosine(baseLR: lr, warmupEpochs: a.warmupEpochs, epochs: Double(a.epochs))
     let scale = spec.recipe.augmentation?.rrcScale ?? [0.08, 1]
     let crop = RandomResizedCrop(size: spec.dataset.imgSize, scale: scale[0]...scale[1])
+    try model.checkMemory(batch: min(a.batchSize, data.train.count), training: feature.lastBlocks > 1)
     let loader = DataLoader(source: data.train, transform: MAETransform.train(crop), batchSize: a.batchSize, seed: seed,
                             shuffle: true, dropLast: data.train.count >= a.batchSize)
     let steps = loader.batchCount
