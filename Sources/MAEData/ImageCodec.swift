@@ -122,7 +122,7 @@ func readFile(_ url: URL) throws -> Data {
     do {
         return try Data(contentsOf: url)
     } catch {
-        throw DataError(url, "cannot be read (\(error.localizedDescription))")
+        throw DataError(url, "cannot be read (\(describeCause(error)))")
     }
 }
 

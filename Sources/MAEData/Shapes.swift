@@ -91,7 +91,7 @@ public enum ShapesDataset {
                 try fm.createDirectory(at: ShapesPaths.sceneClassMaps(split), withIntermediateDirectories: true)
             }
         } catch {
-            throw DataError(root, "cannot be written (\(error.localizedDescription))")
+            throw DataError(root, "cannot be written (\(describeCause(error)))")
         }
         // Each split draws from its own streams (the epoch slot of RandomStream), each image from its own.
         try classification(paths.pretrain, stream: 1, count: counts.pretrain, size: size, seed: seed, labeled: false)

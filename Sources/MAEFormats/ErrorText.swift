@@ -44,6 +44,12 @@ public func describeCause(_ error: Error) -> String {
         return posixCause(Int32(underlying.code))
     }
     if ns.domain == NSPOSIXErrorDomain { return posixCause(Int32(ns.code)) }
+    // Foundation reports a file where a folder should be (mkdir -p through a file) as error 512
+    // without a POSIX cause: name that file.
+    if ns.code == CocoaError.fileWriteUnknown.rawValue, let path = foundationErrorPath(error),
+       let file = fileInsteadOfFolder(on: path) {
+        return "\(file) is a file, not a folder"
+    }
     switch CocoaError.Code(rawValue: ns.code) {
     case .fileNoSuchFile, .fileReadNoSuchFile: return "no such file or folder"
     case .fileReadNoPermission, .fileWriteNoPermission: return "permission denied"
@@ -87,6 +93,17 @@ private func foundationErrorPath(_ error: Error) -> String? {
     guard isFoundationError(error) else { return nil }
     let info = (error as NSError).userInfo
     return info[NSFilePathErrorKey] as? String ?? (info[NSURLErrorKey] as? URL)?.path
+}
+
+/// The first proper prefix of `path` that exists and is not a folder.
+private func fileInsteadOfFolder(on path: String) -> String? {
+    var prefix = path.hasPrefix("/") ? "" : "."
+    for part in path.split(separator: "/", omittingEmptySubsequences: true).dropLast() {
+        prefix += "/" + part
+        var isFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: prefix, isDirectory: &isFolder), !isFolder.boolValue { return prefix }
+    }
+    return nil
 }
 
 private func codingPathText(_ path: [CodingKey]) -> String {

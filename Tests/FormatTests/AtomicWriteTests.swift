@@ -133,6 +133,14 @@ final class AtomicWriteTests: XCTestCase {
             XCTAssertFalse(text.contains("EncodingError"), text)
         }
         XCTAssertEqual(describe(FormatError("a.bin", "is empty")), "a.bin: is empty.")
+        // mkdir -p through a file: Foundation's error 512 names no cause; the file is named instead.
+        let plain = file("plain")
+        FileManager.default.createFile(atPath: plain.path, contents: Data())
+        XCTAssertThrowsError(try FileManager.default.createDirectory(at: plain.appendingPathComponent("a/b"),
+                                                                     withIntermediateDirectories: true)) { error in
+            XCTAssertTrue(describe(error).contains("\(plain.path) is a file, not a folder"), describe(error))
+            XCTAssertFalse(describe(error).contains("NSCocoaErrorDomain"), describe(error))
+        }
     }
 }
 
