@@ -46,6 +46,7 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
     } else {
         folder = try ImageFolder(root: try ShapesDataset.ensure(at: o.shapesRoot).val)
     }
+    try checkOutputFile(o.out, flag: "--out", inputs: folder.samples.map { ("--data", $0.url) })
     let n = min(o.count, folder.count), s = c.imgSize, l = c.numPatches, pd = c.patchDim
     try model.checkMemory(batch: n, training: false, maskRatio: o.maskRatio)
     // Spread the rows over the classes rather than taking the first class's images only.

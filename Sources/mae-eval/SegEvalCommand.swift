@@ -41,7 +41,15 @@ struct SegEvalCommand: ParsableCommand {
 
     func run() throws {
         do {
-            if let out { try checkOutputFile(URL(fileURLWithPath: out), flag: "--out") }
+            if let out {
+                // The label maps read are inputs: --out is never one of them.
+                let inputs = [("--gt", gt), ("--pred", pred)].flatMap { flag, dir in
+                    ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).map {
+                        (flag: flag, url: URL(fileURLWithPath: dir).appendingPathComponent($0))
+                    }
+                }
+                try checkOutputFile(URL(fileURLWithPath: out), flag: "--out", inputs: inputs)
+            }
             let (result, images) = try SegmentationMetrics.evaluateDirectories(
                 groundTruth: URL(fileURLWithPath: gt), predictions: URL(fileURLWithPath: pred),
                 numClasses: numClasses, ignoreIndex: ignoreIndex, reduceZeroLabel: reduceZeroLabel,
