@@ -8,8 +8,10 @@ import Foundation
 //   and the temporary is renamed over the path, so a reader sees the old file or the whole new one.
 //   The temporary is removed on every failure (a full disk included); a replaced file keeps its mode.
 // - a symbolic link: the link's target is written by the rule above; the link itself stays.
-// - a character device or a FIFO (`/dev/null`, `/dev/stdout`, a named pipe): written through in
-//   place, never renamed over.
+// - a character device or a FIFO (`/dev/null`, a terminal, a named pipe): written through in place,
+//   never renamed over.
+// - `/dev/stdout`, `/dev/stderr`, `/dev/fd/N`, `/proc/self/fd/N`: written to that open descriptor,
+//   whatever it is (a redirect to a file appends after what was printed, as a shell does).
 // - a folder, a block device or a socket: refused in one sentence, nothing touched.
 
 /// Writes `data` to `url` by the rule above; errors are `FormatError`s naming `url`.
@@ -19,6 +21,9 @@ public func writeAtomically(_ data: Data, to url: URL) throws {
     case .new(let target): try replaceFile(target, with: data, mode: nil, name: path)
     case .regular(let target, let mode): try replaceFile(target, with: data, mode: mode, name: path)
     case .stream: try writeThrough(path, data)
+    case .descriptor(let fd):
+        fflush(nil)   // after what this process already printed there
+        try writeAll(fd, data, name: path)
     }
 }
 
@@ -36,7 +41,7 @@ public func checkOutputFile(_ url: URL, flag: String, inputs: [(flag: String, ur
     switch target {
     case .new(let file), .regular(let file, _):
         try checkWritableFolder((file as NSString).deletingLastPathComponent, flag: flag, file: url.path)
-    case .stream: break
+    case .stream, .descriptor: break
     }
 }
 
@@ -93,10 +98,17 @@ private enum OutputTarget {
     case regular(String, mode_t)
     /// A character device or FIFO, written in place.
     case stream
+    /// One of this process's open descriptors, named by path.
+    case descriptor(Int32)
 
     /// Classifies `path`; refuses folders, block devices and sockets. `flag` prefixes error names.
     init(_ path: String, flag: String? = nil) throws {
         let name = flag.map { "\($0) \(path)" } ?? path
+        if let fd = openDescriptor(named: path) {
+            guard fcntl(fd, F_GETFD) != -1 else { throw FormatError(name, "names a descriptor that is not open") }
+            self = .descriptor(fd)
+            return
+        }
         var st = stat()
         if stat(path, &st) == 0 {   // follows symlinks
             switch st.st_mode & S_IFMT {
@@ -112,6 +124,20 @@ private enum OutputTarget {
         }
         guard errno == ENOENT else { throw FormatError(name, posixCause(errno)) }
         self = .new(try danglingTarget(path, name: name))
+    }
+}
+
+/// The descriptor `path` names: /dev/stdout 1, /dev/stderr 2, /dev/fd/N or /proc/self/fd/N N.
+private func openDescriptor(named path: String) -> Int32? {
+    switch path {
+    case "/dev/stdin": return 0
+    case "/dev/stdout": return 1
+    case "/dev/stderr": return 2
+    default:
+        for prefix in ["/dev/fd/", "/proc/self/fd/"] where path.hasPrefix(prefix) {
+            return Int32(path.dropFirst(prefix.count))
+        }
+        return nil
     }
 }
 

@@ -55,6 +55,15 @@ final class AtomicWriteTests: XCTestCase {
         XCTAssertEqual(try names(), ["pipe"])
     }
 
+    /// `/proc/self/fd/N` (as `/dev/stdout`) writes to this process's descriptor N itself.
+    func testDescriptorPathWritesToTheDescriptor() throws {
+        let pipe = Pipe()
+        let fd = pipe.fileHandleForWriting.fileDescriptor
+        try writeAtomically(Data("to the pipe".utf8), to: URL(fileURLWithPath: "/proc/self/fd/\(fd)"))
+        try pipe.fileHandleForWriting.close()
+        XCTAssertEqual(pipe.fileHandleForReading.readDataToEndOfFile(), Data("to the pipe".utf8))
+    }
+
     func testFolderIsRefused() throws {
         let sub = file("sub")
         try FileManager.default.createDirectory(at: sub, withIntermediateDirectories: true)
