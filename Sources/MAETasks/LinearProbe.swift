@@ -94,8 +94,8 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     let total = Date(), r = spec.recipe, verbose = o.common.verbose
     let before = parameterFingerprint(backbone.model)
     // The run folder is locked for the whole run (a second run into it is refused at once).
-    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: probeVariant(mode: "cached", feature: feature),
-                          backbone: backbone, seed: seed)
+    let variant = probeVariant(mode: "cached", feature: feature)
+    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     let lock = try run.lock()
     defer { withExtendedLifetime(lock) {} }
     let splits = try cachedSplits(spec: spec, backbone: backbone, feature: feature, data: data, cache: o.cache, verbose: verbose)
@@ -111,7 +111,6 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
         throw TaskError.badArgument("internal check failed: the backbone's weights changed during a linear probe")
     }
 
-    let variant = probeVariant(mode: "cached", feature: feature)
     try run.write(log: log)
     let checks = [
         "backbone frozen: its weights' fingerprint is identical before and after the run",
@@ -246,8 +245,8 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     let total = Date(), a = spec.recipe.augmented!, verbose = o.common.verbose, model = backbone.model
     let before = parameterFingerprint(model)
     // The run folder is locked for the whole run (a second run into it is refused at once).
-    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: probeVariant(mode: "augmented", feature: feature),
-                          backbone: backbone, seed: seed)
+    let variant = probeVariant(mode: "augmented", feature: feature)
+    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     let lock = try run.lock()
     defer { withExtendedLifetime(lock) {} }
     let d = feature.width(model), k = data.train.classes.count
@@ -340,7 +339,6 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     guard parameterFingerprint(model) == before else {
         throw TaskError.badArgument("internal check failed: the backbone's weights changed during a linear probe")
     }
-    let variant = probeVariant(mode: "augmented", feature: feature)
     try run.write(log: log)
     let checks = [
         "backbone frozen: its weights' fingerprint is identical before and after the run; no gradient reaches it",

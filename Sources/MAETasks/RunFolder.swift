@@ -261,6 +261,7 @@ public struct TransferRun: Sendable {
 public final class RunFolderLock {
     /// The lock file's name; it holds the owner's pid, for the message a second run gets.
     public static let fileName = ".mae-eval.lock"
+    /// The locked run folder.
     public let dir: URL
     private let fd: Int32
 
