@@ -61,11 +61,12 @@ public enum ImageCodec {
         throw DataError(name, "is neither a PNG nor a JPEG file (unrecognised first bytes)")
     }
 
-    /// Writes `image` as an 8-bit RGB PNG, atomically (a temporary file renamed into place).
-    public static func writePNG(_ image: RGBImage, to url: URL) throws {
+    /// Writes `image` as an 8-bit RGB PNG, atomically (a temporary file renamed into place);
+    /// `durable` as `writeAtomically`'s.
+    public static func writePNG(_ image: RGBImage, to url: URL, durable: Bool = true) throws {
         let data = try pngEncode(bytes: image.pixels, width: image.width, height: image.height,
                                  format: PNGFormat.rgb, name: url)
-        try writeAtomically(data, to: url)
+        try writeAtomically(data, to: url, durable: durable)
     }
 
     /// PNG bytes of `image` (8-bit RGB).
@@ -87,9 +88,10 @@ public enum LabelMapCodec {
         return try decodeLabelPNG(data, name: url)
     }
 
-    /// Writes `map` as a gray PNG, 8-bit when every label fits in 0...255 and 16-bit otherwise.
-    public static func writePNG(_ map: LabelMap, to url: URL) throws {
-        try writeAtomically(try encodePNG(map, name: url), to: url)
+    /// Writes `map` as a gray PNG, 8-bit when every label fits in 0...255 and 16-bit otherwise,
+    /// atomically; `durable` as `writeAtomically`'s.
+    public static func writePNG(_ map: LabelMap, to url: URL, durable: Bool = true) throws {
+        try writeAtomically(try encodePNG(map, name: url), to: url, durable: durable)
     }
 
     /// PNG bytes of `map` (see `writePNG`).

@@ -14,12 +14,14 @@ import Foundation
 //   whatever it is (a redirect to a file appends after what was printed, as a shell does).
 // - a folder, a block device or a socket: refused in one sentence, nothing touched.
 
-/// Writes `data` to `url` by the rule above; errors are `FormatError`s naming `url`.
-public func writeAtomically(_ data: Data, to url: URL) throws {
+/// Writes `data` to `url` by the rule above; errors are `FormatError`s naming `url`. `durable: false`
+/// skips the fsyncs, for a bulk writer of many small files that makes them durable at once before it
+/// records them as complete (the Shapes generator syncs before its manifest).
+public func writeAtomically(_ data: Data, to url: URL, durable: Bool = true) throws {
     let path = url.path
     switch try OutputTarget(path) {
-    case .new(let target): try replaceFile(target, with: data, mode: nil, name: path)
-    case .regular(let target, let mode): try replaceFile(target, with: data, mode: mode, name: path)
+    case .new(let target): try replaceFile(target, with: data, mode: nil, durable: durable, name: path)
+    case .regular(let target, let mode): try replaceFile(target, with: data, mode: mode, durable: durable, name: path)
     case .stream: try writeThrough(path, data)
     case .descriptor(let fd):
         fflush(nil)   // after what this process already printed there
@@ -180,7 +182,7 @@ private func checkWritableFolder(_ folder: String, flag: String, file: String) t
 // MARK: - Writing
 
 /// Writes `data` to a fresh temporary beside `target`, fsyncs it and renames it over `target`.
-private func replaceFile(_ target: String, with data: Data, mode: mode_t?, name: String) throws {
+private func replaceFile(_ target: String, with data: Data, mode: mode_t?, durable: Bool, name: String) throws {
     let folder = (target as NSString).deletingLastPathComponent
     let temp = (folder as NSString).appendingPathComponent(temporaryName(for: (target as NSString).lastPathComponent))
     let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
@@ -190,7 +192,7 @@ private func replaceFile(_ target: String, with data: Data, mode: mode_t?, name:
     do {
         if let mode { fchmod(fd, mode) }
         try writeAll(fd, data, name: name)
-        guard fsync(fd) == 0 else { throw FormatError(name, "cannot be written (\(posixCause(errno)))") }
+        guard !durable || fsync(fd) == 0 else { throw FormatError(name, "cannot be written (\(posixCause(errno)))") }
         guard close(fd) == 0 else { throw FormatError(name, "cannot be written (\(posixCause(errno)))") }
     } catch {
         close(fd)
@@ -204,6 +206,7 @@ private func replaceFile(_ target: String, with data: Data, mode: mode_t?, name:
         throw FormatError(name, "cannot move the finished file into place (\(cause))")
     }
     // The rename is durable once the folder's entry is on disk too.
+    guard durable else { return }
     let dirFD = open(folder.isEmpty ? "." : folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     if dirFD >= 0 { fsync(dirFD); close(dirFD) }
 }
