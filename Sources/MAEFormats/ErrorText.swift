@@ -7,12 +7,16 @@ import Foundation
 /// `error` as one sentence for standard error: the project's own errors as they describe themselves,
 /// Foundation/POSIX file errors as "<path>: <plain cause>.", Codable errors as what was wrong where.
 public func describe(_ error: Error) -> String {
+    describeSystemError(error) ?? (error as? LocalizedError)?.errorDescription ?? String(describing: error)
+}
+
+/// A Foundation, POSIX or Codable `error` as one plain sentence; nil for any other error (the
+/// project's own, or ArgumentParser's), which describes itself.
+public func describeSystemError(_ error: Error) -> String? {
     if let path = foundationErrorPath(error) { return "\(path): \(describeCause(error))." }
-    if isFoundationError(error) || error is EncodingError || error is DecodingError {
-        let cause = describeCause(error)
-        return cause.prefix(1).uppercased() + cause.dropFirst() + "."
-    }
-    return (error as? LocalizedError)?.errorDescription ?? String(describing: error)
+    guard isFoundationError(error) || error is EncodingError || error is DecodingError else { return nil }
+    let cause = describeCause(error)
+    return cause.prefix(1).uppercased() + cause.dropFirst() + "."
 }
 
 /// The cause of `error` as a lower-case fragment without the path ("no space left on the device"),
