@@ -172,9 +172,15 @@ private func checkWritableFolder(_ folder: String, flag: String, file: String) t
                                                              : "cannot be written (\(posixCause(errno)))")
     }
     guard st.st_mode & S_IFMT == S_IFDIR else { throw FormatError("\(flag) \(file)", "is inside \(dir), which is a file, not a folder") }
-    guard access(dir, W_OK) == 0 else { throw FormatError("\(flag) \(file)", "cannot be written (\(posixCause(errno)))") }
+    // A real file made and removed again, since permissions, read-only mounts and pseudo file systems
+    // (/proc, /sys) all show only then. Named as the writer's temporaries, so a crash leaves nothing new.
+    let probe = (dir as NSString).appendingPathComponent(temporaryName(for: "write-check"))
+    let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw FormatError("\(flag) \(file)", "cannot be written (\(posixCause(errno)))") }
+    close(fd)
+    unlink(probe)
     var fs = statvfs()
-    if statvfs(dir, &fs) == 0, fs.f_bavail == 0 {
+    if statvfs(dir, &fs) == 0, fs.f_blocks > 0, fs.f_bavail == 0 {
         throw FormatError("\(flag) \(file)", "cannot be written: no space left on the device")
     }
 }
