@@ -36,9 +36,9 @@ let package = Package(
         /// ViT, MAE decoder, heads, parameter tables, optimizers, checkpoint key mapping.
         .target(name: "MAEModels", dependencies: ["MAEKernels", "MAEFormats"], swiftSettings: vectorISA),
         /// COCO annotation/result JSON and the COCO mask API (RLE).
-        .target(name: "MAECOCO", dependencies: ["MAEJSON"]),
+        .target(name: "MAECOCO", dependencies: ["MAEJSON", "MAEFormats"]),
         /// Image codecs, datasets, the Shapes generator, transforms, the loader.
-        .target(name: "MAEData", dependencies: ["MAEKernels", "CPNG", "CTurboJPEG", "MAECOCO"], swiftSettings: vectorISA),
+        .target(name: "MAEData", dependencies: ["MAEKernels", "MAEFormats", "CPNG", "CTurboJPEG", "MAECOCO"], swiftSettings: vectorISA),
         /// Evaluation metrics: COCO AP (bbox, segm), semantic-segmentation mIoU.
         .target(name: "MAEMetrics", dependencies: ["MAECOCO", "MAEJSON"]),
         /// Benchmarks, pretraining, probes, fine-tuning, reports: one function per CLI command.

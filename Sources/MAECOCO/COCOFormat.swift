@@ -2,6 +2,7 @@
 // variants real files have: ints written as floats, iscrowd as a bool, missing optional fields
 // (info, licenses, area, bbox), RLE counts as a string or a list.
 import Foundation
+import MAEFormats
 import MAEJSON
 
 /// A bad or unreadable COCO file; the description is one sentence naming the file.
@@ -277,11 +278,7 @@ private func readJSON(_ url: URL) throws -> JSONValue {
 }
 
 private func writeJSON(_ value: JSONValue, to url: URL) throws {
-    do {
-        try Data(value.serialized().utf8).write(to: url)
-    } catch {
-        throw COCOError(file: url.path, problem: "cannot be written (\(error.localizedDescription))")
-    }
+    try writeAtomically(Data(value.serialized().utf8), to: url)
 }
 
 /// Typed access to JSON values, with errors that say where in which file.

@@ -1,6 +1,7 @@
 import CPNG
 import CTurboJPEG
 import Foundation
+import MAEFormats
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved: `pixels` is (H, W, 3).
 public struct RGBImage: Sendable, Equatable {
@@ -60,11 +61,12 @@ public enum ImageCodec {
         throw DataError(name, "is neither a PNG nor a JPEG file (unrecognised first bytes)")
     }
 
-    /// Writes `image` as an 8-bit RGB PNG, atomically (a temporary file renamed into place).
-    public static func writePNG(_ image: RGBImage, to url: URL) throws {
+    /// Writes `image` as an 8-bit RGB PNG, atomically (a temporary file renamed into place);
+    /// `durable` as `writeAtomically`'s.
+    public static func writePNG(_ image: RGBImage, to url: URL, durable: Bool = true) throws {
         let data = try pngEncode(bytes: image.pixels, width: image.width, height: image.height,
                                  format: PNGFormat.rgb, name: url)
-        try writeAtomically(data, to: url)
+        try writeAtomically(data, to: url, durable: durable)
     }
 
     /// PNG bytes of `image` (8-bit RGB).
@@ -86,9 +88,10 @@ public enum LabelMapCodec {
         return try decodeLabelPNG(data, name: url)
     }
 
-    /// Writes `map` as a gray PNG, 8-bit when every label fits in 0...255 and 16-bit otherwise.
-    public static func writePNG(_ map: LabelMap, to url: URL) throws {
-        try writeAtomically(try encodePNG(map, name: url), to: url)
+    /// Writes `map` as a gray PNG, 8-bit when every label fits in 0...255 and 16-bit otherwise,
+    /// atomically; `durable` as `writeAtomically`'s.
+    public static func writePNG(_ map: LabelMap, to url: URL, durable: Bool = true) throws {
+        try writeAtomically(try encodePNG(map, name: url), to: url, durable: durable)
     }
 
     /// PNG bytes of `map` (see `writePNG`).
@@ -121,16 +124,7 @@ func readFile(_ url: URL) throws -> Data {
     do {
         return try Data(contentsOf: url)
     } catch {
-        throw DataError(url, "cannot be read (\(error.localizedDescription))")
-    }
-}
-
-/// Writes through a temporary file and a rename, so a reader never sees half a file.
-func writeAtomically(_ data: Data, to url: URL) throws {
-    do {
-        try data.write(to: url, options: .atomic)
-    } catch {
-        throw DataError(url, "cannot be written (\(error.localizedDescription))")
+        throw DataError(url, "cannot be read (\(describeCause(error)))")
     }
 }
 
@@ -298,16 +292,28 @@ func decodeJPEG(_ data: Data, name: URL) throws -> RGBImage {
         throw DataError(name, "cannot be decoded: TurboJPEG failed to initialise")
     }
     defer { tjDestroy(handle) }
-    func message() -> String { String(cString: tjGetErrorStr2(handle)) }
+    // libjpeg reports missing or corrupt entropy data ("Premature end of JPEG file", "Corrupt JPEG
+    // data: premature end of data segment", a frame larger than its data, bad Huffman codes) as
+    // warnings and fills the rest with grey. PIL refuses a file that ends early ("image file is
+    // truncated") but not one whose frame outruns its data; we refuse both, since part of the image
+    // would be filler. The one warning that leaves a complete image is extraneous bytes between
+    // markers (common in ImageNet). TurboJPEG 2.1 keeps only the first warning's text.
+    func refuseUnlessClean(_ rc: Int32) throws {
+        guard rc != 0 else { return }
+        let text = String(cString: tjGetErrorStr2(handle))
+        if tjGetErrorCode(handle) != Int32(TJERR_WARNING.rawValue) || !text.contains("extraneous bytes before marker") {
+            throw DataError(name, "is a truncated or corrupt JPEG (\(text))")
+        }
+    }
     return try data.withUnsafeBytes { raw -> RGBImage in
         guard let src = raw.bindMemory(to: UInt8.self).baseAddress else {
             throw DataError(name, "is an empty file")
         }
         var w: Int32 = 0, h: Int32 = 0, subsampling: Int32 = 0, colorspace: Int32 = 0
-        guard tjDecompressHeader3(handle, src, UInt(raw.count), &w, &h, &subsampling, &colorspace) == 0 else {
-            throw DataError(name, "is not a readable JPEG (\(message()))")
-        }
-        guard w > 0, h > 0, Int(w) * Int(h) <= maxDecodedPixels else {
+        try refuseUnlessClean(tjDecompressHeader3(handle, src, UInt(raw.count), &w, &h, &subsampling, &colorspace))
+        // A file cut before its frame header "reads" as 0x0: libjpeg only warned about the early end.
+        guard w > 0, h > 0 else { throw DataError(name, "is a truncated or corrupt JPEG (it ends before its frame header)") }
+        guard Int(w) * Int(h) <= maxDecodedPixels else {
             throw DataError(name, "is a JPEG of \(w)x\(h) pixels, which this reader does not accept")
         }
         let cmyk = colorspace == Int32(TJCS_CMYK.rawValue) || colorspace == Int32(TJCS_YCCK.rawValue)
@@ -318,15 +324,7 @@ func decodeJPEG(_ data: Data, name: URL) throws -> RGBImage {
             tjDecompress2(handle, src, UInt(raw.count), dst.baseAddress, w, 0, h,
                           Int32(format.rawValue), TJFLAG_ACCURATEDCT)
         }
-        if rc != 0 {
-            let text = message()
-            // libjpeg reports a missing end of file as a warning and fills the rest with grey;
-            // PIL refuses such files ("image file is truncated"), and so do we. Other warnings
-            // (extraneous bytes between markers, common in ImageNet) leave a usable image.
-            if tjGetErrorCode(handle) != Int32(TJERR_WARNING.rawValue) || text.contains("Premature end") {
-                throw DataError(name, "is a truncated or corrupt JPEG (\(text))")
-            }
-        }
+        try refuseUnlessClean(rc)
         guard cmyk else { return RGBImage(width: Int(w), height: Int(h), pixels: out) }
         // Adobe CMYK JPEGs store inverted inks, so the decoded bytes are (255 - C, ..., 255 - K);
         // Pillow's CMYK -> RGB is R = (255 - C)(255 - K) / 255, rounded as its MULDIV255.

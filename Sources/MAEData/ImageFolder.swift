@@ -1,4 +1,5 @@
 import Foundation
+import MAEFormats
 
 /// Python's `sorted` on strings: by Unicode code point, which is not Swift's `<` for every string.
 func pythonSorted(_ names: [String]) -> [String] {
@@ -54,7 +55,7 @@ public struct ImageFolder: Sendable {
         do {
             return try FileManager.default.contentsOfDirectory(atPath: folder.path)
         } catch {
-            throw DataError(folder, "cannot be listed (\(error.localizedDescription))")
+            throw DataError(folder, "cannot be listed (\(describeCause(error)))")
         }
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import MAEFormats
 import MAEKernels
 import MAECOCO
 
@@ -94,7 +95,7 @@ public enum ShapesDataset {
                 try fm.createDirectory(at: ShapesPaths.sceneClassMaps(split), withIntermediateDirectories: true)
             }
         } catch {
-            throw DataError(root, "cannot be written (\(error.localizedDescription))")
+            throw DataError(root, "cannot be written (\(describeCause(error)))")
         }
         // Each split draws from its own streams (the epoch slot of RandomStream), each image from its own.
         try classification(paths.pretrain, stream: 1, count: counts.pretrain, size: size, seed: seed, labeled: false)
@@ -107,6 +108,9 @@ public enum ShapesDataset {
                                       sceneSize: sceneSize, counts: counts, classes: classes)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        // Tens of thousands of small files are flushed once here (each fsync'd alone took minutes),
+        // before the manifest that marks the dataset complete.
+        sync()
         try writeAtomically(try encoder.encode(manifest), to: paths.manifest)
         return paths
     }
@@ -151,7 +155,7 @@ public enum ShapesDataset {
             let (image, label) = classificationImage(size: size, label: i % classes.count, rng: &rng)
             let sub = labeled ? classes[label] : "unlabeled"
             let name = labeled ? String(format: "%@_%06d.png", classes[label], i) : String(format: "%06d.png", i)
-            try ImageCodec.writePNG(image, to: folder.appendingPathComponent(sub).appendingPathComponent(name))
+            try ImageCodec.writePNG(image, to: folder.appendingPathComponent(sub).appendingPathComponent(name), durable: false)
         }
     }
 
@@ -162,8 +166,8 @@ public enum ShapesDataset {
             var rng = RandomStream(seed: seed, epoch: stream, index: i)
             let scene = sceneImage(size: size, rng: &rng)
             let name = String(format: "%06d.png", i)
-            try ImageCodec.writePNG(scene.image, to: ShapesPaths.sceneImages(folder).appendingPathComponent(name))
-            try LabelMapCodec.writePNG(scene.classMap, to: ShapesPaths.sceneClassMaps(folder).appendingPathComponent(name))
+            try ImageCodec.writePNG(scene.image, to: ShapesPaths.sceneImages(folder).appendingPathComponent(name), durable: false)
+            try LabelMapCodec.writePNG(scene.classMap, to: ShapesPaths.sceneClassMaps(folder).appendingPathComponent(name), durable: false)
             lock.lock(); perImage[i] = scene.annotations; lock.unlock()
         }
         var images: [COCOImage] = [], annotations: [COCOAnnotation] = []
@@ -177,7 +181,7 @@ public enum ShapesDataset {
         }
         let categories = classes.enumerated().map { COCOCategory(id: $0 + 1, name: $1, supercategory: "shape") }
         let file = COCODataset(images: images, annotations: annotations, categories: categories)
-        try writeAtomically(Data(file.jsonValue().serialized().utf8), to: ShapesPaths.sceneInstances(folder))
+        try writeAtomically(Data(file.jsonValue().serialized().utf8), to: ShapesPaths.sceneInstances(folder), durable: false)
     }
 
     // MARK: - Images

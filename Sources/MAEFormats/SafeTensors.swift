@@ -150,6 +150,6 @@ func readWholeFile(_ url: URL) throws -> Data {
     do {
         return try Data(contentsOf: url)
     } catch {
-        throw FormatError(url.path, "cannot be read (\(error.localizedDescription))")
+        throw FormatError(url.path, "cannot be read (\(describeCause(error)))")
     }
 }

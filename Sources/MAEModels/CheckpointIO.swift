@@ -138,7 +138,7 @@ extension VisionTransformer {
     public func saveTrainingCheckpoint<State: Encodable>(to url: URL, optimizer: Optimizer, state: State,
                                                          stateKey: String, metadata: [String: String] = [:]) throws {
         var meta = metadata
-        meta[stateKey] = String(decoding: try JSONEncoder().encode(state), as: UTF8.self)
+        meta[stateKey] = try metadataJSON(state)
         var file = try safetensors(metadata: meta)
         for (key, values) in optimizer.state.sorted(by: { $0.key < $1.key }) {
             file.set("optim." + key, StoredTensor(shape: [values.count], floats: values))
@@ -182,9 +182,16 @@ extension VisionTransformer {
     /// Every parameter as safetensors with the config and `metadata`.
     private func safetensors(metadata: [String: String]) throws -> SafeTensors {
         var meta = metadata
-        meta["config"] = String(decoding: try JSONEncoder().encode(config), as: UTF8.self)
+        meta["config"] = try metadataJSON(config)
         meta["format"] = "mae-eval"
         let tensors = params.specs.map { ($0.name, StoredTensor(shape: $0.shape, floats: Array(params.value($0.name)))) }
         return SafeTensors(tensors: tensors, metadata: meta)
     }
+}
+
+/// `value` as JSON with sorted keys, so the same model saved twice gives the same bytes.
+func metadataJSON<T: Encodable>(_ value: T) throws -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    return String(decoding: try encoder.encode(value), as: UTF8.self)
 }

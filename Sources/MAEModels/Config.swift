@@ -154,11 +154,14 @@ public enum ModelError: Error, CustomStringConvertible {
     case invalidConfig(String)
     case shapeMismatch(String)
     case unknownPreset(String)
+    /// A forward that would need more memory than the machine has.
+    case tooLarge(String)
 
     public var description: String {
         switch self {
         case .invalidConfig(let s): "Invalid model configuration: \(s)."
         case .shapeMismatch(let s): "Shape mismatch: \(s)."
+        case .tooLarge(let s): "Too large: \(s)."
         case .unknownPreset(let s):
             "Unknown model preset '\(s)'; known presets: \(ModelPreset.allCases.map(\.rawValue).joined(separator: ", "))."
         }

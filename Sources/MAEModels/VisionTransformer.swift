@@ -103,6 +103,7 @@ public final class VisionTransformer {
         }
         head = config.numClasses > 0
             ? (layout.add("head.weight", [config.numClasses, d]), layout.add("head.bias", [config.numClasses])) : nil
+        try Self.checkParameterMemory(config, count: layout.totalCount)
         params = ParameterStore(layout: layout)
     }
 

@@ -63,8 +63,9 @@ public func runBenchmark(_ o: BenchOptions) throws -> BenchResult {
     case .pretrain: config.decoder = preset.decoder
     }
     let model = try VisionTransformer(config: config)
-    model.initializeWeights(seed: 0, headStd: 0.02)
     let b = o.batchSize
+    try model.checkMemory(batch: b, training: o.mode != .forward, maskRatio: o.mode == .pretrain ? o.maskRatio : 0)
+    model.initializeWeights(seed: 0, headStd: 0.02)
     var rng = RandomStream(seed: 1)
     let images = Tensor([b, config.inChans, config.imgSize, config.imgSize])
     for i in 0..<images.count { images[i] = Float(rng.normal()) }

@@ -53,8 +53,11 @@ public func runExtract(_ o: ExtractOptions) throws -> [String] {
     let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard (0.05...1).contains(o.cropRatio) else { throw TaskError.badArgument("--crop-ratio must be in (0, 1]") }
     guard o.batchSize > 0 else { throw TaskError.badArgument("--batch-size must be positive") }
-    let loaded = try loadModel(from: o.checkpoint, options: LoadOptions(heads: o.heads, imgSize: o.imgSize))
+    // --out is checked before any work: never an input, never a folder, its folder writable.
+    try checkOutputFile(o.out, flag: "--out", inputs: [("--checkpoint", o.checkpoint)])
     let folder = try ImageFolder(root: o.data)
+    try checkOutputFile(o.out, flag: "--out", inputs: folder.samples.map { ("--data", $0.url) })
+    let loaded = try loadModel(from: o.checkpoint, options: LoadOptions(heads: o.heads, imgSize: o.imgSize))
     // Exactly the pooling asked for (a probe would turn cls into avg for fc_norm checkpoints).
     var feature = ProbeFeature(model: loaded.model, requested: o.pooling, lastBlocks: 1)
     feature.pooling = o.pooling

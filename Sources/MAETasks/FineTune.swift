@@ -127,6 +127,7 @@ public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
         try spec.revalidate(flags: ["--batch-size \(b)"])
     }
     if let n = o.blocks { spec.recipe.blocks = n }
+    try o.common.prepareOutputs()
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
     guard data.train.classes == data.val.classes else {
@@ -171,6 +172,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         }
     }
     let erasing = r.reprob > 0 ? RandomErasing(probability: r.reprob) : nil
+    try model.checkMemory(batch: batch, training: true)
     let train = DataLoader(source: data.train, transform: MAETransform.finetune(crop, randAugment: randAugment),
                            tensorTransform: erasing, batchSize: batch, seed: seed, shuffle: true,
                            dropLast: data.train.count >= batch)
@@ -183,7 +185,9 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         : nil
     let variant = blocks.map { "last \($0) blocks" } ?? "full"
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
-    try run.create()
+    // The run folder is locked for the whole run (a second run into it is refused at once).
+    let lock = try run.lock()
+    defer { withExtendedLifetime(lock) {} }
     try run.writeConfig(command: "finetune", spec: spec, resolved: r, backbone: backbone, seed: seed, data: data,
                         extra: ["variant": variant, "resume": String(o.resume)])
     let expected = FineTuneState(epoch: 0, seed: seed, classes: k, checkpointHash: backbone.hash, recipe: r)

@@ -84,6 +84,7 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
     let tName = o.temperature != nil ? "--temperature" : "head.temperature of task \(spec.name)"
     guard k >= 1 else { throw TaskError.badArgument("\(kName) must be at least 1, not \(k)") }
     guard t.isFinite && t > 0 else { throw TaskError.badArgument("\(tName) must be a finite positive number, not \(t)") }
+    try o.common.prepareOutputs()
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
     guard k <= data.train.count else {
@@ -95,15 +96,18 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
         let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads)
         let feature = ProbeFeature(model: backbone.model, requested: o.pooling ?? spec.head.pooling,
                                    lastBlocks: spec.head.lastBlocks ?? 1)
+        let seed = spec.seeds[0]
+        let variant = "k \(k), T \(t), \(feature.requested.rawValue)"
+        // The run folder is locked for the whole run (a second run into it is refused at once).
+        let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
+        let lock = try run.lock()
+        defer { withExtendedLifetime(lock) {} }
         let splits = try cachedSplits(spec: spec, backbone: backbone, feature: feature, data: data, cache: o.cache,
                                       verbose: o.common.verbose)
         let evalStart = Date()
         let score = knnClassify(train: splits.train.features, trainLabels: splits.train.labels, test: splits.val.features,
                                 testLabels: splits.val.labels, width: splits.train.width,
                                 classes: splits.train.classes.count, k: k, temperature: t)
-        let seed = spec.seeds[0]
-        let variant = "k \(k), T \(t), \(feature.requested.rawValue)"
-        let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
         let metrics = TransferMetrics(
             task: spec.name, evaluation: "knn", variant: variant, checkpoint: backbone.url.path, checkpointHash: backbone.hash,
             method: backbone.method, role: backbone.role, top1: score.top1, top5: score.top5, seed: seed,

@@ -36,6 +36,7 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
     // The flags become part of the spec, so config.yaml records what runs.
     spec.head.lastBlocks = lastBlocks
     if let p = o.pooling { spec.head.pooling = p }
+    try o.common.prepareOutputs()
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
     var runs: [TransferRun] = []
@@ -100,6 +101,11 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
                  o: LinearProbeOptions) throws -> TransferRun {
     let total = Date(), r = spec.recipe, verbose = o.common.verbose
     let before = parameterFingerprint(backbone.model)
+    // The run folder is locked for the whole run (a second run into it is refused at once).
+    let variant = probeVariant(mode: "cached", feature: feature)
+    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
+    let lock = try run.lock()
+    defer { withExtendedLifetime(lock) {} }
     let splits = try cachedSplits(spec: spec, backbone: backbone, feature: feature, data: data, cache: o.cache, verbose: verbose)
     let (train, val) = (splits.train, splits.val), k = train.classes.count
     let trainStart = Date()
@@ -118,8 +124,6 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
         throw TaskError.badArgument("internal check failed: the backbone's weights changed during a linear probe")
     }
 
-    let variant = probeVariant(mode: "cached", feature: feature)
-    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     let checks = [
         "backbone frozen: its weights' fingerprint is identical before and after the run",
         "backbone in eval mode: no drop path, no masking; features of the eval transform (resize + center crop, crop ratio \(spec.dataset.cropRatio))",
@@ -266,6 +270,11 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
                     o: LinearProbeOptions) throws -> TransferRun {
     let total = Date(), a = spec.recipe.augmented!, verbose = o.common.verbose, model = backbone.model
     let before = parameterFingerprint(model)
+    // The run folder is locked for the whole run (a second run into it is refused at once).
+    let variant = probeVariant(mode: "augmented", feature: feature)
+    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
+    let lock = try run.lock()
+    defer { withExtendedLifetime(lock) {} }
     let d = feature.width(model), k = data.train.classes.count
     guard data.train.classes == data.val.classes else {
         throw TaskError.badArgument("\(data.train.root.path) and \(data.val.root.path) have different class folders")
@@ -296,6 +305,7 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     let schedule = WarmupCosine(baseLR: lr, warmupEpochs: a.warmupEpochs, epochs: Double(a.epochs))
     let scale = spec.recipe.augmentation?.rrcScale ?? [0.08, 1]
     let crop = RandomResizedCrop(size: spec.dataset.imgSize, scale: scale[0]...scale[1])
+    try model.checkMemory(batch: min(a.batchSize, data.train.count), training: feature.lastBlocks > 1)
     let loader = DataLoader(source: data.train, transform: MAETransform.train(crop), batchSize: a.batchSize, seed: seed,
                             shuffle: true, dropLast: data.train.count >= a.batchSize)
     let steps = loader.batchCount
@@ -358,8 +368,6 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     guard parameterFingerprint(model) == before else {
         throw TaskError.badArgument("internal check failed: the backbone's weights changed during a linear probe")
     }
-    let variant = probeVariant(mode: "augmented", feature: feature)
-    let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     let checks = [
         "backbone frozen: its weights' fingerprint is identical before and after the run; no gradient reaches it",
         "backbone in eval mode: no drop path, no masking; train images through RandomResizedCrop (scale \(scale[0])-\(scale[1])) + flip, val through resize + center crop",

@@ -138,6 +138,9 @@ public struct PretrainMetrics: Codable, Sendable {
     /// The mae-eval that made the run and the BLAS it ran on (absent in runs of older versions).
     public var mae_eval_version: String? = MAEEvalVersion.described
     public var blas: BLASInfo? = .current
+    /// When the run finished (ISO 8601). Only here and not in the weights, so identical runs write
+    /// byte-identical safetensors.
+    public var created: String
 }
 
 /// What a finished (or interrupted-by-request) run returns.
@@ -200,6 +203,9 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard let preset = ModelPreset(name: o.model) else { throw ModelError.unknownPreset(o.model) }
     try o.validate()
+    // The run folder is checked and locked before any work, and stays locked until the run returns.
+    let lock = try RunFolderLock(o.outDir, flag: "--out-dir")
+    defer { withExtendedLifetime(lock) {} }
 
     // Data: decoded once into memory (Shapes is small), augmented per epoch by the loader.
     let (folder, dataName) = try pretrainingData(o)
@@ -218,6 +224,7 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     case .supervised: config.numClasses = classes; config.pooling = .avg
     }
     let model = try VisionTransformer(config: config)
+    try model.checkMemory(batch: o.batchSize, training: true, maskRatio: o.method == .mae ? o.maskRatio : 0)
     model.initializeWeights(seed: o.seed, headStd: 0.02)
     model.dropPath = Float(o.stochasticDepth)
     let groups = ParameterGroups(layout: model.params.layout, depth: config.depth,
@@ -236,7 +243,6 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     // Resume or start.
     let files = PretrainFiles(dir: o.outDir)
     let fm = FileManager.default
-    try fm.createDirectory(at: o.outDir, withIntermediateDirectories: true)
     var state = TrainState(epoch: 0, recipe: resolved, extendedFrom: nil)
     var log: [EpochLog] = []
     var notes: [String] = []
@@ -336,7 +342,8 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
         method: o.method.rawValue, model: preset.rawValue, data: dataName, epochs: state.epoch, final_loss: finalLoss,
         losses: log.map(\.loss), images_per_s: timed.map(\.images_per_s).reduce(0, +) / Double(max(timed.count, 1)),
         seconds: epochsRun > 0 ? Date().timeIntervalSince(runStart) : 0, recipe: recipe, seed: o.seed,
-        batch_size: o.batchSize, checkpoint: files.checkpoint.path, backbone: files.backbone.path)
+        batch_size: o.batchSize, checkpoint: files.checkpoint.path, backbone: files.backbone.path,
+        created: timestamp())
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
     try writeAtomically(try encoder.encode(metrics), to: files.metrics)
@@ -433,10 +440,11 @@ func recipeText(_ o: PretrainOptions, config: ViTConfig) -> String {
     }
 }
 
+/// The weights files' provenance metadata. No time stamp (that is in metrics.json), so identical runs
+/// give byte-identical weights.
 func provenance(_ o: PretrainOptions, data: String, recipe: String, epochs: Int, loss: Double) -> [String: String] {
     ["method": o.method.rawValue, "data": data, "recipe": recipe, "epochs": String(epochs),
-     "final_loss": String(format: "%.6f", loss), "seed": String(o.seed),
-     "created": ISO8601DateFormatter().string(from: Date())]
+     "final_loss": String(format: "%.6f", loss), "seed": String(o.seed)]
 }
 
 // MARK: - Checkpoint and log files

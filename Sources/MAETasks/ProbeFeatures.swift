@@ -93,6 +93,8 @@ public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folde
                           transform: MAETransform, batchSize: Int = 64, seed: UInt64 = 0, epoch: Int = 0,
                           workers: Int = 2, progress: ((Int) -> Void)? = nil) throws -> FeatureSet {
     guard folder.count > 0 else { throw DataError(folder.root, "has no images") }
+    // Refused here, before the loader or the model allocates anything, when it cannot fit.
+    try model.checkMemory(batch: min(batchSize, folder.count), training: feature.lastBlocks > 1)
     let w = feature.width(model)
     let loader = DataLoader(source: folder, transform: transform, batchSize: batchSize, seed: seed,
                             shuffle: false, workers: workers)

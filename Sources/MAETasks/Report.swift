@@ -180,18 +180,31 @@ func renderReport(runs root: URL, figuresFolder: String) throws -> (markdown: St
     return (md, figures)
 }
 
+/// The folder of a report's figures: `<out without .md>-figures/` beside it.
+func reportFiguresFolder(_ out: URL) -> URL {
+    out.deletingLastPathComponent().appendingPathComponent(out.deletingPathExtension().lastPathComponent + "-figures")
+}
+
+/// Creates the folder of the report `out` and checks that the report and its figures folder can be
+/// written, so a command can refuse a bad `flag` before its work.
+public func prepareReportOutput(_ out: URL, flag: String) throws {
+    try prepareOutputFolder(out.deletingLastPathComponent(), flag: flag, of: out)
+    try checkOutputFile(out, flag: flag)
+    var isFolder: ObjCBool = false
+    let figures = reportFiguresFolder(out)
+    if FileManager.default.fileExists(atPath: figures.path, isDirectory: &isFolder), !isFolder.boolValue {
+        throw TaskError.badArgument("\(flag) \(out.path) puts its figures in \(figures.path), which is a file, not a folder")
+    }
+}
+
 /// Writes the report of the runs under `runs` to `out` (atomically) and its figures to
 /// `<out without .md>-figures/`.
 public func writeReport(runs: URL, to out: URL) throws {
-    let folderName = out.deletingPathExtension().lastPathComponent + "-figures"
+    let folderName = reportFiguresFolder(out).lastPathComponent
     let (markdown, figures) = try renderReport(runs: runs, figuresFolder: folderName)
-    let dir = out.deletingLastPathComponent()
-    let figureDir = dir.appendingPathComponent(folderName)
-    do {
-        try FileManager.default.createDirectory(at: figures.isEmpty ? dir : figureDir, withIntermediateDirectories: true)
-    } catch {
-        throw TaskError.badArgument("\(figureDir.path) cannot be created (\(error.localizedDescription))")
-    }
+    try prepareReportOutput(out, flag: "the report")
+    let figureDir = reportFiguresFolder(out)
+    if !figures.isEmpty { try prepareOutputFolder(figureDir, flag: "the report's figures folder") }
     for (name, plot) in figures { try plot.write(to: figureDir.appendingPathComponent(name)) }
     try writeAtomically(Data(markdown.utf8), to: out)
 }

@@ -86,6 +86,14 @@ extension TransferOptions {
         return parsed
     }
 
+    /// Creates `--out-dir` and the report's folder and checks that both can be written, before any
+    /// work (a read-only or full disk, or a file where a folder should be, is one sentence now, not
+    /// after the training).
+    public func prepareOutputs() throws {
+        try prepareOutputFolder(outDir, flag: "--out-dir")
+        if let report { try prepareReportOutput(report, flag: "--report") }
+    }
+
     /// The task spec: `--task`, else the protocol's Shapes task, with `--set`, `--epochs` and `--seeds`
     /// applied and checked again.
     public func taskSpec(default name: String) throws -> TaskSpec {
@@ -263,9 +271,7 @@ public struct TransferRun: Sendable {
     public init(dir: URL) { self.dir = dir }
 
     public func create() throws {
-        do { try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true) } catch {
-            throw TaskError.badArgument("\(dir.path) cannot be created (\(error.localizedDescription))")
-        }
+        try prepareOutputFolder(dir, flag: "the run folder")
     }
 
     /// Creates the folder and writes `log.jsonl` and `metrics.json`, both checked before either is
@@ -278,6 +284,10 @@ public struct TransferRun: Sendable {
         try write(log: entries)
         try write(metrics)
     }
+
+    /// Creates the folder and takes its lock for the whole run (see `RunFolderLock`); hold the result
+    /// until the run's last file is written.
+    public func lock() throws -> RunFolderLock { try RunFolderLock(dir) }
 
     /// Writes `metrics.json`.
     /// - Throws: `TaskError` naming the field and the run when a number is NaN or infinite: a
@@ -336,6 +346,47 @@ public struct TransferRun: Sendable {
 
 /// "NaN", "+Inf" or "-Inf", for messages about a non-finite number.
 func nonFiniteName(_ v: Double) -> String { v.isNaN ? "NaN" : v > 0 ? "+Inf" : "-Inf" }
+
+/// An exclusive lock on a run folder while a run writes into it: an `flock` on `.mae-eval.lock` in the
+/// folder, held as long as this value lives. The kernel drops it when the process ends (kill -9 too),
+/// so a killed run can be resumed at once. Taking it removes the stale `writeAtomically` temporaries a
+/// killed run left there (no other writer can be active in a folder whose lock we hold).
+public final class RunFolderLock {
+    /// The lock file's name; it holds the owner's pid, for the message a second run gets.
+    public static let fileName = ".mae-eval.lock"
+    /// The locked run folder.
+    public let dir: URL
+    private let fd: Int32
+
+    /// Creates `dir` if needed and locks it, or throws one sentence naming the run that holds it;
+    /// `flag` names the folder in errors about the folder itself.
+    public init(_ dir: URL, flag: String = "the run folder") throws {
+        try prepareOutputFolder(dir, flag: flag)
+        let path = dir.appendingPathComponent(Self.fileName).path
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw TaskError.badArgument("\(dir.path) cannot be locked for this run (\(posixCause(errno)))")
+        }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let cause = errno
+            let owner = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+            close(fd)
+            guard cause == EWOULDBLOCK else {
+                throw TaskError.badArgument("\(dir.path) cannot be locked for this run (\(posixCause(cause)))")
+            }
+            let pid = owner.flatMap { Int($0) }.map { " (pid \($0))" } ?? ""
+            throw TaskError.badArgument("\(dir.path) is in use by another mae-eval run\(pid); wait for it or choose another --out-dir")
+        }
+        let text = "\(getpid())\n"
+        ftruncate(fd, 0)
+        _ = text.withCString { pwrite(fd, $0, strlen($0), 0) }
+        self.dir = dir
+        self.fd = fd
+        removeStaleTemporaries(in: dir)
+    }
+
+    deinit { close(fd) }
+}
 
 /// ISO 8601 time stamp for metrics.
 func timestamp() -> String { ISO8601DateFormatter().string(from: Date()) }

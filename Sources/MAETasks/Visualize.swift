@@ -35,6 +35,9 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
     let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard o.count > 0 else { throw TaskError.badArgument("--count must be positive") }
     guard (0..<1).contains(o.maskRatio) else { throw TaskError.badArgument("--mask-ratio must be in [0, 1)") }
+    // --out is checked (its folder created) before any work, and is never the checkpoint.
+    try prepareOutputFolder(o.out.deletingLastPathComponent(), flag: "--out", of: o.out)
+    try checkOutputFile(o.out, flag: "--out", inputs: [("--checkpoint", o.checkpoint)])
     let loaded = try loadModel(from: o.checkpoint, options: LoadOptions(imgSize: o.imgSize, keepDecoder: true))
     let model = loaded.model, c = model.config
     let folder: ImageFolder
@@ -43,7 +46,9 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
     } else {
         folder = try ImageFolder(root: try ShapesDataset.ensure(at: o.shapesRoot).val)
     }
+    try checkOutputFile(o.out, flag: "--out", inputs: folder.samples.map { ("--data", $0.url) })
     let n = min(o.count, folder.count), s = c.imgSize, l = c.numPatches, pd = c.patchDim
+    try model.checkMemory(batch: n, training: false, maskRatio: o.maskRatio)
     // Spread the rows over the classes rather than taking the first class's images only.
     let picks = (0..<n).map { $0 * folder.count / n }
     let originals = try picks.map { try evalTransform(ImageCodec.decode(contentsOf: folder.samples[$0].url), size: s, cropRatio: 1) }
@@ -110,7 +115,6 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
             blit(&canvas, image, x: gap + col * (cell + gap), y: header + gap + i * (cell + gap), scale: scale)
         }
     }
-    try FileManager.default.createDirectory(at: o.out.deletingLastPathComponent(), withIntermediateDirectories: true)
     try ImageCodec.writePNG(canvas.image, to: o.out)
     return (width, height)
 }

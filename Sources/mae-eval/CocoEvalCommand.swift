@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MAEFormats
 import MAEMetrics
 
 /// `mae-eval coco-eval`: COCO box or mask AP of a results file, as pycocotools' COCOeval.
@@ -32,6 +33,10 @@ struct CocoEvalCommand: ParsableCommand {
 
     func run() throws {
         try runCLI {
+            if let out {
+                try checkOutputFile(URL(fileURLWithPath: out), flag: "--out",
+                                    inputs: [("--gt", URL(fileURLWithPath: gt)), ("--dt", URL(fileURLWithPath: dt))])
+            }
             let result = try COCOEvaluator.evaluateFiles(
                 groundTruth: URL(fileURLWithPath: gt), detections: URL(fileURLWithPath: dt),
                 iouType: iouType == .bbox ? .bbox : .segm)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MAEFormats
 
 /// Runs a library call; any error becomes its one-sentence description on standard error and exit 1.
 func runCLI<T>(_ body: () throws -> T) throws -> T {
@@ -8,25 +9,13 @@ func runCLI<T>(_ body: () throws -> T) throws -> T {
     } catch let error as ExitCode {
         throw error
     } catch {
-        let message = (error as? LocalizedError)?.errorDescription ?? String(describing: error)
-        FileHandle.standardError.write(Data(("error: " + message + "\n").utf8))
+        FileHandle.standardError.write(Data(("error: " + describe(error) + "\n").utf8))
         throw ExitCode(1)
     }
 }
 
-/// A command's output file that could not be written; the description is one sentence naming it.
-struct OutputFileError: LocalizedError, CustomStringConvertible {
-    var path: String
-    var description: String { "\(path): cannot be written." }
-    var errorDescription: String? { description }
-}
-
-/// Writes `text` and a newline to a command's `--out` file.
+/// Writes `text` and a newline to a command's `--out` file, by `writeAtomically`'s rule (a FIFO or
+/// `/dev/stdout` is written through, a regular file replaced whole).
 func writeOutputFile(_ text: String, to path: String) throws {
-    let url = URL(fileURLWithPath: path)
-    do {
-        try Data((text + "\n").utf8).write(to: url)
-    } catch {
-        throw OutputFileError(path: url.path)
-    }
+    try writeAtomically(Data((text + "\n").utf8), to: URL(fileURLWithPath: path))
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MAEFormats
 import MAETasks
 
 /// The `mae-eval` command line: each subcommand parses its flags and makes one library call.
@@ -49,7 +50,8 @@ struct MAEEval: ParsableCommand {
                 print(fullMessage(for: error))
                 Foundation.exit(0)
             }
-            let message = self.message(for: error).split(separator: "\n").first.map(String.init) ?? ""
+            let message = (describeSystemError(error) ?? self.message(for: error))
+                .split(separator: "\n").first.map(String.init) ?? ""
             if !message.isEmpty {
                 let text = message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message
                 FileHandle.standardError.write(Data("error: \(text)\n".utf8))

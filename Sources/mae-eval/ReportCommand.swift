@@ -18,7 +18,10 @@ struct Report: ParsableCommand {
     var out = TransferOptions.defaultReportPath(runs: TransferOptions.defaultRunsPath)
 
     func run() throws {
-        try runCLI { try writeReport(runs: URL(fileURLWithPath: runs), to: URL(fileURLWithPath: out)) }
+        try runCLI {
+            try prepareReportOutput(URL(fileURLWithPath: out), flag: "--out")
+            try writeReport(runs: URL(fileURLWithPath: runs), to: URL(fileURLWithPath: out))
+        }
         print(out)
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MAEFormats
 import MAEMetrics
 
 /// `mae-eval seg-eval`: semantic-segmentation mIoU of predicted label maps, as mmseg computes it.
@@ -42,6 +43,15 @@ struct SegEvalCommand: ParsableCommand {
 
     func run() throws {
         try runCLI {
+            if let out {
+                // The label maps read are inputs: --out is never one of them.
+                let inputs = [("--gt", gt), ("--pred", pred)].flatMap { flag, dir in
+                    ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).map {
+                        (flag: flag, url: URL(fileURLWithPath: dir).appendingPathComponent($0))
+                    }
+                }
+                try checkOutputFile(URL(fileURLWithPath: out), flag: "--out", inputs: inputs)
+            }
             let (result, images) = try SegmentationMetrics.evaluateDirectories(
                 groundTruth: URL(fileURLWithPath: gt), predictions: URL(fileURLWithPath: pred),
                 numClasses: numClasses, ignoreIndex: ignoreIndex, reduceZeroLabel: reduceZeroLabel,

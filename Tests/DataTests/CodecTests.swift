@@ -38,6 +38,38 @@ final class CodecTests: XCTestCase {
         }
     }
 
+    /// A JPEG whose frame header (SOF) claims far more pixels than its entropy data holds: libjpeg
+    /// warns ("Corrupt JPEG data: premature end of data segment") and pads with grey; we refuse it,
+    /// as PIL does ("image file is truncated").
+    func testJPEGWithLessDataThanItsFrameIsRefused() throws {
+        var bytes = try Fixtures.bytes("q90_420.jpg")
+        let sof = try XCTUnwrap((0..<(bytes.count - 1)).first { bytes[$0] == 0xFF && bytes[$0 + 1] == 0xC0 })
+        for (offset, value) in [(5, 2000), (7, 2000)] {   // height, width (big-endian)
+            bytes[sof + offset] = UInt8(value >> 8)
+            bytes[sof + offset + 1] = UInt8(value & 0xFF)
+        }
+        // Extraneous bytes between markers (common in ImageNet) still give the complete image.
+        let original = try Fixtures.bytes("q90_420.jpg")
+        var padded = original
+        padded.insert(contentsOf: [0x00, 0x00, 0x00], at: sof)
+        XCTAssertEqual(try ImageCodec.decode(Data(padded), name: URL(fileURLWithPath: "padded.jpg")).pixels,
+                       try ImageCodec.decode(Data(original), name: URL(fileURLWithPath: "q90_420.jpg")).pixels)
+        let name = URL(fileURLWithPath: "big-frame.jpg")
+        XCTAssertThrowsError(try ImageCodec.decode(Data(bytes), name: name)) { error in
+            XCTAssertTrue("\(error)".contains("big-frame.jpg: is a truncated or corrupt JPEG ("), "\(error)")
+        }
+    }
+
+    /// A JPEG cut to 20 bytes ends before its frame header: truncated, not "a JPEG of 0x0 pixels".
+    func testJPEGCutShortIsTruncated() throws {
+        let bytes = try Fixtures.bytes("q90_420.jpg")
+        for length in [4, 20, 200] {
+            XCTAssertThrowsError(try ImageCodec.decode(Data(bytes.prefix(length)), name: URL(fileURLWithPath: "cut.jpg"))) { error in
+                XCTAssertTrue("\(error)".contains("cut.jpg: is a truncated or corrupt JPEG ("), "\(length) bytes: \(error)")
+            }
+        }
+    }
+
     func testPNGWriteRoundTrip() throws {
         let folder = temporaryFolder()
         var image = RGBImage(width: 5, height: 3)

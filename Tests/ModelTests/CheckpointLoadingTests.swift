@@ -1,5 +1,6 @@
 import XCTest
 import MAEFormats
+import MAEJSON
 import MAEKernels
 @testable import MAEModels
 import TestSupport
@@ -61,4 +62,37 @@ final class CheckpointLoadingTests: XCTestCase {
             XCTAssertEqual(Array(m.params.value(spec.name)), Array(back.model.params.value(spec.name)), spec.name)
         }
     }
+
+    /// Identical saves give identical bytes: the config JSON in the metadata has sorted keys (the
+    /// encoder's own order changes from process to process) and the weights hold no time stamp.
+    func testSaveTwiceGivesSameBytesWithSortedConfigKeys() throws {
+        var c = ModelPreset.shapes.config
+        c.depth = 1
+        c.decoder = DecoderConfig(embedDim: 32, depth: 1, numHeads: 2)
+        let m = try VisionTransformer(config: c)
+        m.initializeWeights(seed: 3)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("same-bytes-\(UUID())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let a = dir.appendingPathComponent("a.safetensors"), b = dir.appendingPathComponent("b.safetensors")
+        try m.save(to: a, metadata: ["method": "mae"])
+        try m.save(to: b, metadata: ["method": "mae"])
+        XCTAssertEqual(try Data(contentsOf: a), try Data(contentsOf: b))
+        let config = try XCTUnwrap(SafeTensors.read(contentsOf: a).metadata["config"])
+        assertSortedKeys(try JSONValue.parse(Data(config.utf8)), "config")
+    }
 }
+
+/// Fails unless every object in `value` lists its keys in sorted order.
+func assertSortedKeys(_ value: JSONValue, _ path: String, file: StaticString = #filePath, line: UInt = #line) {
+    switch value {
+    case .object(let object):
+        let keys = object.map(\.key)
+        XCTAssertEqual(keys, keys.sorted(), "keys of \(path)", file: file, line: line)
+        for (key, child) in object { assertSortedKeys(child, path + "." + key, file: file, line: line) }
+    case .array(let items):
+        for (i, child) in items.enumerated() { assertSortedKeys(child, "\(path)[\(i)]", file: file, line: line) }
+    default: break
+    }
+}
+

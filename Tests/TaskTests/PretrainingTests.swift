@@ -86,6 +86,11 @@ final class PretrainingTests: XCTestCase {
         XCTAssertEqual(a.order, b.order)
         XCTAssertTrue(a.order.contains("optim.exp_avg"))
         for name in a.order { XCTAssertEqual(a.tensors[name]!.bytes, b.tensors[name]!.bytes, name) }
+        // Whole files byte-identical too: sorted metadata JSON, no time stamp in the weights.
+        for pick in [\PretrainFiles.checkpoint, \PretrainFiles.backbone] {
+            XCTAssertEqual(try Data(contentsOf: PretrainFiles(dir: unbroken.outDir)[keyPath: pick]),
+                           try Data(contentsOf: PretrainFiles(dir: resumed.outDir)[keyPath: pick]))
+        }
         // The file on disk has epochs 1...4 once each.
         let lines = try String(contentsOf: PretrainFiles(dir: resumed.outDir).log, encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(lines.count, 4)

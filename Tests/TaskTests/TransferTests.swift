@@ -253,7 +253,8 @@ final class TransferTests: XCTestCase {
         let seed0 = try fakeRun(runs, checkpoint: "mae_shapes", method: "mae", role: "checkpoint", seed: 0, top1: 80)
         try fakeRun(runs, checkpoint: "mae_shapes", method: "mae", role: "checkpoint", seed: 1, top1: 82)
         let pretrain = PretrainMetrics(method: "mae", model: "m", data: "d", epochs: 1, final_loss: 0.5, losses: [0.5],
-                                       images_per_s: 1, seconds: 1, recipe: "r", seed: 0, batch_size: 8, checkpoint: "c", backbone: "b")
+                                       images_per_s: 1, seconds: 1, recipe: "r", seed: 0, batch_size: 8, checkpoint: "c", backbone: "b",
+                                       created: "2026-12-01T00:00:00Z")
         try FileManager.default.createDirectory(at: runs.appendingPathComponent("pt"), withIntermediateDirectories: true)
         try JSONEncoder().encode(pretrain).write(to: runs.appendingPathComponent("pt/metrics.json"))
         try writeReport(runs: runs, to: out)
