@@ -31,10 +31,10 @@ let package = Package(
         .target(name: "MAEKernels", dependencies: ["COpenBLAS"], swiftSettings: vectorISA),
         /// JSON values (ordered objects, exact numbers), a strict parser and a writer.
         .target(name: "MAEJSON"),
-        /// File formats: safetensors, PyTorch zip checkpoints (restricted unpickler).
+        /// File formats: safetensors, PyTorch zip checkpoints (restricted unpickler), key-rename rules.
         .target(name: "MAEFormats", dependencies: ["MAEJSON"]),
-        /// ViT, MAE decoder, heads, parameter tables, optimizers, checkpoint key mapping.
-        .target(name: "MAEModels", dependencies: ["MAEKernels", "MAEFormats"], swiftSettings: vectorISA),
+        /// ViT, MAE decoder, heads, the parameter table, architecture inference, checkpoint info and loading, optimizers.
+        .target(name: "MAEModels", dependencies: ["MAEKernels", "MAEFormats", "MAEJSON"], swiftSettings: vectorISA),
         /// COCO annotation/result JSON and the COCO mask API (RLE).
         .target(name: "MAECOCO", dependencies: ["MAEJSON", "MAEFormats"]),
         /// Image codecs, datasets, the Shapes generator, transforms, the loader.

@@ -62,14 +62,8 @@ public func loadVisionTransformer(from url: URL, options: LoadOptions = LoadOpti
     // The model is built from the architecture the weights were checked against, so every
     // parameter it has is in the checkpoint with its shape.
     let own = info.file.metadata["config"].flatMap { try? JSONDecoder().decode(ViTConfig.self, from: Data($0.utf8)) }
-    var config = ViTConfig(imgSize: grid * arch.patchSize, patchSize: arch.patchSize, inChans: arch.inChans,
-                           embedDim: arch.embedDim, depth: arch.depth, numHeads: heads, mlpHidden: arch.mlpHidden,
-                           numClasses: arch.numClasses, pooling: arch.pooling,
-                           decoder: arch.decoder.map {
-                               DecoderConfig(embedDim: $0.embedDim, depth: $0.depth, numHeads: $0.numHeads ?? 16,
-                                             mlpHidden: $0.mlpHidden)
-                           },
-                           normPixLoss: own?.normPixLoss ?? true, distilled: arch.distilled)
+    var config = arch.config(heads: heads)
+    config.normPixLoss = own?.normPixLoss ?? true
     let sourceGrid = grid
     if let size = options.imgSize { config.imgSize = size }
     if !options.keepDecoder, config.decoder != nil {

@@ -1,5 +1,13 @@
 import MAEFormats
 
+/// How the classifier pools tokens.
+public enum Pooling: String, Codable, CaseIterable, Sendable {
+    /// The cls token after the final `norm` (MAE's linear probe, timm's default).
+    case cls
+    /// The mean of the patch tokens, then `fc_norm` (MAE fine-tuning with global_pool).
+    case avg
+}
+
 /// The light transformer decoder MAE uses for pixel reconstruction.
 public struct DecoderConfig: Codable, Equatable, Sendable {
     public var embedDim: Int
@@ -84,6 +92,43 @@ public struct ViTConfig: Codable, Equatable, Sendable {
     /// Values per patch (P * P * C), the reconstruction target's width.
     public var patchDim: Int { patchSize * patchSize * inChans }
 
+    /// The model's parameters, named by MAE's checkpoint keys, in MAE's order: cls_token (and DeiT's
+    /// dist_token), pos_embed (fixed in MAE pretraining), patch_embed, the blocks, `norm` (cls pooling
+    /// or pretraining) or `fc_norm`, then the decoder and the head when configured. Allocates no
+    /// tensors: `VisionTransformer.init` allocates from it, and `CheckpointInfo` checks a checkpoint
+    /// against it, so the loader's check and the model agree. The head counts shape no parameter.
+    public func parameterLayout() -> ParameterLayout {
+        let d = embedDim, l = numPatches, pretraining = decoder != nil
+        var layout = ParameterLayout()
+        layout.add("cls_token", [1, 1, d])
+        if distilled { layout.add("dist_token", [1, 1, d]) }
+        // MAE pretraining keeps the sin-cos table fixed; fine-tuning learns it (timm / models_vit).
+        layout.add("pos_embed", [1, numPrefixTokens + l, d], trainable: !pretraining)
+        layout.add("patch_embed.proj.weight", [d, inChans, patchSize, patchSize])
+        layout.add("patch_embed.proj.bias", [d])
+        layout.addBlocks(prefix: "blocks", depth: depth, width: d, hidden: mlpHidden)
+        let norm = pooling == .cls || pretraining ? "norm" : "fc_norm"
+        layout.add("\(norm).weight", [d])
+        layout.add("\(norm).bias", [d])
+        if let dc = decoder {
+            let dd = dc.embedDim
+            layout.add("decoder_embed.weight", [dd, d])
+            layout.add("decoder_embed.bias", [dd])
+            layout.add("mask_token", [1, 1, dd])
+            layout.add("decoder_pos_embed", [1, 1 + l, dd], trainable: false)
+            layout.addBlocks(prefix: "decoder_blocks", depth: dc.depth, width: dd, hidden: dc.mlpHidden)
+            layout.add("decoder_norm.weight", [dd])
+            layout.add("decoder_norm.bias", [dd])
+            layout.add("decoder_pred.weight", [patchDim, dd])
+            layout.add("decoder_pred.bias", [patchDim])
+        }
+        if numClasses > 0 {
+            layout.add("head.weight", [numClasses, d])
+            layout.add("head.bias", [numClasses])
+        }
+        return layout
+    }
+
     /// Checks the shapes fit together; the message is one sentence for the user.
     public func validate() throws {
         func fail(_ s: String) -> ModelError { .invalidConfig(s) }
@@ -130,6 +175,10 @@ public enum ModelPreset: String, CaseIterable, Sendable {
         else { return nil }
         self = preset
     }
+
+    /// The released ViT sizes (MAE's and timm's factories, all but `shapes`): a checkpoint whose metadata
+    /// gives no head count takes the heads of the one with its width and depth.
+    public static let released: [ModelPreset] = [.tiny, .small, .base, .large, .huge]
 
     /// The encoder, without decoder or head, at 224 px (32 px for `shapes`).
     public var config: ViTConfig {

@@ -16,18 +16,27 @@ public struct ParameterSpec: Sendable {
 public struct ParameterLayout: Sendable {
     public private(set) var specs: [ParameterSpec] = []
     public private(set) var totalCount = 0
+    /// Position in `specs` of each name.
+    private var index: [String: Int] = [:]
 
     public init() {}
 
     /// Appends a parameter and returns its offset in the flat buffers.
     @discardableResult
     public mutating func add(_ name: String, _ shape: [Int], trainable: Bool = true) -> Int {
-        precondition(!specs.contains { $0.name == name }, "duplicate parameter \(name)")
+        precondition(index[name] == nil, "duplicate parameter \(name)")
         let spec = ParameterSpec(name: name, shape: shape, trainable: trainable, offset: totalCount)
+        index[name] = specs.count
         specs.append(spec)
         totalCount += spec.count
         return spec.offset
     }
+
+    /// The offset of parameter `name` in the flat buffers, nil when the layout has no such parameter.
+    public func offset(_ name: String) -> Int? { index[name].map { specs[$0].offset } }
+
+    /// Every parameter's name and shape, in layout order (what a checkpoint is checked against).
+    public var shapes: [(name: String, shape: [Int])] { specs.map { ($0.name, $0.shape) } }
 }
 
 /// Parameter values and their gradients, each one contiguous buffer laid out by a `ParameterLayout`.

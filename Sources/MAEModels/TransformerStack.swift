@@ -1,22 +1,33 @@
 import MAEKernels
 
+extension ParameterLayout {
+    /// Appends `depth` pre-norm transformer blocks, 12 tensors each: `PREFIX.{i}.norm1.weight`, ...
+    mutating func addBlocks(prefix: String, depth: Int, width d: Int, hidden: Int) {
+        for i in 0..<depth {
+            let p = "\(prefix).\(i)."
+            add(p + "norm1.weight", [d]); add(p + "norm1.bias", [d])
+            add(p + "attn.qkv.weight", [3 * d, d]); add(p + "attn.qkv.bias", [3 * d])
+            add(p + "attn.proj.weight", [d, d]); add(p + "attn.proj.bias", [d])
+            add(p + "norm2.weight", [d]); add(p + "norm2.bias", [d])
+            add(p + "mlp.fc1.weight", [hidden, d]); add(p + "mlp.fc1.bias", [hidden])
+            add(p + "mlp.fc2.weight", [d, hidden]); add(p + "mlp.fc2.bias", [d])
+        }
+    }
+}
+
 /// Offsets of one pre-norm transformer block's parameters (keys `PREFIX.{i}.norm1.weight`, ...).
 struct BlockParameters {
     let norm1W, norm1B, qkvW, qkvB, projW, projB, norm2W, norm2B, fc1W, fc1B, fc2W, fc2B: Int
 
-    init(_ layout: inout ParameterLayout, prefix: String, width d: Int, hidden: Int) {
-        norm1W = layout.add("\(prefix).norm1.weight", [d])
-        norm1B = layout.add("\(prefix).norm1.bias", [d])
-        qkvW = layout.add("\(prefix).attn.qkv.weight", [3 * d, d])
-        qkvB = layout.add("\(prefix).attn.qkv.bias", [3 * d])
-        projW = layout.add("\(prefix).attn.proj.weight", [d, d])
-        projB = layout.add("\(prefix).attn.proj.bias", [d])
-        norm2W = layout.add("\(prefix).norm2.weight", [d])
-        norm2B = layout.add("\(prefix).norm2.bias", [d])
-        fc1W = layout.add("\(prefix).mlp.fc1.weight", [hidden, d])
-        fc1B = layout.add("\(prefix).mlp.fc1.bias", [hidden])
-        fc2W = layout.add("\(prefix).mlp.fc2.weight", [d, hidden])
-        fc2B = layout.add("\(prefix).mlp.fc2.bias", [d])
+    /// Reads the offsets of block `prefix` (e.g. "blocks.3") from a layout made by `addBlocks`.
+    init(_ layout: ParameterLayout, prefix: String) {
+        let at = { (name: String) in layout.offset("\(prefix).\(name)")! }
+        norm1W = at("norm1.weight"); norm1B = at("norm1.bias")
+        qkvW = at("attn.qkv.weight"); qkvB = at("attn.qkv.bias")
+        projW = at("attn.proj.weight"); projB = at("attn.proj.bias")
+        norm2W = at("norm2.weight"); norm2B = at("norm2.bias")
+        fc1W = at("mlp.fc1.weight"); fc1B = at("mlp.fc1.bias")
+        fc2W = at("mlp.fc2.weight"); fc2B = at("mlp.fc2.bias")
     }
 }
 
@@ -57,8 +68,9 @@ final class TransformerStack {
     private var residuals: [Tensor] = []
     private var scratch: (dX: Tensor, dLn: Tensor, dBranch: Tensor, dAtt: Tensor, dQKV: Tensor, dH: Tensor, dG: Tensor)?
 
-    init(_ layout: inout ParameterLayout, prefix: String, depth: Int, width: Int, hidden: Int, heads: Int) {
-        blocks = (0..<depth).map { BlockParameters(&layout, prefix: "\(prefix).\($0)", width: width, hidden: hidden) }
+    /// The stack over the blocks `prefix.0` ..< `prefix.{depth}` of `layout` (see `addBlocks`).
+    init(_ layout: ParameterLayout, prefix: String, depth: Int, width: Int, hidden: Int, heads: Int) {
+        blocks = (0..<depth).map { BlockParameters(layout, prefix: "\(prefix).\($0)") }
         self.width = width
         self.hidden = hidden
         self.heads = heads

@@ -67,42 +67,27 @@ public final class VisionTransformer {
     public init(config: ViTConfig) throws {
         try config.validate()
         self.config = config
-        let d = config.embedDim, l = config.numPatches
-        var layout = ParameterLayout()
-        let pretraining = config.decoder != nil
-        clsToken = layout.add("cls_token", [1, 1, d])
-        distToken = config.distilled ? layout.add("dist_token", [1, 1, d]) : nil
-        // MAE pretraining keeps the sin-cos table fixed; fine-tuning learns it (timm / models_vit).
-        posEmbed = layout.add("pos_embed", [1, config.numPrefixTokens + l, d], trainable: !pretraining)
-        patchW = layout.add("patch_embed.proj.weight", [d, config.inChans, config.patchSize, config.patchSize])
-        patchB = layout.add("patch_embed.proj.bias", [d])
-        encoder = TransformerStack(&layout, prefix: "blocks", depth: config.depth, width: d,
+        let d = config.embedDim
+        let layout = config.parameterLayout()
+        let at = { (name: String) in layout.offset(name)! }
+        clsToken = at("cls_token")
+        distToken = layout.offset("dist_token")
+        posEmbed = at("pos_embed")
+        patchW = at("patch_embed.proj.weight")
+        patchB = at("patch_embed.proj.bias")
+        encoder = TransformerStack(layout, prefix: "blocks", depth: config.depth, width: d,
                                    hidden: config.mlpHidden, heads: config.numHeads)
-        if config.pooling == .cls || pretraining {
-            norm = (layout.add("norm.weight", [d]), layout.add("norm.bias", [d]))
-            fcNorm = nil
-        } else {
-            norm = nil
-            fcNorm = (layout.add("fc_norm.weight", [d]), layout.add("fc_norm.bias", [d]))
+        norm = layout.offset("norm.weight").map { ($0, at("norm.bias")) }
+        fcNorm = layout.offset("fc_norm.weight").map { ($0, at("fc_norm.bias")) }
+        decoder = config.decoder.map { dc in
+            Decoder(config: dc, embedW: at("decoder_embed.weight"), embedB: at("decoder_embed.bias"),
+                    maskToken: at("mask_token"), posEmbed: at("decoder_pos_embed"),
+                    stack: TransformerStack(layout, prefix: "decoder_blocks", depth: dc.depth, width: dc.embedDim,
+                                            hidden: dc.mlpHidden, heads: dc.numHeads),
+                    normW: at("decoder_norm.weight"), normB: at("decoder_norm.bias"),
+                    predW: at("decoder_pred.weight"), predB: at("decoder_pred.bias"))
         }
-        if let dc = config.decoder {
-            let dd = dc.embedDim
-            let embedW = layout.add("decoder_embed.weight", [dd, d])
-            let embedB = layout.add("decoder_embed.bias", [dd])
-            let maskToken = layout.add("mask_token", [1, 1, dd])
-            let pos = layout.add("decoder_pos_embed", [1, 1 + l, dd], trainable: false)
-            let stack = TransformerStack(&layout, prefix: "decoder_blocks", depth: dc.depth, width: dd,
-                                         hidden: dc.mlpHidden, heads: dc.numHeads)
-            let nW = layout.add("decoder_norm.weight", [dd]), nB = layout.add("decoder_norm.bias", [dd])
-            let pW = layout.add("decoder_pred.weight", [config.patchDim, dd])
-            let pB = layout.add("decoder_pred.bias", [config.patchDim])
-            decoder = Decoder(config: dc, embedW: embedW, embedB: embedB, maskToken: maskToken, posEmbed: pos,
-                              stack: stack, normW: nW, normB: nB, predW: pW, predB: pB)
-        } else {
-            decoder = nil
-        }
-        head = config.numClasses > 0
-            ? (layout.add("head.weight", [config.numClasses, d]), layout.add("head.bias", [config.numClasses])) : nil
+        head = layout.offset("head.weight").map { ($0, at("head.bias")) }
         try Self.checkParameterMemory(config, count: layout.totalCount)
         params = ParameterStore(layout: layout)
     }

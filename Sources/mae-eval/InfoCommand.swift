@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MAEFormats
+import MAEModels
 
 /// `mae-eval info CHECKPOINT`: what a checkpoint holds, without loading a model.
 struct Info: ParsableCommand {

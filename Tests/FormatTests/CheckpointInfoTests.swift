@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import MAEFormats
+import MAEModels
 import TestSupport
 
 final class CheckpointInfoTests: XCTestCase {

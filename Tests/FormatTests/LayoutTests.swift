@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import MAEFormats
+@testable import MAEModels
 import TestSupport
 
 final class LayoutTests: XCTestCase {
@@ -56,7 +57,7 @@ final class LayoutTests: XCTestCase {
             XCTAssertEqual(a.headsSource, .preset, c.name)
             XCTAssertNil(a.decoder, c.name)
             // Every canonical weight is there with its shape; only the known extras are left over.
-            let report = KeyReport(expected: canonicalParameterShapes(a), providedShapes: shapes)
+            let report = KeyReport(expected: a.parameterLayout.shapes, providedShapes: shapes)
             XCTAssertTrue(report.isComplete, "\(c.name): \(report.lines)")
             XCTAssertNil(report.refusal(), c.name)
         }
@@ -66,7 +67,7 @@ final class LayoutTests: XCTestCase {
         XCTAssertEqual(a.numPrefixTokens, 2)
         XCTAssertTrue(a.distilled)
         // dist_token is a backbone weight of a distilled model; only DeiT's distillation head is left over.
-        let report = KeyReport(expected: canonicalParameterShapes(a), providedShapes: distilled.weights)
+        let report = KeyReport(expected: a.parameterLayout.shapes, providedShapes: distilled.weights)
         XCTAssertEqual(report.unexpected, ["head_dist.bias", "head_dist.weight"])
         XCTAssertNil(report.refusal())
         // Without its dist_token it is still a distilled model, with a backbone weight missing.
@@ -75,7 +76,7 @@ final class LayoutTests: XCTestCase {
         noDist["head_dist.weight"] = nil
         let withoutDist = try inferArchitecture(shapes: noDist)
         XCTAssertTrue(withoutDist.distilled)
-        XCTAssertEqual(KeyReport(expected: canonicalParameterShapes(withoutDist), providedShapes: noDist).refusal(),
+        XCTAssertEqual(KeyReport(expected: withoutDist.parameterLayout.shapes, providedShapes: noDist).refusal(),
                        "refusing to load: 1 backbone weight is missing (dist_token), which would leave the backbone partly random")
     }
 
@@ -92,7 +93,7 @@ final class LayoutTests: XCTestCase {
         XCTAssertTrue(report.lines.contains("renamed head.1.weight -> head.weight (linear-probe head (Sequential[1] Linear) used as the classifier head)"))
         let arch = try inferArchitecture(shapes: weights)
         XCTAssertEqual(arch.numClasses, 1000)
-        XCTAssertEqual(KeyReport(expected: canonicalParameterShapes(arch), providedShapes: weights).unexpected,
+        XCTAssertEqual(KeyReport(expected: arch.parameterLayout.shapes, providedShapes: weights).unexpected,
                        ["head_bn.num_batches_tracked", "head_bn.running_mean", "head_bn.running_var"])
     }
 
@@ -109,7 +110,7 @@ final class LayoutTests: XCTestCase {
         let (weights, report) = canonicalize(try layout("timm:vit_base_patch16_clip_224").shapes)
         XCTAssertEqual(report.extras.map(\.key), ["norm_pre.bias", "norm_pre.weight"])
         let arch = try inferArchitecture(shapes: weights)
-        let keys = KeyReport(expected: canonicalParameterShapes(arch), providedShapes: weights)
+        let keys = KeyReport(expected: arch.parameterLayout.shapes, providedShapes: weights)
         XCTAssertEqual(keys.missing, ["patch_embed.proj.bias"])
         XCTAssertEqual(keys.refusal(), "refusing to load: 1 backbone weight is missing (patch_embed.proj.bias), " +
                        "which would leave the backbone partly random")
@@ -121,7 +122,7 @@ final class LayoutTests: XCTestCase {
         shapes["blocks.3.attn.qkv.weight"] = [576, 190]
         shapes["blocks.11.mlp.fc2.bias"] = nil
         shapes["head.weight"] = nil
-        let report = KeyReport(expected: canonicalParameterShapes(arch), providedShapes: shapes)
+        let report = KeyReport(expected: arch.parameterLayout.shapes, providedShapes: shapes)
         XCTAssertEqual(report.missing, ["blocks.11.mlp.fc2.bias", "head.weight"])
         XCTAssertEqual(report.misShaped.map(\.name), ["blocks.3.attn.qkv.weight"])
         XCTAssertEqual(report.lines[1], "2 missing: blocks.11.mlp.fc2.bias, head.weight")
@@ -130,7 +131,7 @@ final class LayoutTests: XCTestCase {
                        "1 backbone weight has the wrong shape (blocks.3.attn.qkv.weight is [576, 190], expected [576, 192]), " +
                        "which would leave the backbone partly random")
         // A missing head alone is fine: heads are trained anew.
-        let headless = KeyReport(expected: canonicalParameterShapes(arch),
+        let headless = KeyReport(expected: arch.parameterLayout.shapes,
                                  providedShapes: try layout("timm:vit_tiny_patch16_224").shapes.filter { !$0.key.hasPrefix("head") })
         XCTAssertNil(headless.refusal())
         XCTAssertEqual(headless.refusal(head: true), "refusing to load: 2 head weights are missing (head.weight, head.bias), " +
@@ -146,7 +147,7 @@ final class LayoutTests: XCTestCase {
         XCTAssertEqual([a.embedDim, a.depth, a.patchSize, a.gridSize, a.mlpHidden], [64, 2, 8, 4, 256])
         XCTAssertEqual(a.decoder, InferredDecoder(embedDim: 32, depth: 1, mlpHidden: 128, predDim: 192, numHeads: 4))
         XCTAssertEqual(detectLayout(Array(weights.keys)), .maePretrainWithDecoder)
-        XCTAssertEqual(KeyReport(expected: canonicalParameterShapes(a), provided: weights).lines, ["50 weights matched"])
+        XCTAssertEqual(KeyReport(expected: a.parameterLayout.shapes, provided: weights).lines, ["50 weights matched"])
         let noMetadata = try inferArchitecture(weights)
         XCTAssertNil(noMetadata.numHeads)
         XCTAssertEqual(noMetadata.headsSource, .unknown)

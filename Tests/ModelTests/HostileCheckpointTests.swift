@@ -179,13 +179,13 @@ final class HostileCheckpointTests: XCTestCase {
         XCTAssertEqual(NonFiniteCount(long), NonFiniteCount(nan: 1, infinite: 0, first: 100_002))
     }
 
-    /// The loader's model has exactly the parameters `canonicalParameterShapes` checks the file
+    /// The loader's model has exactly the parameters `InferredArchitecture.parameterLayout` checks the file
     /// against, so nothing the model holds can miss the check.
     func testTheCheckedParameterSetIsTheModelsParameterSet() throws {
         for (url, options) in [(maeShapes, LoadOptions(keepDecoder: true)), (supervisedShapes, LoadOptions(keepHead: true)),
                                (fixtureURL("mae_tiny.safetensors"), LoadOptions(keepDecoder: true))] {
             let loaded = try loadVisionTransformer(from: url, options: options)
-            let checked = canonicalParameterShapes(loaded.info.architecture)
+            let checked = loaded.info.architecture.parameterLayout.shapes
             XCTAssertEqual(checked.map(\.name).sorted(), loaded.model.params.specs.map(\.name).sorted(), url.lastPathComponent)
             for (name, shape) in checked { XCTAssertEqual(loaded.model.params.spec(name)?.shape, shape, name) }
         }

@@ -1,5 +1,6 @@
 import XCTest
 import MAEFormats
+import MAEModels
 import MAETasks
 import TestSupport
 

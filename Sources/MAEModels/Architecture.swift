@@ -1,13 +1,6 @@
 import Foundation
+import MAEFormats
 import MAEJSON
-
-/// How the classifier pools tokens.
-public enum Pooling: String, Codable, CaseIterable, Sendable {
-    /// The cls token after the final `norm` (MAE's linear probe, timm's default).
-    case cls
-    /// The mean of the patch tokens, then `fc_norm` (MAE fine-tuning with global_pool).
-    case avg
-}
 
 /// Where a head count came from.
 public enum HeadsSource: String, Sendable {
@@ -61,14 +54,6 @@ public struct InferredArchitecture: Sendable, Equatable {
         return s
     }
 }
-
-/// Standard ViT presets (width, depth) -> heads: ViT-Ti/S/B/L/H.
-public let vitHeadPresets: [(width: Int, depth: Int, heads: Int, name: String)] = [
-    (192, 12, 3, "ViT-Ti"), (384, 12, 6, "ViT-S"), (768, 12, 12, "ViT-B"), (1024, 24, 16, "ViT-L"), (1280, 32, 16, "ViT-H"),
-]
-
-/// MAE's decoder (512 wide, 16 heads) for every released model.
-public let maeDecoderHeadPresets: [(width: Int, heads: Int)] = [(512, 16)]
 
 /// Infers the architecture from canonical weights (see `canonicalize`). `metadata` is a safetensors
 /// `__metadata__`: its `config` JSON (as mae-eval writes it, or flat reference keys) supplies head
@@ -139,12 +124,12 @@ public func inferArchitecture(shapes w: [String: [Int]], metadata: [String: Stri
             firstInt($0, ["dheads", "decoder_num_heads", "decoderHeads", "decoder_heads"])
                 ?? $0["decoder"].flatMap { firstInt($0, ["numHeads", "num_heads", "heads"]) }
         }
-    } else if let preset = vitHeadPresets.first(where: { $0.width == dim && $0.depth == depth }) {
-        arch.numHeads = preset.heads
+    } else if let preset = ModelPreset.released.first(where: { $0.config.embedDim == dim && $0.config.depth == depth }) {
+        arch.numHeads = preset.config.numHeads
         arch.headsSource = .preset
     }
     if let d = arch.decoder, d.numHeads == nil {
-        arch.decoder?.numHeads = maeDecoderHeadPresets.first { $0.width == d.embedDim }?.heads
+        arch.decoder?.numHeads = ModelPreset.released.map(\.decoder).first { $0.embedDim == d.embedDim }?.numHeads
     }
     return arch
 }
@@ -168,41 +153,20 @@ private func firstInt(_ json: JSONValue, _ keys: [String]) -> Int? {
     return nil
 }
 
-/// The canonical parameter names and shapes of `arch` (decoder included when it has one), in MAE's
-/// order: exactly the parameters `VisionTransformer` builds for the matching config (cls_token and
-/// pos_embed always; `norm` for cls pooling, which a model with a decoder has, else `fc_norm`).
-public func canonicalParameterShapes(_ arch: InferredArchitecture) -> [(name: String, shape: [Int])] {
-    let d = arch.embedDim, p = arch.patchSize
-    var out: [(String, [Int])] = []
-    func block(_ prefix: String, _ d: Int, _ hidden: Int) {
-        out += [("\(prefix)norm1.weight", [d]), ("\(prefix)norm1.bias", [d]),
-                ("\(prefix)attn.qkv.weight", [3 * d, d]), ("\(prefix)attn.qkv.bias", [3 * d]),
-                ("\(prefix)attn.proj.weight", [d, d]), ("\(prefix)attn.proj.bias", [d]),
-                ("\(prefix)norm2.weight", [d]), ("\(prefix)norm2.bias", [d]),
-                ("\(prefix)mlp.fc1.weight", [hidden, d]), ("\(prefix)mlp.fc1.bias", [hidden]),
-                ("\(prefix)mlp.fc2.weight", [d, hidden]), ("\(prefix)mlp.fc2.bias", [d])]
+extension InferredArchitecture {
+    /// The model these weights describe, with `heads` encoder heads, at the pos_embed grid's image
+    /// size (0 without a grid); the decoder keeps its inferred head count, else MAE's.
+    public func config(heads: Int) -> ViTConfig {
+        ViTConfig(imgSize: (gridSize ?? 0) * patchSize, patchSize: patchSize, inChans: inChans, embedDim: embedDim,
+                  depth: depth, numHeads: heads, mlpHidden: mlpHidden, numClasses: numClasses, pooling: pooling,
+                  decoder: decoder.map {
+                      DecoderConfig(embedDim: $0.embedDim, depth: $0.depth, numHeads: $0.numHeads ?? DecoderConfig.mae.numHeads,
+                                    mlpHidden: $0.mlpHidden)
+                  },
+                  distilled: distilled)
     }
-    let patches = arch.gridSize.map { $0 * $0 } ?? 0
-    out.append(("cls_token", [1, 1, d]))
-    if arch.distilled { out.append(("dist_token", [1, 1, d])) }
-    out.append(("pos_embed", [1, arch.numPrefixTokens + patches, d]))
-    out += [("patch_embed.proj.weight", [d, arch.inChans, p, p]), ("patch_embed.proj.bias", [d])]
-    for i in 0..<arch.depth { block("blocks.\(i).", d, arch.mlpHidden) }
-    let norm = arch.pooling == .cls ? "norm" : "fc_norm"
-    out += [("\(norm).weight", [d]), ("\(norm).bias", [d])]
-    if arch.numClasses > 0 { out += [("head.weight", [arch.numClasses, d]), ("head.bias", [arch.numClasses])] }
-    if let dec = arch.decoder {
-        let dd = dec.embedDim
-        out += [("mask_token", [1, 1, dd]), ("decoder_pos_embed", [1, 1 + patches, dd]),
-                ("decoder_embed.weight", [dd, d]), ("decoder_embed.bias", [dd])]
-        for j in 0..<dec.depth { block("decoder_blocks.\(j).", dd, dec.mlpHidden) }
-        out += [("decoder_norm.weight", [dd]), ("decoder_norm.bias", [dd]),
-                ("decoder_pred.weight", [dec.predDim, dd]), ("decoder_pred.bias", [dec.predDim])]
-    }
-    return out
-}
 
-/// Number of elements over all tensors (the parameter count of a state dict).
-public func parameterCount(_ w: [String: StoredTensor]) -> Int {
-    w.values.reduce(0) { $0 + $1.count }
+    /// The parameters a model of this architecture has (decoder and head included when the weights
+    /// have them), as `ViTConfig.parameterLayout()` lists them; no head count shapes one.
+    public var parameterLayout: ParameterLayout { config(heads: numHeads ?? 1).parameterLayout() }
 }

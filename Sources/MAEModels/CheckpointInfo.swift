@@ -1,4 +1,5 @@
 import Foundation
+import MAEFormats
 
 /// Everything `mae-eval info` says about a checkpoint, gathered without loading a model.
 public struct CheckpointInfo {
@@ -30,7 +31,7 @@ public struct CheckpointInfo {
         let (weights, report) = canonicalize(file.tensors)
         canonical = report
         architecture = try inferArchitecture(weights, metadata: file.metadata, source: file.source)
-        keys = KeyReport(expected: canonicalParameterShapes(architecture), provided: weights)
+        keys = KeyReport(expected: architecture.parameterLayout.shapes, provided: weights)
         let used = Set(keys.matched)
         parameters = parameterCount(weights.filter { used.contains($0.key) })
         decoderParameters = parameterCount(weights.filter { used.contains($0.key) && isDecoderWeight($0.key) })
@@ -132,15 +133,15 @@ public struct CheckpointInfo {
     }
 }
 
-/// Keys of MAE's reconstruction decoder.
-public func isDecoderWeight(_ name: String) -> Bool {
-    name.hasPrefix("decoder_") || name == "mask_token"
-}
-
 /// 86567656 -> "86,567,656 (86.6 M)".
 private func grouped(_ n: Int) -> String {
     var digits = String(n)
     var i = digits.count - 3
     while i > 0 { digits.insert(",", at: digits.index(digits.startIndex, offsetBy: i)); i -= 3 }
     return n >= 1_000_000 ? "\(digits) (\(String(format: "%.1f", Double(n) / 1e6)) M)" : digits
+}
+
+/// Number of elements over all tensors (the parameter count of a state dict).
+private func parameterCount(_ w: [String: StoredTensor]) -> Int {
+    w.values.reduce(0) { $0 + $1.count }
 }
