@@ -104,6 +104,21 @@ final class HostileCheckpointTests: XCTestCase {
         XCTAssertThrowsError(try loadVisionTransformer(from: url)) { XCTAssertEqual("\($0)", "\(url.path): \(reason).") }
     }
 
+    /// The decoder is checked against the model's table: a decoder_pred for another patch size is
+    /// mis-shaped for `info` and refused by the load that keeps the decoder, in the same sentence.
+    func testDecoderPredictionOfAnotherPatchSizeIsRefusedWhenTheDecoderIsKept() throws {
+        let url = try hostile(maeShapes) { tensors in
+            for (name, shape) in [("decoder_pred.weight", [40, 64]), ("decoder_pred.bias", [40])] {
+                let i = tensors.firstIndex { $0.0 == name }!
+                tensors[i].1 = StoredTensor(shape: shape, floats: [Float](repeating: 0, count: shape.reduce(1, *)))
+            }
+        }
+        XCTAssertNoThrow(try loadVisionTransformer(from: url))
+        try assertRefused(url, "refusing to load: 2 decoder weights have the wrong shape (decoder_pred.weight is [40, 64], " +
+                          "expected [48, 64], decoder_pred.bias is [40], expected [48]), which would leave the decoder " +
+                          "partly random", options: LoadOptions(keepDecoder: true))
+    }
+
     func testDecoderAndHeadAreNeededOnlyWhenKept() throws {
         let url = try dropping(maeShapes) { $0.hasPrefix("decoder_blocks.1.") }
         let backbone = try loadVisionTransformer(from: url)
