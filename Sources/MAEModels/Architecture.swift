@@ -14,7 +14,7 @@ public struct InferredDecoder: Sendable, Equatable {
     public var embedDim: Int
     public var depth: Int
     public var mlpHidden: Int
-    /// Output features per patch (P * P * C).
+    /// Output features per patch as decoder_pred.weight has them (the model's are P * P * C).
     public var predDim: Int
     public var numHeads: Int?
 }
