@@ -231,6 +231,19 @@ final class CommandLineTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + ".png"))
     }
 
+    /// The command line holds no library code: no image codec and no metric is reached but through the libraries.
+    func testCLISourcesImportNeitherCPNGNorMAEMetrics() throws {
+        let sources = repoRoot.appendingPathComponent("Sources/mae-eval")
+        let files = try XCTUnwrap(FileManager.default.enumerator(at: sources, includingPropertiesForKeys: nil))
+            .compactMap { $0 as? URL }.filter { $0.pathExtension == "swift" }
+        XCTAssertGreaterThan(files.count, 10, "the CLI sources are found under \(sources.path)")
+        for file in files {
+            let imports = try String(contentsOf: file, encoding: .utf8).split(separator: "\n")
+                .filter { $0.hasPrefix("import ") }.map { $0.dropFirst(7).trimmingCharacters(in: .whitespaces) }
+            XCTAssertFalse(imports.contains("CPNG") || imports.contains("MAEMetrics"), "\(file.lastPathComponent) imports \(imports)")
+        }
+    }
+
     func testMessagesNameTheValue() throws {
         try assertOneSentenceFailure(["finetune", "--epochs", "-1"], mentions: "--epochs must be positive")
         try assertOneSentenceFailure(["extract", "--checkpoint", "c", "--data", "d", "--out", "o", "--batch-size", "-4"],
