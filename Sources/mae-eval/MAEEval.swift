@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import MAEFormats
 import MAETasks
 
 /// The `mae-eval` command line: each subcommand parses its flags and makes one library call.
@@ -34,7 +33,8 @@ struct MAEEval: ParsableCommand {
         ])
 
     /// Like ArgumentParser's default, but a bad flag or value gets its one-sentence message on
-    /// standard error (no usage dump) and exit status 1; help and version still print in full.
+    /// standard error (no usage dump) and exit status 1; help and version still print in full. A
+    /// command's own failures are already on standard error (`runCLI`) and arrive here as the exit code.
     static func main() {
         let arguments = joiningNegativeNumbers(Array(CommandLine.arguments.dropFirst()))
         if let problem = unknownSubcommand(in: arguments) {
@@ -50,7 +50,7 @@ struct MAEEval: ParsableCommand {
                 print(fullMessage(for: error))
                 Foundation.exit(0)
             }
-            let message = (describeSystemError(error) ?? self.message(for: error))
+            let message = self.message(for: error)
                 .split(separator: "\n").first.map(String.init) ?? ""
             if !message.isEmpty {
                 let text = message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message
