@@ -54,10 +54,20 @@ struct MAEEval: ParsableCommand {
                 .split(separator: "\n").first.map(String.init) ?? ""
             if !message.isEmpty {
                 let text = message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message
-                FileHandle.standardError.write(Data("error: \(text)\n".utf8))
+                FileHandle.standardError.write(Data("error: \(oneSentence(text))\n".utf8))
             }
             Foundation.exit(code == .validationFailure ? 1 : code.rawValue)
         }
+    }
+
+    /// ArgumentParser's two sentences for a word an enum flag does not take ("The value 'x' is invalid for
+    /// '--mode <mode>'. Please provide one of 'a' and 'b'.") as the project's one: "--mode must be a or b,
+    /// not 'x'."; any other message as it is.
+    static func oneSentence(_ message: String) -> String {
+        let pattern = #/The value '(?<value>.*)' is invalid for '(?<flag>-[^ ']+)[^']*'\. Please provide one of (?<values>.+)\./#
+        guard let m = message.wholeMatch(of: pattern) else { return message }
+        let values = m.values.replacingOccurrences(of: "'", with: "").replacingOccurrences(of: " and ", with: " or ")
+        return "\(m.flag) must be \(values), not '\(m.value)'."
     }
 
     /// `--epochs -1` as `--epochs=-1`: ArgumentParser takes a word starting with a dash for an option

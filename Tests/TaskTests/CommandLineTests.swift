@@ -179,6 +179,18 @@ final class CommandLineTests: XCTestCase {
         try assertOneSentenceFailure(["bench", "--mode", "sideways"], mentions: "--mode")
     }
 
+    /// Enum flags parse into the library's enums; another word is one sentence listing the values.
+    func testEnumFlagsRefuseOtherWordsInOneSentence() throws {
+        try assertOneSentenceFailure(["bench", "--mode", "sideways"], mentions: "error: --mode must be forward, train or pretrain, not 'sideways'.")
+        try assertOneSentenceFailure(["extract", "--checkpoint", "c", "--data", "d", "--out", "o", "--pool", "max"],
+                                     mentions: "error: --pool must be cls or avg, not 'max'.")
+        try assertOneSentenceFailure(["linprobe", "--mode", "frozen"], mentions: "error: --mode must be cached or augmented, not 'frozen'.")
+        try assertOneSentenceFailure(["pretrain", "--method", "dino", "--out-dir", "never"],
+                                     mentions: "error: --method must be mae or supervised, not 'dino'.")
+        try assertOneSentenceFailure(["coco-eval", "--gt", "g", "--dt", "d", "--iou-type", "keypoints"],
+                                     mentions: "error: --iou-type must be bbox or segm, not 'keypoints'.")
+    }
+
     func testBenchPrintsOneJSONLine() throws {
         let (status, out, _) = try run(["bench", "--model", "vit_shapes_patch4", "--img-size", "32", "--batch-size", "2",
                                         "--mode", "pretrain", "--iters", "1", "--threads", "1"])
