@@ -42,10 +42,11 @@ let package = Package(
         /// Evaluation metrics: COCO AP (bbox, segm), semantic-segmentation mIoU.
         .target(name: "MAEMetrics", dependencies: ["MAECOCO", "MAEJSON"]),
         /// Benchmarks, pretraining, probes, fine-tuning, reports: one function per CLI command.
-        .target(name: "MAETasks", dependencies: ["MAEModels", "MAEData", "MAEMetrics", "MAEFormats",
+        .target(name: "MAETasks", dependencies: ["MAEModels", "MAEData", "MAEMetrics", "MAEFormats", "MAEJSON",
                                                 .product(name: "Yams", package: "Yams")]),
+        /// The command line: each command parses its flags into the libraries' values and makes one call.
         .executableTarget(name: "mae-eval", dependencies: [
-            "MAETasks", "MAEModels", "MAEData", "MAEMetrics", "MAEFormats", "MAECOCO", "CPNG",
+            "MAETasks", "MAEData", "MAEFormats",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

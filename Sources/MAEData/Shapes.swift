@@ -28,6 +28,45 @@ public struct ShapesCounts: Codable, Sendable, Equatable {
                                               scenesTrain: 400, scenesVal: 200)
 }
 
+extension ShapesCounts {
+    /// These counts with the splits named in `items` replaced; each item is `SPLIT=N` (`--count`),
+    /// SPLIT one of pretrain, supervised, train, val, scenes_train, scenes_val and N >= 0.
+    public func setting(_ items: [String]) throws -> ShapesCounts {
+        var counts = self
+        for item in items {
+            let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let n = Int(parts[1]), n >= 0 else {
+                throw DataError(path: "--count \(item)", "expected SPLIT=N with N >= 0")
+            }
+            switch parts[0] {
+            case "pretrain": counts.pretrain = n
+            case "supervised": counts.supervised = n
+            case "train": counts.train = n
+            case "val": counts.val = n
+            case "scenes_train": counts.scenesTrain = n
+            case "scenes_val": counts.scenesVal = n
+            default: throw DataError(path: "--count \(item)", "unknown split \(parts[0])")
+            }
+        }
+        return counts
+    }
+}
+
+/// `mae-eval data shapes`: where and how the Shapes dataset is generated.
+public struct ShapesOptions: Sendable {
+    public var root: URL
+    /// Side of the classification images in pixels, 8...1024.
+    public var size = 32
+    /// Side of the scene images, 16...2048; nil: twice `size`.
+    public var sceneSize: Int?
+    public var seed: UInt64 = 0
+    public var counts = ShapesCounts.standard
+    /// Regenerate even when an identical manifest is there.
+    public var force = false
+
+    public init(root: URL) { self.root = root }
+}
+
 /// Where each split of a generated Shapes dataset lives.
 public struct ShapesPaths: Sendable {
     public var root: URL
@@ -127,6 +166,14 @@ public enum ShapesDataset {
             return paths
         }
         return try generate(to: root, size: size, seed: seed, counts: counts, sceneSize: sceneSize)
+    }
+
+    /// The dataset `o` describes: generated afresh with `o.force`, else only when its manifest differs.
+    @discardableResult
+    public static func make(_ o: ShapesOptions) throws -> ShapesPaths {
+        o.force
+            ? try generate(to: o.root, size: o.size, seed: o.seed, counts: o.counts, sceneSize: o.sceneSize)
+            : try ensure(at: o.root, size: o.size, seed: o.seed, counts: o.counts, sceneSize: o.sceneSize)
     }
 
     // MARK: - Splits

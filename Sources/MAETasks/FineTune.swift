@@ -141,7 +141,6 @@ public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
         }
         for seed in spec.seeds {
             let run = try fineTuneOne(spec: spec, backbone: backbone, data: data, seed: seed, o: o)
-            print(run.dir.path)
             runs.append(run)
         }
     }

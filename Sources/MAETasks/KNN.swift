@@ -126,7 +126,6 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
         try run.writeConfig(command: "knn", spec: spec, resolved: ["k": Double(k), "temperature": Double(t)], backbone: backbone,
                             seed: seed, data: data, extra: ["variant": variant, "feature": feature.describe(backbone.model)])
         say("\(backbone.stem): kNN val top-1 \(String(format: "%.2f", score.top1))%", o.common.verbose)
-        print(run.dir.path)
         runs.append(run)
     }
     if let report = o.common.report { try writeReport(runs: o.common.outDir, to: report) }

@@ -4,11 +4,19 @@ import MAEKernels
 import MAEFormats
 import MAEModels
 
+/// How `mae-eval linprobe` trains its head (`--mode`).
+public enum LinearProbeMode: String, CaseIterable, Sendable {
+    /// Features extracted once, a grid of heads trained on them at once (the Shapes task's default).
+    case cached
+    /// MAE's main_linprobe.py: augmented images through the frozen backbone every epoch.
+    case augmented
+}
+
 /// `mae-eval linprobe` options beyond the shared ones.
 public struct LinearProbeOptions: Sendable {
     public var common = TransferOptions()
     /// `cached` (default of the Shapes task) or `augmented` (MAE's protocol); nil: the task's.
-    public var mode: String?
+    public var mode: LinearProbeMode?
     /// nil: the task's head.pooling.
     public var pooling: Pooling?
     /// nil: the task's head.last_blocks (1).
@@ -25,7 +33,7 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
     guard spec.evaluation == .linprobe else {
         throw TaskError.badArgument("task \(spec.name) is a \(spec.evaluation.rawValue) task, not a linprobe task")
     }
-    let mode = o.mode ?? spec.recipe.mode ?? "cached"
+    let mode = o.mode?.rawValue ?? spec.recipe.mode ?? "cached"
     guard ["cached", "augmented"].contains(mode) else { throw TaskError.badArgument("--mode must be cached or augmented, not '\(mode)'") }
     if mode == "augmented" && spec.recipe.augmented == nil {
         throw TaskError.badArgument("task \(spec.name) has no recipe.augmented section for --mode augmented")
@@ -51,7 +59,6 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
             let run = mode == "cached"
                 ? try cachedProbe(spec: spec, backbone: backbone, feature: feature, data: data, seed: seed, o: o)
                 : try augmentedProbe(spec: spec, backbone: backbone, feature: feature, data: data, seed: seed, o: o)
-            print(run.dir.path)
             runs.append(run)
         }
     }

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import MAEFormats
 import MAETasks
 
 /// The `mae-eval` command line: each subcommand parses its flags and makes one library call.
@@ -34,7 +33,8 @@ struct MAEEval: ParsableCommand {
         ])
 
     /// Like ArgumentParser's default, but a bad flag or value gets its one-sentence message on
-    /// standard error (no usage dump) and exit status 1; help and version still print in full.
+    /// standard error (no usage dump) and exit status 1; help and version still print in full. A
+    /// command's own failures are already on standard error (`runCLI`) and arrive here as the exit code.
     static func main() {
         let arguments = joiningNegativeNumbers(Array(CommandLine.arguments.dropFirst()))
         if let problem = unknownSubcommand(in: arguments) {
@@ -50,14 +50,24 @@ struct MAEEval: ParsableCommand {
                 print(fullMessage(for: error))
                 Foundation.exit(0)
             }
-            let message = (describeSystemError(error) ?? self.message(for: error))
+            let message = self.message(for: error)
                 .split(separator: "\n").first.map(String.init) ?? ""
             if !message.isEmpty {
                 let text = message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message
-                FileHandle.standardError.write(Data("error: \(text)\n".utf8))
+                FileHandle.standardError.write(Data("error: \(oneSentence(text))\n".utf8))
             }
             Foundation.exit(code == .validationFailure ? 1 : code.rawValue)
         }
+    }
+
+    /// ArgumentParser's two sentences for a word an enum flag does not take ("The value 'x' is invalid for
+    /// '--mode <mode>'. Please provide one of 'a' and 'b'.") as the project's one: "--mode must be a or b,
+    /// not 'x'."; any other message as it is.
+    static func oneSentence(_ message: String) -> String {
+        let pattern = #/The value '(?<value>.*)' is invalid for '(?<flag>-[^ ']+)[^']*'\. Please provide one of (?<values>.+)\./#
+        guard let m = message.wholeMatch(of: pattern) else { return message }
+        let values = m.values.replacingOccurrences(of: "'", with: "").replacingOccurrences(of: " and ", with: " or ")
+        return "\(m.flag) must be \(values), not '\(m.value)'."
     }
 
     /// `--epochs -1` as `--epochs=-1`: ArgumentParser takes a word starting with a dash for an option

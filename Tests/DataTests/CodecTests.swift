@@ -25,6 +25,37 @@ final class CodecTests: XCTestCase {
         }
     }
 
+    /// The one label-map decoder (seg-eval's and the dense datasets') on every PNG kind a label map
+    /// comes in (scripts/make_labelmap_fixtures.py): gray 4/8/16-bit, palette, gray + alpha 8/16-bit and
+    /// a gray tRNS give numpy's values; RGB and RGBA are refused naming the file.
+    func testEveryLabelMapKindMatchesNumpy() throws {
+        let folder = Fixtures.url("labelmaps")
+        let expected = try XCTUnwrap(try JSONSerialization.jsonObject(
+            with: Data(contentsOf: folder.appendingPathComponent("expected.json"))) as? [String: Any])
+        XCTAssertEqual(expected.count, 9, "every kind is checked")
+        for (name, value) in expected.sorted(by: { $0.key < $1.key }) {
+            let url = folder.appendingPathComponent(name)
+            guard let c = value as? [String: Any] else {
+                XCTAssertThrowsError(try LabelMapCodec.read(contentsOf: url), name) { error in
+                    XCTAssertEqual("\(error)", "\(url.path): is an RGB PNG, but a label map must be a gray or palette PNG")
+                }
+                continue
+            }
+            let map = try LabelMapCodec.read(contentsOf: url)
+            XCTAssertEqual(map.width, c["width"] as? Int, name)
+            XCTAssertEqual(map.height, c["height"] as? Int, name)
+            let numpy = try XCTUnwrap(c["labels"] as? [Int], name).map(Int32.init)
+            if name == "gray_alpha16.png" {
+                // libpng reduces 16-bit gray + alpha to 8 bits by rounding (v / 257), PIL keeps the high byte.
+                XCTAssertEqual(map.labels.count, numpy.count, name)
+                let worst = zip(map.labels, numpy).map { abs($0 - $1) }.max() ?? 0
+                XCTAssertLessThanOrEqual(worst, 1, "\(name): \(map.labels) vs \(numpy)")
+            } else {
+                XCTAssertEqual(map.labels, numpy, name)
+            }
+        }
+    }
+
     func testBrokenFilesThrowErrorsNamingTheFile() throws {
         for name in try Fixtures.index()["errors"] as! [String] {
             XCTAssertThrowsError(try ImageCodec.decode(contentsOf: Fixtures.url(name)), name) { error in

@@ -1,4 +1,5 @@
 import XCTest
+import MAEData
 import MAEKernels
 import MAETasks
 import TestSupport
@@ -118,6 +119,33 @@ final class CommandLineTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: work.appendingPathComponent("r.md").path))
     }
 
+    /// seg-eval reads label maps through MAEData's decoder (8- and 16-bit gray), prints mmseg's numbers,
+    /// writes --out, and refuses an RGB prediction in one sentence naming it.
+    func testSegEvalScoresLabelMapsAndRefusesRGB() throws {
+        let work = try temporaryFolder()
+        let gt = work.appendingPathComponent("gt"), pred = work.appendingPathComponent("pred")
+        for folder in [gt, pred] { try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true) }
+        try LabelMapCodec.writePNG(LabelMap(width: 2, height: 2, labels: [0, 1, 1, 2]), to: gt.appendingPathComponent("a.png"))
+        try LabelMapCodec.writePNG(LabelMap(width: 2, height: 2, labels: [0, 1, 2, 2]), to: pred.appendingPathComponent("a.png"))
+        // 16-bit maps: 300 is outside 0..<3, so that ground-truth pixel counts in no class but is labelled.
+        try LabelMapCodec.writePNG(LabelMap(width: 1, height: 2, labels: [300, 2]), to: gt.appendingPathComponent("b.png"))
+        try LabelMapCodec.writePNG(LabelMap(width: 1, height: 2, labels: [0, 2]), to: pred.appendingPathComponent("b.png"))
+        let out = work.appendingPathComponent("m.json")
+        let (status, text, err) = try run(["seg-eval", "--gt", gt.path, "--pred", pred.path, "--num-classes", "3",
+                                           "--out", out.path])
+        XCTAssertEqual(status, 0, err)
+        let lines = text.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.first, "2 label maps")
+        // IoU: class 0 1/2 (the 300 pixel is predicted 0), class 1 1/2, class 2 2/3; Acc 1/1, 1/2, 2/2;
+        // aAcc: 4 right of the 5 pixels whose label is a class.
+        XCTAssertEqual(lines.last, "aAcc 80.00  mIoU 55.56  mAcc 83.33", text)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: out)) as? [String: Any])
+        XCTAssertEqual(try XCTUnwrap(json["mIoU"] as? Double), 55.556, accuracy: 0.001)
+        try ImageCodec.writePNG(RGBImage(width: 2, height: 2), to: pred.appendingPathComponent("a.png"))
+        try assertOneSentenceFailure(["seg-eval", "--gt", gt.path, "--pred", pred.path, "--num-classes", "3"],
+                                     mentions: "\(pred.appendingPathComponent("a.png").path): is an RGB PNG")
+    }
+
     /// A grid point that diverges is recorded as such (not as a NaN loss, which JSON cannot hold) and
     /// never chosen; the run still succeeds on the points that converged.
     func testLinprobeRecordsADivergedGridPointWithoutChoosingIt() throws {
@@ -149,6 +177,18 @@ final class CommandLineTests: XCTestCase {
         try assertOneSentenceFailure(["bench", "--model", "vit_tiny_patch16", "--img-size", "225", "--iters", "1"],
                                      mentions: "divisible")
         try assertOneSentenceFailure(["bench", "--mode", "sideways"], mentions: "--mode")
+    }
+
+    /// Enum flags parse into the library's enums; another word is one sentence listing the values.
+    func testEnumFlagsRefuseOtherWordsInOneSentence() throws {
+        try assertOneSentenceFailure(["bench", "--mode", "sideways"], mentions: "error: --mode must be forward, train or pretrain, not 'sideways'.")
+        try assertOneSentenceFailure(["extract", "--checkpoint", "c", "--data", "d", "--out", "o", "--pool", "max"],
+                                     mentions: "error: --pool must be cls or avg, not 'max'.")
+        try assertOneSentenceFailure(["linprobe", "--mode", "frozen"], mentions: "error: --mode must be cached or augmented, not 'frozen'.")
+        try assertOneSentenceFailure(["pretrain", "--method", "dino", "--out-dir", "never"],
+                                     mentions: "error: --method must be mae or supervised, not 'dino'.")
+        try assertOneSentenceFailure(["coco-eval", "--gt", "g", "--dt", "d", "--iou-type", "keypoints"],
+                                     mentions: "error: --iou-type must be bbox or segm, not 'keypoints'.")
     }
 
     func testBenchPrintsOneJSONLine() throws {
@@ -229,6 +269,19 @@ final class CommandLineTests: XCTestCase {
         try assertOneSentenceFailure(["visualize", "--checkpoint", ckpt, "--data", images, "--out", out + ".png",
                                       "--img-size", "36"], mentions: "not divisible by patch size 8.")
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + ".png"))
+    }
+
+    /// The command line holds no library code: no image codec and no metric is reached but through the libraries.
+    func testCLISourcesImportNeitherCPNGNorMAEMetrics() throws {
+        let sources = repoRoot.appendingPathComponent("Sources/mae-eval")
+        let files = try XCTUnwrap(FileManager.default.enumerator(at: sources, includingPropertiesForKeys: nil))
+            .compactMap { $0 as? URL }.filter { $0.pathExtension == "swift" }
+        XCTAssertGreaterThan(files.count, 10, "the CLI sources are found under \(sources.path)")
+        for file in files {
+            let imports = try String(contentsOf: file, encoding: .utf8).split(separator: "\n")
+                .filter { $0.hasPrefix("import ") }.map { $0.dropFirst(7).trimmingCharacters(in: .whitespaces) }
+            XCTAssertFalse(imports.contains("CPNG") || imports.contains("MAEMetrics"), "\(file.lastPathComponent) imports \(imports)")
+        }
     }
 
     func testMessagesNameTheValue() throws {

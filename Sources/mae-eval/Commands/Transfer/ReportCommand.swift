@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import MAETasks
 
-struct Report: ParsableCommand {
+struct Report: LibraryCommand {
     static let configuration = CommandConfiguration(
         abstract: "Collect classification-transfer runs into a markdown report.",
         discussion: """
@@ -13,15 +13,14 @@ struct Report: ParsableCommand {
             """)
 
     @Option(help: "Folder of run folders (relative to the current folder).")
-    var runs = TransferOptions.defaultRunsPath
+    var runs = URL(fileURLWithPath: TransferOptions.defaultRunsPath)
     @Option(help: "Markdown file to write (for the default --runs: ./Reports/classification.md, the committed report from the repository root).")
-    var out = TransferOptions.defaultReportPath(runs: TransferOptions.defaultRunsPath)
+    var out = URL(fileURLWithPath: TransferOptions.defaultReportPath(runs: TransferOptions.defaultRunsPath))
 
-    func run() throws {
-        try runCLI {
-            try prepareReportOutput(URL(fileURLWithPath: out), flag: "--out")
-            try writeReport(runs: URL(fileURLWithPath: runs), to: URL(fileURLWithPath: out))
-        }
-        print(out)
+    func call() throws -> [String] {
+        // --out is checked before the runs are read (writeReport's own check names "the report").
+        try prepareReportOutput(out, flag: "--out")
+        try writeReport(runs: runs, to: out)
+        return [out.relativePath]
     }
 }

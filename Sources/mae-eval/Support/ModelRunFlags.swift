@@ -10,10 +10,4 @@ struct ModelRunFlags: ParsableArguments {
     var imgSize: Int?
     @Option(name: .long, help: ArgumentHelp("Compute threads (default: every core; at most 4 per core).", valueName: "N"))
     var threads: Int?
-
-    /// Puts both into the transfer options (`linprobe`, `knn`, `finetune`).
-    func apply(to o: inout TransferOptions) {
-        o.imgSize = imgSize
-        o.threads = threads
-    }
 }

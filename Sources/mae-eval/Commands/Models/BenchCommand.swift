@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import MAETasks
 
-struct Bench: ParsableCommand {
+struct Bench: LibraryCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure images/s of a forward pass, a training step or an MAE pretraining step.",
         discussion: """
@@ -16,8 +16,8 @@ struct Bench: ParsableCommand {
     var imgSize = 224
     @Option(help: "Images per step.")
     var batchSize = 8
-    @Option(help: "forward | train | pretrain.")
-    var mode: String = "forward"
+    @Option(help: "What one step is: a classifier forward, forward + backward + AdamW, or an MAE pretraining step.")
+    var mode = BenchMode.forward
     @Option(help: "Fraction of patches removed in pretrain mode.")
     var maskRatio = 0.75
     @Option(help: "Timed iterations (after one warm-up).")
@@ -27,16 +27,16 @@ struct Bench: ParsableCommand {
     @Flag(help: "Also report the share of time per kernel family.")
     var profile = false
 
-    func run() throws {
-        guard let mode = BenchMode(rawValue: mode) else {
-            throw ValidationError("--mode must be forward, train or pretrain, not '\(self.mode)'.")
-        }
+    var options: BenchOptions {
         var o = BenchOptions(model: model, imgSize: imgSize, batchSize: batchSize, mode: mode,
                              maskRatio: maskRatio, iters: iters, profile: profile)
         o.threads = threads
-        let result = try runCLI { try runBenchmark(o) }
+        return o
+    }
+
+    func call() throws -> [String] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        print(String(decoding: try encoder.encode(result), as: UTF8.self))
+        return [String(decoding: try encoder.encode(try runBenchmark(options)), as: UTF8.self)]
     }
 }

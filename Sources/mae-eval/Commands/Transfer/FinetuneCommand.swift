@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import MAETasks
 
-struct Finetune: ParsableCommand {
+struct Finetune: LibraryCommand {
     static let configuration = CommandConfiguration(
         abstract: "Full or partial fine-tuning (MAE's main_finetune.py recipe).",
         discussion: """
@@ -22,14 +22,16 @@ struct Finetune: ParsableCommand {
     @Flag(help: "Continue each run folder's checkpoint instead of starting afresh.")
     var resume = false
 
-    func run() throws {
-        var o = FineTuneOptions()
-        o.common = try flags.options()
-        compute.apply(to: &o.common)
-        o.blocks = blocks
-        o.batchSize = batchSize
-        o.resume = resume
-        if let b = batchSize, b < 1 { throw ValidationError("--batch-size must be positive.") }
-        _ = try runCLI { try runFineTune(o) }
+    var options: FineTuneOptions {
+        get throws {
+            var o = FineTuneOptions()
+            o.common = try flags.options(compute)
+            o.blocks = blocks
+            o.batchSize = batchSize
+            o.resume = resume
+            return o
+        }
     }
+
+    func call() throws -> [String] { try runFineTune(options).map(\.dir.path) }
 }

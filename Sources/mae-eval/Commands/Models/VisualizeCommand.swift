@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import MAETasks
 
-struct Visualize: ParsableCommand {
+struct Visualize: LibraryCommand {
     static let configuration = CommandConfiguration(
         abstract: "Draw MAE reconstructions as a PNG grid (MAE's Figure 2).",
         discussion: """
@@ -13,11 +13,11 @@ struct Visualize: ParsableCommand {
             """)
 
     @Option(help: "MAE checkpoint with its decoder.")
-    var checkpoint = defaultMAECheckpoint.path
+    var checkpoint = defaultMAECheckpoint
     @Option(help: "An ImageFolder (default: the Shapes val split).")
-    var data: String?
+    var data: URL?
     @Option(help: "Where the Shapes dataset is generated and cached.")
-    var shapesDir = defaultShapesRoot.path
+    var shapesDir = defaultShapesRoot
     @Option(help: "Fraction of patches removed.")
     var maskRatio = 0.75
     @Option(help: "Rows (images).")
@@ -25,17 +25,24 @@ struct Visualize: ParsableCommand {
     @Option(help: "Seed of the masking noise.")
     var seed: UInt64 = 0
     @Option(help: "Output PNG.")
-    var out: String
+    var out: URL
     @OptionGroup var compute: ModelRunFlags
 
-    func run() throws {
-        var o = VisualizeOptions(out: URL(fileURLWithPath: out))
-        o.checkpoint = URL(fileURLWithPath: checkpoint)
-        o.data = data.map { URL(fileURLWithPath: $0) }
-        o.shapesRoot = URL(fileURLWithPath: shapesDir)
-        o.maskRatio = maskRatio; o.count = count; o.seed = seed
-        o.imgSize = compute.imgSize; o.threads = compute.threads
-        let size = try runCLI { try runVisualize(o) }
-        print("\(out) (\(size.width)x\(size.height))")
+    var options: VisualizeOptions {
+        var o = VisualizeOptions(out: out)
+        o.checkpoint = checkpoint
+        o.data = data
+        o.shapesRoot = shapesDir
+        o.maskRatio = maskRatio
+        o.count = count
+        o.seed = seed
+        o.imgSize = compute.imgSize
+        o.threads = compute.threads
+        return o
+    }
+
+    func call() throws -> [String] {
+        let size = try runVisualize(options)
+        return ["\(out.relativePath) (\(size.width)x\(size.height))"]
     }
 }

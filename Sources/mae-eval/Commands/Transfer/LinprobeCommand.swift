@@ -1,8 +1,9 @@
 import ArgumentParser
 import Foundation
+import MAEFormats
 import MAETasks
 
-struct Linprobe: ParsableCommand {
+struct Linprobe: LibraryCommand {
     static let configuration = CommandConfiguration(
         abstract: "Linear probing of frozen backbones (MAE's protocol, or a fast cached grid).",
         discussion: """
@@ -26,20 +27,23 @@ struct Linprobe: ParsableCommand {
 
     @OptionGroup var flags: TransferFlags
     @OptionGroup var compute: ModelRunFlags
-    @Option(help: "cached | augmented (default: the task's).")
-    var mode: String?
-    @Option(help: "cls | avg (default: the task's). A global-pool checkpoint without a final norm always gives avg + fc_norm.")
-    var pool: String?
+    @Option(help: "How the head is trained (default: the task's).")
+    var mode: LinearProbeMode?
+    @Option(help: "Pooled feature: the cls token or the mean of the patch tokens (default: the task's). A global-pool checkpoint without a final norm always gives avg + fc_norm.")
+    var pool: Pooling?
     @Option(help: "Concatenate the pooled features of the last k blocks.")
     var lastBlocks: Int?
 
-    func run() throws {
-        var o = LinearProbeOptions()
-        o.common = try flags.options()
-        compute.apply(to: &o.common)
-        o.mode = mode
-        o.pooling = try parsePooling(pool)
-        o.lastBlocks = lastBlocks
-        _ = try runCLI { try runLinearProbe(o) }
+    var options: LinearProbeOptions {
+        get throws {
+            var o = LinearProbeOptions()
+            o.common = try flags.options(compute)
+            o.mode = mode
+            o.pooling = pool
+            o.lastBlocks = lastBlocks
+            return o
+        }
     }
+
+    func call() throws -> [String] { try runLinearProbe(options).map(\.dir.path) }
 }

@@ -4,7 +4,7 @@ import MAEFormats
 import MAEModels
 
 /// `mae-eval info CHECKPOINT`: what a checkpoint holds, without loading a model.
-struct Info: ParsableCommand {
+struct Info: LibraryCommand {
     static let configuration = CommandConfiguration(
         abstract: "Describe a checkpoint: format, layout, architecture, parameters, provenance, key report.",
         discussion: """
@@ -18,9 +18,7 @@ struct Info: ParsableCommand {
             """)
 
     @Argument(help: "A .safetensors file or a PyTorch .pth/.pt checkpoint.")
-    var checkpoint: String
+    var checkpoint: URL
 
-    func run() throws {
-        print(try runCLI { try CheckpointInfo(contentsOf: URL(fileURLWithPath: checkpoint)).rendered })
-    }
+    func call() throws -> [String] { [try CheckpointInfo(contentsOf: checkpoint).rendered] }
 }

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import MAETasks
 
-struct Pretrain: ParsableCommand {
+struct Pretrain: LibraryCommand {
     static let configuration = CommandConfiguration(
         abstract: "Pretrain a ViT backbone by MAE or by supervised classification.",
         discussion: """
@@ -22,14 +22,14 @@ struct Pretrain: ParsableCommand {
             stops the run and keeps the last good checkpoint.
             """)
 
-    @Option(help: "mae | supervised.")
-    var method: String
+    @Option(help: "What the backbone learns from: MAE reconstruction or supervised classification.")
+    var method: PretrainMethod
     @Option(help: "Model preset (vit_shapes_patch4, vit_tiny_patch16, vit_small_patch16, vit_base_patch16, ...).")
     var model = "vit_shapes_patch4"
     @Option(help: "An ImageFolder to train on (default: Shapes).")
-    var data: String?
+    var data: URL?
     @Option(help: "Where the Shapes dataset is generated and cached.")
-    var shapesDir = defaultShapesRoot.path
+    var shapesDir = defaultShapesRoot
     @Option(help: "Epochs in the whole run (the schedule's length).")
     var epochs = 10
     @Option(help: "Images per step.")
@@ -53,7 +53,7 @@ struct Pretrain: ParsableCommand {
     @Option(help: "Random seed (initialisation, data order, augmentation, masking).")
     var seed: UInt64 = 0
     @Option(help: "Run folder.")
-    var outDir: String
+    var outDir: URL
     @Flag(help: "Continue the run in --out-dir from its last complete epoch.")
     var resume = false
     @Option(help: "Compute threads (default: every core; at most 4 per core).")
@@ -61,20 +61,26 @@ struct Pretrain: ParsableCommand {
     @Option(help: "Background data-loading threads.")
     var workers = 1
 
-    func run() throws {
-        guard let method = PretrainMethod(rawValue: method) else {
-            throw ValidationError("--method must be mae or supervised, not '\(self.method)'.")
-        }
-        var o = PretrainOptions(method: method, epochs: epochs, outDir: URL(fileURLWithPath: outDir))
+    var options: PretrainOptions {
+        var o = PretrainOptions(method: method, epochs: epochs, outDir: outDir)
         o.model = model
-        o.data = data.map { URL(fileURLWithPath: $0) }
-        o.shapesRoot = URL(fileURLWithPath: shapesDir)
+        o.data = data
+        o.shapesRoot = shapesDir
         o.batchSize = batchSize
-        o.lr = lr; o.blr = blr; o.minLR = minLr
-        o.warmupEpochs = warmupEpochs; o.weightDecay = weightDecay
-        o.maskRatio = maskRatio; o.dropPath = dropPath; o.minCropScale = minCropScale
-        o.seed = seed; o.resume = resume; o.workers = workers; o.threads = threads
-        let result = try runCLI { try runPretraining(o) }
-        print(result.outDir.path)
+        o.lr = lr
+        o.blr = blr
+        o.minLR = minLr
+        o.warmupEpochs = warmupEpochs
+        o.weightDecay = weightDecay
+        o.maskRatio = maskRatio
+        o.dropPath = dropPath
+        o.minCropScale = minCropScale
+        o.seed = seed
+        o.resume = resume
+        o.workers = workers
+        o.threads = threads
+        return o
     }
+
+    func call() throws -> [String] { [try runPretraining(options).outDir.path] }
 }

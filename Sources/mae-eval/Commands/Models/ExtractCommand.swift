@@ -4,7 +4,7 @@ import MAEFormats
 import MAEModels
 import MAETasks
 
-struct Extract: ParsableCommand {
+struct Extract: LibraryCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write a frozen backbone's features of an ImageFolder to safetensors.",
         discussion: """
@@ -16,13 +16,13 @@ struct Extract: ParsableCommand {
             """)
 
     @Option(help: "Checkpoint: safetensors or a PyTorch .pth (MAE, timm, DeiT layouts).")
-    var checkpoint: String
+    var checkpoint: URL
     @Option(help: "ImageFolder: one sub-folder of PNG/JPEG images per class.")
-    var data: String
+    var data: URL
     @Option(help: "Output safetensors file.")
-    var out: String
-    @Option(help: "cls | avg.")
-    var pool: String = "cls"
+    var out: URL
+    @Option(help: "Pooled feature: the cls token or the mean of the patch tokens.")
+    var pool = Pooling.cls
     @OptionGroup var compute: ModelRunFlags
     @Option(help: "Center-crop ratio of the eval transform.")
     var cropRatio = 0.875
@@ -31,19 +31,19 @@ struct Extract: ParsableCommand {
     @Option(help: "Images per forward pass.")
     var batchSize = 64
 
-    func run() throws {
-        guard let pooling = Pooling(rawValue: pool) else {
-            throw ValidationError("--pool must be cls or avg, not '\(pool)'.")
-        }
-        var o = ExtractOptions(checkpoint: URL(fileURLWithPath: checkpoint), data: URL(fileURLWithPath: data),
-                               out: URL(fileURLWithPath: out))
-        o.pooling = pooling
+    var options: ExtractOptions {
+        var o = ExtractOptions(checkpoint: checkpoint, data: data, out: out)
+        o.pooling = pool
         o.imgSize = compute.imgSize
         o.threads = compute.threads
         o.cropRatio = cropRatio
         o.heads = heads
         o.batchSize = batchSize
-        try runCLI { try runExtract(o) }
-        print(out)
+        return o
+    }
+
+    func call() throws -> [String] {
+        try runExtract(options)
+        return [out.relativePath]
     }
 }

@@ -1,8 +1,9 @@
 import ArgumentParser
 import Foundation
+import MAEFormats
 import MAETasks
 
-struct KNN: ParsableCommand {
+struct KNN: LibraryCommand {
     static let configuration = CommandConfiguration(
         commandName: "knn",
         abstract: "Weighted k-nearest-neighbour classification of frozen features (DINO's).",
@@ -18,8 +19,8 @@ struct KNN: ParsableCommand {
     var k: Int?
     @Option(help: "Temperature T of the vote weights exp(sim / T) (default: the task's, 0.07).")
     var temperature: Float?
-    @Option(help: "cls | avg (default: the task's).")
-    var pool: String?
+    @Option(help: "Pooled feature: the cls token or the mean of the patch tokens (default: the task's).")
+    var pool: Pooling?
 
     func validate() throws {
         // Shared flags kNN has no use for: no training (--epochs), no randomness (--seed, --seeds).
@@ -29,13 +30,16 @@ struct KNN: ParsableCommand {
         }
     }
 
-    func run() throws {
-        var o = KNNOptions()
-        o.common = try flags.options()
-        compute.apply(to: &o.common)
-        o.k = k
-        o.temperature = temperature
-        o.pooling = try parsePooling(pool)
-        _ = try runCLI { try runKNN(o) }
+    var options: KNNOptions {
+        get throws {
+            var o = KNNOptions()
+            o.common = try flags.options(compute)
+            o.k = k
+            o.temperature = temperature
+            o.pooling = pool
+            return o
+        }
     }
+
+    func call() throws -> [String] { try runKNN(options).map(\.dir.path) }
 }

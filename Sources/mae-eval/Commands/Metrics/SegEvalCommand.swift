@@ -1,10 +1,9 @@
 import ArgumentParser
 import Foundation
-import MAEFormats
-import MAEMetrics
+import MAETasks
 
 /// `mae-eval seg-eval`: semantic-segmentation mIoU of predicted label maps, as mmseg computes it.
-struct SegEvalCommand: ParsableCommand {
+struct SegEvalCommand: LibraryCommand {
     static let configuration = CommandConfiguration(
         commandName: "seg-eval",
         abstract: "Semantic-segmentation mIoU / mAcc / aAcc of PNG label maps, as mmseg computes them.",
@@ -17,10 +16,10 @@ struct SegEvalCommand: ParsableCommand {
             """)
 
     @Option(help: ArgumentHelp("Folder of ground-truth label maps.", valueName: "DIR"))
-    var gt: String
+    var gt: URL
 
     @Option(help: ArgumentHelp("Folder of predicted label maps with the same file names.", valueName: "DIR"))
-    var pred: String
+    var pred: URL
 
     @Option(name: .customLong("num-classes"), help: "Number of classes (labels 0..<N are scored; at most 65536, as label maps are 8- or 16-bit PNGs).")
     var numClasses: Int
@@ -33,32 +32,19 @@ struct SegEvalCommand: ParsableCommand {
     var reduceZeroLabel = false
 
     @Option(help: ArgumentHelp("Write the metrics as JSON to this file.", valueName: "FILE.json"))
-    var out: String?
+    var out: URL?
+
+    var options: SegEvalOptions {
+        var o = SegEvalOptions(groundTruth: gt, predictions: pred, numClasses: numClasses)
+        o.ignoreIndex = ignoreIndex
+        o.reduceZeroLabel = reduceZeroLabel
+        o.out = out
+        return o
+    }
 
     func validate() throws {
-        if let problem = SegmentationMetrics.problem(numClasses: numClasses, ignoreIndex: ignoreIndex) {
-            throw ValidationError(problem + ".")
-        }
+        if let problem = options.problem { throw ValidationError(problem + ".") }
     }
 
-    func run() throws {
-        try runCLI {
-            if let out {
-                // The label maps read are inputs: --out is never one of them.
-                let inputs = [("--gt", gt), ("--pred", pred)].flatMap { flag, dir in
-                    ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).map {
-                        (flag: flag, url: URL(fileURLWithPath: dir).appendingPathComponent($0))
-                    }
-                }
-                try checkOutputFile(URL(fileURLWithPath: out), flag: "--out", inputs: inputs)
-            }
-            let (result, images) = try SegmentationMetrics.evaluateDirectories(
-                groundTruth: URL(fileURLWithPath: gt), predictions: URL(fileURLWithPath: pred),
-                numClasses: numClasses, ignoreIndex: ignoreIndex, reduceZeroLabel: reduceZeroLabel,
-                readLabelMap: readLabelMapPNG)
-            print("\(images) label maps")
-            print(result.tableLines().joined(separator: "\n"))
-            if let out { try writeOutputFile(result.jsonValue().serialized(), to: out) }
-        }
-    }
+    func call() throws -> [String] { try runSegEval(options) }
 }
