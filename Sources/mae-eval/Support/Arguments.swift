@@ -4,6 +4,7 @@
 import ArgumentParser
 import Foundation
 import MAEFormats
+import MAEModels
 import MAETasks
 
 extension URL: @retroactive ExpressibleByArgument {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MAEFormats
+import MAEModels
 import MAETasks
 
 struct KNN: LibraryCommand {
