@@ -150,9 +150,7 @@ public struct FeatureCache: Sendable {
         try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let meta = ["classes": String(decoding: try JSONEncoder().encode(set.classes), as: UTF8.self)]
         // A cache that cannot be written only costs time next run.
-        try? SafeTensors(tensors: [("features", StoredTensor(shape: [set.count, set.width], floats: set.features)),
-                                   ("labels", StoredTensor(shape: [set.count], int64s: set.labels.map(Int64.init)))],
-                         metadata: meta).write(to: url)
+        try? set.write(to: url, metadata: meta)
         return (set, false)
     }
 }
