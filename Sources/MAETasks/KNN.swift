@@ -129,6 +129,5 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
         print(run.dir.path)
         runs.append(run)
     }
-    if let report = o.common.report { try writeReport(runs: o.common.outDir, to: report) }
     return runs
 }

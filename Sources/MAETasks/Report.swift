@@ -439,3 +439,12 @@ public func writeReport(runs: URL, to out: URL) throws {
     for (name, plot) in figures { try plot.write(to: figureDir.appendingPathComponent(name)) }
     try writeAtomically(Data(markdown.utf8), to: out)
 }
+
+/// Runs a transfer command's `task` (`runLinearProbe`, `runKNN`, `runFineTune`) and then writes the
+/// report of `options.outDir` to `options.report` (nothing with `--no-report`): the one place a
+/// command's report is written, once, after all its runs. A task that throws writes no report.
+public func runAndReport(_ options: TransferOptions, _ task: () throws -> [TransferRun]) throws -> [TransferRun] {
+    let runs = try task()
+    if let report = options.report { try writeReport(runs: options.outDir, to: report) }
+    return runs
+}

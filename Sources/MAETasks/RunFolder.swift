@@ -23,7 +23,7 @@ public struct TransferOptions: Sendable {
     public var seeds: [UInt64]?
     /// Runs go to `outDir/<task>/<variant>/<backbone>-s<seed>/`.
     public var outDir = URL(fileURLWithPath: TransferOptions.defaultRunsPath)
-    /// The markdown report refreshed after the runs; nil: none.
+    /// The markdown report `runAndReport` refreshes after the runs; nil: none.
     public var report: URL? = URL(fileURLWithPath: TransferOptions.defaultReportPath(runs: TransferOptions.defaultRunsPath))
     /// Attention heads for checkpoints that do not say (`--heads`).
     public var heads: Int?

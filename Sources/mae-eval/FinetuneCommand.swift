@@ -30,6 +30,6 @@ struct Finetune: ParsableCommand {
         o.batchSize = batchSize
         o.resume = resume
         if let b = batchSize, b < 1 { throw ValidationError("--batch-size must be positive.") }
-        _ = try runCLI { try runFineTune(o) }
+        _ = try runCLI { try runAndReport(o.common) { try runFineTune(o) } }
     }
 }

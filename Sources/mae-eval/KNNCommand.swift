@@ -36,6 +36,6 @@ struct KNN: ParsableCommand {
         o.k = k
         o.temperature = temperature
         o.pooling = try parsePooling(pool)
-        _ = try runCLI { try runKNN(o) }
+        _ = try runCLI { try runAndReport(o.common) { try runKNN(o) } }
     }
 }

@@ -40,6 +40,6 @@ struct Linprobe: ParsableCommand {
         o.mode = mode
         o.pooling = try parsePooling(pool)
         o.lastBlocks = lastBlocks
-        _ = try runCLI { try runLinearProbe(o) }
+        _ = try runCLI { try runAndReport(o.common) { try runLinearProbe(o) } }
     }
 }

@@ -220,4 +220,32 @@ final class ReportTests: XCTestCase {
                        "on the val split; with several seeds, mean ± sample std.\n\nNo runs yet: run `mae-eval linprobe`, `mae-eval knn` " +
                        "or `mae-eval finetune`.\n")
     }
+
+    /// The caller writes the report once, after the task's runs; `--no-report` (nil) and a task that
+    /// throws write none.
+    func testRunAndReportWritesTheReportOnceAfterTheRuns() throws {
+        let root = try temporaryFolder()
+        var o = TransferOptions()
+        o.outDir = root.appendingPathComponent("runs")
+        o.report = root.appendingPathComponent("out/report.md")
+        var reportExistedDuringTask = true
+        let runs = try runAndReport(o) {
+            reportExistedDuringTask = FileManager.default.fileExists(atPath: o.report!.path)
+            try classificationRuns(o.outDir)
+            return [TransferRun(dir: o.outDir)]
+        }
+        XCTAssertEqual(runs.map(\.dir), [o.outDir])
+        XCTAssertFalse(reportExistedDuringTask)
+        XCTAssertEqual(try String(contentsOf: o.report!, encoding: .utf8),
+                       try renderReport(runs: o.outDir, figuresFolder: "report-figures").markdown)
+
+        let other = root.appendingPathComponent("other.md")
+        o.report = other
+        struct Stop: Error {}
+        XCTAssertThrowsError(try runAndReport(o) { throw Stop() })
+        XCTAssertFalse(FileManager.default.fileExists(atPath: other.path), "a failed task writes no report")
+        o.report = nil
+        _ = try runAndReport(o) { [] }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: other.path), "--no-report writes none")
+    }
 }
