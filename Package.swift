@@ -34,18 +34,18 @@ let package = Package(
         /// File formats: safetensors, PyTorch zip checkpoints (restricted unpickler).
         .target(name: "MAEFormats", dependencies: ["MAEJSON"]),
         /// ViT, MAE decoder, heads, parameter tables, optimizers, checkpoint key mapping.
-        .target(name: "MAEModels", dependencies: ["MAEKernels", "MAEFormats"], swiftSettings: vectorISA),
+        .target(name: "MAEModels", dependencies: ["MAEKernels", "MAEJSON", "MAEFormats"], swiftSettings: vectorISA),
         /// COCO annotation/result JSON and the COCO mask API (RLE).
         .target(name: "MAECOCO", dependencies: ["MAEJSON", "MAEFormats"]),
         /// Image codecs, datasets, the Shapes generator, transforms, the loader.
-        .target(name: "MAEData", dependencies: ["MAEKernels", "MAEFormats", "CPNG", "CTurboJPEG", "MAECOCO"], swiftSettings: vectorISA),
+        .target(name: "MAEData", dependencies: ["MAEKernels", "MAEJSON", "MAEFormats", "CPNG", "CTurboJPEG", "MAECOCO"], swiftSettings: vectorISA),
         /// Evaluation metrics: COCO AP (bbox, segm), semantic-segmentation mIoU.
         .target(name: "MAEMetrics", dependencies: ["MAECOCO", "MAEJSON"]),
         /// Benchmarks, pretraining, probes, fine-tuning, reports: one function per CLI command.
-        .target(name: "MAETasks", dependencies: ["MAEModels", "MAEData", "MAEMetrics", "MAEFormats",
+        .target(name: "MAETasks", dependencies: ["MAEModels", "MAEData", "MAEMetrics", "MAEJSON", "MAEFormats",
                                                 .product(name: "Yams", package: "Yams")]),
         .executableTarget(name: "mae-eval", dependencies: [
-            "MAETasks", "MAEModels", "MAEData", "MAEMetrics", "MAEFormats", "MAECOCO", "CPNG",
+            "MAETasks", "MAEModels", "MAEData", "MAEMetrics", "MAEJSON", "MAEFormats", "MAECOCO", "CPNG",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

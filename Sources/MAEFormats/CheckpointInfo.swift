@@ -1,4 +1,5 @@
 import Foundation
+import MAEJSON
 
 /// Everything `mae-eval info` says about a checkpoint, gathered without loading a model.
 public struct CheckpointInfo {
@@ -24,7 +25,7 @@ public struct CheckpointInfo {
         layout = detectLayout(file.order)
         guard layout != .unknown else {
             let sample = file.order.prefix(4).joined(separator: ", ")
-            throw FormatError(file.source, "has an unrecognised key layout (no ViT patch_embed and blocks; keys start " +
+            throw PathError(file.source, "has an unrecognised key layout (no ViT patch_embed and blocks; keys start " +
                               "with \(sample))")
         }
         let (weights, report) = canonicalize(file.tensors)

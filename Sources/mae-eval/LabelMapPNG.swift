@@ -3,6 +3,7 @@
 // MAEData's label-map reader.
 import CPNG
 import Foundation
+import MAEJSON
 import MAEMetrics
 
 /// png.h's format flags (the composite macros are not imported into Swift).
@@ -18,8 +19,8 @@ private enum PNGFormat {
 /// palette index of each pixel (as `numpy.array(PIL.Image.open(path))`), gray + alpha gives the gray
 /// value. RGB PNGs are refused.
 func readLabelMapPNG(_ url: URL) throws -> (width: Int, height: Int, labels: [Int32]) {
-    func failure(_ problem: String) -> SegmentationMetricsError {
-        SegmentationMetricsError(image: url.path, problem: problem)
+    func failure(_ problem: String) -> PathError {
+        PathError(url.path, problem)
     }
     guard let data = try? Data(contentsOf: url) else { throw failure("cannot be read") }
     var image = png_image()
