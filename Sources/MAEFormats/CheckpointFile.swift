@@ -1,3 +1,4 @@
+// MAEFormats: checkpoint and tensor file formats (safetensors, PyTorch zip checkpoints), key layouts.
 import Foundation
 import MAEJSON
 

@@ -274,9 +274,6 @@ struct ReportSection {
     func anchors(_ metric: String) -> (mae: String, supervised: String) {
         PaperAnchors.text(kind: kind, protocol: first.evaluation, variant: first.variant, metric: metric)
     }
-
-    /// "cached, cls" after the protocol, or nothing for a run without a variant.
-    func titled(_ separator: String) -> String { first.variant.isEmpty ? first.evaluation : first.evaluation + separator + first.variant }
 }
 
 /// The summary's table of one kind: MAE, supervised and the delta of each primary metric, with
@@ -309,7 +306,7 @@ private func summaryTable(_ kind: ReportKind, _ sections: [ReportSection]) -> St
 /// the paper's anchors, the recipe, the protocol checks and (classification) the curves.
 private func sectionBody(_ s: ReportSection, figuresFolder: String, figures: inout [(String, LinePlot)]) throws -> String {
     let kind = s.kind, m0 = s.first, rows = s.rows, reference = s.reference
-    var body = "## \(m0.task): \(s.titled(", "))\n\n"
+    var body = "## \(m0.task): \(m0.variant.isEmpty ? m0.evaluation : "\(m0.evaluation), \(m0.variant)")\n\n"
     if let data = m0.data { body += "Data: \(data).\n\n" }
     let compared = kind.compared.map { "Δ \(kind.label($0)) vs \(reference?.name ?? "baseline")" }
     let columns = ["backbone", "method", "role"] + kind.metrics.map(\.label) + compared + ["seeds"] +
