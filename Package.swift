@@ -38,7 +38,7 @@ let package = Package(
         /// COCO annotation/result JSON and the COCO mask API (RLE).
         .target(name: "MAECOCO", dependencies: ["MAEJSON", "MAEFormats"]),
         /// Image codecs, datasets, the Shapes generator, transforms, the loader.
-        .target(name: "MAEData", dependencies: ["MAEKernels", "MAEFormats", "CPNG", "CTurboJPEG", "MAECOCO"], swiftSettings: vectorISA),
+        .target(name: "MAEData", dependencies: ["MAEKernels", "MAEJSON", "MAEFormats", "CPNG", "CTurboJPEG", "MAECOCO"], swiftSettings: vectorISA),
         /// Evaluation metrics: COCO AP (bbox, segm), semantic-segmentation mIoU.
         .target(name: "MAEMetrics", dependencies: ["MAECOCO", "MAEJSON"]),
         /// Benchmarks, pretraining, probes, fine-tuning, reports: one function per CLI command.
@@ -46,7 +46,7 @@ let package = Package(
                                                 .product(name: "Yams", package: "Yams")]),
         /// The command line: each command parses its flags into the libraries' values and makes one call.
         .executableTarget(name: "mae-eval", dependencies: [
-            "MAETasks", "MAEModels", "MAEData", "MAEFormats",
+            "MAETasks", "MAEModels", "MAEData", "MAEFormats", "MAEJSON",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

@@ -5,22 +5,6 @@ import Foundation
 import MAEFormats
 import MAEJSON
 
-/// A bad or unreadable COCO file; the description is one sentence naming the file.
-public struct COCOError: LocalizedError, CustomStringConvertible, Equatable {
-    /// The file the problem is in (or the file that was being written).
-    public var file: String
-    /// What is wrong, without the file name.
-    public var problem: String
-
-    public init(file: String, problem: String) {
-        self.file = file
-        self.problem = problem
-    }
-
-    public var description: String { "\(file): \(problem)." }
-    public var errorDescription: String? { description }
-}
-
 /// An image entry of an instances file.
 public struct COCOImage: Equatable, Sendable {
     public var id: Int
@@ -103,7 +87,7 @@ public struct COCODataset: Equatable, Sendable {
         self.categories = categories
     }
 
-    /// Reads an instances JSON file; throws `COCOError` naming the file if it is missing or malformed,
+    /// Reads an instances JSON file; throws `PathError` naming the file if it is missing or malformed,
     /// or if two images share an id.
     /// - Parameter requiredAnnotationFields: keys every annotation must have (COCOeval reads `area`,
     ///   `iscrowd` and, for boxes, `bbox` without a default); others are filled in from the mask.
@@ -111,7 +95,7 @@ public struct COCODataset: Equatable, Sendable {
         let root = try readJSON(url)
         let file = url.path
         guard case .object(let top) = root else {
-            throw COCOError(file: file, problem: "expected a JSON object with images, annotations and categories")
+            throw PathError(file, "expected a JSON object with images, annotations and categories")
         }
         var reader = FieldReader(file: file)
         images = try reader.array(top["images"], "images").enumerated().map { i, item in
@@ -124,7 +108,7 @@ public struct COCODataset: Equatable, Sendable {
         var firstIndex: [Int: Int] = [:]
         for (i, image) in images.enumerated() {
             if let j = firstIndex[image.id] {
-                throw COCOError(file: file, problem: "images[\(i)] repeats the image id \(image.id) of images[\(j)] (image ids must be unique)")
+                throw PathError(file, "images[\(i)] repeats the image id \(image.id) of images[\(j)] (image ids must be unique)")
             }
             firstIndex[image.id] = i
         }
@@ -208,12 +192,12 @@ public struct COCODetection: Equatable, Sendable {
         self.segmentation = segmentation
     }
 
-    /// Reads a results file (a JSON array); throws `COCOError` naming the file if it is malformed.
+    /// Reads a results file (a JSON array); throws `PathError` naming the file if it is malformed.
     public static func load(contentsOf url: URL) throws -> [COCODetection] {
         let root = try readJSON(url)
         var reader = FieldReader(file: url.path)
         guard case .array(let items) = root else {
-            throw COCOError(file: url.path, problem: "expected a JSON array of detections")
+            throw PathError(url.path, "expected a JSON array of detections")
         }
         return try items.enumerated().map { i, item in
             reader.context = "detection \(i)"
@@ -268,12 +252,12 @@ private func readJSON(_ url: URL) throws -> JSONValue {
     do {
         data = try Data(contentsOf: url)
     } catch {
-        throw COCOError(file: url.path, problem: "cannot be read (missing or not a file)")
+        throw PathError(url.path, "cannot be read (missing or not a file)")
     }
     do {
         return try JSONValue.parse(data)
     } catch let e as JSONSyntaxError {
-        throw COCOError(file: url.path, problem: "is not valid JSON (\(e))")
+        throw PathError(url.path, "is not valid JSON (\(e))")
     }
 }
 
@@ -286,8 +270,8 @@ private struct FieldReader {
     let file: String
     var context = ""
 
-    func error(_ problem: String) -> COCOError {
-        COCOError(file: file, problem: context.isEmpty ? problem : "\(context) \(problem)")
+    func error(_ problem: String) -> PathError {
+        PathError(file, context.isEmpty ? problem : "\(context) \(problem)")
     }
 
     func object(_ v: JSONValue) throws -> JSONObject {

@@ -1,4 +1,5 @@
 import Foundation
+import MAEJSON
 
 /// CIFAR-10 / CIFAR-100 in their binary form (`cifar-10-batches-bin`, `cifar-100-binary`).
 public struct CIFARDataset: Sendable {
@@ -37,7 +38,7 @@ public struct CIFARDataset: Sendable {
             out.classes = names(folder.appendingPathComponent("fine_label_names.txt"), count: 100)
             return out
         }
-        throw DataError(folder, "holds no CIFAR binary batches (\(c10[0]) for CIFAR-10 or \(c100) for CIFAR-100)")
+        throw PathError(folder, "holds no CIFAR binary batches (\(c10[0]) for CIFAR-10 or \(c100) for CIFAR-100)", period: false)
     }
 
     /// Appends one batch file: records of `labelBytes` label bytes (coarse then fine for CIFAR-100)
@@ -46,7 +47,7 @@ public struct CIFARDataset: Sendable {
         let data = [UInt8](try readFile(file))
         let record = labelBytes + 3072
         guard !data.isEmpty, data.count % record == 0 else {
-            throw DataError(file, "is \(data.count) bytes, not a whole number of \(record)-byte CIFAR records")
+            throw PathError(file, "is \(data.count) bytes, not a whole number of \(record)-byte CIFAR records", period: false)
         }
         let n = data.count / record
         let limit = labelBytes == 1 ? 10 : 100
@@ -55,7 +56,7 @@ public struct CIFARDataset: Sendable {
             let base = r * record
             let label = Int(data[base + labelBytes - 1])
             guard label < limit else {
-                throw DataError(file, "has label \(label) in record \(r), outside the \(limit) CIFAR classes")
+                throw PathError(file, "has label \(label) in record \(r), outside the \(limit) CIFAR classes", period: false)
             }
             labels.append(label)
             if labelBytes == 2 { coarseLabels?.append(Int(data[base])) }

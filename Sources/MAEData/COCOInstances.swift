@@ -1,5 +1,6 @@
 import Foundation
 import MAECOCO
+import MAEJSON
 
 // COCO instances files are read and written through MAECOCO (its JSON reader, types and the
 // pycocotools mask API); this file adds the dataset view the tasks train from.
@@ -52,19 +53,19 @@ public struct COCODetectionDataset: Sendable {
         var instances = [[COCOInstance]](repeating: [], count: file.images.count)
         for a in file.annotations {
             guard let row = rowOf[a.imageId] else {
-                throw DataError(annotations, "has annotation \(a.id) pointing at image id \(a.imageId), which is not in its images list")
+                throw PathError(annotations, "has annotation \(a.id) pointing at image id \(a.imageId), which is not in its images list", period: false)
             }
             guard let label = labelOf[a.categoryId] else {
-                throw DataError(annotations, "has annotation \(a.id) with category id \(a.categoryId), which is not in its categories list")
+                throw PathError(annotations, "has annotation \(a.id) with category id \(a.categoryId), which is not in its categories list", period: false)
             }
             guard a.bbox[2] >= 0, a.bbox[3] >= 0 else {
-                throw DataError(annotations, "has annotation \(a.id) whose bbox has a negative width or height")
+                throw PathError(annotations, "has annotation \(a.id) whose bbox has a negative width or height", period: false)
             }
             let image = file.images[row]
             switch a.segmentation {
             case .rle(let r)?, .uncompressedRLE(let r)?:
                 guard r.height == image.height, r.width == image.width else {
-                    throw DataError(annotations, "has annotation \(a.id) with a \(r.width)x\(r.height) mask on the \(image.width)x\(image.height) image \(image.id)")
+                    throw PathError(annotations, "has annotation \(a.id) with a \(r.width)x\(r.height) mask on the \(image.width)x\(image.height) image \(image.id)", period: false)
                 }
             default: break
             }
@@ -72,7 +73,7 @@ public struct COCODetectionDataset: Sendable {
                                                isCrowd: a.isCrowd, segmentation: a.segmentation))
         }
         for image in file.images where !FileManager.default.fileExists(atPath: imageFolder.appendingPathComponent(image.fileName).path) {
-            throw DataError(annotations, "lists image \(image.id) as \(image.fileName), which is missing from \(imageFolder.path)")
+            throw PathError(annotations, "lists image \(image.id) as \(image.fileName), which is missing from \(imageFolder.path)", period: false)
         }
         images = file.images
         self.instances = instances
@@ -85,7 +86,7 @@ public struct COCODetectionDataset: Sendable {
         let image = try ImageCodec.decode(contentsOf: url)
         let entry = images[i]
         guard image.width == entry.width, image.height == entry.height else {
-            throw DataError(url, "is \(image.width)x\(image.height), but its annotations say \(entry.width)x\(entry.height)")
+            throw PathError(url, "is \(image.width)x\(image.height), but its annotations say \(entry.width)x\(entry.height)", period: false)
         }
         let kept = instances[i].filter { includeCrowd || !$0.isCrowd }
         // Masks for all instances or for none: a sample is never half-masked.
@@ -110,11 +111,11 @@ public struct SegmentationDataset: Sendable {
     /// Pairs every image in `imageFolder` with `labelFolder/<same stem>.png`.
     public init(imageFolder: URL, labelFolder: URL, reduceZeroLabel: Bool) throws {
         let names = pythonSorted(try ImageFolder.list(imageFolder).filter(ImageFolder.isImage))
-        guard !names.isEmpty else { throw DataError(imageFolder, "has no images") }
+        guard !names.isEmpty else { throw PathError(imageFolder, "has no images", period: false) }
         images = names.map { imageFolder.appendingPathComponent($0) }
         labels = names.map { labelFolder.appendingPathComponent(($0 as NSString).deletingPathExtension + ".png") }
         for url in labels where !FileManager.default.fileExists(atPath: url.path) {
-            throw DataError(url, "does not exist, but its image is in \(imageFolder.path)")
+            throw PathError(url, "does not exist, but its image is in \(imageFolder.path)", period: false)
         }
         self.reduceZeroLabel = reduceZeroLabel
     }
@@ -124,7 +125,7 @@ public struct SegmentationDataset: Sendable {
         let image = try ImageCodec.decode(contentsOf: images[i])
         var map = try LabelMapCodec.read(contentsOf: labels[i])
         guard map.width == image.width, map.height == image.height else {
-            throw DataError(labels[i], "is a \(map.width)x\(map.height) label map for a \(image.width)x\(image.height) image")
+            throw PathError(labels[i], "is a \(map.width)x\(map.height) label map for a \(image.width)x\(image.height) image", period: false)
         }
         if reduceZeroLabel { SegmentationDataset.reduceZero(&map.labels) }
         return (image, map)

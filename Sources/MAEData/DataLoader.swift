@@ -74,7 +74,7 @@ public final class DataLoader: Sendable {
         var order = Array(0..<source.count)
         guard shuffle else { return order }
         var rng = RandomStream(seed: seed, epoch: epoch, index: -1)
-        for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, rng.below(i + 1)) }
+        rng.shuffle(&order)
         return order
     }
 

@@ -2,6 +2,7 @@ import CPNG
 import CTurboJPEG
 import Foundation
 import MAEFormats
+import MAEJSON
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved: `pixels` is (H, W, 3).
 public struct RGBImage: Sendable, Equatable {
@@ -58,7 +59,7 @@ public enum ImageCodec {
     public static func decode(_ data: Data, name: URL) throws -> RGBImage {
         if data.starts(with: pngSignature) { return try decodePNG(data, name: name) }
         if data.starts(with: [0xFF, 0xD8, 0xFF]) { return try decodeJPEG(data, name: name) }
-        throw DataError(name, "is neither a PNG nor a JPEG file (unrecognised first bytes)")
+        throw PathError(name, "is neither a PNG nor a JPEG file (unrecognised first bytes)", period: false)
     }
 
     /// Writes `image` as an 8-bit RGB PNG, atomically (a temporary file renamed into place);
@@ -83,7 +84,7 @@ public enum LabelMapCodec {
     public static func read(contentsOf url: URL) throws -> LabelMap {
         let data = try readFile(url)
         guard data.starts(with: pngSignature) else {
-            throw DataError(url, "is not a PNG file, and label maps must be PNGs")
+            throw PathError(url, "is not a PNG file, and label maps must be PNGs", period: false)
         }
         return try decodeLabelPNG(data, name: url)
     }
@@ -97,10 +98,10 @@ public enum LabelMapCodec {
     /// PNG bytes of `map` (see `writePNG`).
     public static func encodePNG(_ map: LabelMap, name: URL = URL(fileURLWithPath: "<memory>")) throws -> Data {
         guard let lo = map.labels.min(), let hi = map.labels.max() else {
-            throw DataError(name, "is an empty label map and cannot be written")
+            throw PathError(name, "is an empty label map and cannot be written", period: false)
         }
         guard lo >= 0, hi <= 65535 else {
-            throw DataError(name, "has labels outside 0...65535 (\(lo)...\(hi)), which a PNG cannot hold")
+            throw PathError(name, "has labels outside 0...65535 (\(lo)...\(hi)), which a PNG cannot hold", period: false)
         }
         if hi <= 255 {
             return try pngEncode(bytes: map.labels.map { UInt8($0) }, width: map.width, height: map.height,
@@ -118,13 +119,13 @@ let pngSignature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
 func readFile(_ url: URL) throws -> Data {
     var isDirectory: ObjCBool = false
     guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) else {
-        throw DataError(url, "does not exist")
+        throw PathError(url, "does not exist", period: false)
     }
-    guard !isDirectory.boolValue else { throw DataError(url, "is a folder, not a file") }
+    guard !isDirectory.boolValue else { throw PathError(url, "is a folder, not a file", period: false) }
     do {
         return try Data(contentsOf: url)
     } catch {
-        throw DataError(url, "cannot be read (\(describeCause(error)))")
+        throw PathError(url, "cannot be read (\(describeCause(error)))", period: false)
     }
 }
 
@@ -161,12 +162,12 @@ final class PNGRead {
         self.name = name
         image.initialize(to: png_image())
         image.pointee.version = UInt32(PNG_IMAGE_VERSION)
-        guard let base = raw.baseAddress, raw.count > 0 else { throw DataError(name, "is an empty file") }
+        guard let base = raw.baseAddress, raw.count > 0 else { throw PathError(name, "is an empty file", period: false) }
         guard png_image_begin_read_from_memory(image, base, raw.count) != 0, !failed else {
-            throw DataError(name, "is not a readable PNG (\(message))")
+            throw PathError(name, "is not a readable PNG (\(message))", period: false)
         }
         guard Int(width) * Int(height) <= maxDecodedPixels else {
-            throw DataError(name, "is a PNG of \(width)x\(height) pixels, larger than this reader accepts")
+            throw PathError(name, "is a PNG of \(width)x\(height) pixels, larger than this reader accepts", period: false)
         }
     }
 
@@ -191,7 +192,7 @@ final class PNGRead {
         let ok = out.withUnsafeMutableBytes { buffer in
             png_image_finish_read(image, nil, buffer.baseAddress, 0, colormap)
         }
-        guard ok != 0, !failed else { throw DataError(name, "is a truncated or corrupt PNG (\(message))") }
+        guard ok != 0, !failed else { throw PathError(name, "is a truncated or corrupt PNG (\(message))", period: false) }
         return out
     }
 }
@@ -245,7 +246,7 @@ func decodeLabelPNG(_ raw: UnsafeRawBufferPointer, name: URL) throws -> LabelMap
         }
         labels = indices.map { Int32($0) }
     } else if fileFormat & PNGFormat.color != 0 {
-        throw DataError(name, "is an RGB PNG, but a label map must be a gray or palette PNG")
+        throw PathError(name, "is an RGB PNG, but a label map must be a gray or palette PNG", period: false)
     } else if fileFormat & PNGFormat.linear != 0 && fileFormat & PNGFormat.alpha == 0 {
         labels = try png.finish(format: PNGFormat.linearGray, channels: 1, as: UInt16.self).map { Int32($0) }
     } else if fileFormat & PNGFormat.alpha != 0 {
@@ -261,7 +262,7 @@ func decodeLabelPNG(_ raw: UnsafeRawBufferPointer, name: URL) throws -> LabelMap
 
 func pngEncode<T: FixedWidthInteger>(bytes: [T], width: Int, height: Int, format: UInt32, name: URL) throws -> Data {
     guard width > 0, height > 0, width <= Int(UInt32.max), height <= Int(UInt32.max) else {
-        throw DataError(name, "cannot be written: an image of \(width)x\(height) pixels has no pixels")
+        throw PathError(name, "cannot be written: an image of \(width)x\(height) pixels has no pixels", period: false)
     }
     var image = png_image()
     image.version = UInt32(PNG_IMAGE_VERSION)
@@ -273,7 +274,7 @@ func pngEncode<T: FixedWidthInteger>(bytes: [T], width: Int, height: Int, format
         png_image_write_to_memory(&image, nil, &size, 0, raw.baseAddress, 0, nil)
     }
     guard ok != 0, size > 0 else {
-        throw DataError(name, "cannot be encoded as PNG (\(pngMessage(&image)))")
+        throw PathError(name, "cannot be encoded as PNG (\(pngMessage(&image)))", period: false)
     }
     var out = Data(count: size)
     ok = out.withUnsafeMutableBytes { dst in
@@ -281,7 +282,7 @@ func pngEncode<T: FixedWidthInteger>(bytes: [T], width: Int, height: Int, format
             png_image_write_to_memory(&image, dst.baseAddress, &size, 0, raw.baseAddress, 0, nil)
         }
     }
-    guard ok != 0 else { throw DataError(name, "cannot be encoded as PNG (\(pngMessage(&image)))") }
+    guard ok != 0 else { throw PathError(name, "cannot be encoded as PNG (\(pngMessage(&image)))", period: false) }
     return out.prefix(size)
 }
 
@@ -289,7 +290,7 @@ func pngEncode<T: FixedWidthInteger>(bytes: [T], width: Int, height: Int, format
 
 func decodeJPEG(_ data: Data, name: URL) throws -> RGBImage {
     guard let handle = tjInitDecompress() else {
-        throw DataError(name, "cannot be decoded: TurboJPEG failed to initialise")
+        throw PathError(name, "cannot be decoded: TurboJPEG failed to initialise", period: false)
     }
     defer { tjDestroy(handle) }
     // libjpeg reports missing or corrupt entropy data ("Premature end of JPEG file", "Corrupt JPEG
@@ -302,19 +303,19 @@ func decodeJPEG(_ data: Data, name: URL) throws -> RGBImage {
         guard rc != 0 else { return }
         let text = String(cString: tjGetErrorStr2(handle))
         if tjGetErrorCode(handle) != Int32(TJERR_WARNING.rawValue) || !text.contains("extraneous bytes before marker") {
-            throw DataError(name, "is a truncated or corrupt JPEG (\(text))")
+            throw PathError(name, "is a truncated or corrupt JPEG (\(text))", period: false)
         }
     }
     return try data.withUnsafeBytes { raw -> RGBImage in
         guard let src = raw.bindMemory(to: UInt8.self).baseAddress else {
-            throw DataError(name, "is an empty file")
+            throw PathError(name, "is an empty file", period: false)
         }
         var w: Int32 = 0, h: Int32 = 0, subsampling: Int32 = 0, colorspace: Int32 = 0
         try refuseUnlessClean(tjDecompressHeader3(handle, src, UInt(raw.count), &w, &h, &subsampling, &colorspace))
         // A file cut before its frame header "reads" as 0x0: libjpeg only warned about the early end.
-        guard w > 0, h > 0 else { throw DataError(name, "is a truncated or corrupt JPEG (it ends before its frame header)") }
+        guard w > 0, h > 0 else { throw PathError(name, "is a truncated or corrupt JPEG (it ends before its frame header)", period: false) }
         guard Int(w) * Int(h) <= maxDecodedPixels else {
-            throw DataError(name, "is a JPEG of \(w)x\(h) pixels, which this reader does not accept")
+            throw PathError(name, "is a JPEG of \(w)x\(h) pixels, which this reader does not accept", period: false)
         }
         let cmyk = colorspace == Int32(TJCS_CMYK.rawValue) || colorspace == Int32(TJCS_YCCK.rawValue)
         let channels = cmyk ? 4 : 3

@@ -1,5 +1,6 @@
 import Foundation
 import MAEFormats
+import MAEJSON
 
 /// Python's `sorted` on strings: by Unicode code point, which is not Swift's `<` for every string.
 func pythonSorted(_ names: [String]) -> [String] {
@@ -27,19 +28,19 @@ public struct ImageFolder: Sendable {
         let fm = FileManager.default
         var isDirectory: ObjCBool = false
         guard fm.fileExists(atPath: root.path, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw DataError(root, "is not a folder (an ImageFolder dataset needs one sub-folder per class)")
+            throw PathError(root, "is not a folder (an ImageFolder dataset needs one sub-folder per class)", period: false)
         }
         let entries = try ImageFolder.list(root)
         classes = pythonSorted(entries.filter { ImageFolder.isDirectory(root.appendingPathComponent($0)) })
         guard !classes.isEmpty else {
-            throw DataError(root, "has no class sub-folders (an ImageFolder dataset needs one per class)")
+            throw PathError(root, "has no class sub-folders (an ImageFolder dataset needs one per class)", period: false)
         }
         var samples: [(URL, Int)] = []
         for (label, name) in classes.enumerated() {
             let folder = root.appendingPathComponent(name)
             let files = try ImageFolder.walk(folder)
             guard !files.isEmpty else {
-                throw DataError(folder, "is an empty class folder (no .png/.jpg/.jpeg image in it)")
+                throw PathError(folder, "is an empty class folder (no .png/.jpg/.jpeg image in it)", period: false)
             }
             samples += files.map { ($0, label) }
         }
@@ -55,7 +56,7 @@ public struct ImageFolder: Sendable {
         do {
             return try FileManager.default.contentsOfDirectory(atPath: folder.path)
         } catch {
-            throw DataError(folder, "cannot be listed (\(describeCause(error)))")
+            throw PathError(folder, "cannot be listed (\(describeCause(error)))", period: false)
         }
     }
 

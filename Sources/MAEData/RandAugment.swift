@@ -1,4 +1,5 @@
 import Foundation
+import MAEJSON
 import MAEKernels
 
 /// timm's RandAugment (`rand_augment_transform`), as MAE fine-tuning uses it with
@@ -122,18 +123,18 @@ public struct RandAugment: Sendable, Equatable {
     public init(config: String, interpolation: PILInterpolation = .bicubic, fill: RGBColor = .imageNetMean) throws {
         var parts = config.split(separator: "-").map(String.init)
         guard parts.first == "rand" else {
-            throw DataError(path: config, "is not a RandAugment config (it must start with 'rand')")
+            throw PathError(config, "is not a RandAugment config (it must start with 'rand')", period: false)
         }
         parts.removeFirst()
         self.init(ops: Op.standard, magnitude: 10, interpolation: interpolation, fill: fill)
         magnitudeStd = 0
         for part in parts {
             guard let split = part.firstIndex(where: { $0.isNumber }), let value = Double(part[split...]) else {
-                throw DataError(path: config, "has a section '\(part)' that is not a name followed by a number")
+                throw PathError(config, "has a section '\(part)' that is not a name followed by a number", period: false)
             }
             // Int(value) traps beyond Int's range; no section means anything that large.
             guard value.isFinite, abs(value) <= 1e6 else {
-                throw DataError(path: config, "has a section '\(part)' whose number is out of range")
+                throw PathError(config, "has a section '\(part)' whose number is out of range", period: false)
             }
             switch part[..<split] {
             case "m": magnitude = Double(Int(value))
@@ -142,7 +143,7 @@ public struct RandAugment: Sendable, Equatable {
             case "mmax": magnitudeMax = Double(Int(value))
             case "inc": ops = value != 0 ? Op.increasing : Op.standard
             case "p": probability = value
-            default: throw DataError(path: config, "has an unsupported section '\(part)'")
+            default: throw PathError(config, "has an unsupported section '\(part)'", period: false)
             }
         }
     }

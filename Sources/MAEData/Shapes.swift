@@ -2,6 +2,7 @@ import Foundation
 import MAEFormats
 import MAEKernels
 import MAECOCO
+import MAEJSON
 
 /// How many images each Shapes split holds.
 public struct ShapesCounts: Codable, Sendable, Equatable {
@@ -36,7 +37,7 @@ extension ShapesCounts {
         for item in items {
             let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, let n = Int(parts[1]), n >= 0 else {
-                throw DataError(path: "--count \(item)", "expected SPLIT=N with N >= 0")
+                throw PathError("--count \(item)", "expected SPLIT=N with N >= 0", period: false)
             }
             switch parts[0] {
             case "pretrain": counts.pretrain = n
@@ -45,7 +46,7 @@ extension ShapesCounts {
             case "val": counts.val = n
             case "scenes_train": counts.scenesTrain = n
             case "scenes_val": counts.scenesVal = n
-            default: throw DataError(path: "--count \(item)", "unknown split \(parts[0])")
+            default: throw PathError("--count \(item)", "unknown split \(parts[0])", period: false)
             }
         }
         return counts
@@ -112,11 +113,11 @@ public enum ShapesDataset {
     @discardableResult
     public static func generate(to root: URL, size: Int = 32, seed: UInt64 = 0, counts: ShapesCounts = .standard,
                                 sceneSize: Int? = nil) throws -> ShapesPaths {
-        guard size >= 8, size <= 1024 else { throw DataError(root, "cannot hold Shapes of size \(size) (use 8...1024)") }
+        guard size >= 8, size <= 1024 else { throw PathError(root, "cannot hold Shapes of size \(size) (use 8...1024)", period: false) }
         let sceneSize = sceneSize ?? 2 * size
         // A scene holds several shapes of a tenth of its side and more: below 16 px they are specks.
         guard sceneSize >= 16, sceneSize <= 2048 else {
-            throw DataError(root, "cannot hold Shapes scenes of size \(sceneSize) (use --scene-size 16...2048)")
+            throw PathError(root, "cannot hold Shapes scenes of size \(sceneSize) (use --scene-size 16...2048)", period: false)
         }
         let paths = ShapesPaths(root: root)
         let fm = FileManager.default
@@ -134,7 +135,7 @@ public enum ShapesDataset {
                 try fm.createDirectory(at: ShapesPaths.sceneClassMaps(split), withIntermediateDirectories: true)
             }
         } catch {
-            throw DataError(root, "cannot be written (\(describeCause(error)))")
+            throw PathError(root, "cannot be written (\(describeCause(error)))", period: false)
         }
         // Each split draws from its own streams (the epoch slot of RandomStream), each image from its own.
         try classification(paths.pretrain, stream: 1, count: counts.pretrain, size: size, seed: seed, labeled: false)

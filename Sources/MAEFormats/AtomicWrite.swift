@@ -1,4 +1,5 @@
 import Foundation
+import MAEJSON
 
 // Every file mae-eval writes (safetensors, checkpoints, metrics, logs, reports, PNG figures, features,
 // `--out` files) goes through `writeAtomically`, and every output path is checked before the work by
@@ -14,7 +15,7 @@ import Foundation
 //   whatever it is (a redirect to a file appends after what was printed, as a shell does).
 // - a folder, a block device or a socket: refused in one sentence, nothing touched.
 
-/// Writes `data` to `url` by the rule above; errors are `FormatError`s naming `url`. `durable: false`
+/// Writes `data` to `url` by the rule above; errors are `PathError`s naming `url`. `durable: false`
 /// skips the fsyncs, for a bulk writer of many small files that makes them durable at once before it
 /// records them as complete (the Shapes generator syncs before its manifest).
 public func writeAtomically(_ data: Data, to url: URL, durable: Bool = true) throws {
@@ -36,7 +37,7 @@ public func checkOutputFile(_ url: URL, flag: String, inputs: [(flag: String, ur
     let target = try OutputTarget(url.path, flag: flag)
     if let existing = fileIdentity(url.path) {
         for input in inputs where fileIdentity(input.url.path) == existing {
-            throw FormatError("\(flag) \(url.path)", "is the same file as \(input.flag) \(input.url.path); "
+            throw PathError("\(flag) \(url.path)", "is the same file as \(input.flag) \(input.url.path); "
                 + "refusing to overwrite an input")
         }
     }
@@ -56,12 +57,12 @@ public func prepareOutputFolder(_ url: URL, flag: String, of file: URL? = nil) t
     let subject = "\(flag) \(file?.path ?? path)", its = file == nil ? "" : "its folder \(path) "
     var isFolder: ObjCBool = false
     if FileManager.default.fileExists(atPath: path, isDirectory: &isFolder), !isFolder.boolValue {
-        throw FormatError(subject, its + "is a file, not a folder")
+        throw PathError(subject, its + "is a file, not a folder")
     }
     do {
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     } catch {
-        throw FormatError(subject, its + "cannot be created (\(describeCause(error)))")
+        throw PathError(subject, its + "cannot be created (\(describeCause(error)))")
     }
     try checkWritableFolder(path, flag: flag, file: file?.path ?? path)
 }
@@ -107,7 +108,7 @@ private enum OutputTarget {
     init(_ path: String, flag: String? = nil) throws {
         let name = flag.map { "\($0) \(path)" } ?? path
         if let fd = openDescriptor(named: path) {
-            guard fcntl(fd, F_GETFD) != -1 else { throw FormatError(name, "names a descriptor that is not open") }
+            guard fcntl(fd, F_GETFD) != -1 else { throw PathError(name, "names a descriptor that is not open") }
             self = .descriptor(fd)
             return
         }
@@ -115,16 +116,16 @@ private enum OutputTarget {
         if stat(path, &st) == 0 {   // follows symlinks
             switch st.st_mode & S_IFMT {
             case S_IFREG:
-                guard let real = realpath(path, nil) else { throw FormatError(name, posixCause(errno)) }
+                guard let real = realpath(path, nil) else { throw PathError(name, posixCause(errno)) }
                 defer { free(real) }
                 self = .regular(String(cString: real), st.st_mode & 0o7777)
-            case S_IFDIR: throw FormatError(name, "is a folder, not a file")
+            case S_IFDIR: throw PathError(name, "is a folder, not a file")
             case S_IFCHR, S_IFIFO: self = .stream
-            default: throw FormatError(name, "is not a regular file; refusing to replace it")
+            default: throw PathError(name, "is not a regular file; refusing to replace it")
             }
             return
         }
-        guard errno == ENOENT else { throw FormatError(name, posixCause(errno)) }
+        guard errno == ENOENT else { throw PathError(name, posixCause(errno)) }
         self = .new(try danglingTarget(path, name: name))
     }
 }
@@ -153,7 +154,7 @@ private func danglingTarget(_ path: String, name: String) throws -> String {
         current = link.hasPrefix("/") ? link
             : ((current as NSString).deletingLastPathComponent as NSString).appendingPathComponent(link)
     }
-    throw FormatError(name, "is a chain of too many symbolic links")
+    throw PathError(name, "is a chain of too many symbolic links")
 }
 
 /// Device and inode of the file at `path` (following symlinks), nil when there is none.
@@ -168,20 +169,20 @@ private func checkWritableFolder(_ folder: String, flag: String, file: String) t
     let dir = folder.isEmpty ? "." : folder
     var st = stat()
     guard stat(dir, &st) == 0 else {
-        throw FormatError("\(flag) \(file)", errno == ENOENT ? "is in a folder that does not exist (\(dir))"
+        throw PathError("\(flag) \(file)", errno == ENOENT ? "is in a folder that does not exist (\(dir))"
                                                              : "cannot be written (\(posixCause(errno)))")
     }
-    guard st.st_mode & S_IFMT == S_IFDIR else { throw FormatError("\(flag) \(file)", "is inside \(dir), which is a file, not a folder") }
+    guard st.st_mode & S_IFMT == S_IFDIR else { throw PathError("\(flag) \(file)", "is inside \(dir), which is a file, not a folder") }
     // A real file made and removed again, since permissions, read-only mounts and pseudo file systems
     // (/proc, /sys) all show only then. Named as the writer's temporaries, so a crash leaves nothing new.
     let probe = (dir as NSString).appendingPathComponent(temporaryName(for: "write-check"))
     let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-    guard fd >= 0 else { throw FormatError("\(flag) \(file)", "cannot be written (\(posixCause(errno)))") }
+    guard fd >= 0 else { throw PathError("\(flag) \(file)", "cannot be written (\(posixCause(errno)))") }
     close(fd)
     unlink(probe)
     var fs = statvfs()
     if statvfs(dir, &fs) == 0, fs.f_blocks > 0, fs.f_bavail == 0 {
-        throw FormatError("\(flag) \(file)", "cannot be written: no space left on the device")
+        throw PathError("\(flag) \(file)", "cannot be written: no space left on the device")
     }
 }
 
@@ -193,13 +194,13 @@ private func replaceFile(_ target: String, with data: Data, mode: mode_t?, durab
     let temp = (folder as NSString).appendingPathComponent(temporaryName(for: (target as NSString).lastPathComponent))
     let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
     guard fd >= 0 else {
-        throw FormatError(name, "cannot write into the folder \(folder.isEmpty ? "." : folder) (\(posixCause(errno)))")
+        throw PathError(name, "cannot write into the folder \(folder.isEmpty ? "." : folder) (\(posixCause(errno)))")
     }
     do {
         if let mode { fchmod(fd, mode) }
         try writeAll(fd, data, name: name)
-        guard !durable || fsync(fd) == 0 else { throw FormatError(name, "cannot be written (\(posixCause(errno)))") }
-        guard close(fd) == 0 else { throw FormatError(name, "cannot be written (\(posixCause(errno)))") }
+        guard !durable || fsync(fd) == 0 else { throw PathError(name, "cannot be written (\(posixCause(errno)))") }
+        guard close(fd) == 0 else { throw PathError(name, "cannot be written (\(posixCause(errno)))") }
     } catch {
         close(fd)
         unlink(temp)
@@ -209,7 +210,7 @@ private func replaceFile(_ target: String, with data: Data, mode: mode_t?, durab
     guard rename(temp, target) == 0 else {
         let cause = posixCause(errno)
         unlink(temp)
-        throw FormatError(name, "cannot move the finished file into place (\(cause))")
+        throw PathError(name, "cannot move the finished file into place (\(cause))")
     }
     // The rename is durable once the folder's entry is on disk too.
     guard durable else { return }
@@ -220,7 +221,7 @@ private func replaceFile(_ target: String, with data: Data, mode: mode_t?, durab
 /// Writes `data` into the character device or FIFO at `path` (opened without creating or truncating).
 private func writeThrough(_ path: String, _ data: Data) throws {
     let fd = open(path, O_WRONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw FormatError(path, "cannot be written (\(posixCause(errno)))") }
+    guard fd >= 0 else { throw PathError(path, "cannot be written (\(posixCause(errno)))") }
     defer { close(fd) }
     try writeAll(fd, data, name: path)
 }
@@ -232,7 +233,7 @@ private func writeAll(_ fd: Int32, _ data: Data, name: String) throws {
             let n = write(fd, raw.baseAddress! + done, raw.count - done)
             if n < 0 {
                 if errno == EINTR { continue }
-                throw FormatError(name, "cannot be written (\(posixCause(errno)))")
+                throw PathError(name, "cannot be written (\(posixCause(errno)))")
             }
             done += n
         }

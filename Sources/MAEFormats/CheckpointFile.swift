@@ -1,4 +1,6 @@
+// MAEFormats: checkpoint and tensor file formats (safetensors, PyTorch zip checkpoints), key layouts.
 import Foundation
+import MAEJSON
 
 /// How a checkpoint file is stored.
 public enum CheckpointFormat: String, Sendable {
@@ -40,8 +42,8 @@ public struct CheckpointFile {
             return CheckpointFile(source: url.path, format: .safetensors, tensors: st.tensors, order: st.order,
                                   wrapper: nil, metadata: st.metadata, extras: [], nonTensorEntries: [], placeholders: [])
         }
-        if data.isEmpty { throw FormatError(url.path, "the file is empty") }
-        throw FormatError(url.path, "is neither a safetensors file nor a PyTorch zip checkpoint")
+        if data.isEmpty { throw PathError(url.path, "the file is empty") }
+        throw PathError(url.path, "is neither a safetensors file nor a PyTorch zip checkpoint")
     }
 
     /// Top-level keys that hold the model's state dict, most preferred first (MAE saves `model`;
@@ -52,7 +54,7 @@ public struct CheckpointFile {
     /// wrapper key (one or two levels deep, e.g. `{'state_dict': {'model': ...}}`).
     public static func fromPickle(_ value: PickleValue, source: String) throws -> CheckpointFile {
         guard case .dict(let top) = value else {
-            throw FormatError(source, "holds a \(value.summary(maxLength: 40)) instead of a dict of weights")
+            throw PathError(source, "holds a \(value.summary(maxLength: 40)) instead of a dict of weights")
         }
         var wrapperPath: [String] = []
         var current = top
@@ -80,7 +82,7 @@ public struct CheckpointFile {
         }
         guard !tensors.isEmpty else {
             let keys = top.prefix(8).map { $0.key.summary(maxLength: 30) }.joined(separator: ", ")
-            throw FormatError(source, "holds no weights (its top-level keys are: \(keys.isEmpty ? "none" : keys))")
+            throw PathError(source, "holds no weights (its top-level keys are: \(keys.isEmpty ? "none" : keys))")
         }
         return CheckpointFile(source: source, format: .torchZip, tensors: tensors, order: order,
                               wrapper: wrapperPath.isEmpty ? nil : wrapperPath.joined(separator: "."),

@@ -6,7 +6,7 @@ import MAEJSON
 /// Layout: an 8-byte little-endian u64 N, then N bytes of UTF-8 JSON
 /// `{"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {"k": "v"}}`
 /// (offsets relative to the first byte after the header; the header may be padded with spaces), then the
-/// data. Everything is validated before use: a hostile file gets a thrown `FormatError`, never a crash.
+/// data. Everything is validated before use: a hostile file gets a thrown `PathError`, never a crash.
 public struct SafeTensors {
     public var tensors: [String: StoredTensor]
     /// Names in header order when read; insertion order when built.
@@ -34,7 +34,7 @@ public struct SafeTensors {
 
     /// Parses and validates safetensors bytes; `source` names the file in errors.
     public static func parse(_ data: Data, source: String) throws -> SafeTensors {
-        func fail(_ reason: String) -> FormatError { FormatError(source, "not a valid safetensors file: " + reason) }
+        func fail(_ reason: String) -> PathError { PathError(source, "not a valid safetensors file: " + reason) }
         guard data.count >= 8 else {
             throw fail(data.isEmpty ? "the file is empty" : "only \(data.count) bytes, too short for the 8-byte header length")
         }
@@ -114,16 +114,16 @@ public struct SafeTensors {
         }
         var offset = 0
         for name in order {
-            guard let t = tensors[name] else { throw FormatError(name, "listed in order but has no tensor") }
+            guard let t = tensors[name] else { throw PathError(name, "listed in order but has no tensor") }
             guard let n = elementCount(t.shape), n * t.dtype.itemSize == t.bytes.count else {
-                throw FormatError(name, "the shape \(t.shape) does not match its \(t.bytes.count) bytes of \(t.dtype.rawValue)")
+                throw PathError(name, "the shape \(t.shape) does not match its \(t.bytes.count) bytes of \(t.dtype.rawValue)")
             }
             header.append(name, .object(["dtype": .string(t.dtype.rawValue), "shape": .array(t.shape.map { .int($0) }),
                                          "data_offsets": .array([.int(offset), .int(offset + t.bytes.count)])]))
             offset += t.bytes.count
         }
         guard Set(order).count == order.count, order.count == tensors.count else {
-            throw FormatError("safetensors", "the tensor names and their order disagree")
+            throw PathError("safetensors", "the tensor names and their order disagree")
         }
         var headerBytes = Array(JSONValue.object(header).serialized().utf8)
         while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
@@ -140,16 +140,16 @@ public struct SafeTensors {
     }
 }
 
-/// The whole file, or a `FormatError` naming it when it is missing or unreadable.
+/// The whole file, or a `PathError` naming it when it is missing or unreadable.
 func readWholeFile(_ url: URL) throws -> Data {
     var isDirectory: ObjCBool = false
     guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) else {
-        throw FormatError(url.path, "no such file")
+        throw PathError(url.path, "no such file")
     }
-    guard !isDirectory.boolValue else { throw FormatError(url.path, "is a folder, not a file") }
+    guard !isDirectory.boolValue else { throw PathError(url.path, "is a folder, not a file") }
     do {
         return try Data(contentsOf: url)
     } catch {
-        throw FormatError(url.path, "cannot be read (\(describeCause(error)))")
+        throw PathError(url.path, "cannot be read (\(describeCause(error)))")
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import MAEJSON
 
 /// Element types as safetensors names them.
 public enum DType: String, Sendable, CaseIterable {
@@ -59,11 +60,11 @@ public struct StoredTensor: Sendable {
     /// the shape (`source` names the file in the error).
     public init(shape: [Int], dtype: DType, bytes: Data, source: String = "tensor") throws {
         guard let n = elementCount(shape) else {
-            throw FormatError(source, "the shape \(shape) has a negative dimension or too many elements")
+            throw PathError(source, "the shape \(shape) has a negative dimension or too many elements")
         }
         let (size, overflow) = n.multipliedReportingOverflow(by: dtype.itemSize)
         guard !overflow, size == bytes.count else {
-            throw FormatError(source, "a \(dtype.rawValue) tensor of shape \(shape) needs \(n) x \(dtype.itemSize) bytes " +
+            throw PathError(source, "a \(dtype.rawValue) tensor of shape \(shape) needs \(n) x \(dtype.itemSize) bytes " +
                               "but \(bytes.count) are stored")
         }
         self.shape = shape

@@ -1,4 +1,5 @@
 import Foundation
+import MAEJSON
 
 /// A storage a pickle refers to by persistent id: ('storage', torch.FloatStorage, key, location, numel).
 struct TorchStorage {
@@ -12,7 +13,7 @@ struct TorchStorage {
 /// A restricted unpickler for protocol 0-5 pickles as torch.save and Python write them. It runs no
 /// code: it knows torch's tensor-rebuild functions, storages and `collections.OrderedDict`, and turns
 /// every other global into an inert placeholder. All lengths are checked against the input, nesting and
-/// memory are bounded, and malformed input throws a `FormatError` naming `source`.
+/// memory are bounded, and malformed input throws a `PathError` naming `source`.
 struct Unpickler {
     /// A mutable node while unpickling; pickles mutate containers after creating them (SETITEMS,
     /// APPENDS, BUILD) and share them through the memo, so nodes are references until the end.
@@ -81,8 +82,8 @@ struct Unpickler {
         self.loadStorage = loadStorage
     }
 
-    private func fail(_ reason: String) -> FormatError {
-        FormatError(source, "the pickle is malformed at byte \(pos): " + reason)
+    private func fail(_ reason: String) -> PathError {
+        PathError(source, "the pickle is malformed at byte \(pos): " + reason)
     }
 
     // MARK: - Reading primitives
@@ -298,7 +299,7 @@ struct Unpickler {
             Self.hostileModules.contains(where: { module.hasPrefix($0 + ".") }) ||
             ((module == "builtins" || module == "__builtin__") && !Self.safeBuiltins.contains(name))
         if hostile {
-            throw FormatError(source, "refers to \(module).\(name), which only code meant to run on loading needs; " +
+            throw PathError(source, "refers to \(module).\(name), which only code meant to run on loading needs; " +
                               "refusing the file as hostile (nothing in it was run)")
         }
     }
@@ -400,7 +401,7 @@ struct Unpickler {
         }
         guard let typeName = globalName(pid.items[1]) else { throw fail("a storage without a type") }
         guard let dtype = Self.storageTypes[typeName] else {
-            throw FormatError(source, "holds a storage of type \(typeName), which mae-eval does not read")
+            throw PathError(source, "holds a storage of type \(typeName), which mae-eval does not read")
         }
         let key: String
         switch pid.items[2].kind {
@@ -443,10 +444,10 @@ struct Unpickler {
             last = sum
         }
         guard last < s.count, count <= s.count else {
-            throw FormatError(source, "a tensor of size \(shape) reads past the end of its storage (\(s.count) elements)")
+            throw PathError(source, "a tensor of size \(shape) reads past the end of its storage (\(s.count) elements)")
         }
         guard count * item <= tensorBudget else {
-            throw FormatError(source, "its tensors would need far more memory than the file holds")
+            throw PathError(source, "its tensors would need far more memory than the file holds")
         }
         tensorBudget -= count * item
         let raw = s.bytes
@@ -494,7 +495,7 @@ struct Unpickler {
             let id = ObjectIdentifier(node)
             if let v = done[id] { return v }
             guard depth < Unpickler.maxDepth else {
-                throw FormatError(source, "the pickle nests deeper than \(Unpickler.maxDepth) levels")
+                throw PathError(source, "the pickle nests deeper than \(Unpickler.maxDepth) levels")
             }
             guard inProgress.insert(id).inserted else {
                 return .object(PickleObject(type: "<recursive reference>", args: [], state: nil, dictItems: [], listItems: []))

@@ -1,4 +1,5 @@
 import Foundation
+import MAEJSON
 
 /// A read-only view of a zip archive whose entries are stored (not compressed), as torch.save writes
 /// them. Reads the central directory (with ZIP64 records, which checkpoints over 4 GiB need) and checks
@@ -29,8 +30,8 @@ struct ZipArchive {
         return data[(base + entries[i].range.lowerBound)..<(base + entries[i].range.upperBound)]
     }
 
-    private func fail(_ reason: String) -> FormatError {
-        FormatError(source, "not a readable PyTorch zip checkpoint: " + reason)
+    private func fail(_ reason: String) -> PathError {
+        PathError(source, "not a readable PyTorch zip checkpoint: " + reason)
     }
 
     private func u16(_ at: Int) -> Int { Int(data[data.startIndex + at]) | Int(data[data.startIndex + at + 1]) << 8 }

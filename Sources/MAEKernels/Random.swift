@@ -61,6 +61,13 @@ public struct RandomStream: RandomNumberGenerator, Sendable {
         }
     }
 
+    /// Shuffles `items` in place: Fisher-Yates from the last element down, swapping element i with
+    /// one `below(i + 1)` draw, so a seed gives the same order on every machine. Every shuffle in
+    /// mae-eval (loader order, probe mini-batches, held-out splits) is this one.
+    public mutating func shuffle<Element>(_ items: inout [Element]) {
+        for i in stride(from: items.count - 1, to: 0, by: -1) { items.swapAt(i, below(i + 1)) }
+    }
+
     /// Uniform integer in lo...hi (Python's `random.randint`).
     public mutating func integer(_ lo: Int, _ hi: Int) -> Int { lo + below(hi - lo + 1) }
 

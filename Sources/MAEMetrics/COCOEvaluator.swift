@@ -81,7 +81,7 @@ public struct COCOEvaluator {
     /// Detections are read the way loadRes reads them: if the first has a box, all areas are box areas
     /// (w * h) and a detection without a mask gets its box as a polygon; otherwise areas and missing
     /// boxes come from the masks. Ids are 1...n in file order.
-    /// - Throws: `COCOError` naming `detectionsFile` if a detection refers to an image that is not in
+    /// - Throws: `PathError` naming `detectionsFile` if a detection refers to an image that is not in
     ///   the ground truth, or lacks what the evaluation needs.
     public init(groundTruth: COCODataset, detections: [COCODetection], iouType: COCOIoUType,
                 params: COCOEvalParams = COCOEvalParams(),
@@ -100,7 +100,7 @@ public struct COCOEvaluator {
         var firstIndex: [Int: Int] = [:]
         for (n, a) in groundTruth.annotations.enumerated() {
             if let m = firstIndex[a.id] {
-                throw COCOError(file: groundTruthFile, problem: "annotation id \(a.id) appears twice (annotations[\(m)] and " +
+                throw PathError(groundTruthFile, "annotation id \(a.id) appears twice (annotations[\(m)] and " +
                                 "annotations[\(n)]); pycocotools would evaluate the last one twice and drop the other")
             }
             firstIndex[a.id] = n
@@ -113,11 +113,11 @@ public struct COCOEvaluator {
             var mask: RLE? = nil
             if iouType == .segm {
                 guard let s = a.segmentation, let (h, w) = sizes[a.imageId] else {
-                    throw COCOError(file: groundTruthFile,
-                                    problem: "annotations[\(n)] (id \(a.id)) has no segmentation, which segm evaluation needs")
+                    throw PathError(groundTruthFile,
+                                    "annotations[\(n)] (id \(a.id)) has no segmentation, which segm evaluation needs")
                 }
                 if case .polygons(let polygons) = s, let problem = polygonProblem(polygons) {
-                    throw COCOError(file: groundTruthFile, problem: "annotations[\(n)] (id \(a.id)) \(problem)")
+                    throw PathError(groundTruthFile, "annotations[\(n)] (id \(a.id)) \(problem)")
                 }
                 mask = s.rle(imageHeight: h, imageWidth: w)
             }
@@ -131,15 +131,15 @@ public struct COCOEvaluator {
         let boxMode = detections.first?.bbox != nil
         for (n, d) in detections.enumerated() {
             guard let i = imageIndex[d.imageId], let (h, w) = sizes[d.imageId] else {
-                throw COCOError(file: detectionsFile,
-                                problem: "detection \(n) refers to image id \(d.imageId), which is not in \(groundTruthFile)")
+                throw PathError(detectionsFile,
+                                "detection \(n) refers to image id \(d.imageId), which is not in \(groundTruthFile)")
             }
             guard let k = categoryIndex[d.categoryId] else { continue }  // as _prepare: other categories are dropped
             let box: [Double], area: Double
             var mask: RLE? = nil
             if boxMode {
                 guard let b = d.bbox else {
-                    throw COCOError(file: detectionsFile, problem: "detection \(n) has no bbox while the first one has")
+                    throw PathError(detectionsFile, "detection \(n) has no bbox while the first one has")
                 }
                 box = b
                 area = b[2] * b[3]
@@ -150,8 +150,8 @@ public struct COCOEvaluator {
                 }
             } else {
                 guard let s = d.segmentation else {
-                    throw COCOError(file: detectionsFile,
-                                    problem: "detection \(n) has no segmentation while the first one has no bbox")
+                    throw PathError(detectionsFile,
+                                    "detection \(n) has no segmentation while the first one has no bbox")
                 }
                 let rle = s.rle(imageHeight: h, imageWidth: w)
                 area = Double(rle.area)

@@ -3,21 +3,6 @@
 import Foundation
 import MAEJSON
 
-/// A label map that cannot be scored; the description is one sentence naming the image.
-public struct SegmentationMetricsError: LocalizedError, CustomStringConvertible, Equatable {
-    /// The image (file name or caller-given name) the problem is in.
-    public var image: String
-    public var problem: String
-
-    public init(image: String, problem: String) {
-        self.image = image
-        self.problem = problem
-    }
-
-    public var description: String { "\(image): \(problem)." }
-    public var errorDescription: String? { description }
-}
-
 /// mmseg's mIoU metric: accumulate label maps image by image, then `compute()`.
 public struct SegmentationMetrics: Sendable {
     /// Label maps are 8- or 16-bit PNGs, so labels are 0...65535: at most 65536 classes (and the
@@ -51,12 +36,12 @@ public struct SegmentationMetrics: Sendable {
     /// Adds one image (mmseg's intersect_and_union): `prediction` and `groundTruth` are [H * W] labels
     /// in the same pixel order. Values outside 0..<numClasses are not counted in any class (as torch.histc
     /// over [0, numClasses - 1] does), but such ground-truth pixels still count as labelled positions.
-    /// - Throws: `SegmentationMetricsError` naming `name` if the two maps differ in size.
+    /// - Throws: `PathError` naming `name` if the two maps differ in size.
     public mutating func add(prediction: [Int32], groundTruth: [Int32], name: String = "image") throws {
         guard prediction.count == groundTruth.count else {
-            throw SegmentationMetricsError(
-                image: name,
-                problem: "the prediction has \(prediction.count) pixels but the ground truth has \(groundTruth.count)")
+            throw PathError(
+                name,
+                "the prediction has \(prediction.count) pixels but the ground truth has \(groundTruth.count)")
         }
         let c = Int32(numClasses)
         for (p, gt) in zip(prediction, groundTruth) {
@@ -153,14 +138,14 @@ extension SegmentationMetrics {
     /// `predictions` (the whole of `mae-eval seg-eval`). `readLabelMap` decodes one PNG into row-major
     /// labels; it is passed in so that this target needs no image codec.
     /// - Returns: the metrics and the number of image pairs scored.
-    /// - Throws: `SegmentationMetricsError` naming the folder or file: a missing folder, no PNGs, a
+    /// - Throws: `PathError` naming the folder or file: a missing folder, no PNGs, a
     ///   missing prediction, or a prediction whose size differs from its ground truth.
     public static func evaluateDirectories(
         groundTruth: URL, predictions: URL, numClasses: Int, ignoreIndex: Int32 = 255, reduceZeroLabel: Bool = false,
         readLabelMap: (URL) throws -> (width: Int, height: Int, labels: [Int32])
     ) throws -> (result: SegmentationResult, images: Int) {
         if let problem = SegmentationMetrics.problem(numClasses: numClasses, ignoreIndex: ignoreIndex) {
-            throw SegmentationMetricsError(image: groundTruth.path, problem: problem)
+            throw PathError(groundTruth.path, problem)
         }
         let fm = FileManager.default
         let names: [String]
@@ -168,28 +153,28 @@ extension SegmentationMetrics {
             names = try fm.contentsOfDirectory(atPath: groundTruth.path)
                 .filter { $0.lowercased().hasSuffix(".png") }.sorted()
         } catch {
-            throw SegmentationMetricsError(image: groundTruth.path, problem: "is not a readable folder")
+            throw PathError(groundTruth.path, "is not a readable folder")
         }
         guard !names.isEmpty else {
-            throw SegmentationMetricsError(image: groundTruth.path, problem: "holds no .png label maps")
+            throw PathError(groundTruth.path, "holds no .png label maps")
         }
         var isFolder: ObjCBool = false
         guard fm.fileExists(atPath: predictions.path, isDirectory: &isFolder), isFolder.boolValue else {
-            throw SegmentationMetricsError(image: predictions.path, problem: "is not a readable folder")
+            throw PathError(predictions.path, "is not a readable folder")
         }
         var metrics = SegmentationMetrics(numClasses: numClasses, ignoreIndex: ignoreIndex,
                                           reduceZeroLabel: reduceZeroLabel)
         for name in names {
             let gtURL = groundTruth.appendingPathComponent(name), predURL = predictions.appendingPathComponent(name)
             guard fm.fileExists(atPath: predURL.path) else {
-                throw SegmentationMetricsError(image: predURL.path,
-                                               problem: "is missing (every ground-truth map needs a prediction of the same name)")
+                throw PathError(predURL.path,
+                                               "is missing (every ground-truth map needs a prediction of the same name)")
             }
             let gt = try readLabelMap(gtURL), pred = try readLabelMap(predURL)
             guard gt.width == pred.width && gt.height == pred.height else {
-                throw SegmentationMetricsError(
-                    image: predURL.path,
-                    problem: "is \(pred.width)x\(pred.height) but its ground truth \(gtURL.path) is \(gt.width)x\(gt.height)")
+                throw PathError(
+                    predURL.path,
+                    "is \(pred.width)x\(pred.height) but its ground truth \(gtURL.path) is \(gt.width)x\(gt.height)")
             }
             try metrics.add(prediction: pred.labels, groundTruth: gt.labels, name: predURL.path)
         }

@@ -67,7 +67,7 @@ public func inferArchitecture(_ w: [String: StoredTensor], metadata: [String: St
 /// Depth is the highest block index + 1 (or the metadata's): a gap is a missing block, not the end.
 public func inferArchitecture(shapes w: [String: [Int]], metadata: [String: String] = [:],
                               source: String = "checkpoint") throws -> InferredArchitecture {
-    func fail(_ reason: String) -> FormatError { FormatError(source, reason) }
+    func fail(_ reason: String) -> PathError { PathError(source, reason) }
     guard let patch = w["patch_embed.proj.weight"] else {
         throw fail("has no patch_embed.proj.weight, so it is not a ViT checkpoint mae-eval recognises")
     }

@@ -1,5 +1,6 @@
 import Foundation
 import MAEFormats
+import MAEJSON
 import MAEKernels
 
 /// How to build a model from a checkpoint.
@@ -37,27 +38,27 @@ public func loadVisionTransformer(from url: URL, options: LoadOptions = LoadOpti
     let info = try CheckpointInfo(contentsOf: url)
     let source = info.file.source
     if let refusal = info.refusal(decoder: options.keepDecoder, head: options.keepHead) {
-        throw FormatError(source, refusal)
+        throw PathError(source, refusal)
     }
     let (weights, _) = canonicalize(info.file.tensors)
     let arch = info.architecture
     var notes: [String] = []
 
     guard let heads = options.heads ?? arch.numHeads else {
-        throw FormatError(source, "does not say how many attention heads its width \(arch.embedDim) " +
+        throw PathError(source, "does not say how many attention heads its width \(arch.embedDim) " +
                           "and depth \(arch.depth) use and matches no standard preset; pass --heads")
     }
     if let h = options.heads, let own = arch.numHeads, h != own {
         notes.append("using \(h) heads as asked (the checkpoint says \(own))")
     }
     guard let grid = arch.gridSize else {
-        throw FormatError(source, "has no square pos_embed to infer the input size from")
+        throw PathError(source, "has no square pos_embed to infer the input size from")
     }
     if options.keepDecoder && arch.decoder == nil {
-        throw FormatError(source, "has no MAE decoder (decoder_embed, decoder_blocks, decoder_pred)")
+        throw PathError(source, "has no MAE decoder (decoder_embed, decoder_blocks, decoder_pred)")
     }
     if options.keepHead && arch.numClasses == 0 {
-        throw FormatError(source, "has no classification head (head.weight, head.bias)")
+        throw PathError(source, "has no classification head (head.weight, head.bias)")
     }
     // The model is built from the architecture the weights were checked against, so every
     // parameter it has is in the checkpoint with its shape.
@@ -78,13 +79,13 @@ public func loadVisionTransformer(from url: URL, options: LoadOptions = LoadOpti
         notes.append("DeiT distilled: cls and dist tokens both run; the cls-pool feature is the cls token after norm " +
                      "(DeiT's own eval averages the logits of head and head_dist, which are not used here)")
     }
-    do { try config.validate() } catch { throw FormatError(source, "\(error)") }
+    do { try config.validate() } catch { throw PathError(source, "\(error)") }
 
     let model = try VisionTransformer(config: config)
     for spec in model.params.specs {
         guard let stored = weights[spec.name] else {
             // Unreachable when the model matches the checked architecture; refused rather than left random.
-            throw FormatError(source, "refusing to load: the model needs \(spec.name), which is not in the checkpoint")
+            throw PathError(source, "refusing to load: the model needs \(spec.name), which is not in the checkpoint")
         }
         var values = stored.floats, shape = stored.shape
         if spec.name == "pos_embed" || spec.name == "decoder_pos_embed", shape != spec.shape {
@@ -95,7 +96,7 @@ public func loadVisionTransformer(from url: URL, options: LoadOptions = LoadOpti
             notes.append("\(spec.name) resized from \(sourceGrid)x\(sourceGrid) to \(newGrid)x\(newGrid) (bicubic)")
         }
         guard shape == spec.shape else {
-            throw FormatError(source, "\(spec.name) is \(shape) in the checkpoint (\(stored.shape) as stored) but " +
+            throw PathError(source, "\(spec.name) is \(shape) in the checkpoint (\(stored.shape) as stored) but " +
                               "\(spec.shape) in the model")
         }
         try model.params.set(spec.name, shape: shape, values)
@@ -149,23 +150,23 @@ extension VisionTransformer {
         let path = url.path
         guard let json = file.metadata[stateKey],
               let state = try? JSONDecoder().decode(State.self, from: Data(json.utf8)) else {
-            throw FormatError(path, "has no \(stateKey), so it is not a checkpoint this run can resume")
+            throw PathError(path, "has no \(stateKey), so it is not a checkpoint this run can resume")
         }
         try accept(state)
         guard let configJSON = file.metadata["config"],
               let saved = try? JSONDecoder().decode(ViTConfig.self, from: Data(configJSON.utf8)), saved == config else {
-            throw FormatError(path, "holds a different model than the one being trained")
+            throw PathError(path, "holds a different model than the one being trained")
         }
         for spec in params.specs {
             guard let t = file.tensors[spec.name], t.dtype == .f32, t.shape == spec.shape else {
-                throw FormatError(path, "lacks \(spec.name) with shape \(spec.shape)")
+                throw PathError(path, "lacks \(spec.name) with shape \(spec.shape)")
             }
             try params.set(spec.name, shape: spec.shape, t.floats)
         }
         var moments: [String: [Float]] = [:]
         for (key, current) in optimizer.state {
             guard let t = file.tensors["optim." + key], t.dtype == .f32, t.count == current.count else {
-                throw FormatError(path, "lacks the optimizer state optim.\(key)")
+                throw PathError(path, "lacks the optimizer state optim.\(key)")
             }
             moments[key] = t.floats
         }

@@ -1,5 +1,6 @@
 import Foundation
 import MAEFormats
+import MAEJSON
 
 /// Everything `mae-eval info` says about a checkpoint, gathered without loading a model.
 public struct CheckpointInfo {
@@ -25,7 +26,7 @@ public struct CheckpointInfo {
         layout = detectLayout(file.order)
         guard layout != .unknown else {
             let sample = file.order.prefix(4).joined(separator: ", ")
-            throw FormatError(file.source, "has an unrecognised key layout (no ViT patch_embed and blocks; keys start " +
+            throw PathError(file.source, "has an unrecognised key layout (no ViT patch_embed and blocks; keys start " +
                               "with \(sample))")
         }
         let (weights, report) = canonicalize(file.tensors)

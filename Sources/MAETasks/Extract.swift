@@ -12,6 +12,14 @@ public struct FeatureSet: Sendable {
     public var width: Int
     public var classes: [String]
     public var count: Int { labels.count }
+
+    /// Writes `features` (F32 [N, D]) and `labels` (I64 [N]) as safetensors with `metadata`: the
+    /// file `mae-eval extract` writes and the feature cache keeps.
+    public func write(to url: URL, metadata: [String: String]) throws {
+        try SafeTensors(tensors: [("features", StoredTensor(shape: [count, width], floats: features)),
+                                  ("labels", StoredTensor(shape: [count], int64s: labels.map(Int64.init)))],
+                        metadata: metadata).write(to: url)
+    }
 }
 
 /// What `mae-eval extract` does.
@@ -69,8 +77,6 @@ public func runExtract(_ o: ExtractOptions) throws -> [String] {
     let meta = ["checkpoint": o.checkpoint.path, "data": o.data.path, "pool": o.pooling.rawValue,
                 "img_size": "\(loaded.model.config.imgSize)", "crop_ratio": "\(o.cropRatio)",
                 "classes": String(decoding: try JSONEncoder().encode(set.classes), as: UTF8.self)]
-    try SafeTensors(tensors: [("features", StoredTensor(shape: [set.count, set.width], floats: set.features)),
-                              ("labels", StoredTensor(shape: [set.count], int64s: set.labels.map(Int64.init)))],
-                    metadata: meta).write(to: o.out)
+    try set.write(to: o.out, metadata: meta)
     return loaded.notes
 }

@@ -144,7 +144,6 @@ public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
             runs.append(run)
         }
     }
-    if let report = o.common.report { try writeReport(runs: o.common.outDir, to: report) }
     return runs
 }
 

@@ -128,6 +128,5 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
         say("\(backbone.stem): kNN val top-1 \(String(format: "%.2f", score.top1))%", o.common.verbose)
         runs.append(run)
     }
-    if let report = o.common.report { try writeReport(runs: o.common.outDir, to: report) }
     return runs
 }

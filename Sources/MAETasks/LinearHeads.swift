@@ -71,7 +71,7 @@ public final class LinearHeads {
         var targets = [Float](repeating: 0, count: batchSize * g)   // (B, G): each head's target logit
         var stepCol = lrCol                                          // (G*K): this step's lr per column
         for epoch in 0..<epochs {
-            for i in stride(from: n - 1, to: 0, by: -1) { order.swapAt(i, rng.below(i + 1)) }
+            rng.shuffle(&order)
             var lossSum = [Double](repeating: 0, count: g)
             for step in 0..<steps {
                 let rows = order[(step * batchSize)..<min(n, (step + 1) * batchSize)]
@@ -214,7 +214,7 @@ func stratifiedHoldout(labels: [Int], fraction: Double, seed: UInt64) -> (fit: [
     let byClass = Dictionary(grouping: labels.indices, by: { labels[$0] })
     for c in byClass.keys.sorted() {
         var idx = byClass[c]!
-        for i in stride(from: idx.count - 1, to: 0, by: -1) { idx.swapAt(i, rng.below(i + 1)) }
+        rng.shuffle(&idx)
         let h = idx.count > 1 ? max(1, Int((Double(idx.count) * fraction).rounded())) : 0
         held += idx[0..<h]; fit += idx[h...]
     }
@@ -230,7 +230,7 @@ func stratifiedFolds(labels: [Int], folds: Int, seed: UInt64) -> [(fit: [Int], h
     var next = 0
     for c in byClass.keys.sorted() {
         var idx = byClass[c]!
-        for i in stride(from: idx.count - 1, to: 0, by: -1) { idx.swapAt(i, rng.below(i + 1)) }
+        rng.shuffle(&idx)
         // Continue dealing where the last class stopped so small classes do not all start at fold 0.
         for i in idx { fold[i] = next % folds; next += 1 }
     }

@@ -62,7 +62,6 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
             runs.append(run)
         }
     }
-    if let report = o.common.report { try writeReport(runs: o.common.outDir, to: report) }
     return runs
 }
 

@@ -82,8 +82,9 @@ func readScoredLabelMap(_ url: URL) throws -> (width: Int, height: Int, labels: 
     do {
         let map = try LabelMapCodec.read(contentsOf: url)
         return (map.width, map.height, map.labels)
-    } catch let error as DataError {
-        throw SegmentationMetricsError(image: error.path, problem: error.problem)
+    } catch var error as PathError {
+        error.period = true  // the metrics' sentences end with a period
+        throw error
     }
 }
 

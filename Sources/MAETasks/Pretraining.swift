@@ -1,6 +1,7 @@
 import Foundation
 import MAEData
 import MAEFormats
+import MAEJSON
 import MAEKernels
 import MAEModels
 
@@ -212,10 +213,10 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     let source = try DecodedImages(folder)
     let classes = folder.classes.count
     if o.method == .supervised && classes < 2 {
-        throw DataError(folder.root, "has \(classes) class folder; supervised pretraining needs at least two")
+        throw PathError(folder.root, "has \(classes) class folder; supervised pretraining needs at least two", period: false)
     }
     guard source.count >= o.batchSize else {
-        throw DataError(folder.root, "holds \(source.count) images, fewer than one batch of \(o.batchSize)")
+        throw PathError(folder.root, "holds \(source.count) images, fewer than one batch of \(o.batchSize)", period: false)
     }
 
     var config = o.architecture ?? preset.config
@@ -455,7 +456,7 @@ func readLog(_ url: URL) throws -> [EpochLog] {
     let decoder = JSONDecoder()
     return try String(decoding: data, as: UTF8.self).split(separator: "\n").map { line in
         do { return try decoder.decode(EpochLog.self, from: Data(line.utf8)) } catch {
-            throw DataError(url, "has a line that is not an epoch record: \(line.prefix(80))")
+            throw PathError(url, "has a line that is not an epoch record: \(line.prefix(80))", period: false)
         }
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import MAEData
 import MAEFormats
+import MAEJSON
 import MAEKernels
 import MAEModels
 
@@ -92,7 +93,7 @@ public struct ProbeFeature: Sendable, Equatable {
 public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folder: ImageFolder,
                           transform: MAETransform, batchSize: Int = 64, seed: UInt64 = 0, epoch: Int = 0,
                           workers: Int = 2, progress: ((Int) -> Void)? = nil) throws -> FeatureSet {
-    guard folder.count > 0 else { throw DataError(folder.root, "has no images") }
+    guard folder.count > 0 else { throw PathError(folder.root, "has no images", period: false) }
     // Refused here, before the loader or the model allocates anything, when it cannot fit.
     try model.checkMemory(batch: min(batchSize, folder.count), training: feature.lastBlocks > 1)
     let w = feature.width(model)
@@ -150,9 +151,7 @@ public struct FeatureCache: Sendable {
         try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let meta = ["classes": String(decoding: try JSONEncoder().encode(set.classes), as: UTF8.self)]
         // A cache that cannot be written only costs time next run.
-        try? SafeTensors(tensors: [("features", StoredTensor(shape: [set.count, set.width], floats: set.features)),
-                                   ("labels", StoredTensor(shape: [set.count], int64s: set.labels.map(Int64.init)))],
-                         metadata: meta).write(to: url)
+        try? set.write(to: url, metadata: meta)
         return (set, false)
     }
 }

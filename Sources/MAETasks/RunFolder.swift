@@ -1,6 +1,7 @@
 import Foundation
 import MAEData
 import MAEFormats
+import MAEJSON
 import MAEKernels
 import MAEModels
 
@@ -23,7 +24,7 @@ public struct TransferOptions: Sendable {
     public var seeds: [UInt64]?
     /// Runs go to `outDir/<task>/<variant>/<backbone>-s<seed>/`.
     public var outDir = URL(fileURLWithPath: TransferOptions.defaultRunsPath)
-    /// The markdown report refreshed after the runs; nil: none.
+    /// The markdown report `runAndReport` refreshes after the runs; nil: none.
     public var report: URL? = URL(fileURLWithPath: TransferOptions.defaultReportPath(runs: TransferOptions.defaultRunsPath))
     /// Attention heads for checkpoints that do not say (`--heads`).
     public var heads: Int?
@@ -338,7 +339,7 @@ public struct TransferRun: Sendable {
         let decoder = JSONDecoder()
         return try String(decoding: data, as: UTF8.self).split(separator: "\n").map { line in
             do { return try decoder.decode(TransferEpoch.self, from: Data(line.utf8)) } catch {
-                throw DataError(log, "has a line that is not an epoch record: \(line.prefix(80))")
+                throw PathError(log, "has a line that is not an epoch record: \(line.prefix(80))", period: false)
             }
         }
     }

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import MAEFormats
+import MAEJSON
 
 /// The one atomic writer's rule for what is at the path, its output-path checks, and its error words.
 final class AtomicWriteTests: XCTestCase {
@@ -141,7 +142,7 @@ final class AtomicWriteTests: XCTestCase {
             XCTAssertTrue(text.contains("loss is nan"), text)
             XCTAssertFalse(text.contains("EncodingError"), text)
         }
-        XCTAssertEqual(describe(FormatError("a.bin", "is empty")), "a.bin: is empty.")
+        XCTAssertEqual(describe(PathError("a.bin", "is empty")), "a.bin: is empty.")
         // mkdir -p through a file: Foundation's error 512 names no cause; the file is named instead.
         let plain = file("plain")
         FileManager.default.createFile(atPath: plain.path, contents: Data())

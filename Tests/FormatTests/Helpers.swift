@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import MAEFormats
+import MAEJSON
 
 /// A fixture made by scripts/make_format_fixtures.py.
 func formatFixture(_ name: String) -> URL {
@@ -23,14 +24,14 @@ func assertBitwiseEqual(_ a: [Float], _ b: [Float], _ name: String, file: Static
     }
 }
 
-/// Asserts that `body` throws a `FormatError` whose one-sentence description names `source` and
+/// Asserts that `body` throws a `PathError` whose one-sentence description names `source` and
 /// contains `fragment`.
 func assertFormatError<T>(_ source: String, _ fragment: String, file: StaticString = #filePath, line: UInt = #line,
                           _ body: () throws -> T) {
     do {
         _ = try body()
         XCTFail("expected an error mentioning '\(fragment)'", file: file, line: line)
-    } catch let error as FormatError {
+    } catch let error as PathError {
         let text = error.description
         XCTAssertTrue(text.contains(source), "'\(text)' does not name \(source)", file: file, line: line)
         XCTAssertTrue(text.contains(fragment), "'\(text)' does not mention '\(fragment)'", file: file, line: line)

@@ -296,4 +296,24 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(help.contains("train/<class>/*.png, val/<class>/*.png"),
                       "sentences wrap at the terminal width, not mid-sentence in the source: \(help)")
     }
+
+    /// A transfer command writes the report of its runs folder after its runs (`--report`), and none
+    /// with `--no-report`.
+    func testTransferCommandsWriteTheReportOnceTheirRunsAreDone() throws {
+        let work = try temporaryFolder()
+        let images = Bundle.module.url(forResource: "Fixtures/imagefolder", withExtension: nil)!.path
+        let base = ["knn", "--checkpoint", fixtureURL("mae_tiny.safetensors").path, "--train-data", images, "--val-data", images,
+                    "--k", "3", "--threads", "1", "--out-dir", work.appendingPathComponent("runs").path]
+        let environment = ["MAE_EVAL_CACHE": work.appendingPathComponent("cache").path]
+        let report = work.appendingPathComponent("r.md")
+        let (status, _, err) = try run(base + ["--report", report.path], in: work, environment: environment)
+        XCTAssertEqual(status, 0, err)
+        let md = try String(contentsOf: report, encoding: .utf8)
+        XCTAssertTrue(md.contains("## shapes-knn: knn, k 3, T 0.07, cls"), md)
+        try FileManager.default.removeItem(at: report)
+        let (again, _, err2) = try run(base + ["--no-report"], in: work, environment: environment)
+        XCTAssertEqual(again, 0, err2)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: report.path))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: work.appendingPathComponent("runs/classification.md").path))
+    }
 }

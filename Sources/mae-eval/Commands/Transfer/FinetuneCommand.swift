@@ -33,5 +33,8 @@ struct Finetune: LibraryCommand {
         }
     }
 
-    func call() throws -> [String] { try runFineTune(options).map(\.dir.path) }
+    func call() throws -> [String] {
+        let o = try options
+        return try runAndReport(o.common) { try runFineTune(o) }.map(\.dir.path)
+    }
 }

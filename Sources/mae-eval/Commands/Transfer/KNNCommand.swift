@@ -42,5 +42,8 @@ struct KNN: LibraryCommand {
         }
     }
 
-    func call() throws -> [String] { try runKNN(options).map(\.dir.path) }
+    func call() throws -> [String] {
+        let o = try options
+        return try runAndReport(o.common) { try runKNN(o) }.map(\.dir.path)
+    }
 }

@@ -46,5 +46,8 @@ struct Linprobe: LibraryCommand {
         }
     }
 
-    func call() throws -> [String] { try runLinearProbe(options).map(\.dir.path) }
+    func call() throws -> [String] {
+        let o = try options
+        return try runAndReport(o.common) { try runLinearProbe(o) }.map(\.dir.path)
+    }
 }
