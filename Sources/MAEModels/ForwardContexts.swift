@@ -20,23 +20,25 @@ public final class EncoderContext {
     /// N = T + Lk tokens per image.
     public var tokens: Int { prefixTokens + mask.keepCount }
 
-    /// The last block's output after the final norm (nil mean/rstd: the model has no final norm).
-    struct Final {
+    /// The last block's output after the final norm, when the model has one.
+    struct Normed {
         let output: Tensor
-        let mean, rstd: Tensor?
+        let mean, rstd: Tensor
     }
 
     let stack: StackPass
     let patches: Tensor           // (B*Lk, C*P*P) in conv-weight order
     let position: Tensor?         // (T+Gh*Gw, D) pos_embed rows used, nil when the stored table itself
-    let final: Final?
+    /// The forward ran every block (`finalOutput`).
+    let ranAll: Bool
+    let normed: Normed?
     let rng: RandomStream         // drop path's stream after the encoder, continued by the decoder
 
     init(batch: Int, height: Int, width: Int, mask: PatchMask, prefixTokens: Int, blocks: [Int], stack: StackPass,
-         patches: Tensor, position: Tensor?, final: Final?, rng: RandomStream) {
+         patches: Tensor, position: Tensor?, ranAll: Bool, normed: Normed?, rng: RandomStream) {
         self.batch = batch; self.height = height; self.width = width; self.mask = mask
         self.prefixTokens = prefixTokens; self.blocks = blocks; self.stack = stack
-        self.patches = patches; self.position = position; self.final = final; self.rng = rng
+        self.patches = patches; self.position = position; self.ranAll = ranAll; self.normed = normed; self.rng = rng
     }
 
     /// Block i's output tokens (B,N,D) before the final norm, for i in `blocks`.
@@ -48,15 +50,14 @@ public final class EncoderContext {
     /// Tokens (B,N,D) after the final `norm` when the model has one (else the last block's output),
     /// for a forward with `finalOutput`.
     public var output: Tensor {
-        guard let final else { preconditionFailure("the forward stopped before the last block (finalOutput false)") }
-        return final.output
+        precondition(ranAll, "the forward stopped before the last block (finalOutput false)")
+        return normed?.output ?? stack.output(stack.ran - 1)
     }
 }
 
 /// What `forwardFeatures` keeps of one block's pooling.
 struct PooledBlock {
     let block: Int
-    let tokens: Tensor                     // (B,N,D) the block's output
     let out: Tensor                        // (B,D) its feature
     let stats: (mean: Tensor, rstd: Tensor)?  // of `norm` (B*N rows) or `fc_norm` (B rows)
     let pooled: Tensor?                    // (B,D) token mean before fc_norm (avg pooling without norm)
@@ -83,15 +84,12 @@ public final class DecoderContext {
     public let encoder: EncoderContext
     /// (B,L,P*P*C) per-patch pixel predictions, in patch order.
     public let pred: Tensor
-    let stack: StackPass
-    let output: Tensor                         // (B,1+L,Dd) decoder stack output
+    let stack: StackPass                       // its last output (B,1+L,Dd) feeds decoder_norm
     let normed: Tensor                         // (B,1+L,Dd) after decoder_norm
     let stats: (mean: Tensor, rstd: Tensor)
     var target: Tensor?                        // (B,L,P*P*C) normalised target, from forwardLoss
 
-    init(encoder: EncoderContext, pred: Tensor, stack: StackPass, output: Tensor, normed: Tensor,
-         stats: (mean: Tensor, rstd: Tensor)) {
-        self.encoder = encoder; self.pred = pred; self.stack = stack; self.output = output
-        self.normed = normed; self.stats = stats
+    init(encoder: EncoderContext, pred: Tensor, stack: StackPass, normed: Tensor, stats: (mean: Tensor, rstd: Tensor)) {
+        self.encoder = encoder; self.pred = pred; self.stack = stack; self.normed = normed; self.stats = stats
     }
 }

@@ -68,9 +68,8 @@ extension VisionTransformer {
         let n = ctx.tokens
         for i in 0..<config.depth {
             let out = ctx.blockOutput(i)
-            if NonFiniteCount(UnsafeBufferPointer(start: out.data + row * n * d, count: n * d)) != nil {
-                return "the output of blocks.\(i)"
-            }
+            let bad = withExtendedLifetime(out) { NonFiniteCount(UnsafeBufferPointer(start: out.data + row * n * d, count: n * d)) }
+            if bad != nil { return "the output of blocks.\(i)" }
         }
         return params.spec("norm.weight") != nil ? "the final norm (norm)" : "the pooling and fc_norm"
     }

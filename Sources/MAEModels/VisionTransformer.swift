@@ -131,17 +131,15 @@ public final class VisionTransformer {
         }
         let out = encoder.forward(params, pass, through: finalOutput ? c.depth : blocks.max()! + 1, keep: Set(blocks),
                                   rng: &rng)
-        var final: EncoderContext.Final?
+        var normed: EncoderContext.Normed?
         if finalOutput, let norm {
             let latent = Tensor([b, n, d]), mean = Tensor([b * n]), rstd = Tensor([b * n])
             layerNormForward(out: latent.data, mean: mean.data, rstd: rstd.data, input: out.data,
                              weight: params.v(norm.w), bias: params.v(norm.b), rows: b * n, width: d)
-            final = .init(output: latent, mean: mean, rstd: rstd)
-        } else if finalOutput {
-            final = .init(output: out, mean: nil, rstd: nil)
+            normed = .init(output: latent, mean: mean, rstd: rstd)
         }
         return EncoderContext(batch: b, height: h, width: w, mask: m, prefixTokens: t0, blocks: blocks, stack: pass,
-                              patches: patches, position: position, final: final, rng: rng)
+                              patches: patches, position: position, ranAll: finalOutput, normed: normed, rng: rng)
     }
 
     /// pos_embed rows (T + Gh*Gw, D) for a Gh x Gw grid with T prefix rows (all or none), or nil when
@@ -231,14 +229,14 @@ public final class VisionTransformer {
             dOutputs[i] = UnsafePointer(g.data)
         }
         if let g = outputGradient {
-            guard let final = ctx.final else { preconditionFailure("the forward gave no final output") }
+            precondition(ctx.ranAll, "the forward gave no final output")
             precondition(g.count == b * n * d, "output gradient \(g.shape) for (\(b),\(n),\(d)) tokens")
             var dLast = UnsafePointer(g.data)
-            if let norm, let mean = final.mean, let rstd = final.rstd {
+            if let norm, let normed = ctx.normed {
                 let t = buffer("dTokens", [b * n, d])
                 layerNormBackward(dInput: t.data, dWeight: params.g(norm.w), dBias: params.g(norm.b), dOut: g.data,
-                                  input: ctx.stack.output(c.depth - 1).data, weight: params.v(norm.w), mean: mean.data,
-                                  rstd: rstd.data, rows: b * n, width: d)
+                                  input: ctx.stack.output(c.depth - 1).data, weight: params.v(norm.w), mean: normed.mean.data,
+                                  rstd: normed.rstd.data, rows: b * n, width: d)
                 dLast = UnsafePointer(t.data)
             }
             if let other = dOutputs[c.depth - 1] {
@@ -337,23 +335,23 @@ public final class VisionTransformer {
             case .cls: for bi in 0..<b { (out.data + bi * d).update(from: normed.data + bi * n * d, count: d) }
             case .avg: meanTokensForward(out: out.data, input: normed.data, batch: b, tokens: n, width: d, from: t0)
             }
-            return PooledBlock(block: block, tokens: tokens, out: out, stats: (mean, rstd), pooled: nil)
+            return PooledBlock(block: block, out: out, stats: (mean, rstd), pooled: nil)
         }
         switch pooling {
         case .cls:
             for bi in 0..<b { (out.data + bi * d).update(from: tokens.data + bi * n * d, count: d) }
-            return PooledBlock(block: block, tokens: tokens, out: out, stats: nil, pooled: nil)
+            return PooledBlock(block: block, out: out, stats: nil, pooled: nil)
         case .avg:
             let pooled = Tensor([b, d])
             meanTokensForward(out: pooled.data, input: tokens.data, batch: b, tokens: n, width: d, from: t0)
             guard let fcNorm else {
                 out.copy(from: pooled)
-                return PooledBlock(block: block, tokens: tokens, out: out, stats: nil, pooled: pooled)
+                return PooledBlock(block: block, out: out, stats: nil, pooled: pooled)
             }
             let mean = Tensor([b]), rstd = Tensor([b])
             layerNormForward(out: out.data, mean: mean.data, rstd: rstd.data, input: pooled.data,
                              weight: params.v(fcNorm.w), bias: params.v(fcNorm.b), rows: b, width: d)
-            return PooledBlock(block: block, tokens: tokens, out: out, stats: (mean, rstd), pooled: pooled)
+            return PooledBlock(block: block, out: out, stats: (mean, rstd), pooled: pooled)
         }
     }
 
@@ -378,7 +376,7 @@ public final class VisionTransformer {
                 case .avg: meanTokensBackward(dInput: dNormed.data, dOut: dOut.data, batch: b, tokens: n, width: d, from: t0)
                 }
                 layerNormBackward(dInput: dTokens.data, dWeight: params.g(norm.w), dBias: params.g(norm.b),
-                                  dOut: dNormed.data, input: s.tokens.data, weight: params.v(norm.w), mean: mean.data,
+                                  dOut: dNormed.data, input: ctx.encoder.blockOutput(s.block).data, weight: params.v(norm.w), mean: mean.data,
                                   rstd: rstd.data, rows: b * n, width: d)
             } else if ctx.pooling == .cls {
                 for bi in 0..<b { (dTokens.data + bi * n * d).update(from: dOut.data + bi * d, count: d) }
@@ -471,7 +469,7 @@ public final class VisionTransformer {
         for bi in 0..<b {
             (pred.data + bi * l * pd).update(from: predFull.data + (bi * nOut + 1) * pd, count: l * pd)
         }
-        return DecoderContext(encoder: enc, pred: pred, stack: pass, output: out, normed: normed, stats: (mean, rstd))
+        return DecoderContext(encoder: enc, pred: pred, stack: pass, normed: normed, stats: (mean, rstd))
     }
 
     /// forward_loss: mean squared error on the removed patches only, against per-patch normalised
@@ -532,7 +530,7 @@ public final class VisionTransformer {
                        rows: b * nOut, inDim: dd, outDim: pd)
         let dStackOut = buffer("dDecoderOut", [b, nOut, dd])
         layerNormBackward(dInput: dStackOut.data, dWeight: params.g(dcd.normW), dBias: params.g(dcd.normB),
-                          dOut: dNormed.data, input: ctx.output.data, weight: params.v(dcd.normW),
+                          dOut: dNormed.data, input: ctx.stack.output(dcd.config.depth - 1).data, weight: params.v(dcd.normW),
                           mean: ctx.stats.mean.data, rstd: ctx.stats.rstd.data, rows: b * nOut, width: dd)
         let dx = dcd.stack.backward(params, ctx.stack, dOutputs: [dcd.config.depth - 1: UnsafePointer(dStackOut.data)])
         // Undo the unshuffle: kept positions flow to decoder_embed's output, the rest to mask_token.

@@ -66,9 +66,9 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
     if let bad = NonFiniteCount(pred) {
         let row = bad.first / (l * pd)
         let encoderStage = images.withUnsafeBufferPointer { x -> String? in
-            let latent = model.forwardEncoder(images: x.baseAddress!, batch: n).output.data
+            let latent = model.forwardEncoder(images: x.baseAddress!, batch: n).output.array
             let t = (c.numPrefixTokens + l) * c.embedDim
-            guard NonFiniteCount(UnsafeBufferPointer(start: latent + row * t, count: t)) != nil else { return nil }
+            guard NonFiniteCount(Array(latent[(row * t)..<((row + 1) * t)])) != nil else { return nil }
             return model.firstNonFiniteStage(images: x.baseAddress!, batch: n, row: row)
         }
         throw NonFiniteError.image(folder.samples[picks[row]].url.path, "reconstructed pixels",
