@@ -5,7 +5,9 @@ import MAEKernels
 /// - a backbone (`numClasses == 0`): features for probes and extraction;
 /// - a classifier (`numClasses > 0`): cls token + `norm` + `head`, or patch-token mean + `fc_norm` + `head`;
 /// - an MAE pretraining model (`decoder != nil`): masked encoder, light decoder, per-patch pixel loss.
-/// The forward is split into MAE's named stages; each keeps what its backward needs.
+/// The forward is split into MAE's named stages. Each stage returns a context (`EncoderContext`,
+/// `FeaturesContext`, `DecoderContext`) holding what its backward needs; the model itself keeps
+/// only parameters, settings and reusable buffers, so forwards do not clash.
 public final class VisionTransformer {
     public let config: ViTConfig
     public let params: ParameterStore
@@ -35,8 +37,8 @@ public final class VisionTransformer {
         let normW, normB, predW, predB: Int
     }
 
-    /// Backward staging buffers reused across steps (fresh multi-MB allocations page-fault); only
-    /// within one backward call, so any number of forwards' contexts may be in flight.
+    /// Staging and gradient buffers reused across steps (fresh multi-MB allocations page-fault), each
+    /// used within one call only, so any number of forwards' contexts may be in flight.
     private var scratch: [String: Tensor] = [:]
 
     public init(config: ViTConfig) throws {
@@ -112,7 +114,7 @@ public final class VisionTransformer {
         gatherPatches(pd, images: images, height: h, width: w, patchIndices: m.keep, perImage: lk)
         let pass = encoder.begin(batch: b, tokens: n, training: t)
         let x0 = pass.input
-        let emb = Tensor([b * lk, d])
+        let emb = buffer("embedding", [b * lk, d])
         linearForward(out: emb.data, input: pd, weight: params.v(patchW), bias: params.v(patchB),
                       rows: b * lk, inDim: cpp, outDim: d)
         let position = positionRows(gridHeight: gh, gridWidth: gw, prefixTokens: t0)
@@ -446,9 +448,9 @@ public final class VisionTransformer {
                       bias: params.v(dcd.embedB), rows: b * nIn, inDim: d, outDim: dd)
         // Append mask tokens, unshuffle to patch order, add the decoder's position embedding.
         let pass = dcd.stack.begin(batch: b, tokens: nOut, training: enc.training)
-        let x = pass.input, y = embedded.data, mt = params.v(dcd.maskToken), pos = params.v(dcd.posEmbed)
+        let x = pass.input, mt = params.v(dcd.maskToken), pos = params.v(dcd.posEmbed)
         for bi in 0..<b {
-            let dst0 = x + bi * nOut * dd, src0 = y + bi * nIn * dd
+            let dst0 = x + bi * nOut * dd, src0 = embedded.data + bi * nIn * dd
             for i in 0..<dd { dst0[i] = src0[i] + pos[i] }
             for patch in 0..<l {
                 let rank = m.idsRestore[bi * l + patch]
