@@ -93,6 +93,7 @@ final class StackPass {
         self.spare = spare
     }
 
+    /// Hands the buffers on, unless a caller still holds one of the outputs (a residual).
     deinit {
         for i in buffers.residuals.indices where !isKnownUniquelyReferenced(&buffers.residuals[i]) { return }
         spare.give(buffers)
@@ -118,7 +119,7 @@ final class StackPass {
 /// A stack of MAE/timm pre-norm ViT blocks:
 ///   x1 = x + DropPath(proj(attn(norm1(x)))),  out = x1 + DropPath(fc2(GELU(fc1(norm2(x1))))).
 /// Each forward is a `StackPass` holding its own activations (every block's in training mode, for
-/// the backward; one reused set in inference); the stack keeps only parameters offsets, one spare
+/// the backward; one reused set in inference); the stack keeps only parameter offsets, one spare
 /// set of buffers and the backward's scratch.
 final class TransformerStack {
     let blocks: [BlockParameters]
