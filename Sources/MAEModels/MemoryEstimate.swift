@@ -5,7 +5,7 @@ import Foundation
 // Sizes are Doubles: at 100,000 px the attention scores alone overflow Int.
 
 extension TransformerStack {
-    /// Floats the stack's buffers hold for a batch of b sequences of n tokens (`input`'s allocation:
+    /// Floats the stack's buffers hold for a batch of b sequences of n tokens (`begin`'s allocation:
     /// activations per block, the (B,H,N,N) attention scores, residuals; the backward's scratch).
     static func bufferFloats(batch b: Int, tokens n: Int, width d: Int, hidden: Int, heads: Int,
                              depth: Int, training: Bool) -> Double {

@@ -53,8 +53,7 @@ extension VisionTransformer {
 
     /// Where image `row` of `images` (B,C,H,W) first goes non-finite in the unmasked eval forward:
     /// a parameter of the token embedding, the patch embedding, a block's output or the final norm
-    /// ("the output of blocks.3"). Reruns the batch once, in training mode so every block's output
-    /// is kept, with drop path off (so it is the eval function).
+    /// ("the output of blocks.3"). Reruns the batch once, keeping every block's output.
     public func firstNonFiniteStage(images: UnsafePointer<Float>, batch b: Int, row: Int) -> String {
         let d = config.embedDim
         let embedded = patchEmbedding(images: images, batch: b)
@@ -65,16 +64,12 @@ extension VisionTransformer {
         for name in ["cls_token", "dist_token", "pos_embed"] where params.spec(name) != nil {
             if NonFiniteCount(UnsafeBufferPointer(params.value(name))) != nil { return name }
         }
-        let savedDropPath = dropPath
-        dropPath = 0
-        defer { dropPath = savedDropPath }
-        forwardEncoder(images: images, batch: b, training: true)
-        let n = config.numPrefixTokens + l
+        let ctx = forwardEncoder(images: images, batch: b, blocks: Array(0..<config.depth), finalOutput: false)
+        let n = ctx.tokens
         for i in 0..<config.depth {
-            let out = encoderBlockOutput(i)
-            if NonFiniteCount(UnsafeBufferPointer(start: out.data + row * n * d, count: n * d)) != nil {
-                return "the output of blocks.\(i)"
-            }
+            let out = ctx.blockOutput(i)
+            let bad = withExtendedLifetime(out) { NonFiniteCount(UnsafeBufferPointer(start: out.data + row * n * d, count: n * d)) }
+            if bad != nil { return "the output of blocks.\(i)" }
         }
         return params.spec("norm.weight") != nil ? "the final norm (norm)" : "the pooling and fc_norm"
     }

@@ -1,3 +1,4 @@
+import Foundation
 import MAEKernels
 
 extension ParameterLayout {
@@ -51,21 +52,93 @@ final class BlockActivations {
     }
 }
 
+/// The activation buffers of one pass through a stack, for one (B, N) and mode: every block's set
+/// and every residual in training mode, one set and two ping-pong residuals in inference.
+final class StackBuffers {
+    let batch, tokens: Int
+    let training: Bool
+    let acts: [BlockActivations]
+    /// residuals[i] is block i's input; residuals[i + 1] its output (mod 2 in inference).
+    var residuals: [Tensor]
+
+    init(batch b: Int, tokens n: Int, training t: Bool, depth: Int, width: Int, hidden: Int, heads: Int) {
+        batch = b; tokens = n; training = t
+        acts = (0..<(t ? depth : 1)).map { _ in BlockActivations(batch: b, tokens: n, width: width, hidden: hidden, heads: heads) }
+        residuals = (0..<(t ? depth + 1 : 2)).map { _ in Tensor([b * n, width]) }
+    }
+}
+
+/// The one spare set of buffers a stack keeps between passes: a pass that ends hands its buffers
+/// back here, the next pass of the same shape takes them (fresh multi-MB allocations page-fault).
+/// Holds at most one set, so a change of batch size frees the old one.
+final class SpareBuffers: @unchecked Sendable {
+    private let lock = NSLock()
+    private var spare: StackBuffers?
+
+    func take(batch b: Int, tokens n: Int, training t: Bool) -> StackBuffers? {
+        lock.lock(); defer { lock.unlock() }
+        guard let s = spare, s.batch == b, s.tokens == n, s.training == t else { return nil }
+        spare = nil
+        return s
+    }
+
+    func give(_ buffers: StackBuffers) {
+        lock.lock(); defer { lock.unlock() }
+        spare = buffers
+    }
+}
+
+/// One forward through a `TransformerStack`: the activations its backward reads and the outputs of
+/// the blocks asked for. Independent of every other pass; its buffers go back to the stack's spare
+/// set when it ends, unless a caller still holds one of its outputs.
+final class StackPass {
+    let buffers: StackBuffers
+    private let spare: SpareBuffers
+    /// Blocks 0..<ran were run.
+    fileprivate(set) var ran = 0
+    /// Inference copies of the outputs asked for (the ping-pong residuals are overwritten).
+    fileprivate var kept: [Int: Tensor] = [:]
+
+    fileprivate init(_ buffers: StackBuffers, spare: SpareBuffers) {
+        self.buffers = buffers
+        self.spare = spare
+    }
+
+    /// Hands the buffers on, unless a caller still holds one of the outputs (a residual).
+    deinit {
+        for i in buffers.residuals.indices where !isKnownUniquelyReferenced(&buffers.residuals[i]) { return }
+        spare.give(buffers)
+    }
+
+    var batch: Int { buffers.batch }
+    var tokens: Int { buffers.tokens }
+    var training: Bool { buffers.training }
+    /// The buffer the caller fills with the stack's input (B,N,D) before `forward`.
+    var input: UnsafeMutablePointer<Float> { buffers.residuals[0].data }
+
+    fileprivate func residual(_ i: Int) -> Tensor { training ? buffers.residuals[i] : buffers.residuals[i % 2] }
+
+    /// Block i's output (B,N,D): any block run in training mode; in inference the blocks kept and the last run.
+    func output(_ i: Int) -> Tensor {
+        precondition(i < ran, "block \(i) was not run")
+        if training || i == ran - 1 { return residual(i + 1) }
+        guard let t = kept[i] else { preconditionFailure("block \(i)'s output was not kept") }
+        return t
+    }
+}
+
 /// A stack of MAE/timm pre-norm ViT blocks:
 ///   x1 = x + DropPath(proj(attn(norm1(x)))),  out = x1 + DropPath(fc2(GELU(fc1(norm2(x1))))).
-/// Owns its activation buffers for the current (B, N); `training` keeps every block's activations
-/// for the backward, inference reuses one set.
+/// Each forward is a `StackPass` holding its own activations (every block's in training mode, for
+/// the backward; one reused set in inference); the stack keeps only parameter offsets, one spare
+/// set of buffers and the backward's scratch.
 final class TransformerStack {
     let blocks: [BlockParameters]
     let width, hidden, heads: Int
     /// Stochastic depth rate of the last block (linearly increasing from 0, as timm).
     var dropPath: Float = 0
 
-    private(set) var batch = 0, tokens = 0
-    private var training = false
-    private var acts: [BlockActivations] = []
-    /// residuals[i] is block i's input; residuals[depth] the output (two ping-pong buffers in inference).
-    private var residuals: [Tensor] = []
+    private let spare = SpareBuffers()
     private var scratch: (dX: Tensor, dLn: Tensor, dBranch: Tensor, dAtt: Tensor, dQKV: Tensor, dH: Tensor, dG: Tensor)?
 
     /// The stack over the blocks `prefix.0` ..< `prefix.{depth}` of `layout` (see `addBlocks`).
@@ -76,29 +149,24 @@ final class TransformerStack {
         self.heads = heads
     }
 
-    /// The buffer the caller fills with the stack's input (B,N,D) before `forward`.
-    func input(batch b: Int, tokens n: Int, training t: Bool) -> UnsafeMutablePointer<Float> {
-        if b != batch || n != tokens || t != training || acts.isEmpty {
-            batch = b; tokens = n; training = t
-            let sets = t ? blocks.count : 1
-            acts = (0..<sets).map { _ in BlockActivations(batch: b, tokens: n, width: width, hidden: hidden, heads: heads) }
-            residuals = (0..<(t ? blocks.count + 1 : 2)).map { _ in Tensor([b * n, width]) }
-            scratch = nil
-        }
-        return residuals[0].data
+    /// A new pass for b sequences of n tokens; the caller fills `pass.input` (B,N,D), then calls `forward`.
+    func begin(batch b: Int, tokens n: Int, training t: Bool) -> StackPass {
+        let buffers = spare.take(batch: b, tokens: n, training: t)
+            ?? StackBuffers(batch: b, tokens: n, training: t, depth: blocks.count, width: width, hidden: hidden, heads: heads)
+        return StackPass(buffers, spare: spare)
     }
 
-    private func residual(_ i: Int) -> Tensor { training ? residuals[i] : residuals[i % 2] }
-
-    /// Block i's output from the last training-mode forward (B,N,D), for parity tests.
-    func blockOutput(_ i: Int) -> Tensor { residual(i + 1) }
-
-    /// Runs every block on the input buffer; returns the output (B,N,D).
-    func forward(_ p: ParameterStore, rng: inout RandomStream) -> UnsafeMutablePointer<Float> {
+    /// Runs blocks 0..<through on the pass's input (all by default), keeping the outputs of `keep`
+    /// (inference copies them; training keeps every output anyway). Returns the last output (B,N,D).
+    @discardableResult
+    func forward(_ p: ParameterStore, _ pass: StackPass, through last: Int? = nil, keep: Set<Int> = [],
+                 rng: inout RandomStream) -> Tensor {
+        let last = last ?? blocks.count, batch = pass.batch, tokens = pass.tokens, training = pass.training
+        precondition(pass.ran == 0 && (1...blocks.count).contains(last), "a pass runs once, through 1...\(blocks.count) blocks")
         let r = batch * tokens, d = width
-        for (i, w) in blocks.enumerated() {
-            let a = acts[training ? i : 0]
-            let x = residual(i).data, out = residual(i + 1).data
+        for (i, w) in blocks.prefix(last).enumerated() {
+            let a = pass.buffers.acts[training ? i : 0]
+            let x = pass.residual(i).data, out = pass.residual(i + 1).data
             let rate = training && blocks.count > 1 ? dropPath * Float(i) / Float(blocks.count - 1) : 0
             layerNormForward(out: a.ln1.data, mean: a.mean1.data, rstd: a.rstd1.data, input: x,
                              weight: p.v(w.norm1W), bias: p.v(w.norm1B), rows: r, width: d)
@@ -108,7 +176,7 @@ final class TransformerStack {
                              batch: batch, tokens: tokens, width: d, heads: heads)
             linearForward(out: a.x1.data, input: a.att.data, weight: p.v(w.projW), bias: p.v(w.projB),
                           rows: r, inDim: d, outDim: d)
-            applyDropPath(a.x1.data, keep: a.keep1, rate: rate, rng: &rng)
+            applyDropPath(a.x1.data, keep: a.keep1, rate: rate, batch: batch, tokens: tokens, rng: &rng)
             addForward(out: a.x1.data, a.x1.data, x, count: r * d)
             layerNormForward(out: a.ln2.data, mean: a.mean2.data, rstd: a.rstd2.data, input: a.x1.data,
                              weight: p.v(w.norm2W), bias: p.v(w.norm2B), rows: r, width: d)
@@ -117,37 +185,46 @@ final class TransformerStack {
             geluForward(out: a.g.data, input: a.h.data, count: r * hidden)
             linearForward(out: out, input: a.g.data, weight: p.v(w.fc2W), bias: p.v(w.fc2B),
                           rows: r, inDim: hidden, outDim: d)
-            applyDropPath(out, keep: a.keep2, rate: rate, rng: &rng)
+            applyDropPath(out, keep: a.keep2, rate: rate, batch: batch, tokens: tokens, rng: &rng)
             addForward(out: out, out, a.x1.data, count: r * d)
+            if !training, keep.contains(i), i < last - 1 { pass.kept[i] = pass.residual(i + 1).clone() }
         }
-        return residual(blocks.count).data
+        pass.ran = last
+        return pass.residual(last)
     }
 
     /// Scales each sample's branch by 0 or 1/(1-rate) (timm's DropPath); records the scales.
     private func applyDropPath(_ branch: UnsafeMutablePointer<Float>, keep: Tensor, rate: Float,
-                               rng: inout RandomStream) {
+                               batch: Int, tokens: Int, rng: inout RandomStream) {
         guard rate > 0 else { keep.buffer.update(repeating: 1); return }
         dropMask(keep.data, count: batch, p: rate, rng: &rng)
         scaleGroupsForward(out: branch, input: branch, scale: keep.data, groups: batch, size: tokens * width)
     }
 
-    /// Backward through blocks `depth - 1` down to `lowest`. dOut (B,N,D) is the gradient of the
-    /// stack's output; returns the gradient of block `lowest`'s input (a buffer owned by the stack).
-    /// Parameter gradients accumulate. Blocks below `lowest` get no gradient and cost nothing.
-    func backward(_ p: ParameterStore, dOut: UnsafePointer<Float>, lowest: Int = 0) -> UnsafeMutablePointer<Float> {
-        precondition(training, "backward needs a training-mode forward")
+    /// Backward of `pass` from the gradients of block outputs: dOutputs[i] (B,N,D) is the gradient of
+    /// block i's output. Runs from the highest block given down to `lowest`, adding each block's
+    /// gradient as it passes it; returns the gradient of block `lowest`'s input (a buffer owned by the
+    /// stack, valid until its next backward). Parameter gradients accumulate. Blocks below `lowest`
+    /// get no gradient and cost nothing; `lowest` must not be above the highest block given.
+    func backward(_ p: ParameterStore, _ pass: StackPass, dOutputs: [Int: UnsafePointer<Float>],
+                  lowest: Int = 0) -> UnsafeMutablePointer<Float> {
+        let batch = pass.batch, tokens = pass.tokens
+        guard let top = dOutputs.keys.max() else { preconditionFailure("backward needs at least one gradient") }
+        precondition(pass.training, "backward needs a training-mode forward")
+        precondition(top < pass.ran && lowest <= top, "gradient for block \(top) of a pass that ran \(pass.ran) blocks")
         let r = batch * tokens, d = width
-        if scratch == nil {
+        if scratch?.dX.count != r * d || scratch?.dH.count != r * hidden {
             scratch = (Tensor([r, d]), Tensor([r, d]), Tensor([r, d]), Tensor([r, d]), Tensor([r, 3 * d]),
                        Tensor([r, hidden]), Tensor([r, hidden]))
         }
         let s = scratch!
         let dx = s.dX.data
-        dx.update(from: dOut, count: r * d)
-        for i in stride(from: blocks.count - 1, through: lowest, by: -1) {
-            let w = blocks[i], a = acts[i], x = residual(i).data
+        dx.update(from: dOutputs[top]!, count: r * d)
+        for i in stride(from: top, through: lowest, by: -1) {
+            if i < top, let g = dOutputs[i] { addForward(out: dx, dx, g, count: r * d) }
+            let w = blocks[i], a = pass.buffers.acts[i], x = pass.residual(i).data
             // out = x1 + keep2 * fc2(g)
-            let dBranch = scaledBranchGrad(dx, keep: a.keep2, into: s.dBranch)
+            let dBranch = scaledBranchGrad(dx, keep: a.keep2, into: s.dBranch, batch: batch, tokens: tokens)
             s.dG.zero()
             linearBackward(dInput: s.dG.data, dWeight: p.g(w.fc2W), dBias: p.g(w.fc2B), dOut: dBranch,
                            input: a.g.data, weight: p.v(w.fc2W), rows: r, inDim: hidden, outDim: d)
@@ -160,7 +237,7 @@ final class TransformerStack {
                               input: a.x1.data, weight: p.v(w.norm2W), mean: a.mean2.data, rstd: a.rstd2.data,
                               rows: r, width: d)
             // x1 = x + keep1 * proj(attn(norm1(x)))
-            let dBranch1 = scaledBranchGrad(dx, keep: a.keep1, into: s.dBranch)
+            let dBranch1 = scaledBranchGrad(dx, keep: a.keep1, into: s.dBranch, batch: batch, tokens: tokens)
             s.dAtt.zero()
             linearBackward(dInput: s.dAtt.data, dWeight: p.g(w.projW), dBias: p.g(w.projB), dOut: dBranch1,
                            input: a.att.data, weight: p.v(w.projW), rows: r, inDim: d, outDim: d)
@@ -178,8 +255,8 @@ final class TransformerStack {
     }
 
     /// The gradient of a drop-path branch: dOut itself when nothing was dropped, else scaled.
-    private func scaledBranchGrad(_ dOut: UnsafeMutablePointer<Float>, keep: Tensor, into buffer: Tensor)
-        -> UnsafeMutablePointer<Float> {
+    private func scaledBranchGrad(_ dOut: UnsafeMutablePointer<Float>, keep: Tensor, into buffer: Tensor,
+                                  batch: Int, tokens: Int) -> UnsafeMutablePointer<Float> {
         if keep.buffer.allSatisfy({ $0 == 1 }) { return dOut }
         scaleGroupsForward(out: buffer.data, input: dOut, scale: keep.data, groups: batch, size: tokens * width)
         return buffer.data

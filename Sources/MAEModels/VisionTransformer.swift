@@ -5,7 +5,9 @@ import MAEKernels
 /// - a backbone (`numClasses == 0`): features for probes and extraction;
 /// - a classifier (`numClasses > 0`): cls token + `norm` + `head`, or patch-token mean + `fc_norm` + `head`;
 /// - an MAE pretraining model (`decoder != nil`): masked encoder, light decoder, per-patch pixel loss.
-/// The forward is split into MAE's named stages; each keeps what its backward needs.
+/// The forward is split into MAE's named stages. Each stage returns a context (`EncoderContext`,
+/// `FeaturesContext`, `DecoderContext`) holding what its backward needs; the model itself keeps
+/// only parameters, settings and reusable buffers, so forwards do not clash.
 public final class VisionTransformer {
     public let config: ViTConfig
     public let params: ParameterStore
@@ -35,34 +37,9 @@ public final class VisionTransformer {
         let normW, normB, predW, predB: Int
     }
 
-    /// State of the last forward, for the backward.
-    private var batch = 0
-    private var training = false
-    private var mask: PatchMask?
-    private var patches = Tensor([0])        // (B*Lk, C*P*P) gathered in conv-weight order
-    private var tokens = Tensor([0])         // (B,N,D) encoder output before the final norm
-    private var latent = Tensor([0])         // (B,N,D) after the final norm (pretrain / cls pooling)
-    private var normStats = (mean: Tensor([0]), rstd: Tensor([0]))
-    private var pooled = Tensor([0])         // (B,D) mean of patch tokens (avg pooling)
-    private var pooledNorm = Tensor([0])     // (B,D) after fc_norm
-    private var pooledStats = (mean: Tensor([0]), rstd: Tensor([0]))
-    private var features = Tensor([0])       // (B,D) what the head reads
-    private var logits = Tensor([0])         // (B,K)
-    private var probs = Tensor([0])          // (B,K)
-    private var targets = Tensor([0])        // (B,K)
-    private var dec = DecoderState()
-    /// Gradient and staging buffers reused across steps (fresh multi-MB allocations page-fault).
+    /// Staging and gradient buffers reused across steps (fresh multi-MB allocations page-fault), each
+    /// used within one call only, so any number of forwards' contexts may be in flight.
     private var scratch: [String: Tensor] = [:]
-    private var rng = RandomStream(seed: 0)
-
-    private struct DecoderState {
-        var embedded = Tensor([0])           // (B,1+Lk,Dd) decoder_embed(latent)
-        var normed = Tensor([0])             // (B,1+L,Dd) after decoder_norm
-        var stats = (mean: Tensor([0]), rstd: Tensor([0]))
-        var output = Tensor([0])             // (B,1+L,Dd) decoder stack output
-        var predFull = Tensor([0])           // (B,1+L,P*P*C)
-        var target = Tensor([0])             // (B,L,P*P*C) normalised target
-    }
 
     public init(config: ViTConfig) throws {
         try config.validate()
@@ -94,106 +71,182 @@ public final class VisionTransformer {
 
     // MARK: - Encoder
 
-    /// forward_encoder: images (B,C,H,W), already normalised, -> tokens (B,T+Lk,D) after the final
-    /// `norm` when the model has one (else before it); T prefix tokens (cls, plus dist for DeiT
-    /// distilled) come first. `mask` selects the visible patches (nil: all).
-    @discardableResult
-    public func forwardEncoder(images: UnsafePointer<Float>, batch b: Int, mask m: PatchMask? = nil,
-                               training t: Bool = false, seed: UInt64 = 0) -> UnsafeMutablePointer<Float> {
-        let c = config, d = c.embedDim, l = c.numPatches, p = c.patchSize
-        let m = m ?? PatchMask.none(batch: b, numPatches: l)
+    /// forward_encoder for any input size, keeping the outputs of the blocks a head reads.
+    /// images (B,C,H,W), already normalised, H and W multiples of the patch size (default img_size).
+    /// The tokens are the T prefix tokens (cls, plus dist for DeiT distilled; none when `prefixTokens`
+    /// is false, as ViTDet) then the visible patches (`mask`, nil: all, in grid order): N = T + Lk.
+    /// pos_embed is the stored table on its own grid; on another grid its patch rows are resized
+    /// bicubically in this forward (ViTDet's get_abs_pos, align_corners false), so the backward reaches
+    /// the stored table; loading at the new img_size resizes once instead (mmseg, `loadModel`).
+    /// `blocks`: block outputs (B,N,D), before the final norm, kept for `blockOutput`. `finalOutput`:
+    /// run every block and give `output` (B,N,D), after the final `norm` when the model has one;
+    /// without it the forward stops after the highest block asked for.
+    public func forwardEncoder(images: UnsafePointer<Float>, batch b: Int, height: Int? = nil, width: Int? = nil,
+                               mask: PatchMask? = nil, blocks: [Int] = [], finalOutput: Bool = true,
+                               prefixTokens: Bool = true, training t: Bool = false, seed: UInt64 = 0) -> EncoderContext {
+        let c = config, d = c.embedDim, p = c.patchSize, h = height ?? c.imgSize, w = width ?? c.imgSize
+        precondition(h > 0 && w > 0 && h % p == 0 && w % p == 0, "\(h)x\(w) images are not whole \(p)-pixel patches")
+        precondition(blocks.allSatisfy { (0..<c.depth).contains($0) }, "blocks \(blocks) of a \(c.depth)-block encoder")
+        precondition(finalOutput || !blocks.isEmpty, "the forward returns nothing")
+        let gh = h / p, gw = w / p, l = gh * gw
+        let m = mask ?? PatchMask.none(batch: b, numPatches: l)
         precondition(m.batch == b && m.numPatches == l, "mask does not match the batch")
-        batch = b; training = t; mask = m
-        rng = RandomStream(seed: seed)
-        let t0 = c.numPrefixTokens, lk = m.keepCount, n = t0 + lk, cpp = c.inChans * p * p
+        var rng = RandomStream(seed: seed)
+        let t0 = prefixTokens ? c.numPrefixTokens : 0, lk = m.keepCount, n = t0 + lk, cpp = c.inChans * p * p
         // patch_embed on the visible patches only.
-        patches = reuse(patches, [b * lk, cpp])
+        let patches = Tensor([b * lk, cpp])
         let pd = patches.data
-        gatherPatches(pd, images: images, patchIndices: m.keep, perImage: lk)
-        let x0 = encoder.input(batch: b, tokens: n, training: t)
+        gatherPatches(pd, images: images, height: h, width: w, patchIndices: m.keep, perImage: lk)
+        let pass = encoder.begin(batch: b, tokens: n, training: t)
+        let x0 = pass.input
         let emb = buffer("embedding", [b * lk, d])
         linearForward(out: emb.data, input: pd, weight: params.v(patchW), bias: params.v(patchB),
                       rows: b * lk, inDim: cpp, outDim: d)
-        let cls = params.v(clsToken), dist = distToken.map { params.v($0) }, pos = params.v(posEmbed)
+        let position = positionRows(gridHeight: gh, gridWidth: gw, prefixTokens: t0)
+        let cls = params.v(clsToken), dist = distToken.map { params.v($0) }, pos = position?.data ?? params.v(posEmbed)
         for bi in 0..<b {
             let row0 = x0 + bi * n * d
-            for i in 0..<d { row0[i] = cls[i] + pos[i] }
-            if let dist { for i in 0..<d { row0[d + i] = dist[i] + pos[d + i] } }
+            if t0 > 0 {
+                for i in 0..<d { row0[i] = cls[i] + pos[i] }
+                if let dist { for i in 0..<d { row0[d + i] = dist[i] + pos[d + i] } }
+            }
             for j in 0..<lk {
                 let patch = m.keep[bi * lk + j]
                 let dst = row0 + (t0 + j) * d, src = emb.data + (bi * lk + j) * d, pe = pos + (t0 + patch) * d
                 for i in 0..<d { dst[i] = src[i] + pe[i] }
             }
         }
-        let out = encoder.forward(params, rng: &rng)
-        tokens = reuse(tokens, [b, n, d])
-        tokens.data.update(from: out, count: b * n * d)
-        guard let norm else { return tokens.data }
-        latent = reuse(latent, [b, n, d])
-        normStats = (reuse(normStats.mean, [b * n]), reuse(normStats.rstd, [b * n]))
-        layerNormForward(out: latent.data, mean: normStats.mean.data, rstd: normStats.rstd.data, input: tokens.data,
-                         weight: params.v(norm.w), bias: params.v(norm.b), rows: b * n, width: d)
-        return latent.data
+        let out = encoder.forward(params, pass, through: finalOutput ? c.depth : blocks.max()! + 1, keep: Set(blocks),
+                                  rng: &rng)
+        var normed: EncoderContext.Normed?
+        if finalOutput, let norm {
+            let latent = Tensor([b, n, d]), mean = Tensor([b * n]), rstd = Tensor([b * n])
+            layerNormForward(out: latent.data, mean: mean.data, rstd: rstd.data, input: out.data,
+                             weight: params.v(norm.w), bias: params.v(norm.b), rows: b * n, width: d)
+            normed = .init(output: latent, mean: mean, rstd: rstd)
+        }
+        return EncoderContext(batch: b, height: h, width: w, mask: m, prefixTokens: t0, blocks: blocks, stack: pass,
+                              patches: patches, position: position, ranAll: finalOutput, normed: normed, rng: rng)
     }
 
-    /// Block i's output tokens (B,N,D), before the final norm, from the last `forwardEncoder` run in
-    /// training mode (inference reuses two buffers, so only training mode keeps every block's output).
-    /// Probes read the last k blocks this way (DINO's get_intermediate_layers).
-    public func encoderBlockOutput(_ i: Int) -> Tensor {
-        precondition(training && (0..<config.depth).contains(i), "block outputs need a training-mode forward")
-        return encoder.blockOutput(i)
+    /// pos_embed rows (T + Gh*Gw, D) for a Gh x Gw grid with T prefix rows (all or none), or nil when
+    /// that is the stored table itself. Another grid resizes the patch rows as MAE's
+    /// interpolate_pos_embed does (`resizePositionEmbedding`): (D, G, G) -> (D, Gh, Gw), bicubic.
+    private func positionRows(gridHeight gh: Int, gridWidth gw: Int, prefixTokens t0: Int) -> Tensor? {
+        let c = config, g = c.gridSize, d = c.embedDim, tAll = c.numPrefixTokens, table = params.v(posEmbed)
+        if gh == g && gw == g && t0 == tAll { return nil }
+        let rows = Tensor([t0 + gh * gw, d])
+        rows.data.update(from: table, count: t0 * d)
+        if gh == g && gw == g {
+            (rows.data + t0 * d).update(from: table + tAll * d, count: g * g * d)
+            return rows
+        }
+        let grid = Tensor([1, d, g, g]), resized = Tensor([1, d, gh, gw])
+        for l in 0..<(g * g) { for ch in 0..<d { grid[ch * g * g + l] = table[(tAll + l) * d + ch] } }
+        resizeBicubicForward(out: resized.data, input: grid.data, size: positionResize(gridHeight: gh, gridWidth: gw),
+                             alignCorners: false)
+        for l in 0..<(gh * gw) { for ch in 0..<d { rows[(t0 + l) * d + ch] = resized[ch * gh * gw + l] } }
+        return rows
     }
 
-    /// Patch embedding alone (before pos_embed), all patches: images (B,C,H,W) -> (B,L,D).
+    /// Backward of `positionRows`: dRows (T + Gh*Gw, D) accumulated into pos_embed's gradient.
+    private func accumulatePositionGradient(_ dRows: Tensor, gridHeight gh: Int, gridWidth gw: Int, prefixTokens t0: Int) {
+        let c = config, g = c.gridSize, d = c.embedDim, tAll = c.numPrefixTokens, dTable = params.g(posEmbed)
+        for i in 0..<(t0 * d) { dTable[i] += dRows[i] }
+        if gh == g && gw == g {
+            for i in 0..<(g * g * d) { dTable[tAll * d + i] += dRows[t0 * d + i] }
+            return
+        }
+        let dResized = Tensor([1, d, gh, gw]), dGrid = Tensor([1, d, g, g])
+        for l in 0..<(gh * gw) { for ch in 0..<d { dResized[ch * gh * gw + l] = dRows[(t0 + l) * d + ch] } }
+        resizeBicubicBackward(dInput: dGrid.data, dOut: dResized.data, size: positionResize(gridHeight: gh, gridWidth: gw),
+                              alignCorners: false)
+        for l in 0..<(g * g) { for ch in 0..<d { dTable[(tAll + l) * d + ch] += dGrid[ch * g * g + l] } }
+    }
+
+    private func positionResize(gridHeight gh: Int, gridWidth gw: Int) -> Resample2dSize {
+        let g = config.gridSize
+        return Resample2dSize(batch: 1, channels: config.embedDim, height: g, width: g, outHeight: gh, outWidth: gw)
+    }
+
+    /// Patch embedding alone (before pos_embed), all patches: images (B,C,H,W) at img_size -> (B,L,D).
     public func patchEmbedding(images: UnsafePointer<Float>, batch b: Int) -> Tensor {
         let c = config, l = c.numPatches, cpp = c.inChans * c.patchSize * c.patchSize
         let cols = Tensor([b * l, cpp])
-        gatherPatches(cols.data, images: images, patchIndices: (0..<(b * l)).map { $0 % l }, perImage: l)
+        gatherPatches(cols.data, images: images, height: c.imgSize, width: c.imgSize,
+                      patchIndices: (0..<(b * l)).map { $0 % l }, perImage: l)
         let out = Tensor([b, c.numPatches, c.embedDim])
         linearForward(out: out.data, input: cols.data, weight: params.v(patchW), bias: params.v(patchB),
                       rows: b * c.numPatches, inDim: cpp, outDim: c.embedDim)
         return out
     }
 
-    /// The patches named by `patchIndices` ((B, perImage) indices into the G*G grid) of images
-    /// (B,C,H,W), each flattened in conv-weight order (c, p, q): out (B*perImage, C*P*P), so the patch
-    /// embedding (a stride-P convolution) is one linear layer over them.
-    private func gatherPatches(_ out: UnsafeMutablePointer<Float>, images: UnsafePointer<Float>,
-                               patchIndices: [Int], perImage: Int) {
-        let c = config, p = c.patchSize, g = c.gridSize, s = c.imgSize, cpp = c.inChans * p * p
+    /// The patches named by `patchIndices` ((B, perImage) indices into the (H/P)x(W/P) grid, row-major)
+    /// of images (B,C,H,W), each flattened in conv-weight order (c, p, q): out (B*perImage, C*P*P), so
+    /// the patch embedding (a stride-P convolution) is one linear layer over them.
+    private func gatherPatches(_ out: UnsafeMutablePointer<Float>, images: UnsafePointer<Float>, height h: Int,
+                               width w: Int, patchIndices: [Int], perImage: Int) {
+        let c = config, p = c.patchSize, gw = w / p, cpp = c.inChans * p * p
         Parallel.forEach(patchIndices.count) { row in
-            let bi = row / perImage, patch = patchIndices[row], gy = patch / g, gx = patch % g
+            let bi = row / perImage, patch = patchIndices[row], gy = patch / gw, gx = patch % gw
             let dst = out + row * cpp
             for ch in 0..<c.inChans {
                 for py in 0..<p {
-                    let src = images + ((bi * c.inChans + ch) * s + gy * p + py) * s + gx * p
+                    let src = images + ((bi * c.inChans + ch) * h + gy * p + py) * w + gx * p
                     (dst + (ch * p + py) * p).update(from: src, count: p)
                 }
             }
         }
     }
 
-    /// Backward of `forwardEncoder`: dOut (B,1+Lk,D) is the gradient of what it returned.
-    func backwardEncoder(_ dOut: UnsafeMutablePointer<Float>) {
-        let c = config, d = c.embedDim, b = batch, m = mask!, t0 = c.numPrefixTokens, lk = m.keepCount, n = t0 + lk
-        var dTokens = dOut
-        if let norm {
-            let t = buffer("dTokens", [b * n, d])
-            layerNormBackward(dInput: t.data, dWeight: params.g(norm.w), dBias: params.g(norm.b), dOut: dOut,
-                              input: tokens.data, weight: params.v(norm.w), mean: normStats.mean.data,
-                              rstd: normStats.rstd.data, rows: b * n, width: d)
-            dTokens = t.data
+    /// Backward of `forwardEncoder` from the gradients of what it returned: blockGradients[i] (B,N,D)
+    /// for `ctx.blockOutput(i)`, outputGradient (B,N,D) for `ctx.output`. Parameter gradients
+    /// accumulate, down to `lowestTrainedBlock` (the embedding and tokens only when it is 0; pos_embed
+    /// only when learnable, through the in-forward resize when there was one). `inputGradient`: also
+    /// returns the gradient of the images (B,C,H,W) (masked-out patches get 0); else returns nil.
+    /// Contexts are independent: several may be backpropagated in any order, each once or more.
+    @discardableResult
+    public func backwardEncoder(_ ctx: EncoderContext, blockGradients: [Int: Tensor] = [:], outputGradient: Tensor? = nil,
+                                inputGradient: Bool = false) -> Tensor? {
+        let c = config, d = c.embedDim, b = ctx.batch, m = ctx.mask, t0 = ctx.prefixTokens, lk = m.keepCount, n = ctx.tokens
+        precondition(!inputGradient || lowestTrainedBlock == 0, "the input gradient needs every block trained")
+        var dOutputs: [Int: UnsafePointer<Float>] = [:]
+        for (i, g) in blockGradients {
+            precondition(ctx.blocks.contains(i) && g.count == b * n * d, "gradient \(g.shape) for block \(i) of \(ctx.blocks)")
+            dOutputs[i] = UnsafePointer(g.data)
         }
-        let dx0 = encoder.backward(params, dOut: dTokens, lowest: lowestTrainedBlock)
-        guard lowestTrainedBlock == 0 else { return }
+        if let g = outputGradient {
+            precondition(ctx.ranAll, "the forward gave no final output")
+            precondition(g.count == b * n * d, "output gradient \(g.shape) for (\(b),\(n),\(d)) tokens")
+            var dLast = UnsafePointer(g.data)
+            if let norm, let normed = ctx.normed {
+                let t = buffer("dTokens", [b * n, d])
+                layerNormBackward(dInput: t.data, dWeight: params.g(norm.w), dBias: params.g(norm.b), dOut: g.data,
+                                  input: ctx.stack.output(c.depth - 1).data, weight: params.v(norm.w), mean: normed.mean.data,
+                                  rstd: normed.rstd.data, rows: b * n, width: d)
+                dLast = UnsafePointer(t.data)
+            }
+            if let other = dOutputs[c.depth - 1] {
+                let sum = buffer("dLastBlock", [b * n, d])
+                addForward(out: sum.data, dLast, other, count: b * n * d)
+                dLast = UnsafePointer(sum.data)
+            }
+            dOutputs[c.depth - 1] = dLast
+        }
+        guard let top = dOutputs.keys.max(), top >= lowestTrainedBlock else { return nil }
+        let dx0 = encoder.backward(params, ctx.stack, dOutputs: dOutputs, lowest: lowestTrainedBlock)
+        guard lowestTrainedBlock == 0 else { return nil }
         // Scatter into cls_token (and dist_token), pos_embed (when learnable) and the patch embedding's output.
         let posTrainable = params.specs.first { $0.offset == posEmbed }!.trainable
-        let dCls = params.g(clsToken), dDist = distToken.map { params.g($0) }, dPos = params.g(posEmbed)
+        let dRows = ctx.position.map { _ in buffer("dPosition", [t0 + m.numPatches, d]) }
+        let dCls = params.g(clsToken), dDist = distToken.map { params.g($0) }, dPos = dRows?.data ?? params.g(posEmbed)
         let dEmb = buffer("dEmbedding", [b * lk, d])
         for bi in 0..<b {
             let row0 = dx0 + bi * n * d
-            for i in 0..<d { dCls[i] += row0[i] }
-            if let dDist { for i in 0..<d { dDist[i] += row0[d + i] } }
+            if t0 > 0 {
+                for i in 0..<d { dCls[i] += row0[i] }
+                if let dDist { for i in 0..<d { dDist[i] += row0[d + i] } }
+            }
             if posTrainable { for i in 0..<(t0 * d) { dPos[i] += row0[i] } }
             for j in 0..<lk {
                 let src = row0 + (t0 + j) * d
@@ -204,99 +257,185 @@ public final class VisionTransformer {
                 }
             }
         }
+        if posTrainable, let dRows {
+            accumulatePositionGradient(dRows, gridHeight: ctx.height / c.patchSize, gridWidth: ctx.width / c.patchSize,
+                                       prefixTokens: t0)
+        }
         let cpp = c.inChans * c.patchSize * c.patchSize
-        linearBackward(dInput: nil, dWeight: params.g(patchW), dBias: params.g(patchB), dOut: dEmb.data,
-                       input: patches.data, weight: params.v(patchW), rows: b * lk, inDim: cpp, outDim: d)
+        let dPatches = inputGradient ? buffer("dPatches", [b * lk, cpp]) : nil
+        linearBackward(dInput: dPatches?.data, dWeight: params.g(patchW), dBias: params.g(patchB), dOut: dEmb.data,
+                       input: ctx.patches.data, weight: params.v(patchW), rows: b * lk, inDim: cpp, outDim: d)
+        guard let dPatches else { return nil }
+        let dImages = Tensor([b, c.inChans, ctx.height, ctx.width])
+        scatterPatches(dImages.data, patches: dPatches.data, height: ctx.height, width: ctx.width,
+                       patchIndices: m.keep, perImage: lk)
+        return dImages
+    }
+
+    /// The adjoint of `gatherPatches`: adds each patch row of `patches` (B*perImage, C*P*P) back
+    /// into its place in images (B,C,H,W).
+    private func scatterPatches(_ images: UnsafeMutablePointer<Float>, patches: UnsafePointer<Float>, height h: Int,
+                                width w: Int, patchIndices: [Int], perImage: Int) {
+        let c = config, p = c.patchSize, gw = w / p, cpp = c.inChans * p * p
+        Parallel.forEach(patchIndices.count) { row in
+            let bi = row / perImage, patch = patchIndices[row], gy = patch / gw, gx = patch % gw
+            let src = patches + row * cpp
+            for ch in 0..<c.inChans {
+                for py in 0..<p {
+                    let dst = images + ((bi * c.inChans + ch) * h + gy * p + py) * w + gx * p
+                    for q in 0..<p { dst[q] += src[(ch * p + py) * p + q] }
+                }
+            }
+        }
     }
 
     // MARK: - Classification
 
-    /// Pooled features (B,D): the cls token after `norm`, or the patch-token mean after `fc_norm`.
-    /// `avgWithoutFcNorm` gives the mean of normed patch tokens for backbones with a final `norm`.
+    /// Pooled features (B, k*D) of the last `lastBlocks` (k) blocks, per image lowest block first:
+    /// each block's cls token after `norm`, or its patch-token mean after `norm` (models with one) or
+    /// after `fc_norm` (global-pool models). `pooling` defaults to the model's.
     public func forwardFeatures(images: UnsafePointer<Float>, batch b: Int, pooling: Pooling? = nil,
-                                training t: Bool = false, seed: UInt64 = 0) -> UnsafeMutablePointer<Float> {
-        let out = forwardEncoder(images: images, batch: b, training: t, seed: seed)
-        let d = config.embedDim, t0 = config.numPrefixTokens, n = t0 + config.numPatches
-        features = reuse(features, [b, d])
-        switch pooling ?? config.pooling {
-        case .cls:
-            for bi in 0..<b { (features.data + bi * d).update(from: out + bi * n * d, count: d) }
-        case .avg:
-            pooled = reuse(pooled, [b, d])
-            meanTokensForward(out: pooled.data, input: out, batch: b, tokens: n, width: d, from: t0)
-            if let fcNorm {
-                pooledStats = (reuse(pooledStats.mean, [b]), reuse(pooledStats.rstd, [b]))
-                layerNormForward(out: features.data, mean: pooledStats.mean.data, rstd: pooledStats.rstd.data,
-                                 input: pooled.data, weight: params.v(fcNorm.w), bias: params.v(fcNorm.b),
-                                 rows: b, width: d)
-            } else {
-                features.copy(from: pooled)
+                                lastBlocks k: Int = 1, training t: Bool = false, seed: UInt64 = 0) -> FeaturesContext {
+        let c = config, d = c.embedDim, pooling = pooling ?? c.pooling
+        precondition((1...c.depth).contains(k), "last \(k) of \(c.depth) blocks")
+        let enc = forwardEncoder(images: images, batch: b, blocks: Array((c.depth - k)..<c.depth), finalOutput: false,
+                                 training: t, seed: seed)
+        let slots = enc.blocks.map { poolBlock(enc.blockOutput($0), block: $0, pooling: pooling, batch: b, tokens: enc.tokens) }
+        var features = slots[0].out
+        if k > 1 {
+            features = Tensor([b, k * d])
+            for (slot, s) in slots.enumerated() {
+                for bi in 0..<b { (features.data + (bi * k + slot) * d).update(from: s.out.data + bi * d, count: d) }
             }
         }
-        return features.data
+        return FeaturesContext(encoder: enc, pooling: pooling, features: features, slots: slots)
     }
 
-    /// Classifier forward: logits (B,K).
+    /// One block's feature (B,D) from its tokens (B,N,D), with what its backward reads.
+    private func poolBlock(_ tokens: Tensor, block: Int, pooling: Pooling, batch b: Int, tokens n: Int) -> PooledBlock {
+        let d = config.embedDim, t0 = config.numPrefixTokens, out = Tensor([b, d])
+        if let norm {
+            let normed = Tensor([b * n, d]), mean = Tensor([b * n]), rstd = Tensor([b * n])
+            layerNormForward(out: normed.data, mean: mean.data, rstd: rstd.data, input: tokens.data,
+                             weight: params.v(norm.w), bias: params.v(norm.b), rows: b * n, width: d)
+            switch pooling {
+            case .cls: for bi in 0..<b { (out.data + bi * d).update(from: normed.data + bi * n * d, count: d) }
+            case .avg: meanTokensForward(out: out.data, input: normed.data, batch: b, tokens: n, width: d, from: t0)
+            }
+            return PooledBlock(block: block, out: out, stats: (mean, rstd), pooled: nil)
+        }
+        switch pooling {
+        case .cls:
+            for bi in 0..<b { (out.data + bi * d).update(from: tokens.data + bi * n * d, count: d) }
+            return PooledBlock(block: block, out: out, stats: nil, pooled: nil)
+        case .avg:
+            let pooled = Tensor([b, d])
+            meanTokensForward(out: pooled.data, input: tokens.data, batch: b, tokens: n, width: d, from: t0)
+            guard let fcNorm else {
+                out.copy(from: pooled)
+                return PooledBlock(block: block, out: out, stats: nil, pooled: pooled)
+            }
+            let mean = Tensor([b]), rstd = Tensor([b])
+            layerNormForward(out: out.data, mean: mean.data, rstd: rstd.data, input: pooled.data,
+                             weight: params.v(fcNorm.w), bias: params.v(fcNorm.b), rows: b, width: d)
+            return PooledBlock(block: block, out: out, stats: (mean, rstd), pooled: pooled)
+        }
+    }
+
+    /// Backward of `forwardFeatures`: dFeatures (B, k*D) is the gradient of `ctx.features`.
+    /// Parameter gradients accumulate (norm / fc_norm, then the encoder as `backwardEncoder`).
+    public func backwardFeatures(_ ctx: FeaturesContext, dFeatures: Tensor) {
+        let b = ctx.encoder.batch, n = ctx.encoder.tokens, d = config.embedDim, t0 = config.numPrefixTokens
+        let k = ctx.slots.count
+        precondition(dFeatures.count == b * k * d, "feature gradient \(dFeatures.shape) for (\(b),\(k * d))")
+        var blockGradients: [Int: Tensor] = [:]
+        for (slot, s) in ctx.slots.enumerated() {
+            var dOut = dFeatures
+            if k > 1 {
+                dOut = buffer("dFeature", [b, d])
+                for bi in 0..<b { (dOut.data + bi * d).update(from: dFeatures.data + (bi * k + slot) * d, count: d) }
+            }
+            let dTokens = buffer("dBlock\(slot)", [b, n, d])
+            if let norm, let (mean, rstd) = s.stats {
+                let dNormed = buffer("dNormed", [b * n, d])
+                switch ctx.pooling {
+                case .cls: for bi in 0..<b { (dNormed.data + bi * n * d).update(from: dOut.data + bi * d, count: d) }
+                case .avg: meanTokensBackward(dInput: dNormed.data, dOut: dOut.data, batch: b, tokens: n, width: d, from: t0)
+                }
+                layerNormBackward(dInput: dTokens.data, dWeight: params.g(norm.w), dBias: params.g(norm.b),
+                                  dOut: dNormed.data, input: ctx.encoder.blockOutput(s.block).data, weight: params.v(norm.w), mean: mean.data,
+                                  rstd: rstd.data, rows: b * n, width: d)
+            } else if ctx.pooling == .cls {
+                for bi in 0..<b { (dTokens.data + bi * n * d).update(from: dOut.data + bi * d, count: d) }
+            } else {
+                var dPooled = dOut
+                if let fcNorm, let pooled = s.pooled, let (mean, rstd) = s.stats {
+                    dPooled = buffer("dPooled", [b, d])
+                    layerNormBackward(dInput: dPooled.data, dWeight: params.g(fcNorm.w), dBias: params.g(fcNorm.b),
+                                      dOut: dOut.data, input: pooled.data, weight: params.v(fcNorm.w),
+                                      mean: mean.data, rstd: rstd.data, rows: b, width: d)
+                }
+                meanTokensBackward(dInput: dTokens.data, dOut: dPooled.data, batch: b, tokens: n, width: d, from: t0)
+            }
+            blockGradients[s.block] = dTokens
+        }
+        backwardEncoder(ctx.encoder, blockGradients: blockGradients)
+    }
+
+    /// Classifier forward: features as `forwardFeatures` with the model's pooling, then `head`:
+    /// `ctx.logits` (B,K).
     public func forwardLogits(images: UnsafePointer<Float>, batch b: Int, training t: Bool = false,
-                              seed: UInt64 = 0) -> Tensor {
+                              seed: UInt64 = 0) -> FeaturesContext {
         guard let head else { preconditionFailure("the model has no classification head") }
-        let f = forwardFeatures(images: images, batch: b, training: t, seed: seed)
-        logits = reuse(logits, [b, config.numClasses])
-        linearForward(out: logits.data, input: f, weight: params.v(head.w), bias: params.v(head.b),
+        let ctx = forwardFeatures(images: images, batch: b, training: t, seed: seed)
+        let logits = Tensor([b, config.numClasses])
+        linearForward(out: logits.data, input: ctx.features.data, weight: params.v(head.w), bias: params.v(head.b),
                       rows: b, inDim: config.embedDim, outDim: config.numClasses)
-        return logits
+        ctx.logits = logits
+        return ctx
     }
 
-    /// Cross-entropy of the last logits against target distributions (B,K); returns the mean loss.
-    public func classificationLoss(targets t: [Float]) -> Float {
-        let b = batch, k = config.numClasses
+    /// Cross-entropy of `ctx.logits` against target distributions (B,K); returns the mean loss and
+    /// keeps what `backwardClassification` needs in `ctx`.
+    public func classificationLoss(_ ctx: FeaturesContext, targets t: [Float]) -> Float {
+        guard let logits = ctx.logits else { preconditionFailure("classificationLoss needs forwardLogits") }
+        let b = ctx.encoder.batch, k = config.numClasses
         precondition(t.count == b * k, "targets must be (B,K)")
-        targets = Tensor([b, k], t)
-        probs = reuse(probs, [b, k])
+        let targets = Tensor([b, k], t), probs = Tensor([b, k])
+        ctx.loss = (probs, targets)
         return crossEntropyForward(probs: probs.data, logits: logits.data, targets: targets.data, rows: b, classes: k)
     }
 
-    /// Backward from the classification loss into every parameter gradient (accumulating).
-    public func backwardClassification() {
-        let b = batch, k = config.numClasses, d = config.embedDim, t0 = config.numPrefixTokens, n = t0 + mask!.keepCount
-        let head = head!
+    /// Backward from the classification loss of `ctx` into every parameter gradient (accumulating).
+    public func backwardClassification(_ ctx: FeaturesContext) {
+        guard let head, let (probs, targets) = ctx.loss else { preconditionFailure("backward needs classificationLoss") }
+        let b = ctx.encoder.batch, k = config.numClasses, d = config.embedDim
         let dLogits = Tensor([b, k])
         crossEntropyBackward(dLogits: dLogits.data, probs: probs.data, targets: targets.data, rows: b, classes: k)
         let dFeatures = Tensor([b, d])
         linearBackward(dInput: dFeatures.data, dWeight: params.g(head.w), dBias: params.g(head.b), dOut: dLogits.data,
-                       input: features.data, weight: params.v(head.w), rows: b, inDim: d, outDim: k)
-        let dOut = buffer("dEncoderOut", [b, n, d])
-        switch config.pooling {
-        case .cls:
-            for bi in 0..<b { (dOut.data + bi * n * d).update(from: dFeatures.data + bi * d, count: d) }
-        case .avg:
-            var dPooled = dFeatures
-            if let fcNorm {
-                dPooled = Tensor([b, d])
-                layerNormBackward(dInput: dPooled.data, dWeight: params.g(fcNorm.w), dBias: params.g(fcNorm.b),
-                                  dOut: dFeatures.data, input: pooled.data, weight: params.v(fcNorm.w),
-                                  mean: pooledStats.mean.data, rstd: pooledStats.rstd.data, rows: b, width: d)
-            }
-            meanTokensBackward(dInput: dOut.data, dOut: dPooled.data, batch: b, tokens: n, width: d, from: t0)
-        }
-        backwardEncoder(dOut.data)
+                       input: ctx.features.data, weight: params.v(head.w), rows: b, inDim: d, outDim: k)
+        backwardFeatures(ctx, dFeatures: dFeatures)
     }
 
     // MARK: - MAE pretraining
 
-    /// forward_decoder: latent (B,1+Lk,D) from `forwardEncoder` -> pred (B,L,P*P*C).
-    public func forwardDecoder() -> Tensor {
-        guard let dcd = decoder, let m = mask else { preconditionFailure("forwardDecoder needs a decoder and a mask") }
-        let b = batch, d = config.embedDim, dd = dcd.config.embedDim, l = config.numPatches, lk = m.keepCount
+    /// forward_decoder: the latent (B,1+Lk,D) of `enc` (`forwardEncoder` with a mask at img_size) ->
+    /// `pred` (B,L,P*P*C) in the returned context.
+    public func forwardDecoder(_ enc: EncoderContext) -> DecoderContext {
+        guard let dcd = decoder else { preconditionFailure("forwardDecoder needs a decoder") }
+        let m = enc.mask, l = config.numPatches
+        precondition(m.numPatches == l && enc.prefixTokens == 1, "the decoder reads a masked forward at img_size")
+        let b = enc.batch, d = config.embedDim, dd = dcd.config.embedDim, lk = m.keepCount
         let nIn = 1 + lk, nOut = 1 + l, pd = config.patchDim
-        dec.embedded = reuse(dec.embedded, [b, nIn, dd])
-        linearForward(out: dec.embedded.data, input: latent.data, weight: params.v(dcd.embedW),
+        let embedded = Tensor([b, nIn, dd])
+        linearForward(out: embedded.data, input: enc.output.data, weight: params.v(dcd.embedW),
                       bias: params.v(dcd.embedB), rows: b * nIn, inDim: d, outDim: dd)
         // Append mask tokens, unshuffle to patch order, add the decoder's position embedding.
-        let x = dcd.stack.input(batch: b, tokens: nOut, training: training)
-        let y = dec.embedded.data, mt = params.v(dcd.maskToken), pos = params.v(dcd.posEmbed)
+        let pass = dcd.stack.begin(batch: b, tokens: nOut, training: enc.training)
+        let x = pass.input, mt = params.v(dcd.maskToken), pos = params.v(dcd.posEmbed)
         for bi in 0..<b {
-            let dst0 = x + bi * nOut * dd, src0 = y + bi * nIn * dd
+            let dst0 = x + bi * nOut * dd, src0 = embedded.data + bi * nIn * dd
             for i in 0..<dd { dst0[i] = src0[i] + pos[i] }
             for patch in 0..<l {
                 let rank = m.idsRestore[bi * l + patch]
@@ -305,30 +444,29 @@ public final class VisionTransformer {
                 for i in 0..<dd { dst[i] = src[i] + pe[i] }
             }
         }
-        let out = dcd.stack.forward(params, rng: &rng)
-        dec.output = reuse(dec.output, [b, nOut, dd])
-        dec.output.data.update(from: out, count: b * nOut * dd)
-        dec.normed = reuse(dec.normed, [b, nOut, dd])
-        dec.stats = (reuse(dec.stats.mean, [b * nOut]), reuse(dec.stats.rstd, [b * nOut]))
-        layerNormForward(out: dec.normed.data, mean: dec.stats.mean.data, rstd: dec.stats.rstd.data,
-                         input: out, weight: params.v(dcd.normW), bias: params.v(dcd.normB),
-                         rows: b * nOut, width: dd)
-        dec.predFull = reuse(dec.predFull, [b, nOut, pd])
-        linearForward(out: dec.predFull.data, input: dec.normed.data, weight: params.v(dcd.predW),
+        var rng = enc.rng
+        let out = dcd.stack.forward(params, pass, rng: &rng)
+        let normed = Tensor([b, nOut, dd]), mean = Tensor([b * nOut]), rstd = Tensor([b * nOut])
+        layerNormForward(out: normed.data, mean: mean.data, rstd: rstd.data, input: out.data,
+                         weight: params.v(dcd.normW), bias: params.v(dcd.normB), rows: b * nOut, width: dd)
+        let predFull = Tensor([b, nOut, pd])
+        linearForward(out: predFull.data, input: normed.data, weight: params.v(dcd.predW),
                       bias: params.v(dcd.predB), rows: b * nOut, inDim: dd, outDim: pd)
         let pred = Tensor([b, l, pd])
         for bi in 0..<b {
-            (pred.data + bi * l * pd).update(from: dec.predFull.data + (bi * nOut + 1) * pd, count: l * pd)
+            (pred.data + bi * l * pd).update(from: predFull.data + (bi * nOut + 1) * pd, count: l * pd)
         }
-        return pred
+        return DecoderContext(encoder: enc, pred: pred, stack: pass, normed: normed, stats: (mean, rstd))
     }
 
     /// forward_loss: mean squared error on the removed patches only, against per-patch normalised
     /// pixels when normPixLoss ((t - mean) / sqrt(var + 1e-6), unbiased var as torch.var).
-    public func forwardLoss(images: UnsafePointer<Float>, pred: Tensor) -> Float {
-        let b = batch, l = config.numPatches, pd = config.patchDim, m = mask!
-        dec.target = reuse(dec.target, [b, l, pd])
-        let t = dec.target.data
+    /// Keeps the target in `ctx` for `backwardPretrain`.
+    public func forwardLoss(_ ctx: DecoderContext, images: UnsafePointer<Float>) -> Float {
+        let b = ctx.encoder.batch, l = config.numPatches, pd = config.patchDim, m = ctx.encoder.mask, pred = ctx.pred
+        let target = Tensor([b, l, pd])
+        ctx.target = target
+        let t = target.data
         patchify(t, images: images, batch: b, channels: config.inChans, imgSize: config.imgSize, patch: config.patchSize)
         // Per-patch normalisation and squared error, rows split over the workers; the per-row
         // errors are summed in row order afterwards so the loss does not depend on the split.
@@ -356,10 +494,11 @@ public final class VisionTransformer {
         return Float(total / max(removed, 1))
     }
 
-    /// Backward of loss(pred) through the decoder and the encoder into every gradient (accumulating).
-    public func backwardPretrain(pred: Tensor) {
-        guard let dcd = decoder, let m = mask else { preconditionFailure("backwardPretrain needs a decoder") }
-        let b = batch, d = config.embedDim, dd = dcd.config.embedDim, l = config.numPatches, lk = m.keepCount
+    /// Backward of `forwardLoss(ctx, …)` through the decoder and the encoder into every gradient (accumulating).
+    public func backwardPretrain(_ ctx: DecoderContext) {
+        guard let dcd = decoder, let target = ctx.target else { preconditionFailure("backwardPretrain needs forwardLoss") }
+        let m = ctx.encoder.mask, pred = ctx.pred
+        let b = ctx.encoder.batch, d = config.embedDim, dd = dcd.config.embedDim, l = config.numPatches, lk = m.keepCount
         let nIn = 1 + lk, nOut = 1 + l, pd = config.patchDim
         let removed = max(m.mask.reduce(0, +), 1)
         // d loss / d pred: 2 (pred - target) / (P*P*C) on removed patches, over their count.
@@ -367,20 +506,20 @@ public final class VisionTransformer {
         for bi in 0..<b {
             for patch in 0..<l where m.mask[bi * l + patch] != 0 {
                 let scale = 2 * m.mask[bi * l + patch] / (Float(pd) * removed)
-                let src = pred.data + (bi * l + patch) * pd, t = dec.target.data + (bi * l + patch) * pd
+                let src = pred.data + (bi * l + patch) * pd, t = target.data + (bi * l + patch) * pd
                 let dst = dPredFull.data + (bi * nOut + 1 + patch) * pd
                 for i in 0..<pd { dst[i] = scale * (src[i] - t[i]) }
             }
         }
         let dNormed = buffer("dDecoderNormed", [b, nOut, dd])
         linearBackward(dInput: dNormed.data, dWeight: params.g(dcd.predW), dBias: params.g(dcd.predB),
-                       dOut: dPredFull.data, input: dec.normed.data, weight: params.v(dcd.predW),
+                       dOut: dPredFull.data, input: ctx.normed.data, weight: params.v(dcd.predW),
                        rows: b * nOut, inDim: dd, outDim: pd)
         let dStackOut = buffer("dDecoderOut", [b, nOut, dd])
         layerNormBackward(dInput: dStackOut.data, dWeight: params.g(dcd.normW), dBias: params.g(dcd.normB),
-                          dOut: dNormed.data, input: dec.output.data, weight: params.v(dcd.normW),
-                          mean: dec.stats.mean.data, rstd: dec.stats.rstd.data, rows: b * nOut, width: dd)
-        let dx = dcd.stack.backward(params, dOut: dStackOut.data)
+                          dOut: dNormed.data, input: ctx.stack.output(dcd.config.depth - 1).data, weight: params.v(dcd.normW),
+                          mean: ctx.stats.mean.data, rstd: ctx.stats.rstd.data, rows: b * nOut, width: dd)
+        let dx = dcd.stack.backward(params, ctx.stack, dOutputs: [dcd.config.depth - 1: UnsafePointer(dStackOut.data)])
         // Undo the unshuffle: kept positions flow to decoder_embed's output, the rest to mask_token.
         let dEmbedded = buffer("dDecoderIn", [b, nIn, dd])
         let dMask = params.g(dcd.maskToken)
@@ -395,9 +534,9 @@ public final class VisionTransformer {
         }
         let dLatent = buffer("dLatent", [b, nIn, d])
         linearBackward(dInput: dLatent.data, dWeight: params.g(dcd.embedW), dBias: params.g(dcd.embedB),
-                       dOut: dEmbedded.data, input: latent.data, weight: params.v(dcd.embedW),
+                       dOut: dEmbedded.data, input: ctx.encoder.output.data, weight: params.v(dcd.embedW),
                        rows: b * nIn, inDim: d, outDim: dd)
-        backwardEncoder(dLatent.data)
+        backwardEncoder(ctx.encoder, outputGradient: dLatent)
     }
 
     /// The scratch buffer `key` with `shape`, zero-filled, reused across calls.
@@ -407,7 +546,4 @@ public final class VisionTransformer {
         scratch[key] = t
         return t
     }
-
-    /// A tensor of `shape`, reusing `t` when it already has it.
-    private func reuse(_ t: Tensor, _ shape: [Int]) -> Tensor { t.shape == shape ? t : Tensor(shape) }
 }

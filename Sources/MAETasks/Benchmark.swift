@@ -80,18 +80,18 @@ public func runBenchmark(_ o: BenchOptions) throws -> BenchResult {
             _ = model.forwardLogits(images: images.data, batch: b)
         case .train:
             model.params.zeroGrads()
-            _ = model.forwardLogits(images: images.data, batch: b, training: true, seed: UInt64(i))
-            _ = model.classificationLoss(targets: targets)
-            model.backwardClassification()
+            let pass = model.forwardLogits(images: images.data, batch: b, training: true, seed: UInt64(i))
+            _ = model.classificationLoss(pass, targets: targets)
+            model.backwardClassification(pass)
             optimizer.step(model.params, lr: 1e-4)
         case .pretrain:
             model.params.zeroGrads()
             let noise = (0..<(b * config.numPatches)).map { _ in rng.nextFloat() }
             let mask = PatchMask(noise: noise, batch: b, numPatches: config.numPatches, maskRatio: o.maskRatio)
-            model.forwardEncoder(images: images.data, batch: b, mask: mask, training: true, seed: UInt64(i))
-            let pred = model.forwardDecoder()
-            _ = model.forwardLoss(images: images.data, pred: pred)
-            model.backwardPretrain(pred: pred)
+            let encoded = model.forwardEncoder(images: images.data, batch: b, mask: mask, training: true, seed: UInt64(i))
+            let decoded = model.forwardDecoder(encoded)
+            _ = model.forwardLoss(decoded, images: images.data)
+            model.backwardPretrain(decoded)
             optimizer.step(model.params, lr: 1e-4)
         }
     }

@@ -106,8 +106,8 @@ func classifierScore(_ model: VisionTransformer, loader: DataLoader) throws -> H
     let k = model.config.numClasses
     let it = loader.epoch(0)
     while let batch = try it.next() {
-        let logits = batch.images.withUnsafeBufferPointer { model.forwardLogits(images: $0.baseAddress!, batch: batch.count) }
-        let values = logits.array
+        let pass = batch.images.withUnsafeBufferPointer { model.forwardLogits(images: $0.baseAddress!, batch: batch.count) }
+        let values = pass.logits!.array
         for r in 0..<batch.count { tally.add(values[(r * k)..<(r * k + k)], label: batch.labels[r]) }
     }
     return HeadScore(tally)
@@ -229,15 +229,15 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
                 targets = mixer.mix(&images, labels: b.labels, channels: 3, height: size, width: size, draw: draw).targets
             }
             model.params.zeroGrads()
-            _ = images.withUnsafeBufferPointer {
+            let pass = images.withUnsafeBufferPointer {
                 model.forwardLogits(images: $0.baseAddress!, batch: b.count, training: true, seed: rng.next())
             }
-            let loss = model.classificationLoss(targets: targets)
+            let loss = model.classificationLoss(pass, targets: targets)
             guard loss.isFinite else {
                 throw NonFiniteError.loss(loss, at: "fine-tuning epoch \(epoch + 1), step \(step + 1)", model: model,
                                           updated: epoch > 0 || step > 0, lrAdvice: "lower base_lr")
             }
-            model.backwardClassification()
+            model.backwardClassification(pass)
             if let c = r.clipGrad { clipGradNorm(model.params, groups: groups, maxNorm: Float(c)) }
             optimizer.step(model.params, lr: schedule.lr(atEpoch: Double(epoch) + Double(step) / Double(steps)))
             lossSum += Double(loss) * Double(b.count); seen += b.count; step += 1

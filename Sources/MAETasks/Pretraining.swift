@@ -295,20 +295,21 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
                     var noiseStream = stepStream.derived(1)
                     let noise = (0..<(b * l)).map { _ in noiseStream.nextFloat() }
                     let mask = PatchMask(noise: noise, batch: b, numPatches: l, maskRatio: o.maskRatio)
-                    model.forwardEncoder(images: x, batch: b, mask: mask, training: true, seed: stepStream.derived(2).state)
-                    let pred = model.forwardDecoder()
-                    let loss = model.forwardLoss(images: x, pred: pred)
+                    let encoded = model.forwardEncoder(images: x, batch: b, mask: mask, training: true,
+                                                       seed: stepStream.derived(2).state)
+                    let decoded = model.forwardDecoder(encoded)
+                    let loss = model.forwardLoss(decoded, images: x)
                     try checkLoss(loss, epoch: epoch, step: step + 1, limit: o.lossLimit, files: files, done: state.epoch,
                                   model: model)
-                    model.backwardPretrain(pred: pred)
+                    model.backwardPretrain(decoded)
                     return loss
                 case .supervised:
-                    _ = model.forwardLogits(images: x, batch: b, training: true, seed: stepStream.derived(2).state)
+                    let pass = model.forwardLogits(images: x, batch: b, training: true, seed: stepStream.derived(2).state)
                     let targets = smoothedTargets(labels: batch.labels, classes: classes, smoothing: Float(o.labelSmoothing))
-                    let loss = model.classificationLoss(targets: targets)
+                    let loss = model.classificationLoss(pass, targets: targets)
                     try checkLoss(loss, epoch: epoch, step: step + 1, limit: o.lossLimit, files: files, done: state.epoch,
                                   model: model)
-                    model.backwardClassification()
+                    model.backwardClassification(pass)
                     return loss
                 }
             }

@@ -48,41 +48,7 @@ public struct ProbeFeature: Sendable, Equatable {
 
     /// Features (B, lastBlocks * D) of one normalised batch, backbone in eval mode (no drop path).
     public func compute(_ model: VisionTransformer, images: UnsafePointer<Float>, batch b: Int) -> [Float] {
-        let d = model.config.embedDim
-        if lastBlocks == 1 {
-            let f = model.forwardFeatures(images: images, batch: b, pooling: pooling)
-            return Array(UnsafeBufferPointer(start: f, count: b * d))
-        }
-        // Training mode only to keep every block's output; the loaded backbone's drop path is 0 and
-        // nothing else differs, so this is the eval-mode function.
-        precondition(model.dropPath == 0, "probe backbones run without drop path")
-        model.forwardEncoder(images: images, batch: b, training: true)
-        let t0 = model.config.numPrefixTokens, n = t0 + model.config.numPatches, depth = model.config.depth, k = lastBlocks
-        let normName = model.params.spec("norm.weight") != nil ? "norm" : "fc_norm"
-        let w = model.params.value(normName + ".weight").baseAddress!, bias = model.params.value(normName + ".bias").baseAddress!
-        var out = [Float](repeating: 0, count: b * k * d)
-        let mean = Tensor([b * n]), rstd = Tensor([b * n]), pooled = Tensor([b, d]), normed = Tensor([b * n, d])
-        for (slot, block) in ((depth - k)..<depth).enumerated() {
-            let tokens = model.encoderBlockOutput(block)
-            if normName == "norm" {
-                layerNormForward(out: normed.data, mean: mean.data, rstd: rstd.data, input: tokens.data,
-                                 weight: w, bias: bias, rows: b * n, width: d)
-                if pooling == .cls {
-                    for bi in 0..<b { (pooled.data + bi * d).update(from: normed.data + bi * n * d, count: d) }
-                } else {
-                    meanTokensForward(out: pooled.data, input: normed.data, batch: b, tokens: n, width: d, from: t0)
-                }
-            } else {
-                let avg = Tensor([b, d])
-                meanTokensForward(out: avg.data, input: tokens.data, batch: b, tokens: n, width: d, from: t0)
-                layerNormForward(out: pooled.data, mean: mean.data, rstd: rstd.data, input: avg.data,
-                                 weight: w, bias: bias, rows: b, width: d)
-            }
-            for bi in 0..<b {
-                for i in 0..<d { out[(bi * k + slot) * d + i] = pooled.data[bi * d + i] }
-            }
-        }
-        return out
+        model.forwardFeatures(images: images, batch: b, pooling: pooling, lastBlocks: lastBlocks).features.array
     }
 }
 

@@ -60,15 +60,15 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
     let noise = (0..<(n * l)).map { _ in rng.nextFloat() }
     let mask = PatchMask(noise: noise, batch: n, numPatches: l, maskRatio: o.maskRatio)
     let pred = images.withUnsafeBufferPointer { x -> [Float] in
-        model.forwardEncoder(images: x.baseAddress!, batch: n, mask: mask)
-        return model.forwardDecoder().array
+        model.forwardDecoder(model.forwardEncoder(images: x.baseAddress!, batch: n, mask: mask)).pred.array
     }
     // A non-finite reconstruction would draw as a blank image: name the image and the stage instead.
     if let bad = NonFiniteCount(pred) {
         let row = bad.first / (l * pd)
         let encoderStage = images.withUnsafeBufferPointer { x -> String? in
-            let latent = model.forwardEncoder(images: x.baseAddress!, batch: n), t = (c.numPrefixTokens + l) * c.embedDim
-            guard NonFiniteCount(UnsafeBufferPointer(start: latent + row * t, count: t)) != nil else { return nil }
+            let latent = model.forwardEncoder(images: x.baseAddress!, batch: n).output.array
+            let t = (c.numPrefixTokens + l) * c.embedDim
+            guard NonFiniteCount(Array(latent[(row * t)..<((row + 1) * t)])) != nil else { return nil }
             return model.firstNonFiniteStage(images: x.baseAddress!, batch: n, row: row)
         }
         throw NonFiniteError.image(folder.samples[picks[row]].url.path, "reconstructed pixels",

@@ -8,8 +8,9 @@ import TestSupport
 /// Loading real checkpoint files into the model, resizing pos_embed, and writing our own.
 final class CheckpointLoadingTests: XCTestCase {
     func features(_ m: VisionTransformer, _ images: Tensor, batch: Int) -> [Float] {
-        let out = m.forwardEncoder(images: images.data, batch: batch)
-        return Array(UnsafeBufferPointer(start: out, count: batch * (1 + m.config.numPatches) * m.config.embedDim))
+        let out = m.forwardEncoder(images: images.data, batch: batch).output
+        XCTAssertEqual(out.shape, [batch, 1 + m.config.numPatches, m.config.embedDim])
+        return out.array
     }
 
     func testTorchZipAndSafetensorsLoadToTheSameModel() throws {

@@ -74,10 +74,9 @@ final class ModelTrapTests: XCTestCase {
         var losses: [Float] = []
         for _ in 0..<5 {
             model.params.zeroGrads()
-            model.forwardEncoder(images: imgs.data, batch: 2, mask: mask, training: true)
-            let pred = model.forwardDecoder()
-            losses.append(model.forwardLoss(images: imgs.data, pred: pred))
-            model.backwardPretrain(pred: pred)
+            let decoded = model.forwardDecoder(model.forwardEncoder(images: imgs.data, batch: 2, mask: mask, training: true))
+            losses.append(model.forwardLoss(decoded, images: imgs.data))
+            model.backwardPretrain(decoded)
             opt.step(model.params, lr: 1e-3)
         }
         XCTAssertLessThan(losses.last!, losses.first!, "losses \(losses)")

@@ -149,9 +149,9 @@ final class TransferTests: XCTestCase {
         let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups)
         let images = randomValues(2 * 3 * 8 * 8, seed: 5)
         model.params.zeroGrads()
-        _ = images.withUnsafeBufferPointer { model.forwardLogits(images: $0.baseAddress!, batch: 2, training: true, seed: 1) }
-        _ = model.classificationLoss(targets: smoothedTargets(labels: [0, 2], classes: 3, smoothing: 0.1))
-        model.backwardClassification()
+        let pass = images.withUnsafeBufferPointer { model.forwardLogits(images: $0.baseAddress!, batch: 2, training: true, seed: 1) }
+        _ = model.classificationLoss(pass, targets: smoothedTargets(labels: [0, 2], classes: 3, smoothing: 0.1))
+        model.backwardClassification(pass)
         optimizer.step(model.params, lr: 0.01)
         for spec in model.params.specs {
             let changed = Array(model.params.value(spec.name)) != before[spec.name]!
