@@ -302,13 +302,12 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     var bn = BatchNorm1d(width: d)
     let useBN = spec.head.batchNorm ?? true
     let lr = Float(a.baseLR) * Float(a.batchSize) / 256
-    let schedule = WarmupCosine(baseLR: lr, warmupEpochs: a.warmupEpochs, epochs: Double(a.epochs))
+    let schedule = Schedule(baseLR: lr, warmupEpochs: a.warmupEpochs, epochs: Double(a.epochs))
     let scale = spec.recipe.augmentation?.rrcScale ?? [0.08, 1]
     let crop = RandomResizedCrop(size: spec.dataset.imgSize, scale: scale[0]...scale[1])
     try model.checkMemory(batch: min(a.batchSize, data.train.count), training: feature.lastBlocks > 1)
     let loader = DataLoader(source: data.train, transform: MAETransform.train(crop), batchSize: a.batchSize, seed: seed,
                             shuffle: true, dropLast: data.train.count >= a.batchSize)
-    let steps = loader.batchCount
     let w = head.value("head.weight").baseAddress!, bias = head.value("head.bias").baseAddress!
 
     func evaluate(_ x: [Float], labels: [Int], bn: inout BatchNorm1d) -> HeadScore {
@@ -325,45 +324,43 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
         return HeadScore(tally)
     }
 
-    var log: [TransferEpoch] = []
     let trainStart = Date()
-    let progress = ProgressLine(epochs: a.epochs, stepsPerEpoch: steps, enabled: verbose)
-    for epoch in 0..<a.epochs {
-        let epochStart = Date()
-        var lossSum: Double = 0, seen = 0, step = 0
-        let it = loader.epoch(epoch)
-        while let batch = try it.next() {
+    let progress = ProgressLine(epochs: a.epochs, stepsPerEpoch: loader.batchCount, enabled: verbose)
+    var training = TrainingLoop<TransferEpoch>(
+        seed: seed, epochs: a.epochs, schedule: schedule, params: head, optimizer: lars,
+        groups: ParameterGroups(layout: layout, depth: 0), loader: loader, total: "loss", blame: model,
+        lrAdvice: "lower recipe.augmented.base_lr", logFile: run.log, progress: progress,
+        step: { batch, _ in
             let b = batch.count
             let f = try feature.checkedCompute(model, batch: batch, folder: data.train)
             // The BatchNorm has no parameters and nothing before it trains: no backward through it.
             let z = useBN && b > 1 ? bn.forward(f, batch: b, training: true) : f
             let logits = Tensor([b, k]), probs = Tensor([b, k]), dLogits = Tensor([b, k])
             let targets = smoothedTargets(labels: batch.labels, classes: k, smoothing: 0)
-            head.zeroGrads()
+            var loss: Float = 0
             z.withUnsafeBufferPointer { zp in
                 linearForward(out: logits.data, input: zp.baseAddress!, weight: w, bias: bias, rows: b, inDim: d, outDim: k)
                 targets.withUnsafeBufferPointer { tp in
-                    lossSum += Double(crossEntropyForward(probs: probs.data, logits: logits.data, targets: tp.baseAddress!,
-                                                          rows: b, classes: k)) * Double(b)
+                    loss = crossEntropyForward(probs: probs.data, logits: logits.data, targets: tp.baseAddress!, rows: b, classes: k)
                     crossEntropyBackward(dLogits: dLogits.data, probs: probs.data, targets: tp.baseAddress!, rows: b, classes: k)
                 }
                 linearBackward(dInput: nil, dWeight: head.grad("head.weight").baseAddress!, dBias: head.grad("head.bias").baseAddress!,
                                dOut: dLogits.data, input: zp.baseAddress!, weight: w, rows: b, inDim: d, outDim: k)
             }
-            lars.step(head, lr: schedule.lr(atEpoch: Double(epoch) + Double(step) / Double(steps)))
-            seen += b; step += 1
-            let done = Double(epoch * steps + step)
-            progress.update(epoch: epoch + 1, step: step, loss: lossSum / Double(seen), imagesPerSecond: Double(seen) / elapsed(since: epochStart),
-                            secondsLeft: elapsed(since: trainStart) / done * (Double(a.epochs * steps) - done))
-        }
-        let score = evaluate(val.features, labels: val.labels, bn: &bn)
-        let entry = TransferEpoch(epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)),
-                                  lr: Double(schedule.lr(atEpoch: Double(epoch + 1))), valTop1: score.top1,
-                                  seconds: elapsed(since: epochStart))
-        log.append(entry)
-        progress.note("\(backbone.stem) epoch \(epoch + 1)/\(a.epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
-                      "val top-1 \(String(format: "%.2f", score.top1))%, \(String(format: "%.1f", entry.seconds)) s")
-    }
+            return ["loss": Double(loss)]
+        },
+        record: { summary in
+            let entry = TransferEpoch(epoch: summary.epoch, trainLoss: summary.terms["loss"] ?? .nan,
+                                      lr: Double(schedule.lr(atEpoch: Double(summary.epoch))),
+                                      valTop1: summary.evaluation["val_top1"], seconds: summary.seconds)
+            progress.note("\(backbone.stem) epoch \(summary.epoch)/\(a.epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
+                          "val top-1 \(String(format: "%.2f", entry.valTop1 ?? .nan))%, \(String(format: "%.1f", entry.seconds)) s")
+            return entry
+        })
+    training.endEpoch = { _ in ["val_top1": evaluate(val.features, labels: val.labels, bn: &bn).top1] }
+    // No checkpoint: the BatchNorm's running statistics are not in the head's parameter store, and
+    // a probe run is short; an interrupted probe starts again.
+    let log = try training.run(from: nil)
     let final = evaluate(val.features, labels: val.labels, bn: &bn)
     guard parameterFingerprint(model) == before else {
         throw TaskError.badArgument("internal check failed: the backbone's weights changed during a linear probe")

@@ -50,6 +50,9 @@ public struct PretrainOptions: Sendable {
     public var lossLimit: Float = 1e4
     /// Stops after this many epochs as if the run were killed there (tests of `resume`).
     public var stopAfterEpoch: Int?
+    /// Also writes the training checkpoint every this many steps within an epoch (`--checkpoint-every`);
+    /// nil: at epoch ends only.
+    public var checkpointEvery: Int?
     public var progress = true
 
     public init(method: PretrainMethod, epochs: Int, outDir: URL) {
@@ -85,6 +88,7 @@ public struct PretrainOptions: Sendable {
         try check(minCropScale, "--min-crop-scale", "in (0, 1]", { $0 > 0 && $0 <= 1 })
         try check(dropPath, "--drop-path", "in [0, 1)", { $0 >= 0 && $0 < 1 })
         guard (0...256).contains(workers) else { throw fail("--workers must be in 0...256, not \(workers)") }
+        if let n = checkpointEvery, n < 1 { throw fail("--checkpoint-every must be at least 1, not \(n)") }
     }
 
     /// Everything that shapes the run, defaults filled in, keyed by flag name (a resume refusal
@@ -112,7 +116,7 @@ public struct PretrainRecipe: Codable, Equatable, Sendable {
 }
 
 /// One line of `log.jsonl`.
-public struct EpochLog: Codable, Sendable, Equatable {
+public struct EpochLog: EpochLine, Sendable, Equatable {
     public var epoch: Int
     public var loss: Double
     public var lr: Double
@@ -163,17 +167,13 @@ public struct PretrainFiles: Sendable {
     public init(dir: URL) { self.dir = dir }
 }
 
-/// Errors of a training run; each reads as one sentence.
+/// Errors of a pretraining run's folder; each reads as one sentence (divergence is `TrainingDiverged`).
 public enum PretrainError: Error, LocalizedError, CustomStringConvertible {
-    case diverged(epoch: Int, step: Int, loss: Float, limit: Float, kept: String)
     case cannotResume(String)
     case existingRun(URL)
 
     public var description: String {
         switch self {
-        case .diverged(let e, let s, let loss, let limit, let kept):
-            "Training stopped at epoch \(e), step \(s): the loss is \(loss), above its limit \(limit), so training diverged; " +
-                "lower --blr; \(kept)."
         case .cannotResume(let why): "Cannot resume: \(why)."
         case .existingRun(let url):
             "\(url.path) already holds a checkpoint; pass --resume to continue it or choose another --out-dir."
@@ -189,6 +189,8 @@ struct TrainState: Codable, Equatable {
     var recipe: PretrainRecipe?
     /// The epoch counts of earlier schedules when a finished run was extended with a larger `--epochs`.
     var extendedFrom: [Int]?
+    /// The loop's position (mid-epoch included); nil in checkpoints of earlier versions (epoch ends only).
+    var loop: LoopState?
 }
 
 /// Pretrains a ViT by MAE or supervised classification, as `mae-eval pretrain` does.
@@ -231,12 +233,11 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
                                  noDecay: ["pos_embed", "cls_token", "mask_token", "decoder_pos_embed"])
     let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, beta1: 0.9, beta2: 0.95,
                           weightDecay: Float(o.decay))
-    let schedule = WarmupCosine(baseLR: Float(o.learningRate), minLR: Float(o.minLR), warmupEpochs: o.warmup,
-                                epochs: Double(o.epochs))
+    let schedule = Schedule(baseLR: Float(o.learningRate), minLR: Float(o.minLR), warmupEpochs: o.warmup,
+                            epochs: Double(o.epochs))
     let transform = MAETransform.train(RandomResizedCrop(size: config.imgSize, scale: o.cropScale))
     let loader = DataLoader(source: source, transform: transform, batchSize: o.batchSize, seed: o.seed,
                             shuffle: true, dropLast: true, workers: o.workers)
-    let steps = loader.batchCount
     var recipe = recipeText(o, config: config)
     let resolved = o.resolvedRecipe(data: dataName, images: source.count)
 
@@ -244,7 +245,7 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     let files = PretrainFiles(dir: o.outDir)
     let fm = FileManager.default
     var state = TrainState(epoch: 0, recipe: resolved, extendedFrom: nil)
-    var log: [EpochLog] = []
+    var resumed: LoopState?
     var notes: [String] = []
     if fm.fileExists(atPath: files.checkpoint.path) {
         guard o.resume else { throw PretrainError.existingRun(o.outDir) }
@@ -258,7 +259,7 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
         } else {
             state.extendedFrom = saved.extendedFrom
         }
-        log = try readLog(files.log).filter { $0.epoch <= state.epoch }
+        resumed = saved.loop ?? LoopState(epoch: saved.epoch)
     } else if o.resume && o.progress {
         FileHandle.standardError.write(Data("note: --resume, but \(o.outDir.path) holds no checkpoint: starting a new run\n".utf8))
     }
@@ -267,27 +268,21 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
         notes.append(note)
         recipe += "; " + note
     }
-    try writeLog(log, to: files.log)
     try RunConfig(command: "pretrain", resolved: resolved, run: ["out_dir": o.outDir.path, "workers": String(o.workers)],
                   notes: notes).write(into: o.outDir)
 
-    let progress = ProgressLine(epochs: o.epochs, stepsPerEpoch: steps, enabled: o.progress)
-    if state.epoch > 0 { progress.note("resuming after epoch \(state.epoch) from \(files.checkpoint.path)") }
-    let lastEpoch = min(o.epochs, o.stopAfterEpoch ?? o.epochs)
+    let progress = ProgressLine(epochs: o.epochs, stepsPerEpoch: loader.batchCount, enabled: o.progress)
+    if let resumed { progress.note("resuming after \(resumed.described) from \(files.checkpoint.path)") }
     let runStart = Date()
-    var epochsRun = 0
     let b = o.batchSize, l = config.numPatches
-    while state.epoch < lastEpoch {
-        let epoch = state.epoch + 1
-        let start = Date()
-        let batches = loader.epoch(epoch)
-        var lossSum = 0.0, step = 0, lr: Float = 0
-        while let batch = try batches.next() {
-            lr = schedule.lr(atEpoch: Double(epoch - 1) + Double(step) / Double(steps))
-            // Drop path and masking draw from streams fixed by (seed, epoch, step).
-            let stepStream = RandomStream(seed: o.seed).derived(UInt64(epoch)).derived(UInt64(step))
-            model.params.zeroGrads()
-            let loss: Float = try batch.images.withUnsafeBufferPointer { images in
+    var lastLoss = readLastLoss(files.log, upTo: state.epoch)
+    var training = TrainingLoop<EpochLog>(
+        seed: o.seed, epochs: o.epochs, schedule: schedule, params: model.params, optimizer: optimizer, groups: groups,
+        loader: loader, total: "loss", blame: model, lrAdvice: "lower --blr", logFile: files.log, progress: progress,
+        step: { batch, context in
+            // Drop path and masking draw from the step's stream, fixed by (seed, epoch, step).
+            let stepStream = context.stream
+            let loss: Float = batch.images.withUnsafeBufferPointer { images in
                 let x = images.baseAddress!
                 switch o.method {
                 case .mae:
@@ -297,41 +292,36 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
                     model.forwardEncoder(images: x, batch: b, mask: mask, training: true, seed: stepStream.derived(2).state)
                     let pred = model.forwardDecoder()
                     let loss = model.forwardLoss(images: x, pred: pred)
-                    try checkLoss(loss, epoch: epoch, step: step + 1, limit: o.lossLimit, files: files, done: state.epoch,
-                                  model: model)
                     model.backwardPretrain(pred: pred)
                     return loss
                 case .supervised:
                     _ = model.forwardLogits(images: x, batch: b, training: true, seed: stepStream.derived(2).state)
                     let targets = smoothedTargets(labels: batch.labels, classes: classes, smoothing: Float(o.labelSmoothing))
                     let loss = model.classificationLoss(targets: targets)
-                    try checkLoss(loss, epoch: epoch, step: step + 1, limit: o.lossLimit, files: files, done: state.epoch,
-                                  model: model)
                     model.backwardClassification()
                     return loss
                 }
             }
-            optimizer.step(model.params, lr: lr)
-            lossSum += Double(loss)
-            step += 1
-            let elapsed = Date().timeIntervalSince(start)
-            let rate = Double(step * b) / max(elapsed, 1e-9)
-            let left = Double((lastEpoch - epoch) * steps + steps - step) * Double(b) / rate
-            progress.update(epoch: epoch, step: step, loss: lossSum / Double(step), imagesPerSecond: rate, secondsLeft: left)
-        }
-        let seconds = Date().timeIntervalSince(start)
-        let entry = EpochLog(epoch: epoch, loss: lossSum / Double(steps), lr: Double(lr),
-                             images_per_s: Double(steps * b) / seconds, seconds: seconds)
-        progress.endEpoch(epoch: epoch, loss: entry.loss, imagesPerSecond: entry.images_per_s,
-                          secondsLeft: Double(lastEpoch - epoch) * seconds)
-        // The log line goes first: a run killed before the checkpoint redoes the epoch and rewrites it.
-        log.append(entry)
-        try writeLog(log, to: files.log)
-        state.epoch = epoch
+            return ["loss": Double(loss)]
+        },
+        record: { summary in
+            lastLoss = summary.terms["loss"] ?? .nan
+            return EpochLog(epoch: summary.epoch, loss: lastLoss, lr: Double(summary.lastLR),
+                            images_per_s: summary.imagesPerSecond, seconds: summary.seconds)
+        })
+    training.mean = .perStep
+    training.lossLimit = o.lossLimit
+    training.checkpointEvery = o.checkpointEvery
+    training.stopAfterEpoch = o.stopAfterEpoch
+    training.checkpoint = (files.checkpoint, { loop in
+        state.epoch = loop.epoch
+        state.loop = loop
         try model.saveTrainingCheckpoint(to: files.checkpoint, optimizer: optimizer, state: state, stateKey: "train_state",
-                                         metadata: provenance(o, data: dataName, recipe: recipe, epochs: epoch, loss: entry.loss))
-        epochsRun += 1
-    }
+                                         metadata: provenance(o, data: dataName, recipe: recipe, epochs: loop.epoch, loss: lastLoss))
+    })
+    let startEpoch = state.epoch
+    let log = try training.run(from: resumed)
+    let epochsRun = state.epoch - startEpoch
     guard state.epoch >= o.epochs else { return PretrainResult(log: log, metrics: nil, outDir: o.outDir) }
 
     let finalLoss = log.last?.loss ?? .nan
@@ -407,21 +397,6 @@ struct DecodedImages: DataSource {
     func image(_ index: Int) throws -> RGBImage { images[index] }
 }
 
-/// Stops a run whose loss is not finite (a `NonFiniteError` saying whether the weights were already
-/// broken or the run diverged) or above `limit` (diverging).
-func checkLoss(_ loss: Float, epoch: Int, step: Int, limit: Float, files: PretrainFiles, done: Int,
-               model: VisionTransformer) throws {
-    guard !loss.isFinite || loss > limit else { return }
-    let kept = done > 0
-        ? "the last good checkpoint (epoch \(done)) is kept at \(files.checkpoint.path)"
-        : "no epoch had completed, so there is no checkpoint"
-    guard loss.isFinite else {
-        throw NonFiniteError.loss(loss, at: "epoch \(epoch), step \(step)", model: model,
-                                  updated: epoch > 1 || step > 1, lrAdvice: "lower --blr", context: kept)
-    }
-    throw PretrainError.diverged(epoch: epoch, step: step, loss: loss, limit: limit, kept: kept)
-}
-
 /// The recipe in one line for the metadata and metrics.
 func recipeText(_ o: PretrainOptions, config: ViTConfig) -> String {
     let lr = String(format: "%.3g", o.learningRate)
@@ -450,22 +425,9 @@ func provenance(_ o: PretrainOptions, data: String, recipe: String, epochs: Int,
 // MARK: - Checkpoint and log files
 
 
-func readLog(_ url: URL) throws -> [EpochLog] {
-    guard let data = try? Data(contentsOf: url) else { return [] }
-    let decoder = JSONDecoder()
-    return try String(decoding: data, as: UTF8.self).split(separator: "\n").map { line in
-        do { return try decoder.decode(EpochLog.self, from: Data(line.utf8)) } catch {
-            throw DataError(url, "has a line that is not an epoch record: \(line.prefix(80))")
-        }
-    }
-}
-
-func writeLog(_ log: [EpochLog], to url: URL) throws {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.sortedKeys]
-    var text = ""
-    for entry in log { text += String(decoding: try encoder.encode(entry), as: UTF8.self) + "\n" }
-    try writeAtomically(Data(text.utf8), to: url)
+/// The loss of the log's line for `epoch` (the last completed one), NaN when there is none.
+func readLastLoss(_ url: URL, upTo epoch: Int) -> Double {
+    ((try? readJSONLines(EpochLog.self, from: url)) ?? []).last { $0.epoch == epoch }?.loss ?? .nan
 }
 
 func writeLossPlot(_ log: [EpochLog], method: PretrainMethod, to url: URL) throws {

@@ -17,8 +17,9 @@ struct Pretrain: ParsableCommand {
             Without --data, the Shapes dataset is generated into --shapes-dir (pretrain split for mae, \
             supervised split for supervised). Writes into --out-dir: log.jsonl (one JSON object per epoch), \
             checkpoint.safetensors at every epoch end (weights, optimizer state, epoch), backbone.safetensors, \
-            metrics.json and loss.png at the end. --resume continues from the last complete epoch; with the \
-            same flags the result is bit-identical to an unbroken run. A non-finite loss, or one above 1e4, \
+            metrics.json and loss.png at the end; --checkpoint-every N also checkpoints every N steps. --resume \
+            continues from the last checkpoint (mid-epoch included); with the same flags and --threads the \
+            result is bit-identical to an unbroken run, even after kill -9. A non-finite loss, or one above 1e4, \
             stops the run and keeps the last good checkpoint.
             """)
 
@@ -60,6 +61,8 @@ struct Pretrain: ParsableCommand {
     var threads: Int?
     @Option(help: "Background data-loading threads.")
     var workers = 1
+    @Option(help: "Also write checkpoint.safetensors every N steps within an epoch (default: at epoch ends only).")
+    var checkpointEvery: Int?
 
     func run() throws {
         guard let method = PretrainMethod(rawValue: method) else {
@@ -74,6 +77,7 @@ struct Pretrain: ParsableCommand {
         o.warmupEpochs = warmupEpochs; o.weightDecay = weightDecay
         o.maskRatio = maskRatio; o.dropPath = dropPath; o.minCropScale = minCropScale
         o.seed = seed; o.resume = resume; o.workers = workers; o.threads = threads
+        o.checkpointEvery = checkpointEvery
         let result = try runCLI { try runPretraining(o) }
         print(result.outDir.path)
     }
