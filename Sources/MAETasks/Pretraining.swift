@@ -59,6 +59,28 @@ public struct PretrainOptions: Sendable {
         self.method = method; self.epochs = epochs; self.outDir = outDir
     }
 
+    /// Sets `architecture` (and `decoder`) from "SIZE/PATCH/WIDTH/DEPTH/HEADS" and, for the decoder,
+    /// "WIDTH/DEPTH/HEADS" (`--architecture`, `--decoder-architecture`: tiny models for tests).
+    public mutating func setArchitecture(_ encoder: String, decoder: String?) throws {
+        func numbers(_ text: String, _ count: Int, _ flag: String) throws -> [Int] {
+            let n = text.split(separator: "/").compactMap { Int($0) }
+            guard n.count == count, n.allSatisfy({ $0 > 0 }) else {
+                throw TaskError.badArgument("\(flag) must be \(count) positive integers separated by '/', not '\(text)'")
+            }
+            return n
+        }
+        let e = try numbers(encoder, 5, "--architecture")
+        guard e[0] % e[1] == 0, e[2] % e[4] == 0 else {
+            throw TaskError.badArgument("--architecture \(encoder): the size must divide by the patch and the width by the heads")
+        }
+        architecture = ViTConfig(imgSize: e[0], patchSize: e[1], embedDim: e[2], depth: e[3], numHeads: e[4])
+        if let decoder {
+            let d = try numbers(decoder, 3, "--decoder-architecture")
+            guard d[0] % d[2] == 0 else { throw TaskError.badArgument("--decoder-architecture \(decoder): the width must divide by the heads") }
+            self.decoder = DecoderConfig(embedDim: d[0], depth: d[1], numHeads: d[2])
+        }
+    }
+
     /// The recipe's defaults: MAE's pretraining (main_pretrain.py) and MAE's supervised ViT
     /// from scratch (appendix A.2: blr 1e-4, wd 0.3, betas (0.9, 0.95), drop path 0.1, smoothing 0.1).
     var baseLR: Double { blr ?? (method == .mae ? 1.5e-4 : 1e-4) }
@@ -251,7 +273,8 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
         guard o.resume else { throw PretrainError.existingRun(o.outDir) }
         let saved = try model.resumeTrainingCheckpoint(from: files.checkpoint, optimizer: optimizer,
                                                        stateKey: "train_state") { (saved: TrainState) in
-            try checkResume(saved, against: resolved, checkpoint: files.checkpoint)
+            try checkResume(saved, against: resolved, checkpoint: files.checkpoint,
+                            finalised: fm.fileExists(atPath: files.metrics.path))
         }
         state.epoch = saved.epoch
         if let old = saved.recipe, old.epochs != resolved.epochs {
@@ -343,8 +366,9 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
 
 /// Refuses a resume whose recipe differs from the checkpoint's, naming the first differing flag. A
 /// finished run may be extended to more epochs (its earlier schedule is recorded); fewer epochs, or
-/// the same on a finished run, leave nothing to do and are refused.
-func checkResume(_ saved: TrainState, against new: PretrainRecipe, checkpoint: URL) throws {
+/// the same on a finished run, leave nothing to do and are refused, unless the run was stopped
+/// after its last checkpoint and before its final files (`finalised` false): then those are written.
+func checkResume(_ saved: TrainState, against new: PretrainRecipe, checkpoint: URL, finalised: Bool) throws {
     guard let old = saved.recipe else {
         throw PretrainError.cannotResume("\(checkpoint.path) does not record its recipe (an earlier mae-eval wrote it), " +
                                          "so a resume cannot be checked; choose another --out-dir")
@@ -360,7 +384,7 @@ func checkResume(_ saved: TrainState, against new: PretrainRecipe, checkpoint: U
         throw PretrainError.cannotResume("\(d.field) is \(d.new) but the run being resumed used \(d.old); " +
                                          "resume with the same recipe or choose another --out-dir")
     }
-    if new.epochs < saved.epoch || (finished && new.epochs == saved.epoch) {
+    if new.epochs < saved.epoch || (finished && finalised && new.epochs == saved.epoch) {
         throw PretrainError.cannotResume("the run in \(checkpoint.deletingLastPathComponent().path) has already completed " +
             "\(saved.epoch) of its \(old.epochs) epochs, so --epochs \(new.epochs) leaves nothing to do " +
             "(pass a larger --epochs to extend a finished run)")

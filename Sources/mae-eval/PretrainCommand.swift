@@ -63,6 +63,11 @@ struct Pretrain: ParsableCommand {
     var workers = 1
     @Option(help: "Also write checkpoint.safetensors every N steps within an epoch (default: at epoch ends only).")
     var checkpointEvery: Int?
+    @Option(help: ArgumentHelp("A custom encoder SIZE/PATCH/WIDTH/DEPTH/HEADS instead of --model's (tiny test models).",
+                               visibility: .hidden))
+    var architecture: String?
+    @Option(help: ArgumentHelp("A custom MAE decoder WIDTH/DEPTH/HEADS (with --architecture).", visibility: .hidden))
+    var decoderArchitecture: String?
 
     func run() throws {
         guard let method = PretrainMethod(rawValue: method) else {
@@ -78,6 +83,7 @@ struct Pretrain: ParsableCommand {
         o.maskRatio = maskRatio; o.dropPath = dropPath; o.minCropScale = minCropScale
         o.seed = seed; o.resume = resume; o.workers = workers; o.threads = threads
         o.checkpointEvery = checkpointEvery
+        if let architecture { try o.setArchitecture(architecture, decoder: decoderArchitecture) }
         let result = try runCLI { try runPretraining(o) }
         print(result.outDir.path)
     }
