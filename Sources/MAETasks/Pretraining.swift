@@ -181,7 +181,8 @@ public struct PretrainFiles: Sendable {
     public var dir: URL
     public var log: URL { dir.appendingPathComponent("log.jsonl") }
     public var metrics: URL { dir.appendingPathComponent("metrics.json") }
-    /// Weights, optimizer state (`optim.*`) and the resume state, rewritten at every epoch end.
+    /// Weights, optimizer state (`optim.*`) and the resume state (loop position included), rewritten
+    /// at every epoch end and every `checkpointEvery` steps.
     public var checkpoint: URL { dir.appendingPathComponent("checkpoint.safetensors") }
     /// The final weights alone (MAE: encoder + decoder; supervised: encoder + fc_norm + head).
     public var backbone: URL { dir.appendingPathComponent("backbone.safetensors") }
@@ -217,12 +218,13 @@ struct TrainState: Codable, Equatable {
 
 /// Pretrains a ViT by MAE or supervised classification, as `mae-eval pretrain` does.
 ///
-/// Writes `log.jsonl` (one object per epoch), `checkpoint.safetensors` at every epoch end (weights,
-/// AdamW moments as `optim.exp_avg` / `optim.exp_avg_sq` / `optim.step`, and `train_state`),
+/// Runs through `TrainingLoop`. Writes `log.jsonl` (one object per epoch), `checkpoint.safetensors`
+/// at every epoch end and every `checkpointEvery` steps (weights, AdamW moments as `optim.exp_avg` /
+/// `optim.exp_avg_sq` / `optim.step`, and `train_state` with the loop's position),
 /// `backbone.safetensors`, `metrics.json` and `loss.png` at the end. Every random draw (data order,
 /// augmentation, masking noise, drop path) is a pure function of (seed, epoch, step or sample), so
-/// the completed epoch count is the whole RNG position and a resumed run matches an unbroken one bit
-/// for bit (given the same `epochs` and learning-rate flags, which shape the schedule).
+/// the loop's position is the whole RNG position and a run resumed from any checkpoint (after
+/// `kill -9` too) matches an unbroken one bit for bit (given the same flags and thread count).
 public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard let preset = ModelPreset(name: o.model) else { throw ModelError.unknownPreset(o.model) }

@@ -213,7 +213,8 @@ public struct TrainingLoop<Entry: EpochLine> {
                 let rate = Double(imagesThisRun) / max(elapsed(since: epochStart), 1e-9)
                 let done = Double((state.epoch * steps + state.step) - stepsAtStart)
                 let left = Double(lastEpoch * steps) - Double(state.epoch * steps + state.step)
-                progress.update(epoch: epoch, step: state.step, loss: (state.sums[total] ?? 0) / Double(max(state.weight, 1)),
+                let means = state.sums.mapValues { $0 / Double(max(state.weight, 1)) }
+                progress.update(epoch: epoch, step: state.step, loss: means[total] ?? .nan, terms: means.filter { $0.key != total },
                                 imagesPerSecond: rate, secondsLeft: elapsed(since: runStart) / done * left)
                 if let checkpoint, let n = checkpointEvery, state.step % n == 0, state.step < steps {
                     try checkpoint.save(state)
@@ -225,7 +226,8 @@ public struct TrainingLoop<Entry: EpochLine> {
             let summary = EpochSummary(epoch: epoch, terms: state.sums.mapValues { $0 / Double(max(state.weight, 1)) },
                                        lastLR: lr, imagesPerSecond: Double(imagesThisRun) / seconds, seconds: seconds,
                                        evaluation: evaluation)
-            progress.endEpoch(epoch: epoch, loss: summary.terms[total] ?? .nan, imagesPerSecond: summary.imagesPerSecond,
+            progress.endEpoch(epoch: epoch, loss: summary.terms[total] ?? .nan, terms: summary.terms.filter { $0.key != total },
+                              imagesPerSecond: summary.imagesPerSecond,
                               secondsLeft: Double(lastEpoch - epoch) * seconds)
             // The log line goes first: a run killed before the checkpoint redoes the epoch and rewrites it.
             log.append(try record(summary))
