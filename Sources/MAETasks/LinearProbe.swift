@@ -14,6 +14,11 @@ public struct LinearProbeOptions: Sendable {
     /// nil: the task's head.last_blocks (1).
     public var lastBlocks: Int?
     public var cache = FeatureCache.standard
+    /// `--mode augmented`: continue each run folder's checkpoint (head, LARS state, BatchNorm
+    /// statistics, loop position) instead of starting afresh.
+    public var resume = false
+    /// `--mode augmented`: also checkpoint every this many steps within an epoch; nil: at epoch ends only.
+    public var checkpointEvery: Int?
 
     public init() {}
 }
@@ -31,6 +36,7 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
         throw TaskError.badArgument("task \(spec.name) has no recipe.augmented section for --mode augmented")
     }
     spec.recipe.mode = mode
+    if let n = o.checkpointEvery, n < 1 { throw TaskError.badArgument("--checkpoint-every must be at least 1, not \(n)") }
     let lastBlocks = o.lastBlocks ?? spec.head.lastBlocks ?? 1
     guard lastBlocks >= 1 else { throw TaskError.badArgument("--last-blocks must be at least 1") }
     // The flags become part of the spec, so config.yaml records what runs.
@@ -324,6 +330,23 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
         return HeadScore(tally)
     }
 
+    let setup = "\(spec.dataset.imgSize) px, rrc_scale \(scale[0])...\(scale[1]), batch_norm \(useBN), " +
+        "init_std \(spec.head.initStd ?? 0.01), \(data.train.count) train images"
+    let expected = ProbeState(seed: seed, checkpointHash: backbone.hash, feature: feature.describe(model), recipe: a,
+                              setup: setup, loop: LoopState())
+    var resumed: LoopState?
+    if FileManager.default.fileExists(atPath: run.checkpoint.path) {
+        if o.resume {
+            let saved = try readProbeCheckpoint(run.checkpoint, expected: expected, head: head, optimizer: lars)
+            (bn.runningMean, bn.runningVar) = (saved.mean, saved.variance)
+            resumed = saved.loop
+            say("resuming \(run.dir.path) after \(saved.loop.described)", verbose)
+        } else {
+            say("note: starting \(run.dir.path) afresh (pass --resume to continue its checkpoint)", verbose)
+        }
+    } else if o.resume {
+        say("note: --resume, but \(run.dir.path) holds no checkpoint: starting it afresh", verbose)
+    }
     let trainStart = Date()
     let progress = ProgressLine(epochs: a.epochs, stepsPerEpoch: loader.batchCount, enabled: verbose)
     var training = TrainingLoop<TransferEpoch>(
@@ -358,9 +381,13 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
             return entry
         })
     training.endEpoch = { _ in ["val_top1": evaluate(val.features, labels: val.labels, bn: &bn).top1] }
-    // No checkpoint: the BatchNorm's running statistics are not in the head's parameter store, and
-    // a probe run is short; an interrupted probe starts again.
-    let log = try training.run(from: nil)
+    training.checkpointEvery = o.checkpointEvery
+    training.checkpoint = (run.checkpoint, { loop in
+        var state = expected
+        state.loop = loop
+        try writeProbeCheckpoint(run.checkpoint, state: state, head: head, optimizer: lars, bn: bn)
+    })
+    let log = try training.run(from: resumed)
     let final = evaluate(val.features, labels: val.labels, bn: &bn)
     guard parameterFingerprint(model) == before else {
         throw TaskError.badArgument("internal check failed: the backbone's weights changed during a linear probe")
@@ -387,4 +414,61 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
                                 "rrc_scale": "\(scale[0])...\(scale[1])", "batch_norm": String(useBN)])
     say("\(backbone.stem) seed \(seed): val top-1 \(String(format: "%.2f", final.top1))%", verbose)
     return run
+}
+
+/// The augmented probe's resume state, under `probe_state` in its checkpoint's metadata.
+struct ProbeState: Codable {
+    var seed: UInt64
+    var checkpointHash: String
+    var feature: String
+    var recipe: AugmentedRecipe
+    /// What else shapes the run (image size, crop scale, BatchNorm, head init, train images), in words.
+    var setup: String
+    var loop: LoopState
+}
+
+/// Writes the probe's training checkpoint atomically: the head, the optimizer state as `optim.*`,
+/// the BatchNorm's running statistics as `bn.running_mean` / `bn.running_var`, and `state`.
+func writeProbeCheckpoint(_ url: URL, state: ProbeState, head: ParameterStore, optimizer: Optimizer, bn: BatchNorm1d) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    var tensors = head.specs.map { ($0.name, StoredTensor(shape: $0.shape, floats: Array(head.value($0.name)))) }
+    tensors += optimizer.state.sorted { $0.key < $1.key }.map { ("optim." + $0.key, StoredTensor(shape: [$0.value.count], floats: $0.value)) }
+    tensors += [("bn.running_mean", StoredTensor(shape: [bn.runningMean.count], floats: bn.runningMean)),
+                ("bn.running_var", StoredTensor(shape: [bn.runningVar.count], floats: bn.runningVar))]
+    let metadata = ["format": "mae-eval", "probe_state": String(decoding: try encoder.encode(state), as: UTF8.self)]
+    try SafeTensors(tensors: tensors, metadata: metadata).write(to: url)
+}
+
+/// Reads a checkpoint of `writeProbeCheckpoint` into `head` and `optimizer`, after checking it was
+/// made by the same run (seed, backbone, feature, recipe, setup); returns the BatchNorm statistics
+/// and the loop position.
+func readProbeCheckpoint(_ url: URL, expected: ProbeState, head: ParameterStore,
+                         optimizer: Optimizer) throws -> (mean: [Float], variance: [Float], loop: LoopState) {
+    let file = try SafeTensors.read(contentsOf: url)
+    guard let json = file.metadata["probe_state"],
+          let saved = try? JSONDecoder().decode(ProbeState.self, from: Data(json.utf8)) else {
+        throw FormatError(url.path, "has no probe_state, so it is not a checkpoint this run can resume")
+    }
+    if let d = firstDifference(expected.recipe, saved.recipe) {
+        throw TaskError.badArgument("recipe.augmented.\(d.field) is \(d.new) but the run being resumed (\(url.path)) used \(d.old); " +
+                                    "resume with the same recipe or choose another --out-dir")
+    }
+    guard saved.seed == expected.seed, saved.checkpointHash == expected.checkpointHash, saved.feature == expected.feature,
+          saved.setup == expected.setup else {
+        throw TaskError.badArgument("\(url.path) was trained with another seed, backbone, feature or setup (\(saved.setup)) " +
+                                    "and cannot be resumed with these")
+    }
+    func floats(_ name: String, _ count: Int) throws -> [Float] {
+        guard let t = file.tensors[name], t.dtype == .f32, t.count == count else {
+            throw FormatError(url.path, "lacks \(name) with \(count) values")
+        }
+        return t.floats
+    }
+    for spec in head.specs { try head.set(spec.name, shape: spec.shape, try floats(spec.name, spec.count)) }
+    var moments: [String: [Float]] = [:]
+    for (key, current) in optimizer.state { moments[key] = try floats("optim." + key, current.count) }
+    optimizer.state = moments
+    let width = head.specs[0].shape[1]
+    return (try floats("bn.running_mean", width), try floats("bn.running_var", width), saved.loop)
 }

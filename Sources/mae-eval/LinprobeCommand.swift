@@ -32,6 +32,10 @@ struct Linprobe: ParsableCommand {
     var pool: String?
     @Option(help: "Concatenate the pooled features of the last k blocks.")
     var lastBlocks: Int?
+    @Flag(help: "--mode augmented: continue each run folder's checkpoint instead of starting afresh.")
+    var resume = false
+    @Option(help: "--mode augmented: also checkpoint every N steps within an epoch (default: at epoch ends only).")
+    var checkpointEvery: Int?
 
     func run() throws {
         var o = LinearProbeOptions()
@@ -40,6 +44,8 @@ struct Linprobe: ParsableCommand {
         o.mode = mode
         o.pooling = try parsePooling(pool)
         o.lastBlocks = lastBlocks
+        o.resume = resume
+        o.checkpointEvery = checkpointEvery
         _ = try runCLI { try runLinearProbe(o) }
     }
 }

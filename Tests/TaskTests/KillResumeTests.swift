@@ -160,4 +160,31 @@ final class KillResumeTests: XCTestCase {
         }
         XCTAssertEqual(try metrics(runA), try metrics(runB), story)
     }
+
+    func testAugmentedProbeKilledAndResumedMatchesUnbrokenRun() throws {
+        let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 48, val: 10, scenesTrain: 0, scenesVal: 0)
+        let data = try ShapesDataset.ensure(at: scratch.appendingPathComponent("shapes"), size: 16, seed: 3, counts: counts)
+        let backbone = try VisionTransformer(config: ViTConfig(imgSize: 16, patchSize: 4, embedDim: 16, depth: 2, numHeads: 2))
+        backbone.initializeWeights(seed: 1)
+        let weights = scratch.appendingPathComponent("tiny.safetensors")
+        try backbone.save(to: weights, metadata: ["method": "mae"])
+        func arguments(_ runs: URL) -> [String] {
+            ["linprobe", "--mode", "augmented", "--checkpoint", weights.path, "--task", "shapes-linprobe",
+             "--train-data", data.train.path, "--val-data", data.val.path, "--set", "dataset.img_size=16",
+             "--set", "recipe.augmented.batch_size=8", "--set", "recipe.augmented.epochs=3",
+             "--set", "recipe.augmented.warmup_epochs=1", "--seed", "4", "--threads", "1", "--checkpoint-every", "2",
+             "--out-dir", runs.path, "--no-report"]
+        }
+        let a = scratch.appendingPathComponent("unbroken"), b = scratch.appendingPathComponent("killed")
+        let (seconds, out) = try runToEnd(arguments(a))
+        let runA = URL(fileURLWithPath: try XCTUnwrap(out.split(separator: "\n").last.map(String.init)))
+        let runB = URL(fileURLWithPath: runA.path.replacingOccurrences(of: a.path, with: b.path))
+        let story = try killAndResume(arguments(b) + ["--resume"], checkpoint: runB.appendingPathComponent("checkpoint.safetensors"),
+                                      stateKey: "probe_state", seconds: seconds)
+        XCTAssertEqual(try Data(contentsOf: runA.appendingPathComponent("checkpoint.safetensors")),
+                       try Data(contentsOf: runB.appendingPathComponent("checkpoint.safetensors")), story)
+        let log = try logWithoutClock(runA.appendingPathComponent("log.jsonl"))
+        XCTAssertEqual(log.map { $0["epoch"] }, [1, 2, 3])
+        XCTAssertEqual(log, try logWithoutClock(runB.appendingPathComponent("log.jsonl")), story)
+    }
 }
