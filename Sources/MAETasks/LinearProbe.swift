@@ -37,6 +37,9 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
     }
     spec.recipe.mode = mode
     if let n = o.checkpointEvery, n < 1 { throw TaskError.badArgument("--checkpoint-every must be at least 1, not \(n)") }
+    if mode == "cached" && (o.resume || o.checkpointEvery != nil) {
+        throw TaskError.badArgument("\(o.resume ? "--resume" : "--checkpoint-every") applies to --mode augmented only: the cached probe keeps no checkpoint")
+    }
     let lastBlocks = o.lastBlocks ?? spec.head.lastBlocks ?? 1
     guard lastBlocks >= 1 else { throw TaskError.badArgument("--last-blocks must be at least 1") }
     // The flags become part of the spec, so config.yaml records what runs.
