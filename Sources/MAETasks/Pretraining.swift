@@ -300,7 +300,7 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     if let resumed { progress.note("resuming after \(resumed.described) from \(files.checkpoint.path)") }
     let runStart = Date()
     let b = o.batchSize, l = config.numPatches
-    var lastLoss = readLastLoss(files.log, upTo: state.epoch)
+    var lastLoss = readLastLoss(files.log, epoch: state.epoch)
     var training = TrainingLoop<EpochLog>(
         seed: o.seed, epochs: o.epochs, schedule: schedule, params: model.params, optimizer: optimizer, groups: groups,
         loader: loader, total: "loss", blame: model, lrAdvice: "lower --blr", logFile: files.log, progress: progress,
@@ -452,7 +452,7 @@ func provenance(_ o: PretrainOptions, data: String, recipe: String, epochs: Int,
 
 
 /// The loss of the log's line for `epoch` (the last completed one), NaN when there is none.
-func readLastLoss(_ url: URL, upTo epoch: Int) -> Double {
+func readLastLoss(_ url: URL, epoch: Int) -> Double {
     ((try? readJSONLines(EpochLog.self, from: url)) ?? []).last { $0.epoch == epoch }?.loss ?? .nan
 }
 

@@ -185,4 +185,24 @@ final class TrainingLoopTests: XCTestCase {
                            "diverged; lower the lr; no epoch had completed, so there is no checkpoint.")
         }
     }
+
+    /// An epoch started at batch k hands out the same batches k, k+1, ... as one started at 0, with
+    /// background workers or without.
+    func testLoaderStartsAnEpochAtAnyBatch() throws {
+        for workers in [0, 2] {
+            let loader = DataLoader(source: Toy(), transform: MAETransform.train(RandomResizedCrop(size: 4, scale: 0.5...1)),
+                                    batchSize: 3, seed: 8, shuffle: true, dropLast: false, workers: workers)
+            var all: [Batch] = []
+            let it = loader.epoch(2)
+            while let batch = try it.next() { all.append(batch) }
+            XCTAssertEqual(all.count, 4)
+            for first in 0...4 {
+                var rest: [Batch] = []
+                let from = loader.epoch(2, from: first)
+                while let batch = try from.next() { rest.append(batch) }
+                XCTAssertEqual(rest.map(\.indices), all.dropFirst(first).map(\.indices), "workers \(workers), from \(first)")
+                XCTAssertEqual(rest.map(\.images), all.dropFirst(first).map(\.images), "workers \(workers), from \(first)")
+            }
+        }
+    }
 }
