@@ -95,9 +95,11 @@ public final class DataLoader: Sendable {
         return Batch(images: images, labels: indices.map(source.label), indices: indices)
     }
 
-    /// The batches of `epoch`; `while let batch = try it.next() { ... }`.
-    public func epoch(_ epoch: Int) -> EpochIterator {
-        EpochIterator(loader: self, epoch: epoch)
+    /// The batches of `epoch` from batch `first` on; `while let batch = try it.next() { ... }`.
+    /// Batch k of an epoch is the same whichever batch the iterator started at (a resumed run
+    /// starts mid-epoch).
+    public func epoch(_ epoch: Int, from first: Int = 0) -> EpochIterator {
+        EpochIterator(loader: self, epoch: epoch, first: first)
     }
 
     /// Hands out one epoch's batches in order while workers build the next ones.
@@ -117,11 +119,13 @@ public final class DataLoader: Sendable {
             var cancelled = false
         }
 
-        init(loader: DataLoader, epoch: Int) {
+        init(loader: DataLoader, epoch: Int, first: Int) {
             self.loader = loader
             self.epoch = epoch
             order = loader.order(epoch: epoch)
             total = loader.batchCount
+            state.nextToStart = min(max(first, 0), total)
+            state.nextToConsume = state.nextToStart
             for _ in 0..<loader.workers {
                 let thread = Thread { [state, loader, order, total, epoch] in
                     EpochIterator.work(state: state, loader: loader, order: order, total: total, epoch: epoch)

@@ -13,6 +13,9 @@ public struct FineTuneOptions: Sendable {
     public var resume = false
     /// Images per step; nil: the task's.
     public var batchSize: Int?
+    /// Also writes the run's checkpoint every this many steps within an epoch (`--checkpoint-every`);
+    /// nil: at epoch ends only.
+    public var checkpointEvery: Int?
 
     public init() {}
 }
@@ -98,6 +101,8 @@ struct FineTuneState: Codable, Equatable {
     var classes: Int
     var checkpointHash: String
     var recipe: FineTuneRecipe
+    /// The loop's position (mid-epoch included); nil in checkpoints of earlier versions (epoch ends only).
+    var loop: LoopState?
 }
 
 /// Top-1 and top-5 (percent) of a classifier on a dataset through the eval transform.
@@ -127,6 +132,7 @@ public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
         try spec.revalidate(flags: ["--batch-size \(b)"])
     }
     if let n = o.blocks { spec.recipe.blocks = n }
+    if let n = o.checkpointEvery, n < 1 { throw TaskError.badArgument("--checkpoint-every must be at least 1, not \(n)") }
     try o.common.prepareOutputs()
     let backbones = try o.common.backbones()
     let data = try o.common.datasets(spec)
@@ -160,7 +166,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
     let groups = fineTuneGroups(model, blocks: blocks, layerDecay: Float(r.layerDecay))
     let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, weightDecay: Float(r.weightDecay))
     let batch = r.batchSize, epochs = r.epochs
-    let schedule = WarmupCosine(baseLR: Float(r.lr), minLR: Float(r.minLR), warmupEpochs: r.warmupEpochs, epochs: Double(epochs))
+    let schedule = Schedule(baseLR: Float(r.lr), minLR: Float(r.minLR), warmupEpochs: r.warmupEpochs, epochs: Double(epochs))
     let scale = r.rrcScale
     // timm's fine-tuning pipeline: RandomResizedCrop + flip (+ RandAugment), normalise, random erasing.
     let crop = RandomResizedCrop(size: size, scale: scale[0]...scale[1])
@@ -189,10 +195,9 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
     try run.writeConfig(command: "finetune", spec: spec, resolved: r, backbone: backbone, seed: seed, data: data,
                         extra: ["variant": variant, "resume": String(o.resume)])
     let expected = FineTuneState(epoch: 0, seed: seed, classes: k, checkpointHash: backbone.hash, recipe: r)
-    var log: [TransferEpoch] = []
-    var startEpoch = 0
+    var resumed: LoopState?
     if o.resume, FileManager.default.fileExists(atPath: run.checkpoint.path) {
-        startEpoch = try model.resumeTrainingCheckpoint(from: run.checkpoint, optimizer: optimizer,
+        let saved = try model.resumeTrainingCheckpoint(from: run.checkpoint, optimizer: optimizer,
                                                         stateKey: "finetune_state") { (saved: FineTuneState) in
             let what = "the run being resumed (\(run.checkpoint.path))"
             if let d = firstDifference(r, saved.recipe) {
@@ -200,65 +205,60 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
             }
             var same = saved
             same.epoch = expected.epoch
+            same.loop = nil
             guard same == expected else {
                 throw TaskError.badArgument("\(run.checkpoint.path) was fine-tuned with another seed, class count or backbone and cannot be resumed with these")
             }
-        }.epoch
-        log = Array(try run.readLog().prefix(startEpoch))
-        say("resuming \(run.dir.path) after epoch \(startEpoch)", verbose)
+        }
+        resumed = saved.loop ?? LoopState(epoch: saved.epoch)
+        say("resuming \(run.dir.path) after \(resumed!.described)", verbose)
     } else if FileManager.default.fileExists(atPath: run.checkpoint.path) {
         say("note: starting \(run.dir.path) afresh (pass --resume to continue its checkpoint)", verbose)
     } else if o.resume {
         say("note: --resume, but \(run.dir.path) holds no checkpoint: starting it afresh", verbose)
     }
     let frozenBefore = frozenFingerprint(model, groups)
-    let steps = train.batchCount
+    let startEpoch = resumed?.epoch ?? 0
     let trainStart = Date()
-    let progress = ProgressLine(epochs: epochs, stepsPerEpoch: steps, enabled: verbose)
-    for epoch in startEpoch..<epochs {
-        let epochStart = Date()
-        var lossSum: Double = 0, seen = 0, step = 0
-        let it = train.epoch(epoch)
-        while let b = try it.next() {
+    let progress = ProgressLine(epochs: epochs, stepsPerEpoch: train.batchCount, enabled: verbose)
+    var training = TrainingLoop<TransferEpoch>(
+        seed: seed, epochs: epochs, schedule: schedule, params: model.params, optimizer: optimizer, groups: groups,
+        loader: train, total: "loss", blame: model, lrAdvice: "lower base_lr", logFile: run.log, progress: progress,
+        step: { b, context in
             var images = b.images
-            var rng = RandomStream(seed: seed).derived(UInt64(epoch * 1_000_003 + step))
             var targets = smoothedTargets(labels: b.labels, classes: k, smoothing: Float(smoothing))
             if let mixer {
-                var mixRNG = RandomStream(seed: UInt64(seed), epoch: epoch, index: step)
+                var mixRNG = context.stream.derived(1)
                 let draw = mixer.draw(height: size, width: size, rng: &mixRNG)
                 targets = mixer.mix(&images, labels: b.labels, channels: 3, height: size, width: size, draw: draw).targets
             }
-            model.params.zeroGrads()
             let pass = images.withUnsafeBufferPointer {
-                model.forwardLogits(images: $0.baseAddress!, batch: b.count, training: true, seed: rng.next())
+                model.forwardLogits(images: $0.baseAddress!, batch: b.count, training: true, seed: context.stream.derived(2).state)
             }
             let loss = model.classificationLoss(pass, targets: targets)
-            guard loss.isFinite else {
-                throw NonFiniteError.loss(loss, at: "fine-tuning epoch \(epoch + 1), step \(step + 1)", model: model,
-                                          updated: epoch > 0 || step > 0, lrAdvice: "lower base_lr")
-            }
             model.backwardClassification(pass)
-            if let c = r.clipGrad { clipGradNorm(model.params, groups: groups, maxNorm: Float(c)) }
-            optimizer.step(model.params, lr: schedule.lr(atEpoch: Double(epoch) + Double(step) / Double(steps)))
-            lossSum += Double(loss) * Double(b.count); seen += b.count; step += 1
-            let done = Double((epoch - startEpoch) * steps + step), all = Double((epochs - startEpoch) * steps)
-            progress.update(epoch: epoch + 1, step: step, loss: lossSum / Double(seen),
-                            imagesPerSecond: Double(seen) / elapsed(since: epochStart),
-                            secondsLeft: elapsed(since: trainStart) / done * (all - done))
-        }
-        let score = try classifierScore(model, loader: val)
-        let entry = TransferEpoch(epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)),
-                                  lr: Double(schedule.lr(atEpoch: Double(epoch + 1))), valTop1: score.top1,
-                                  seconds: elapsed(since: epochStart))
-        log.append(entry)
+            return ["loss": Double(loss)]
+        },
+        record: { summary in
+            let entry = TransferEpoch(epoch: summary.epoch, trainLoss: summary.terms["loss"] ?? .nan,
+                                      lr: Double(schedule.lr(atEpoch: Double(summary.epoch))),
+                                      valTop1: summary.evaluation["val_top1"], seconds: summary.seconds)
+            progress.note("\(backbone.stem) \(variant) epoch \(summary.epoch)/\(epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
+                          "val top-1 \(String(format: "%.2f", entry.valTop1 ?? .nan))%, \(String(format: "%.1f", entry.seconds)) s")
+            return entry
+        })
+    training.stage = "fine-tuning "
+    training.clipNorm = r.clipGrad.map(Float.init)
+    training.checkpointEvery = o.checkpointEvery
+    training.endEpoch = { _ in ["val_top1": try classifierScore(model, loader: val).top1] }
+    training.checkpoint = (run.checkpoint, { loop in
         var state = expected
-        state.epoch = epoch + 1
+        state.epoch = loop.epoch
+        state.loop = loop
         try model.saveTrainingCheckpoint(to: run.checkpoint, optimizer: optimizer, state: state,
                                          stateKey: "finetune_state", metadata: ["method": "finetune"])
-        try run.write(log: log)
-        progress.note("\(backbone.stem) \(variant) epoch \(epoch + 1)/\(epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
-                      "val top-1 \(String(format: "%.2f", score.top1))%, \(String(format: "%.1f", entry.seconds)) s")
-    }
+    })
+    _ = try training.run(from: resumed)
     let final = try classifierScore(model, loader: val)
     guard frozenFingerprint(model, groups) == frozenBefore else {
         throw TaskError.badArgument("internal check failed: frozen parameters changed during partial fine-tuning")

@@ -1,4 +1,5 @@
 import Foundation
+import MAEJSON
 import MAEData
 import MAEKernels
 import MAEFormats
@@ -22,6 +23,11 @@ public struct LinearProbeOptions: Sendable {
     /// nil: the task's head.last_blocks (1).
     public var lastBlocks: Int?
     public var cache = FeatureCache.standard
+    /// `--mode augmented`: continue each run folder's checkpoint (head, LARS state, BatchNorm
+    /// statistics, loop position) instead of starting afresh.
+    public var resume = false
+    /// `--mode augmented`: also checkpoint every this many steps within an epoch; nil: at epoch ends only.
+    public var checkpointEvery: Int?
 
     public init() {}
 }
@@ -39,6 +45,10 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
         throw TaskError.badArgument("task \(spec.name) has no recipe.augmented section for --mode augmented")
     }
     spec.recipe.mode = mode
+    if let n = o.checkpointEvery, n < 1 { throw TaskError.badArgument("--checkpoint-every must be at least 1, not \(n)") }
+    if mode == "cached" && (o.resume || o.checkpointEvery != nil) {
+        throw TaskError.badArgument("\(o.resume ? "--resume" : "--checkpoint-every") applies to --mode augmented only: the cached probe keeps no checkpoint")
+    }
     let lastBlocks = o.lastBlocks ?? spec.head.lastBlocks ?? 1
     guard lastBlocks >= 1 else { throw TaskError.badArgument("--last-blocks must be at least 1") }
     // The flags become part of the spec, so config.yaml records what runs.
@@ -308,13 +318,12 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     var bn = BatchNorm1d(width: d)
     let useBN = spec.head.batchNorm ?? true
     let lr = Float(a.baseLR) * Float(a.batchSize) / 256
-    let schedule = WarmupCosine(baseLR: lr, warmupEpochs: a.warmupEpochs, epochs: Double(a.epochs))
+    let schedule = Schedule(baseLR: lr, warmupEpochs: a.warmupEpochs, epochs: Double(a.epochs))
     let scale = spec.recipe.augmentation?.rrcScale ?? [0.08, 1]
     let crop = RandomResizedCrop(size: spec.dataset.imgSize, scale: scale[0]...scale[1])
     try model.checkMemory(batch: min(a.batchSize, data.train.count), training: feature.lastBlocks > 1)
     let loader = DataLoader(source: data.train, transform: MAETransform.train(crop), batchSize: a.batchSize, seed: seed,
                             shuffle: true, dropLast: data.train.count >= a.batchSize)
-    let steps = loader.batchCount
     let w = head.value("head.weight").baseAddress!, bias = head.value("head.bias").baseAddress!
 
     func evaluate(_ x: [Float], labels: [Int], bn: inout BatchNorm1d) -> HeadScore {
@@ -331,45 +340,64 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
         return HeadScore(tally)
     }
 
-    var log: [TransferEpoch] = []
+    let setup = "\(spec.dataset.imgSize) px, rrc_scale \(scale[0])...\(scale[1]), batch_norm \(useBN), " +
+        "init_std \(spec.head.initStd ?? 0.01), \(data.train.count) train images"
+    let expected = ProbeState(seed: seed, checkpointHash: backbone.hash, feature: feature.describe(model), recipe: a,
+                              setup: setup, loop: LoopState())
+    var resumed: LoopState?
+    if FileManager.default.fileExists(atPath: run.checkpoint.path) {
+        if o.resume {
+            let saved = try readProbeCheckpoint(run.checkpoint, expected: expected, head: head, optimizer: lars)
+            (bn.runningMean, bn.runningVar) = (saved.mean, saved.variance)
+            resumed = saved.loop
+            say("resuming \(run.dir.path) after \(saved.loop.described)", verbose)
+        } else {
+            say("note: starting \(run.dir.path) afresh (pass --resume to continue its checkpoint)", verbose)
+        }
+    } else if o.resume {
+        say("note: --resume, but \(run.dir.path) holds no checkpoint: starting it afresh", verbose)
+    }
     let trainStart = Date()
-    let progress = ProgressLine(epochs: a.epochs, stepsPerEpoch: steps, enabled: verbose)
-    for epoch in 0..<a.epochs {
-        let epochStart = Date()
-        var lossSum: Double = 0, seen = 0, step = 0
-        let it = loader.epoch(epoch)
-        while let batch = try it.next() {
+    let progress = ProgressLine(epochs: a.epochs, stepsPerEpoch: loader.batchCount, enabled: verbose)
+    var training = TrainingLoop<TransferEpoch>(
+        seed: seed, epochs: a.epochs, schedule: schedule, params: head, optimizer: lars,
+        groups: ParameterGroups(layout: layout, depth: 0), loader: loader, total: "loss", blame: model,
+        lrAdvice: "lower recipe.augmented.base_lr", logFile: run.log, progress: progress,
+        step: { batch, _ in
             let b = batch.count
             let f = try feature.checkedCompute(model, batch: batch, folder: data.train)
             // The BatchNorm has no parameters and nothing before it trains: no backward through it.
             let z = useBN && b > 1 ? bn.forward(f, batch: b, training: true) : f
             let logits = Tensor([b, k]), probs = Tensor([b, k]), dLogits = Tensor([b, k])
             let targets = smoothedTargets(labels: batch.labels, classes: k, smoothing: 0)
-            head.zeroGrads()
+            var loss: Float = 0
             z.withUnsafeBufferPointer { zp in
                 linearForward(out: logits.data, input: zp.baseAddress!, weight: w, bias: bias, rows: b, inDim: d, outDim: k)
                 targets.withUnsafeBufferPointer { tp in
-                    lossSum += Double(crossEntropyForward(probs: probs.data, logits: logits.data, targets: tp.baseAddress!,
-                                                          rows: b, classes: k)) * Double(b)
+                    loss = crossEntropyForward(probs: probs.data, logits: logits.data, targets: tp.baseAddress!, rows: b, classes: k)
                     crossEntropyBackward(dLogits: dLogits.data, probs: probs.data, targets: tp.baseAddress!, rows: b, classes: k)
                 }
                 linearBackward(dInput: nil, dWeight: head.grad("head.weight").baseAddress!, dBias: head.grad("head.bias").baseAddress!,
                                dOut: dLogits.data, input: zp.baseAddress!, weight: w, rows: b, inDim: d, outDim: k)
             }
-            lars.step(head, lr: schedule.lr(atEpoch: Double(epoch) + Double(step) / Double(steps)))
-            seen += b; step += 1
-            let done = Double(epoch * steps + step)
-            progress.update(epoch: epoch + 1, step: step, loss: lossSum / Double(seen), imagesPerSecond: Double(seen) / elapsed(since: epochStart),
-                            secondsLeft: elapsed(since: trainStart) / done * (Double(a.epochs * steps) - done))
-        }
-        let score = evaluate(val.features, labels: val.labels, bn: &bn)
-        let entry = TransferEpoch(epoch: epoch + 1, trainLoss: lossSum / Double(max(seen, 1)),
-                                  lr: Double(schedule.lr(atEpoch: Double(epoch + 1))), valTop1: score.top1,
-                                  seconds: elapsed(since: epochStart))
-        log.append(entry)
-        progress.note("\(backbone.stem) epoch \(epoch + 1)/\(a.epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
-                      "val top-1 \(String(format: "%.2f", score.top1))%, \(String(format: "%.1f", entry.seconds)) s")
-    }
+            return ["loss": Double(loss)]
+        },
+        record: { summary in
+            let entry = TransferEpoch(epoch: summary.epoch, trainLoss: summary.terms["loss"] ?? .nan,
+                                      lr: Double(schedule.lr(atEpoch: Double(summary.epoch))),
+                                      valTop1: summary.evaluation["val_top1"], seconds: summary.seconds)
+            progress.note("\(backbone.stem) epoch \(summary.epoch)/\(a.epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
+                          "val top-1 \(String(format: "%.2f", entry.valTop1 ?? .nan))%, \(String(format: "%.1f", entry.seconds)) s")
+            return entry
+        })
+    training.endEpoch = { _ in ["val_top1": evaluate(val.features, labels: val.labels, bn: &bn).top1] }
+    training.checkpointEvery = o.checkpointEvery
+    training.checkpoint = (run.checkpoint, { loop in
+        var state = expected
+        state.loop = loop
+        try writeProbeCheckpoint(run.checkpoint, state: state, head: head, optimizer: lars, bn: bn)
+    })
+    let log = try training.run(from: resumed)
     let final = evaluate(val.features, labels: val.labels, bn: &bn)
     guard parameterFingerprint(model) == before else {
         throw TaskError.badArgument("internal check failed: the backbone's weights changed during a linear probe")
@@ -396,4 +424,61 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
                                 "rrc_scale": "\(scale[0])...\(scale[1])", "batch_norm": String(useBN)])
     say("\(backbone.stem) seed \(seed): val top-1 \(String(format: "%.2f", final.top1))%", verbose)
     return run
+}
+
+/// The augmented probe's resume state, under `probe_state` in its checkpoint's metadata.
+struct ProbeState: Codable {
+    var seed: UInt64
+    var checkpointHash: String
+    var feature: String
+    var recipe: AugmentedRecipe
+    /// What else shapes the run (image size, crop scale, BatchNorm, head init, train images), in words.
+    var setup: String
+    var loop: LoopState
+}
+
+/// Writes the probe's training checkpoint atomically: the head, the optimizer state as `optim.*`,
+/// the BatchNorm's running statistics as `bn.running_mean` / `bn.running_var`, and `state`.
+func writeProbeCheckpoint(_ url: URL, state: ProbeState, head: ParameterStore, optimizer: Optimizer, bn: BatchNorm1d) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    var tensors = head.specs.map { ($0.name, StoredTensor(shape: $0.shape, floats: Array(head.value($0.name)))) }
+    tensors += optimizer.state.sorted { $0.key < $1.key }.map { ("optim." + $0.key, StoredTensor(shape: [$0.value.count], floats: $0.value)) }
+    tensors += [("bn.running_mean", StoredTensor(shape: [bn.runningMean.count], floats: bn.runningMean)),
+                ("bn.running_var", StoredTensor(shape: [bn.runningVar.count], floats: bn.runningVar))]
+    let metadata = ["format": "mae-eval", "probe_state": String(decoding: try encoder.encode(state), as: UTF8.self)]
+    try SafeTensors(tensors: tensors, metadata: metadata).write(to: url)
+}
+
+/// Reads a checkpoint of `writeProbeCheckpoint` into `head` and `optimizer`, after checking it was
+/// made by the same run (seed, backbone, feature, recipe, setup); returns the BatchNorm statistics
+/// and the loop position.
+func readProbeCheckpoint(_ url: URL, expected: ProbeState, head: ParameterStore,
+                         optimizer: Optimizer) throws -> (mean: [Float], variance: [Float], loop: LoopState) {
+    let file = try SafeTensors.read(contentsOf: url)
+    guard let json = file.metadata["probe_state"],
+          let saved = try? JSONDecoder().decode(ProbeState.self, from: Data(json.utf8)) else {
+        throw PathError(url.path, "has no probe_state, so it is not a checkpoint this run can resume")
+    }
+    if let d = firstDifference(expected.recipe, saved.recipe) {
+        throw TaskError.badArgument("recipe.augmented.\(d.field) is \(d.new) but the run being resumed (\(url.path)) used \(d.old); " +
+                                    "resume with the same recipe or choose another --out-dir")
+    }
+    guard saved.seed == expected.seed, saved.checkpointHash == expected.checkpointHash, saved.feature == expected.feature,
+          saved.setup == expected.setup else {
+        throw TaskError.badArgument("\(url.path) was trained with another seed, backbone, feature or setup (\(saved.setup)) " +
+                                    "and cannot be resumed with these")
+    }
+    func floats(_ name: String, _ count: Int) throws -> [Float] {
+        guard let t = file.tensors[name], t.dtype == .f32, t.count == count else {
+            throw PathError(url.path, "lacks \(name) with \(count) values")
+        }
+        return t.floats
+    }
+    for spec in head.specs { try head.set(spec.name, shape: spec.shape, try floats(spec.name, spec.count)) }
+    var moments: [String: [Float]] = [:]
+    for (key, current) in optimizer.state { moments[key] = try floats("optim." + key, current.count) }
+    optimizer.state = moments
+    let width = head.specs[0].shape[1]
+    return (try floats("bn.running_mean", width), try floats("bn.running_var", width), saved.loop)
 }

@@ -51,10 +51,35 @@ public struct PretrainOptions: Sendable {
     public var lossLimit: Float = 1e4
     /// Stops after this many epochs as if the run were killed there (tests of `resume`).
     public var stopAfterEpoch: Int?
+    /// Also writes the training checkpoint every this many steps within an epoch (`--checkpoint-every`);
+    /// nil: at epoch ends only.
+    public var checkpointEvery: Int?
     public var progress = true
 
     public init(method: PretrainMethod, epochs: Int, outDir: URL) {
         self.method = method; self.epochs = epochs; self.outDir = outDir
+    }
+
+    /// Sets `architecture` (and `decoder`) from "SIZE/PATCH/WIDTH/DEPTH/HEADS" and, for the decoder,
+    /// "WIDTH/DEPTH/HEADS" (`--architecture`, `--decoder-architecture`: tiny models for tests).
+    public mutating func setArchitecture(_ encoder: String, decoder: String?) throws {
+        func numbers(_ text: String, _ count: Int, _ flag: String) throws -> [Int] {
+            let n = text.split(separator: "/").compactMap { Int($0) }
+            guard n.count == count, n.allSatisfy({ $0 > 0 }) else {
+                throw TaskError.badArgument("\(flag) must be \(count) positive integers separated by '/', not '\(text)'")
+            }
+            return n
+        }
+        let e = try numbers(encoder, 5, "--architecture")
+        guard e[0] % e[1] == 0, e[2] % e[4] == 0 else {
+            throw TaskError.badArgument("--architecture \(encoder): the size must divide by the patch and the width by the heads")
+        }
+        architecture = ViTConfig(imgSize: e[0], patchSize: e[1], embedDim: e[2], depth: e[3], numHeads: e[4])
+        if let decoder {
+            let d = try numbers(decoder, 3, "--decoder-architecture")
+            guard d[0] % d[2] == 0 else { throw TaskError.badArgument("--decoder-architecture \(decoder): the width must divide by the heads") }
+            self.decoder = DecoderConfig(embedDim: d[0], depth: d[1], numHeads: d[2])
+        }
     }
 
     /// The recipe's defaults: MAE's pretraining (main_pretrain.py) and MAE's supervised ViT
@@ -86,6 +111,7 @@ public struct PretrainOptions: Sendable {
         try check(minCropScale, "--min-crop-scale", "in (0, 1]", { $0 > 0 && $0 <= 1 })
         try check(dropPath, "--drop-path", "in [0, 1)", { $0 >= 0 && $0 < 1 })
         guard (0...256).contains(workers) else { throw fail("--workers must be in 0...256, not \(workers)") }
+        if let n = checkpointEvery, n < 1 { throw fail("--checkpoint-every must be at least 1, not \(n)") }
     }
 
     /// Everything that shapes the run, defaults filled in, keyed by flag name (a resume refusal
@@ -113,7 +139,7 @@ public struct PretrainRecipe: Codable, Equatable, Sendable {
 }
 
 /// One line of `log.jsonl`.
-public struct EpochLog: Codable, Sendable, Equatable {
+public struct EpochLog: EpochLine, Sendable, Equatable {
     public var epoch: Int
     public var loss: Double
     public var lr: Double
@@ -156,7 +182,8 @@ public struct PretrainFiles: Sendable {
     public var dir: URL
     public var log: URL { dir.appendingPathComponent("log.jsonl") }
     public var metrics: URL { dir.appendingPathComponent("metrics.json") }
-    /// Weights, optimizer state (`optim.*`) and the resume state, rewritten at every epoch end.
+    /// Weights, optimizer state (`optim.*`) and the resume state (loop position included), rewritten
+    /// at every epoch end and every `checkpointEvery` steps.
     public var checkpoint: URL { dir.appendingPathComponent("checkpoint.safetensors") }
     /// The final weights alone (MAE: encoder + decoder; supervised: encoder + fc_norm + head).
     public var backbone: URL { dir.appendingPathComponent("backbone.safetensors") }
@@ -164,17 +191,13 @@ public struct PretrainFiles: Sendable {
     public init(dir: URL) { self.dir = dir }
 }
 
-/// Errors of a training run; each reads as one sentence.
+/// Errors of a pretraining run's folder; each reads as one sentence (divergence is `TrainingDiverged`).
 public enum PretrainError: Error, LocalizedError, CustomStringConvertible {
-    case diverged(epoch: Int, step: Int, loss: Float, limit: Float, kept: String)
     case cannotResume(String)
     case existingRun(URL)
 
     public var description: String {
         switch self {
-        case .diverged(let e, let s, let loss, let limit, let kept):
-            "Training stopped at epoch \(e), step \(s): the loss is \(loss), above its limit \(limit), so training diverged; " +
-                "lower --blr; \(kept)."
         case .cannotResume(let why): "Cannot resume: \(why)."
         case .existingRun(let url):
             "\(url.path) already holds a checkpoint; pass --resume to continue it or choose another --out-dir."
@@ -190,16 +213,19 @@ struct TrainState: Codable, Equatable {
     var recipe: PretrainRecipe?
     /// The epoch counts of earlier schedules when a finished run was extended with a larger `--epochs`.
     var extendedFrom: [Int]?
+    /// The loop's position (mid-epoch included); nil in checkpoints of earlier versions (epoch ends only).
+    var loop: LoopState?
 }
 
 /// Pretrains a ViT by MAE or supervised classification, as `mae-eval pretrain` does.
 ///
-/// Writes `log.jsonl` (one object per epoch), `checkpoint.safetensors` at every epoch end (weights,
-/// AdamW moments as `optim.exp_avg` / `optim.exp_avg_sq` / `optim.step`, and `train_state`),
+/// Runs through `TrainingLoop`. Writes `log.jsonl` (one object per epoch), `checkpoint.safetensors`
+/// at every epoch end and every `checkpointEvery` steps (weights, AdamW moments as `optim.exp_avg` /
+/// `optim.exp_avg_sq` / `optim.step`, and `train_state` with the loop's position),
 /// `backbone.safetensors`, `metrics.json` and `loss.png` at the end. Every random draw (data order,
 /// augmentation, masking noise, drop path) is a pure function of (seed, epoch, step or sample), so
-/// the completed epoch count is the whole RNG position and a resumed run matches an unbroken one bit
-/// for bit (given the same `epochs` and learning-rate flags, which shape the schedule).
+/// the loop's position is the whole RNG position and a run resumed from any checkpoint (after
+/// `kill -9` too) matches an unbroken one bit for bit (given the same flags and thread count).
 public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard let preset = ModelPreset(name: o.model) else { throw ModelError.unknownPreset(o.model) }
@@ -232,12 +258,11 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
                                  noDecay: ["pos_embed", "cls_token", "mask_token", "decoder_pos_embed"])
     let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, beta1: 0.9, beta2: 0.95,
                           weightDecay: Float(o.decay))
-    let schedule = WarmupCosine(baseLR: Float(o.learningRate), minLR: Float(o.minLR), warmupEpochs: o.warmup,
-                                epochs: Double(o.epochs))
+    let schedule = Schedule(baseLR: Float(o.learningRate), minLR: Float(o.minLR), warmupEpochs: o.warmup,
+                            epochs: Double(o.epochs))
     let transform = MAETransform.train(RandomResizedCrop(size: config.imgSize, scale: o.cropScale))
     let loader = DataLoader(source: source, transform: transform, batchSize: o.batchSize, seed: o.seed,
                             shuffle: true, dropLast: true, workers: o.workers)
-    let steps = loader.batchCount
     var recipe = recipeText(o, config: config)
     let resolved = o.resolvedRecipe(data: dataName, images: source.count)
 
@@ -245,13 +270,14 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     let files = PretrainFiles(dir: o.outDir)
     let fm = FileManager.default
     var state = TrainState(epoch: 0, recipe: resolved, extendedFrom: nil)
-    var log: [EpochLog] = []
+    var resumed: LoopState?
     var notes: [String] = []
     if fm.fileExists(atPath: files.checkpoint.path) {
         guard o.resume else { throw PretrainError.existingRun(o.outDir) }
         let saved = try model.resumeTrainingCheckpoint(from: files.checkpoint, optimizer: optimizer,
                                                        stateKey: "train_state") { (saved: TrainState) in
-            try checkResume(saved, against: resolved, checkpoint: files.checkpoint)
+            try checkResume(saved, against: resolved, checkpoint: files.checkpoint,
+                            finalised: fm.fileExists(atPath: files.metrics.path))
         }
         state.epoch = saved.epoch
         if let old = saved.recipe, old.epochs != resolved.epochs {
@@ -259,7 +285,7 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
         } else {
             state.extendedFrom = saved.extendedFrom
         }
-        log = try readLog(files.log).filter { $0.epoch <= state.epoch }
+        resumed = saved.loop ?? LoopState(epoch: saved.epoch)
     } else if o.resume && o.progress {
         FileHandle.standardError.write(Data("note: --resume, but \(o.outDir.path) holds no checkpoint: starting a new run\n".utf8))
     }
@@ -268,27 +294,21 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
         notes.append(note)
         recipe += "; " + note
     }
-    try writeLog(log, to: files.log)
     try RunConfig(command: "pretrain", resolved: resolved, run: ["out_dir": o.outDir.path, "workers": String(o.workers)],
                   notes: notes).write(into: o.outDir)
 
-    let progress = ProgressLine(epochs: o.epochs, stepsPerEpoch: steps, enabled: o.progress)
-    if state.epoch > 0 { progress.note("resuming after epoch \(state.epoch) from \(files.checkpoint.path)") }
-    let lastEpoch = min(o.epochs, o.stopAfterEpoch ?? o.epochs)
+    let progress = ProgressLine(epochs: o.epochs, stepsPerEpoch: loader.batchCount, enabled: o.progress)
+    if let resumed { progress.note("resuming after \(resumed.described) from \(files.checkpoint.path)") }
     let runStart = Date()
-    var epochsRun = 0
     let b = o.batchSize, l = config.numPatches
-    while state.epoch < lastEpoch {
-        let epoch = state.epoch + 1
-        let start = Date()
-        let batches = loader.epoch(epoch)
-        var lossSum = 0.0, step = 0, lr: Float = 0
-        while let batch = try batches.next() {
-            lr = schedule.lr(atEpoch: Double(epoch - 1) + Double(step) / Double(steps))
-            // Drop path and masking draw from streams fixed by (seed, epoch, step).
-            let stepStream = RandomStream(seed: o.seed).derived(UInt64(epoch)).derived(UInt64(step))
-            model.params.zeroGrads()
-            let loss: Float = try batch.images.withUnsafeBufferPointer { images in
+    var lastLoss = readLastLoss(files.log, epoch: state.epoch)
+    var training = TrainingLoop<EpochLog>(
+        seed: o.seed, epochs: o.epochs, schedule: schedule, params: model.params, optimizer: optimizer, groups: groups,
+        loader: loader, total: "loss", blame: model, lrAdvice: "lower --blr", logFile: files.log, progress: progress,
+        step: { batch, context in
+            // Drop path and masking draw from the step's stream, fixed by (seed, epoch, step).
+            let stepStream = context.stream
+            let loss: Float = batch.images.withUnsafeBufferPointer { images in
                 let x = images.baseAddress!
                 switch o.method {
                 case .mae:
@@ -299,41 +319,36 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
                                                        seed: stepStream.derived(2).state)
                     let decoded = model.forwardDecoder(encoded)
                     let loss = model.forwardLoss(decoded, images: x)
-                    try checkLoss(loss, epoch: epoch, step: step + 1, limit: o.lossLimit, files: files, done: state.epoch,
-                                  model: model)
                     model.backwardPretrain(decoded)
                     return loss
                 case .supervised:
                     let pass = model.forwardLogits(images: x, batch: b, training: true, seed: stepStream.derived(2).state)
                     let targets = smoothedTargets(labels: batch.labels, classes: classes, smoothing: Float(o.labelSmoothing))
                     let loss = model.classificationLoss(pass, targets: targets)
-                    try checkLoss(loss, epoch: epoch, step: step + 1, limit: o.lossLimit, files: files, done: state.epoch,
-                                  model: model)
                     model.backwardClassification(pass)
                     return loss
                 }
             }
-            optimizer.step(model.params, lr: lr)
-            lossSum += Double(loss)
-            step += 1
-            let elapsed = Date().timeIntervalSince(start)
-            let rate = Double(step * b) / max(elapsed, 1e-9)
-            let left = Double((lastEpoch - epoch) * steps + steps - step) * Double(b) / rate
-            progress.update(epoch: epoch, step: step, loss: lossSum / Double(step), imagesPerSecond: rate, secondsLeft: left)
-        }
-        let seconds = Date().timeIntervalSince(start)
-        let entry = EpochLog(epoch: epoch, loss: lossSum / Double(steps), lr: Double(lr),
-                             images_per_s: Double(steps * b) / seconds, seconds: seconds)
-        progress.endEpoch(epoch: epoch, loss: entry.loss, imagesPerSecond: entry.images_per_s,
-                          secondsLeft: Double(lastEpoch - epoch) * seconds)
-        // The log line goes first: a run killed before the checkpoint redoes the epoch and rewrites it.
-        log.append(entry)
-        try writeLog(log, to: files.log)
-        state.epoch = epoch
+            return ["loss": Double(loss)]
+        },
+        record: { summary in
+            lastLoss = summary.terms["loss"] ?? .nan
+            return EpochLog(epoch: summary.epoch, loss: lastLoss, lr: Double(summary.lastLR),
+                            images_per_s: summary.imagesPerSecond, seconds: summary.seconds)
+        })
+    training.mean = .perStep
+    training.lossLimit = o.lossLimit
+    training.checkpointEvery = o.checkpointEvery
+    training.stopAfterEpoch = o.stopAfterEpoch
+    training.checkpoint = (files.checkpoint, { loop in
+        state.epoch = loop.epoch
+        state.loop = loop
         try model.saveTrainingCheckpoint(to: files.checkpoint, optimizer: optimizer, state: state, stateKey: "train_state",
-                                         metadata: provenance(o, data: dataName, recipe: recipe, epochs: epoch, loss: entry.loss))
-        epochsRun += 1
-    }
+                                         metadata: provenance(o, data: dataName, recipe: recipe, epochs: loop.epoch, loss: lastLoss))
+    })
+    let startEpoch = state.epoch
+    let log = try training.run(from: resumed)
+    let epochsRun = state.epoch - startEpoch
     guard state.epoch >= o.epochs else { return PretrainResult(log: log, metrics: nil, outDir: o.outDir) }
 
     let finalLoss = log.last?.loss ?? .nan
@@ -355,8 +370,9 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
 
 /// Refuses a resume whose recipe differs from the checkpoint's, naming the first differing flag. A
 /// finished run may be extended to more epochs (its earlier schedule is recorded); fewer epochs, or
-/// the same on a finished run, leave nothing to do and are refused.
-func checkResume(_ saved: TrainState, against new: PretrainRecipe, checkpoint: URL) throws {
+/// the same on a finished run, leave nothing to do and are refused, unless the run was stopped
+/// after its last checkpoint and before its final files (`finalised` false): then those are written.
+func checkResume(_ saved: TrainState, against new: PretrainRecipe, checkpoint: URL, finalised: Bool) throws {
     guard let old = saved.recipe else {
         throw PretrainError.cannotResume("\(checkpoint.path) does not record its recipe (an earlier mae-eval wrote it), " +
                                          "so a resume cannot be checked; choose another --out-dir")
@@ -372,7 +388,7 @@ func checkResume(_ saved: TrainState, against new: PretrainRecipe, checkpoint: U
         throw PretrainError.cannotResume("\(d.field) is \(d.new) but the run being resumed used \(d.old); " +
                                          "resume with the same recipe or choose another --out-dir")
     }
-    if new.epochs < saved.epoch || (finished && new.epochs == saved.epoch) {
+    if new.epochs < saved.epoch || (finished && finalised && new.epochs == saved.epoch) {
         throw PretrainError.cannotResume("the run in \(checkpoint.deletingLastPathComponent().path) has already completed " +
             "\(saved.epoch) of its \(old.epochs) epochs, so --epochs \(new.epochs) leaves nothing to do " +
             "(pass a larger --epochs to extend a finished run)")
@@ -409,21 +425,6 @@ struct DecodedImages: DataSource {
     func image(_ index: Int) throws -> RGBImage { images[index] }
 }
 
-/// Stops a run whose loss is not finite (a `NonFiniteError` saying whether the weights were already
-/// broken or the run diverged) or above `limit` (diverging).
-func checkLoss(_ loss: Float, epoch: Int, step: Int, limit: Float, files: PretrainFiles, done: Int,
-               model: VisionTransformer) throws {
-    guard !loss.isFinite || loss > limit else { return }
-    let kept = done > 0
-        ? "the last good checkpoint (epoch \(done)) is kept at \(files.checkpoint.path)"
-        : "no epoch had completed, so there is no checkpoint"
-    guard loss.isFinite else {
-        throw NonFiniteError.loss(loss, at: "epoch \(epoch), step \(step)", model: model,
-                                  updated: epoch > 1 || step > 1, lrAdvice: "lower --blr", context: kept)
-    }
-    throw PretrainError.diverged(epoch: epoch, step: step, loss: loss, limit: limit, kept: kept)
-}
-
 /// The recipe in one line for the metadata and metrics.
 func recipeText(_ o: PretrainOptions, config: ViTConfig) -> String {
     let lr = String(format: "%.3g", o.learningRate)
@@ -452,22 +453,9 @@ func provenance(_ o: PretrainOptions, data: String, recipe: String, epochs: Int,
 // MARK: - Checkpoint and log files
 
 
-func readLog(_ url: URL) throws -> [EpochLog] {
-    guard let data = try? Data(contentsOf: url) else { return [] }
-    let decoder = JSONDecoder()
-    return try String(decoding: data, as: UTF8.self).split(separator: "\n").map { line in
-        do { return try decoder.decode(EpochLog.self, from: Data(line.utf8)) } catch {
-            throw PathError(url, "has a line that is not an epoch record: \(line.prefix(80))", period: false)
-        }
-    }
-}
-
-func writeLog(_ log: [EpochLog], to url: URL) throws {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.sortedKeys]
-    var text = ""
-    for entry in log { text += String(decoding: try encoder.encode(entry), as: UTF8.self) + "\n" }
-    try writeAtomically(Data(text.utf8), to: url)
+/// The loss of the log's line for `epoch` (the last completed one), NaN when there is none.
+func readLastLoss(_ url: URL, epoch: Int) -> Double {
+    ((try? readJSONLines(EpochLog.self, from: url)) ?? []).last { $0.epoch == epoch }?.loss ?? .nan
 }
 
 func writeLossPlot(_ log: [EpochLog], method: PretrainMethod, to url: URL) throws {

@@ -28,16 +28,19 @@ public final class ProgressLine {
     }
 
     /// After step `step` (from 1) of `epoch` (from 1): `loss` is the epoch's running mean,
-    /// `imagesPerSecond` the epoch's rate so far, `secondsLeft` the estimate for the whole run.
-    public func update(epoch: Int, step: Int, loss: Double, imagesPerSecond: Double, secondsLeft: Double) {
+    /// `imagesPerSecond` the epoch's rate so far, `secondsLeft` the estimate for the whole run;
+    /// `terms` are further loss terms by name (running means), shown after the loss.
+    public func update(epoch: Int, step: Int, loss: Double, terms: [String: Double] = [:], imagesPerSecond: Double,
+                       secondsLeft: Double) {
         draw(force: step == stepsPerEpoch) {
-            line(epoch: epoch, step: step, loss: loss, imagesPerSecond: imagesPerSecond, secondsLeft: secondsLeft)
+            line(epoch: epoch, step: step, loss: loss, terms: terms, imagesPerSecond: imagesPerSecond, secondsLeft: secondsLeft)
         }
     }
 
     /// At an epoch's end: finishes the in-place line, or prints the epoch's line when not a terminal.
-    public func endEpoch(epoch: Int, loss: Double, imagesPerSecond: Double, secondsLeft: Double) {
-        finish(line(epoch: epoch, step: stepsPerEpoch, loss: loss, imagesPerSecond: imagesPerSecond,
+    public func endEpoch(epoch: Int, loss: Double, terms: [String: Double] = [:], imagesPerSecond: Double,
+                         secondsLeft: Double) {
+        finish(line(epoch: epoch, step: stepsPerEpoch, loss: loss, terms: terms, imagesPerSecond: imagesPerSecond,
                     secondsLeft: secondsLeft))
     }
 
@@ -93,10 +96,12 @@ public final class ProgressLine {
         write(message + "\n")
     }
 
-    func line(epoch: Int, step: Int, loss: Double, imagesPerSecond: Double, secondsLeft: Double) -> String {
+    func line(epoch: Int, step: Int, loss: Double, terms: [String: Double] = [:], imagesPerSecond: Double,
+              secondsLeft: Double) -> String {
         let e = String(epoch).leftPadded(to: String(epochs).count)
         let s = String(step).leftPadded(to: String(stepsPerEpoch).count)
-        return "epoch \(e)/\(epochs)  step \(s)/\(stepsPerEpoch)  loss \(String(format: "%.4f", loss))  " +
+        let named = terms.sorted { $0.key < $1.key }.map { " \($0.key) \(String(format: "%.4f", $0.value))" }.joined()
+        return "epoch \(e)/\(epochs)  step \(s)/\(stepsPerEpoch)  loss \(String(format: "%.4f", loss))\(named)  " +
             "\(String(format: "%.0f", imagesPerSecond)) img/s  left \(ProgressLine.duration(secondsLeft))"
     }
 

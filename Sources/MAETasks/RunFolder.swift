@@ -240,7 +240,7 @@ public struct TransferMetrics: Codable, Sendable {
 }
 
 /// One line of a transfer run's `log.jsonl`.
-public struct TransferEpoch: Codable, Sendable, Equatable {
+public struct TransferEpoch: EpochLine, Sendable, Equatable {
     public var epoch: Int
     public var trainLoss: Double
     public var lr: Double
@@ -304,11 +304,7 @@ public struct TransferRun: Sendable {
     /// - Throws: `TaskError` naming the field, the epoch and the run when a number is NaN or infinite.
     public func write(log entries: [TransferEpoch]) throws {
         try check(log: entries)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        var text = ""
-        for e in entries { text += String(decoding: try encoder.encode(e), as: UTF8.self) + "\n" }
-        try writeAtomically(Data(text.utf8), to: log)
+        try writeJSONLines(entries, to: log)
     }
 
     private func check(_ metrics: TransferMetrics) throws {
@@ -334,15 +330,8 @@ public struct TransferRun: Sendable {
         }
     }
 
-    public func readLog() throws -> [TransferEpoch] {
-        guard let data = try? Data(contentsOf: log) else { return [] }
-        let decoder = JSONDecoder()
-        return try String(decoding: data, as: UTF8.self).split(separator: "\n").map { line in
-            do { return try decoder.decode(TransferEpoch.self, from: Data(line.utf8)) } catch {
-                throw PathError(log, "has a line that is not an epoch record: \(line.prefix(80))", period: false)
-            }
-        }
-    }
+    /// Reads `log.jsonl` (empty when there is none).
+    public func readLog() throws -> [TransferEpoch] { try readJSONLines(TransferEpoch.self, from: log) }
 }
 
 /// "NaN", "+Inf" or "-Inf", for messages about a non-finite number.

@@ -17,8 +17,9 @@ struct Pretrain: LibraryCommand {
             Without --data, the Shapes dataset is generated into --shapes-dir (pretrain split for mae, \
             supervised split for supervised). Writes into --out-dir: log.jsonl (one JSON object per epoch), \
             checkpoint.safetensors at every epoch end (weights, optimizer state, epoch), backbone.safetensors, \
-            metrics.json and loss.png at the end. --resume continues from the last complete epoch; with the \
-            same flags the result is bit-identical to an unbroken run. A non-finite loss, or one above 1e4, \
+            metrics.json and loss.png at the end; --checkpoint-every N also checkpoints every N steps. --resume \
+            continues from the last checkpoint (mid-epoch included); with the same flags and --threads the \
+            result is bit-identical to an unbroken run, even after kill -9. A non-finite loss, or one above 1e4, \
             stops the run and keeps the last good checkpoint.
             """)
 
@@ -60,26 +61,37 @@ struct Pretrain: LibraryCommand {
     var threads: Int?
     @Option(help: "Background data-loading threads.")
     var workers = 1
+    @Option(help: "Also write checkpoint.safetensors every N steps within an epoch (default: at epoch ends only).")
+    var checkpointEvery: Int?
+    @Option(help: ArgumentHelp("A custom encoder SIZE/PATCH/WIDTH/DEPTH/HEADS instead of --model's (tiny test models).",
+                               visibility: .hidden))
+    var architecture: String?
+    @Option(help: ArgumentHelp("A custom MAE decoder WIDTH/DEPTH/HEADS (with --architecture).", visibility: .hidden))
+    var decoderArchitecture: String?
 
     var options: PretrainOptions {
-        var o = PretrainOptions(method: method, epochs: epochs, outDir: outDir)
-        o.model = model
-        o.data = data
-        o.shapesRoot = shapesDir
-        o.batchSize = batchSize
-        o.lr = lr
-        o.blr = blr
-        o.minLR = minLr
-        o.warmupEpochs = warmupEpochs
-        o.weightDecay = weightDecay
-        o.maskRatio = maskRatio
-        o.dropPath = dropPath
-        o.minCropScale = minCropScale
-        o.seed = seed
-        o.resume = resume
-        o.workers = workers
-        o.threads = threads
-        return o
+        get throws {
+            var o = PretrainOptions(method: method, epochs: epochs, outDir: outDir)
+            o.model = model
+            o.data = data
+            o.shapesRoot = shapesDir
+            o.batchSize = batchSize
+            o.lr = lr
+            o.blr = blr
+            o.minLR = minLr
+            o.warmupEpochs = warmupEpochs
+            o.weightDecay = weightDecay
+            o.maskRatio = maskRatio
+            o.dropPath = dropPath
+            o.minCropScale = minCropScale
+            o.seed = seed
+            o.resume = resume
+            o.workers = workers
+            o.threads = threads
+            o.checkpointEvery = checkpointEvery
+            if let architecture { try o.setArchitecture(architecture, decoder: decoderArchitecture) }
+            return o
+        }
     }
 
     func call() throws -> [String] { [try runPretraining(options).outDir.path] }

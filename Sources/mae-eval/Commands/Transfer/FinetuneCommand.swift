@@ -9,8 +9,8 @@ struct Finetune: LibraryCommand {
             Global average pooling + fc_norm + a new head (trunc-normal std 2e-5), AdamW with layer-wise lr decay, \
             drop path, mixup/cutmix with label smoothing, RandomResizedCrop + flip, warmup + cosine; lr = blr * \
             batch / 256. --blocks N trains only the last N blocks, fc_norm and the head (paper Fig. 9). The run \
-            folder's checkpoint.safetensors (weights, AdamW state, epoch) is rewritten every epoch; --resume \
-            continues it. With no arguments: the shipped MAE and supervised checkpoints on Tasks/shapes-finetune.yaml.
+            folder's checkpoint.safetensors (weights, AdamW state, loop position) is rewritten every epoch \
+            (and every --checkpoint-every steps); --resume continues it, bit-identically to an unbroken run. With no arguments: the shipped MAE and supervised checkpoints on Tasks/shapes-finetune.yaml.
             """)
 
     @OptionGroup var flags: TransferFlags
@@ -21,6 +21,8 @@ struct Finetune: LibraryCommand {
     var batchSize: Int?
     @Flag(help: "Continue each run folder's checkpoint instead of starting afresh.")
     var resume = false
+    @Option(help: "Also write each run's checkpoint every N steps within an epoch (default: at epoch ends only).")
+    var checkpointEvery: Int?
 
     var options: FineTuneOptions {
         get throws {
@@ -29,6 +31,7 @@ struct Finetune: LibraryCommand {
             o.blocks = blocks
             o.batchSize = batchSize
             o.resume = resume
+            o.checkpointEvery = checkpointEvery
             return o
         }
     }

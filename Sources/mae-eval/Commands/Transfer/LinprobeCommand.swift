@@ -34,6 +34,10 @@ struct Linprobe: LibraryCommand {
     var pool: Pooling?
     @Option(help: "Concatenate the pooled features of the last k blocks.")
     var lastBlocks: Int?
+    @Flag(help: "--mode augmented: continue each run folder's checkpoint instead of starting afresh.")
+    var resume = false
+    @Option(help: "--mode augmented: also checkpoint every N steps within an epoch (default: at epoch ends only).")
+    var checkpointEvery: Int?
 
     var options: LinearProbeOptions {
         get throws {
@@ -42,6 +46,8 @@ struct Linprobe: LibraryCommand {
             o.mode = mode
             o.pooling = pool
             o.lastBlocks = lastBlocks
+            o.resume = resume
+            o.checkpointEvery = checkpointEvery
             return o
         }
     }
