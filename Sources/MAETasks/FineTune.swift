@@ -240,12 +240,8 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
             return ["loss": Double(loss)]
         },
         record: { summary in
-            let entry = TransferEpoch(epoch: summary.epoch, trainLoss: summary.terms["loss"] ?? .nan,
-                                      lr: Double(schedule.lr(atEpoch: Double(summary.epoch))),
-                                      valTop1: summary.evaluation["val_top1"], seconds: summary.seconds)
-            progress.note("\(backbone.stem) \(variant) epoch \(summary.epoch)/\(epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
-                          "val top-1 \(String(format: "%.2f", entry.valTop1 ?? .nan))%, \(String(format: "%.1f", entry.seconds)) s")
-            return entry
+            .recorded(summary, lr: Double(schedule.lr(atEpoch: Double(summary.epoch))),
+                      label: "\(backbone.stem) \(variant)", epochs: epochs, progress: progress)
         })
     training.stage = "fine-tuning "
     training.clipNorm = r.clipGrad.map(Float.init)

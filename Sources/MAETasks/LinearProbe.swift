@@ -383,12 +383,8 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
             return ["loss": Double(loss)]
         },
         record: { summary in
-            let entry = TransferEpoch(epoch: summary.epoch, trainLoss: summary.terms["loss"] ?? .nan,
-                                      lr: Double(schedule.lr(atEpoch: Double(summary.epoch))),
-                                      valTop1: summary.evaluation["val_top1"], seconds: summary.seconds)
-            progress.note("\(backbone.stem) epoch \(summary.epoch)/\(a.epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
-                          "val top-1 \(String(format: "%.2f", entry.valTop1 ?? .nan))%, \(String(format: "%.1f", entry.seconds)) s")
-            return entry
+            .recorded(summary, lr: Double(schedule.lr(atEpoch: Double(summary.epoch))),
+                      label: backbone.stem, epochs: a.epochs, progress: progress)
         })
     training.endEpoch = { _ in ["val_top1": evaluate(val.features, labels: val.labels, bn: &bn).top1] }
     training.checkpointEvery = o.checkpointEvery

@@ -253,6 +253,19 @@ public struct TransferEpoch: EpochLine, Sendable, Equatable {
     }
 }
 
+extension TransferEpoch {
+    /// The log line of a finished epoch of a trained transfer head (fine-tuning, the augmented probe),
+    /// also said on the progress line: "`label` epoch e/E: loss L, val top-1 A%, S s".
+    static func recorded(_ summary: EpochSummary, lr: Double, label: String, epochs: Int,
+                         progress: ProgressLine) -> TransferEpoch {
+        let entry = TransferEpoch(epoch: summary.epoch, trainLoss: summary.terms["loss"] ?? .nan, lr: lr,
+                                  valTop1: summary.evaluation["val_top1"], seconds: summary.seconds)
+        progress.note("\(label) epoch \(summary.epoch)/\(epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
+                      "val top-1 \(String(format: "%.2f", entry.valTop1 ?? .nan))%, \(String(format: "%.1f", entry.seconds)) s")
+        return entry
+    }
+}
+
 /// A run's folder and files.
 public struct TransferRun: Sendable {
     public var dir: URL

@@ -43,14 +43,8 @@ final class CommandLineTests: XCTestCase {
         XCTAssertFalse(err.contains("Fatal error") || err.contains("Stack dump"), "no crash", file: file, line: line)
     }
 
-    let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let repoRoot = repositoryRoot
 
-    func temporaryFolder() throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID())")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
-        return url
-    }
 
     func temporaryFile(_ bytes: [UInt8], _ name: String) throws -> URL {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID())-\(name)")
@@ -85,7 +79,7 @@ final class CommandLineTests: XCTestCase {
     /// and the shared --epochs / --seed it has no use for; train = val runs with a warning.
     func testKNNRefusesBadFlagsAndWarnsWhenTrainIsVal() throws {
         let folder = Bundle.module.url(forResource: "Fixtures/imagefolder", withExtension: nil)!.path
-        let work = try temporaryFolder()
+        let work = try scratchFolder()
         let base = ["knn", "--checkpoint", fixtureURL("mae_tiny.safetensors").path,
                     "--task", repoRoot.appendingPathComponent("Tasks/shapes-knn.yaml").path,
                     "--out-dir", work.appendingPathComponent("runs").path, "--no-report"]
@@ -108,7 +102,7 @@ final class CommandLineTests: XCTestCase {
 
     /// seg-eval bounds the class count before allocating; report refuses a missing --runs folder.
     func testSegEvalAndReportRefuseBadArguments() throws {
-        let work = try temporaryFolder()
+        let work = try scratchFolder()
         try assertOneSentenceFailure(["seg-eval", "--gt", work.path, "--pred", work.path, "--num-classes", "2000000000"],
                                      mentions: "--num-classes 2000000000 exceeds 65536")
         try assertOneSentenceFailure(["seg-eval", "--gt", work.path, "--pred", work.path, "--num-classes", "3", "--ignore-index=-1"],
@@ -122,7 +116,7 @@ final class CommandLineTests: XCTestCase {
     /// seg-eval reads label maps through MAEData's decoder (8- and 16-bit gray), prints mmseg's numbers,
     /// writes --out, and refuses an RGB prediction in one sentence naming it.
     func testSegEvalScoresLabelMapsAndRefusesRGB() throws {
-        let work = try temporaryFolder()
+        let work = try scratchFolder()
         let gt = work.appendingPathComponent("gt"), pred = work.appendingPathComponent("pred")
         for folder in [gt, pred] { try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true) }
         try LabelMapCodec.writePNG(LabelMap(width: 2, height: 2, labels: [0, 1, 1, 2]), to: gt.appendingPathComponent("a.png"))
@@ -150,7 +144,7 @@ final class CommandLineTests: XCTestCase {
     /// never chosen; the run still succeeds on the points that converged.
     func testLinprobeRecordsADivergedGridPointWithoutChoosingIt() throws {
         let folder = Bundle.module.url(forResource: "Fixtures/imagefolder", withExtension: nil)!.path
-        let work = try temporaryFolder()
+        let work = try scratchFolder()
         let spec = try String(contentsOf: repoRoot.appendingPathComponent("Tasks/shapes-linprobe.yaml"), encoding: .utf8)
             .replacingOccurrences(of: "lr_grid: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]", with: "lr_grid: [3.0e38, 0.1]")
             .replacingOccurrences(of: "wd_grid: [0.0, 0.00001, 0.00003, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.03, 0.1, 0.3, 1.0]",
@@ -300,7 +294,7 @@ final class CommandLineTests: XCTestCase {
     /// A transfer command writes the report of its runs folder after its runs (`--report`), and none
     /// with `--no-report`.
     func testTransferCommandsWriteTheReportOnceTheirRunsAreDone() throws {
-        let work = try temporaryFolder()
+        let work = try scratchFolder()
         let images = Bundle.module.url(forResource: "Fixtures/imagefolder", withExtension: nil)!.path
         let base = ["knn", "--checkpoint", fixtureURL("mae_tiny.safetensors").path, "--train-data", images, "--val-data", images,
                     "--k", "3", "--threads", "1", "--out-dir", work.appendingPathComponent("runs").path]

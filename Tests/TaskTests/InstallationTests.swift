@@ -7,12 +7,6 @@ import TestSupport
 
 /// Where the shipped defaults are found, `--threads`, the version text and the progress lines.
 final class InstallationTests: XCTestCase {
-    func temporaryFolder() throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("install-\(UUID())").standardizedFileURL
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
-        return url
-    }
 
     func makeFolders(_ root: URL, _ paths: [String]) throws {
         for p in paths {
@@ -22,7 +16,7 @@ final class InstallationTests: XCTestCase {
 
     /// A repository with a built binary in it, and a bare folder elsewhere.
     func testHomeIsFoundAboveTheExecutable() throws {
-        let root = try temporaryFolder()
+        let root = try scratchFolder()
         let repo = root.appendingPathComponent("repo"), bare = root.appendingPathComponent("bare")
         try makeFolders(repo, ["Tasks", "Checkpoints", ".build/x86_64-unknown-linux-gnu/debug"])
         try makeFolders(bare, [""])
@@ -37,7 +31,7 @@ final class InstallationTests: XCTestCase {
     }
 
     func testAFolderWithOnlyTasksIsNotTheHome() throws {
-        let root = try temporaryFolder()
+        let root = try scratchFolder()
         try makeFolders(root, ["outer/Tasks", "outer/Checkpoints", "outer/inner/Tasks", "outer/inner/bin"])
         let exe = root.appendingPathComponent("outer/inner/bin/mae-eval")
         let found = Installation(environment: [:], executable: exe, currentDirectory: root)
@@ -45,7 +39,7 @@ final class InstallationTests: XCTestCase {
     }
 
     func testEnvironmentWinsAndCacheCanMove() throws {
-        let root = try temporaryFolder()
+        let root = try scratchFolder()
         try makeFolders(root, ["repo/Tasks", "repo/Checkpoints", "repo/bin", "elsewhere"])
         let exe = root.appendingPathComponent("repo/bin/mae-eval")
         let env = ["MAE_EVAL_HOME": "elsewhere", "MAE_EVAL_CACHE": "cache-here"]
@@ -58,7 +52,7 @@ final class InstallationTests: XCTestCase {
     }
 
     func testFallsBackToTheCurrentFolder() throws {
-        let root = try temporaryFolder()
+        let root = try scratchFolder()
         try makeFolders(root, ["bin"])
         let found = Installation(environment: ["MAE_EVAL_HOME": ""], executable: root.appendingPathComponent("bin/mae-eval"),
                                  currentDirectory: root)

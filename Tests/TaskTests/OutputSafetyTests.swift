@@ -9,17 +9,11 @@ import XCTest
 /// work, run folders locked while a run writes, stale temporaries removed, huge sizes refused.
 final class OutputSafetyTests: XCTestCase {
     func fixture(_ name: String) -> URL { Bundle.module.url(forResource: "Fixtures/" + name, withExtension: nil)! }
-    let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let repoRoot = repositoryRoot
 
-    func temporaryFolder() throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("output-safety-\(UUID())")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
-        return url
-    }
 
     func testExtractRefusesToOverwriteItsCheckpoint() throws {
-        let dir = try temporaryFolder()
+        let dir = try scratchFolder()
         let checkpoint = dir.appendingPathComponent("model.safetensors")
         try FileManager.default.copyItem(at: fixtureURL("mae_tiny.safetensors"), to: checkpoint)
         let before = try Data(contentsOf: checkpoint)
@@ -42,7 +36,7 @@ final class OutputSafetyTests: XCTestCase {
     /// `--out-dir` that is a file is refused before anything else is looked at (here: before the
     /// missing checkpoint, which would otherwise be the error).
     func testTransferOutDirIsCheckedBeforeTheWork() throws {
-        let dir = try temporaryFolder()
+        let dir = try scratchFolder()
         let file = dir.appendingPathComponent("runs")
         try Data("x".utf8).write(to: file)
         var o = LinearProbeOptions()
@@ -61,7 +55,7 @@ final class OutputSafetyTests: XCTestCase {
     }
 
     func testPretrainOutDirThatIsAFileIsOneSentence() throws {
-        let dir = try temporaryFolder()
+        let dir = try scratchFolder()
         let file = dir.appendingPathComponent("pt")
         try Data().write(to: file)
         var o = PretrainOptions(method: .mae, epochs: 1, outDir: file)
@@ -72,7 +66,7 @@ final class OutputSafetyTests: XCTestCase {
     }
 
     func testSecondRunIntoALockedFolderIsRefusedAndStaleTemporariesGo() throws {
-        let dir = try temporaryFolder().appendingPathComponent("run")
+        let dir = try scratchFolder().appendingPathComponent("run")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let stale = dir.appendingPathComponent(".checkpoint.safetensors.\(UUID().uuidString).tmp")
         let other = dir.appendingPathComponent("notes.tmp")
@@ -91,7 +85,7 @@ final class OutputSafetyTests: XCTestCase {
 
     /// A second process is refused too, and a lock held by a process that was killed is free again.
     func testLockIsHeldAcrossProcessesAndDiesWithTheHolder() throws {
-        let dir = try temporaryFolder()
+        let dir = try scratchFolder()
         let lockFile = dir.appendingPathComponent(RunFolderLock.fileName).path
         let holder = Process()
         holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")

@@ -3,19 +3,14 @@ import MAEData
 import MAEFormats
 import MAEModels
 @testable import MAETasks
+import TestSupport
 import XCTest
 
 /// Task specs read safely and strictly, overrides, recipes that record what ran, resume checks and
 /// config.yaml (issue 11, part C).
 final class TaskSpecTests: XCTestCase {
-    let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let repoRoot = repositoryRoot
 
-    func temporaryFolder() throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("taskspec-\(UUID())")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
-        return url
-    }
 
     func shipped(_ name: String) throws -> String {
         try String(contentsOf: repoRoot.appendingPathComponent("Tasks/\(name).yaml"), encoding: .utf8)
@@ -140,7 +135,7 @@ final class TaskSpecTests: XCTestCase {
     // MARK: - Paths, epochs, seeds
 
     func testDatasetRootIsRelativeToTheSpecFolder() throws {
-        let folder = try temporaryFolder().appendingPathComponent("specs")
+        let folder = try scratchFolder().appendingPathComponent("specs")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let url = folder.appendingPathComponent("t.yaml")
         try replacing(try shipped("shapes-knn"), "root: ../.mae-eval/data/shapes", "root: data/shapes").write(to: url, atomically: true, encoding: .utf8)
@@ -204,7 +199,7 @@ final class TaskSpecTests: XCTestCase {
     /// `--batch-size 200` is the batch of the recorded recipe and config.yaml; a resume with another
     /// base_lr is refused naming the field.
     func testFineTuneRecordsFlagsAndRefusesAChangedResume() throws {
-        let root = try temporaryFolder()
+        let root = try scratchFolder()
         let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 20, val: 10, scenesTrain: 0, scenesVal: 0)
         let data = try ShapesDataset.ensure(at: root.appendingPathComponent("shapes"), size: 16, seed: 3, counts: counts)
         let backbone = try VisionTransformer(config: ViTConfig(imgSize: 16, patchSize: 4, embedDim: 16, depth: 2, numHeads: 2))

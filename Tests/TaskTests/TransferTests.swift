@@ -10,14 +10,8 @@ import TestSupport
 /// fine-tuning, the report, task specs and bad input.
 final class TransferTests: XCTestCase {
     func fixture(_ name: String) -> URL { Bundle.module.url(forResource: "Fixtures/" + name, withExtension: nil)! }
-    let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let repoRoot = repositoryRoot
 
-    func temporaryFolder() throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("transfer-\(UUID())")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
-        return url
-    }
 
     // MARK: - kNN
 
@@ -200,7 +194,7 @@ final class TransferTests: XCTestCase {
     /// A NaN is never written as a result: one sentence naming the field and the run (it was
     /// `EncodingError.invalidValue: nan`), and no folder is left behind.
     func testNonFiniteNumbersAreRefusedBeforeAnythingIsWritten() throws {
-        let root = try temporaryFolder()
+        let root = try scratchFolder()
         let run = TransferRun(dir: root.appendingPathComponent("shapes-linprobe/cached-cls/mae-s0"))
         let good = fakeMetrics(checkpoint: "mae", method: "mae", role: "checkpoint", seed: 0, top1: 50)
         XCTAssertThrowsError(try run.write(good, log: fakeLog(top1: 50, loss: .nan))) { e in
@@ -218,7 +212,7 @@ final class TransferTests: XCTestCase {
     }
 
     func testReportPutsMethodsSideBySideWithDeltaAndSeedSpread() throws {
-        let root = try temporaryFolder()
+        let root = try scratchFolder()
         try fakeRun(root, checkpoint: "mae_shapes", method: "mae", role: "checkpoint", seed: 0, top1: 80)
         try fakeRun(root, checkpoint: "mae_shapes", method: "mae", role: "checkpoint", seed: 1, top1: 82)
         try fakeRun(root, checkpoint: "supervised_shapes", method: "supervised", role: "baseline", seed: 0, top1: 75)
@@ -240,7 +234,7 @@ final class TransferTests: XCTestCase {
     /// errors naming the path (a corrupt seed 0 used to vanish from the mean); a pretraining run's
     /// metrics.json is not a transfer run and is skipped.
     func testReportRefusesMissingFoldersAndBrokenMetrics() throws {
-        let root = try temporaryFolder()
+        let root = try scratchFolder()
         let out = root.appendingPathComponent("report.md")
         XCTAssertThrowsError(try writeReport(runs: root.appendingPathComponent("nope"), to: out)) { e in
             XCTAssertEqual("\(e)", "\(root.appendingPathComponent("nope").path) is not a folder of runs (no such folder).")
@@ -276,7 +270,7 @@ final class TransferTests: XCTestCase {
 
     /// One class: top-1 would be 100% by construction, so the folder is refused.
     func testOneClassSplitIsRefused() throws {
-        let root = try temporaryFolder()
+        let root = try scratchFolder()
         let one = root.appendingPathComponent("one")
         try FileManager.default.createDirectory(at: one, withIntermediateDirectories: true)
         try FileManager.default.copyItem(at: fixture("imagefolder/alpha"), to: one.appendingPathComponent("alpha"))
@@ -329,7 +323,7 @@ final class TransferTests: XCTestCase {
         XCTAssertThrowsError(try o.backbones()) { e in
             XCTAssertEqual("\(e)", "/nonexistent/backbone.safetensors: no such checkpoint.")
         }
-        let root = try temporaryFolder()
+        let root = try scratchFolder()
         try FileManager.default.createDirectory(at: root.appendingPathComponent("train/cat"), withIntermediateDirectories: true)
         o.trainData = root.appendingPathComponent("train")
         o.valData = root.appendingPathComponent("train")
