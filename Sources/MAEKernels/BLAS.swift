@@ -3,10 +3,10 @@ import COpenBLAS
 
 /// Matrix products through OpenBLAS `cblas_sgemm`, row-major, split over our own workers.
 public enum BLAS {
-    /// Makes OpenBLAS single-threaded: parallelism comes from `Parallel` (see there for why).
-    /// Called once before the first product; harmless to call again.
+    /// Makes OpenBLAS single-threaded (parallelism comes from `Parallel`, see there for why), once its
+    /// kernel is chosen (`BLAS.kernelChosenBy`). Called once before the first product; harmless to call again.
     public static func configure() {
-        ensureNativeKernel()
+        _ = kernelChosenBy
         openblas_set_num_threads(1)
     }
 
@@ -91,11 +91,12 @@ public struct BLASInfo: Sendable, Equatable, Codable {
         case library, version, kernel, kernelChosenBy = "kernel_chosen_by", cpuISA = "cpu_isa"
     }
 
-    /// What `openblas_get_config()` and `openblas_get_corename()` report, after `BLAS.ensureNativeKernel()`.
+    /// What `openblas_get_config()` and `openblas_get_corename()` report, once the kernel is chosen
+    /// (`BLAS.kernelChosenBy`).
     public static let current: BLASInfo = {
-        BLAS.ensureNativeKernel()
+        let kernelChosenBy = BLAS.kernelChosenBy
         let config = openblas_get_config().map { String(cString: $0) } ?? ""
-        return BLASInfo(config: config, kernel: BLAS.currentCoreName(), kernelChosenBy: BLAS.kernelChosenBy,
+        return BLASInfo(config: config, kernel: BLAS.currentCoreName(), kernelChosenBy: kernelChosenBy,
                         cpuISA: CPUFeatures.current.bestISA)
     }()
 

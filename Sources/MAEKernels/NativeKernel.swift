@@ -73,24 +73,39 @@ extension BLAS {
     static let reexecMarker = "MAE_EVAL_BLAS_SWITCHED"
 
     /// How the running kernel was chosen: "library default", "OPENBLAS_CORETYPE set by the user" or
-    /// "switched from Prescott by mae-eval".
-    public static var kernelChosenBy: String { nativeKernelSelection }
+    /// "switched from Prescott by mae-eval". Makes the choice first if nothing has (in process only).
+    public static var kernelChosenBy: String { nativeKernel(mayReexec: false) }
 
     /// Makes OpenBLAS run the kernel for this CPU when it fell back to a generic one (see `KernelChoice`);
-    /// call first thing, before any product or thread. Idempotent; `gemm` and `BLASInfo.current` call it too.
-    /// Switches in process (`gotoblas_dynamic_quit`/`init`) or, when the library lacks those, re-executes
-    /// `/proc/self/exe` with the same arguments once. A user's own `OPENBLAS_CORETYPE` is never changed.
-    public static func ensureNativeKernel() { _ = nativeKernelSelection }
+    /// call it first thing in `main`, before any product or thread. Switches in process
+    /// (`gotoblas_dynamic_quit`/`init`) or, when the library lacks those, re-executes `/proc/self/exe` with
+    /// the same arguments once. A user's own `OPENBLAS_CORETYPE` is never changed. Idempotent: only the first
+    /// call (or the first product, `BLAS.configure` and `BLASInfo.current`, which switch in process but never
+    /// re-execute) decides.
+    public static func ensureNativeKernel() { _ = nativeKernel(mayReexec: true) }
 
-    static let nativeKernelSelection: String = selectNativeKernel()
+    private static let selectionLock = NSLock()
+    nonisolated(unsafe) private static var selection: String?
 
-    private static func selectNativeKernel() -> String {
+    private static func nativeKernel(mayReexec: Bool) -> String {
+        selectionLock.lock()
+        defer { selectionLock.unlock() }
+        if let selection { return selection }
+        let made = selectNativeKernel(mayReexec: mayReexec)
+        selection = made
+        return made
+    }
+
+    private static func selectNativeKernel(mayReexec: Bool) -> String {
         let env = ProcessInfo.processInfo.environment
         if let marker = env[reexecMarker] {
-            // We re-executed ourselves: OPENBLAS_CORETYPE is ours. Clear both so child processes choose afresh.
             unsetenv(reexecMarker)
-            unsetenv("OPENBLAS_CORETYPE")
-            return "switched from \(marker.split(separator: ">").first.map(String.init) ?? "?") by mae-eval"
+            let cores = marker.split(separator: ">").map(String.init)
+            if cores.count == 2, env["OPENBLAS_CORETYPE"] == cores[1] {
+                // We re-executed ourselves: OPENBLAS_CORETYPE is ours. Clear it so child processes choose afresh.
+                unsetenv("OPENBLAS_CORETYPE")
+                return "switched from \(cores[0]) by mae-eval"
+            }
         }
         if env["OPENBLAS_CORETYPE"]?.isEmpty == false { return "OPENBLAS_CORETYPE set by the user" }
         let core = currentCoreName()
@@ -98,6 +113,7 @@ extension BLAS {
             return "library default"
         }
         if switchKernel(to: native) { return "switched from \(core) by mae-eval" }
+        guard mayReexec else { return "library default" }
         setenv("OPENBLAS_CORETYPE", native, 1)
         setenv(reexecMarker, "\(core)>\(native)", 1)
         execv("/proc/self/exe", CommandLine.unsafeArgv)
