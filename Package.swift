@@ -46,7 +46,7 @@ let package = Package(
                                                 .product(name: "Yams", package: "Yams")]),
         /// The command line: each command parses its flags into the libraries' values and makes one call.
         .executableTarget(name: "mae-eval", dependencies: [
-            "MAETasks", "MAEModels", "MAEData", "MAEFormats", "MAEJSON",
+            "MAETasks", "MAEKernels", "MAEModels", "MAEData", "MAEFormats", "MAEJSON",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

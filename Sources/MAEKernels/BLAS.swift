@@ -3,12 +3,15 @@ import COpenBLAS
 
 /// Matrix products through OpenBLAS `cblas_sgemm`, row-major, split over our own workers.
 public enum BLAS {
-    /// Makes OpenBLAS single-threaded: parallelism comes from `Parallel` (see there for why).
-    /// Called once before the first product; harmless to call again.
-    public static func configure() { openblas_set_num_threads(1) }
+    /// Makes OpenBLAS single-threaded (parallelism comes from `Parallel`, see there for why), once its
+    /// kernel is chosen (`BLAS.kernelChosenBy`). Called once before the first product; harmless to call again.
+    public static func configure() {
+        _ = kernelChosenBy
+        openblas_set_num_threads(1)
+    }
 
     nonisolated(unsafe) static var configured: Bool = {
-        openblas_set_num_threads(1)
+        configure()
         return true
     }()
 
@@ -78,23 +81,49 @@ public struct BLASInfo: Sendable, Equatable, Codable {
     public var version: String
     /// The compute kernel chosen for this CPU ("Haswell", "Zen").
     public var kernel: String
+    /// How the kernel was chosen: "library default", "OPENBLAS_CORETYPE set by the user",
+    /// "switched from Prescott by mae-eval" (see `BLAS.ensureNativeKernel`); "unknown" in older files.
+    public var kernelChosenBy: String
+    /// The CPU's widest vector ISA ("AVX-512 + BF16", "AVX2 + FMA"); "unknown" in older files.
+    public var cpuISA: String
 
-    /// What `openblas_get_config()` and `openblas_get_corename()` report.
+    enum CodingKeys: String, CodingKey {
+        case library, version, kernel, kernelChosenBy = "kernel_chosen_by", cpuISA = "cpu_isa"
+    }
+
+    /// What `openblas_get_config()` and `openblas_get_corename()` report, once the kernel is chosen
+    /// (`BLAS.kernelChosenBy`).
     public static let current: BLASInfo = {
+        let kernelChosenBy = BLAS.kernelChosenBy
         let config = openblas_get_config().map { String(cString: $0) } ?? ""
-        let kernel = openblas_get_corename().map { String(cString: $0) } ?? "unknown"
-        return BLASInfo(config: config, kernel: kernel)
+        return BLASInfo(config: config, kernel: BLAS.currentCoreName(), kernelChosenBy: kernelChosenBy,
+                        cpuISA: CPUFeatures.current.bestISA)
     }()
 
     /// Library and version from a build string of the form "OpenBLAS 0.3.26 NO_AFFINITY Haswell MAX_THREADS=64".
-    public init(config: String, kernel: String) {
+    public init(config: String, kernel: String, kernelChosenBy: String = "unknown", cpuISA: String = "unknown") {
         let words = config.split(separator: " ").map(String.init)
         library = words.first ?? "OpenBLAS"
         version = words.count > 1 && words[1].first?.isNumber == true ? words[1] : "unknown"
         let k = kernel.trimmingCharacters(in: .whitespaces)
         self.kernel = k.isEmpty ? "unknown" : k
+        self.kernelChosenBy = kernelChosenBy
+        self.cpuISA = cpuISA
+    }
+
+    /// Reads files written before `kernel_chosen_by` and `cpu_isa` existed too.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        library = try c.decode(String.self, forKey: .library)
+        version = try c.decode(String.self, forKey: .version)
+        kernel = try c.decode(String.self, forKey: .kernel)
+        kernelChosenBy = try c.decodeIfPresent(String.self, forKey: .kernelChosenBy) ?? "unknown"
+        cpuISA = try c.decodeIfPresent(String.self, forKey: .cpuISA) ?? "unknown"
     }
 
     /// "OpenBLAS 0.3.26, kernel Haswell".
     public var summary: String { "\(library) \(version), kernel \(kernel)" }
+
+    /// How the kernel was chosen and what the CPU offers: "library default; CPU AVX-512 + BF16".
+    public var choice: String { "\(kernelChosenBy); CPU \(cpuISA)" }
 }

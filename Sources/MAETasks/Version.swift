@@ -29,8 +29,10 @@ public enum MAEEvalVersion {
         return "\(name?.isEmpty == false ? name! : "unknown CPU"), \(cores) core\(cores == 1 ? "" : "s")"
     }
 
-    /// What `mae-eval --version` prints: the version, the BLAS library and the CPU, one line each.
+    /// What `mae-eval --version` prints: the version, the BLAS library (with how its kernel was chosen)
+    /// and the CPU, one line each.
     public static var text: String {
-        "mae-eval \(described)\nBLAS: \(BLASInfo.current.summary)\nCPU: \(cpu)"
+        let blas = BLASInfo.current
+        return "mae-eval \(described)\nBLAS: \(blas.summary) (\(blas.choice))\nCPU: \(cpu)"
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MAEKernels
 import MAETasks
 
 /// The `mae-eval` command line: each subcommand parses its flags and makes one library call.
@@ -36,6 +37,7 @@ struct MAEEval: ParsableCommand {
     /// standard error (no usage dump) and exit status 1; help and version still print in full. A
     /// command's own failures are already on standard error (`runCLI`) and arrive here as the exit code.
     static func main() {
+        BLAS.ensureNativeKernel()
         let arguments = joiningNegativeNumbers(Array(CommandLine.arguments.dropFirst()))
         if let problem = unknownSubcommand(in: arguments) {
             FileHandle.standardError.write(Data("error: \(problem)\n".utf8))

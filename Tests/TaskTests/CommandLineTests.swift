@@ -223,6 +223,18 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(lines.contains { $0.hasPrefix("CPU: ") }, out)
     }
 
+    /// `--version` says how the kernel was chosen: the user's OPENBLAS_CORETYPE is kept, and a process that
+    /// mae-eval re-executed to change the kernel (its environment marker set) says what it switched from.
+    func testVersionSaysHowTheBLASKernelWasChosen() throws {
+        let (userStatus, user, _) = try run(["--version"], environment: ["OPENBLAS_CORETYPE": "Haswell"])
+        XCTAssertEqual(userStatus, 0)
+        XCTAssertTrue(user.contains(", kernel Haswell (OPENBLAS_CORETYPE set by the user; CPU "), user)
+        let (status, out, _) = try run(["--version"], environment: ["OPENBLAS_CORETYPE": "Haswell",
+                                                                    "MAE_EVAL_BLAS_SWITCHED": "Prescott>Haswell"])
+        XCTAssertEqual(status, 0)
+        XCTAssertTrue(out.contains(", kernel Haswell (switched from Prescott by mae-eval; CPU "), out)
+    }
+
     /// From a bare folder the default task and checkpoints are the installation's, and explicit data works.
     func testRunsFromABareFolder() throws {
         let bare = FileManager.default.temporaryDirectory.appendingPathComponent("bare-\(UUID())")
