@@ -127,13 +127,19 @@ final class KillResumeTests: XCTestCase {
         XCTAssertEqual(log, try logWithoutClock(b.appendingPathComponent("log.jsonl")), story)
     }
 
-    func testFineTuningKilledAndResumedMatchesUnbrokenRun() throws {
-        let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 40, val: 10, scenesTrain: 0, scenesVal: 0)
+    /// A 16 px Shapes classification set (10 val images) and a tiny random MAE-method backbone for it.
+    func tinyTransferSetup(trainImages: Int) throws -> (data: ShapesPaths, weights: URL) {
+        let counts = ShapesCounts(pretrain: 0, supervised: 0, train: trainImages, val: 10, scenesTrain: 0, scenesVal: 0)
         let data = try ShapesDataset.ensure(at: scratch.appendingPathComponent("shapes"), size: 16, seed: 3, counts: counts)
         let backbone = try VisionTransformer(config: ViTConfig(imgSize: 16, patchSize: 4, embedDim: 16, depth: 2, numHeads: 2))
         backbone.initializeWeights(seed: 1)
         let weights = scratch.appendingPathComponent("tiny.safetensors")
         try backbone.save(to: weights, metadata: ["method": "mae"])
+        return (data, weights)
+    }
+
+    func testFineTuningKilledAndResumedMatchesUnbrokenRun() throws {
+        let (data, weights) = try tinyTransferSetup(trainImages: 40)
         // Mixup, random erasing, RandAugment and drop path all draw: each must replay after a kill.
         func arguments(_ runs: URL) -> [String] {
             ["finetune", "--checkpoint", weights.path, "--task", "shapes-finetune", "--train-data", data.train.path,
@@ -162,12 +168,7 @@ final class KillResumeTests: XCTestCase {
     }
 
     func testAugmentedProbeKilledAndResumedMatchesUnbrokenRun() throws {
-        let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 48, val: 10, scenesTrain: 0, scenesVal: 0)
-        let data = try ShapesDataset.ensure(at: scratch.appendingPathComponent("shapes"), size: 16, seed: 3, counts: counts)
-        let backbone = try VisionTransformer(config: ViTConfig(imgSize: 16, patchSize: 4, embedDim: 16, depth: 2, numHeads: 2))
-        backbone.initializeWeights(seed: 1)
-        let weights = scratch.appendingPathComponent("tiny.safetensors")
-        try backbone.save(to: weights, metadata: ["method": "mae"])
+        let (data, weights) = try tinyTransferSetup(trainImages: 48)
         func arguments(_ runs: URL) -> [String] {
             ["linprobe", "--mode", "augmented", "--checkpoint", weights.path, "--task", "shapes-linprobe",
              "--train-data", data.train.path, "--val-data", data.val.path, "--set", "dataset.img_size=16",
