@@ -6,15 +6,19 @@ import Foundation
 
 extension TransformerStack {
     /// Floats the stack's buffers hold for a batch of b sequences of n tokens (`begin`'s allocation:
-    /// activations per block, the (B,H,N,N) attention scores, residuals; the backward's scratch).
+    /// activations per block, the attention scores, residuals; the backward's scratch). The scores are
+    /// the (B,H,N,N) probs, or on the fused path (n >= `fusedTokens`) the (B,H,N) logsumexp.
     static func bufferFloats(batch b: Int, tokens n: Int, width d: Int, hidden: Int, heads: Int,
-                             depth: Int, training: Bool) -> Double {
+                             depth: Int, training: Bool, fusedTokens: Int) -> Double {
+        let fused = n >= fusedTokens
         let (b, n, d, h, hd) = (Double(b), Double(n), Double(d), Double(hidden), Double(heads))
         let r = b * n
-        let perBlock = 4 * r * d + 4 * r + 3 * r * d + b * hd * n * n + 2 * r * h + 2 * b
+        let scores = fused ? b * hd * n : b * hd * n * n
+        let perBlock = 4 * r * d + 4 * r + 3 * r * d + scores + 2 * r * h + 2 * b
         let sets = training ? Double(depth) : 1
         let residuals = (training ? Double(depth) + 1 : 2) * r * d
-        let backward = training ? 4 * r * d + 3 * r * d + 2 * r * h + n * n : 0
+        // The attention backward's scratch: dS (N,N), or on the fused path delta (B,H,N).
+        let backward = training ? 4 * r * d + 3 * r * d + 2 * r * h + (fused ? b * hd * n : n * n) : 0
         return sets * perBlock + residuals + backward
     }
 }
@@ -22,21 +26,24 @@ extension TransformerStack {
 extension VisionTransformer {
     /// Estimated peak bytes of one forward at batch `b` (plus its backward, gradients and AdamW
     /// moments when `training`), with `maskRatio` of the patches removed (MAE pretraining and
-    /// visualisation: the decoder, when the model has one, then runs on every patch). Dominated by the attention scores, B * H * N^2 floats per
-    /// block kept.
+    /// visualisation: the decoder, when the model has one, then runs on every patch). Below
+    /// `fusedAttentionTokens` dominated by the attention scores, B * H * N^2 floats per block kept;
+    /// at or above it the fused attention keeps B * H * N.
     public func peakMemoryBytes(batch b: Int, training: Bool, maskRatio: Double = 0) -> Double {
         let c = config, l = c.numPatches
         let kept = Int((Double(l) * (1 - maskRatio)).rounded(.down))
         let n = 1 + max(kept, 1)
         var floats = TransformerStack.bufferFloats(batch: b, tokens: n, width: c.embedDim, hidden: c.mlpHidden,
-                                                   heads: c.numHeads, depth: c.depth, training: training)
+                                                   heads: c.numHeads, depth: c.depth, training: training,
+                                                   fusedTokens: encoder.fusedAttentionTokens)
         // Images, gathered patches, embeddings, the tokens before and after the final norm.
         floats += Double(b) * (Double(c.inChans * c.imgSize * c.imgSize) + Double(kept) * Double(c.patchDim + c.embedDim)
                                + 3 * Double(n) * Double(c.embedDim))
-        if let dc = c.decoder, maskRatio > 0 {
+        if let dc = c.decoder, let stack = decoder?.stack, maskRatio > 0 {
             let nOut = 1 + l
             floats += TransformerStack.bufferFloats(batch: b, tokens: nOut, width: dc.embedDim, hidden: dc.mlpHidden,
-                                                    heads: dc.numHeads, depth: dc.depth, training: training)
+                                                    heads: dc.numHeads, depth: dc.depth, training: training,
+                                                    fusedTokens: stack.fusedAttentionTokens)
             floats += Double(b) * Double(nOut) * Double(4 * dc.embedDim + 3 * c.patchDim)
         }
         let parameters = Double(params.layout.totalCount) * (training ? 4 : 1)   // values, grads, two moments

@@ -37,16 +37,17 @@ final class BlockActivations {
     let ln1, ln2, att, x1: Tensor          // (R,D)
     let mean1, rstd1, mean2, rstd2: Tensor // (R)
     let qkv: Tensor                        // (R,3D)
-    let probs: Tensor                      // (B,H,N,N)
+    /// The attention's softmax for the backward: probs (B,H,N,N), or logsumexp (B,H,N) when `fused`.
+    let scores: Tensor
     let h, g: Tensor                       // (R,hidden) fc1 output, GELU output
     let keep1, keep2: Tensor               // (B) drop-path scales of the two branches
 
-    init(batch: Int, tokens: Int, width: Int, hidden: Int, heads: Int) {
+    init(batch: Int, tokens: Int, width: Int, hidden: Int, heads: Int, fused: Bool) {
         let r = batch * tokens
         ln1 = Tensor([r, width]); ln2 = Tensor([r, width]); att = Tensor([r, width]); x1 = Tensor([r, width])
         mean1 = Tensor([r]); rstd1 = Tensor([r]); mean2 = Tensor([r]); rstd2 = Tensor([r])
         qkv = Tensor([r, 3 * width])
-        probs = Tensor([batch, heads, tokens, tokens])
+        scores = Tensor(fused ? [batch, heads, tokens] : [batch, heads, tokens, tokens])
         h = Tensor([r, hidden]); g = Tensor([r, hidden])
         keep1 = Tensor([batch]); keep2 = Tensor([batch])
     }
@@ -57,13 +58,17 @@ final class BlockActivations {
 final class StackBuffers {
     let batch, tokens: Int
     let training: Bool
+    /// The blocks' attention runs fused (FlashAttention.swift) and keeps logsumexp, not probs.
+    let fused: Bool
     let acts: [BlockActivations]
     /// residuals[i] is block i's input; residuals[i + 1] its output (mod 2 in inference).
     var residuals: [Tensor]
 
-    init(batch b: Int, tokens n: Int, training t: Bool, depth: Int, width: Int, hidden: Int, heads: Int) {
-        batch = b; tokens = n; training = t
-        acts = (0..<(t ? depth : 1)).map { _ in BlockActivations(batch: b, tokens: n, width: width, hidden: hidden, heads: heads) }
+    init(batch b: Int, tokens n: Int, training t: Bool, fused f: Bool, depth: Int, width: Int, hidden: Int, heads: Int) {
+        batch = b; tokens = n; training = t; fused = f
+        acts = (0..<(t ? depth : 1)).map { _ in
+            BlockActivations(batch: b, tokens: n, width: width, hidden: hidden, heads: heads, fused: f)
+        }
         residuals = (0..<(t ? depth + 1 : 2)).map { _ in Tensor([b * n, width]) }
     }
 }
@@ -75,9 +80,9 @@ final class SpareBuffers: @unchecked Sendable {
     private let lock = NSLock()
     private var spare: StackBuffers?
 
-    func take(batch b: Int, tokens n: Int, training t: Bool) -> StackBuffers? {
+    func take(batch b: Int, tokens n: Int, training t: Bool, fused f: Bool) -> StackBuffers? {
         lock.lock(); defer { lock.unlock() }
-        guard let s = spare, s.batch == b, s.tokens == n, s.training == t else { return nil }
+        guard let s = spare, s.batch == b, s.tokens == n, s.training == t, s.fused == f else { return nil }
         spare = nil
         return s
     }
@@ -113,6 +118,7 @@ final class StackPass {
     var batch: Int { buffers.batch }
     var tokens: Int { buffers.tokens }
     var training: Bool { buffers.training }
+    var fused: Bool { buffers.fused }
     /// The buffer the caller fills with the stack's input (B,N,D) before `forward`.
     var input: UnsafeMutablePointer<Float> { buffers.residuals[0].data }
 
@@ -137,6 +143,14 @@ final class TransformerStack {
     let width, hidden, heads: Int
     /// Stochastic depth rate of the last block (linearly increasing from 0, as timm).
     var dropPath: Float = 0
+    /// Sequences of at least this many tokens run the fused attention (`flashAttentionForward`,
+    /// logsumexp (B,H,N) kept instead of probs (B,H,N,N)); shorter ones the materialised one.
+    var fusedAttentionTokens = TransformerStack.defaultFusedAttentionTokens
+
+    /// 1024 tokens: every preset at its default 224 px (at most 257 tokens) stays on the materialised
+    /// path; 448 px at patch 14 or 512 px at patch 16 (1025 tokens with the cls token) and ViTDet's
+    /// 1024 px (4097) run fused, where the probs would keep 4 MB and 64 MB per (image, head, block).
+    static let defaultFusedAttentionTokens = 1024
 
     private let spare = SpareBuffers()
     private var scratch: (dX: Tensor, dLn: Tensor, dBranch: Tensor, dAtt: Tensor, dQKV: Tensor, dH: Tensor, dG: Tensor)?
@@ -151,8 +165,10 @@ final class TransformerStack {
 
     /// A new pass for b sequences of n tokens; the caller fills `pass.input` (B,N,D), then calls `forward`.
     func begin(batch b: Int, tokens n: Int, training t: Bool) -> StackPass {
-        let buffers = spare.take(batch: b, tokens: n, training: t)
-            ?? StackBuffers(batch: b, tokens: n, training: t, depth: blocks.count, width: width, hidden: hidden, heads: heads)
+        let fused = n >= fusedAttentionTokens
+        let buffers = spare.take(batch: b, tokens: n, training: t, fused: fused)
+            ?? StackBuffers(batch: b, tokens: n, training: t, fused: fused, depth: blocks.count, width: width,
+                            hidden: hidden, heads: heads)
         return StackPass(buffers, spare: spare)
     }
 
@@ -172,8 +188,13 @@ final class TransformerStack {
                              weight: p.v(w.norm1W), bias: p.v(w.norm1B), rows: r, width: d)
             linearForward(out: a.qkv.data, input: a.ln1.data, weight: p.v(w.qkvW), bias: p.v(w.qkvB),
                           rows: r, inDim: d, outDim: 3 * d)
-            attentionForward(out: a.att.data, probs: a.probs.data, qkv: a.qkv.data,
-                             batch: batch, tokens: tokens, width: d, heads: heads)
+            if pass.fused {
+                flashAttentionForward(out: a.att.data, logSumExp: a.scores.data, qkv: a.qkv.data,
+                                      size: FlashAttentionSize(batch: batch, tokens: tokens, width: d, heads: heads))
+            } else {
+                attentionForward(out: a.att.data, probs: a.scores.data, qkv: a.qkv.data,
+                                 batch: batch, tokens: tokens, width: d, heads: heads)
+            }
             linearForward(out: a.x1.data, input: a.att.data, weight: p.v(w.projW), bias: p.v(w.projB),
                           rows: r, inDim: d, outDim: d)
             applyDropPath(a.x1.data, keep: a.keep1, rate: rate, batch: batch, tokens: tokens, rng: &rng)
@@ -242,8 +263,14 @@ final class TransformerStack {
             linearBackward(dInput: s.dAtt.data, dWeight: p.g(w.projW), dBias: p.g(w.projB), dOut: dBranch1,
                            input: a.att.data, weight: p.v(w.projW), rows: r, inDim: d, outDim: d)
             s.dQKV.zero()
-            attentionBackward(dQKV: s.dQKV.data, dOut: s.dAtt.data, qkv: a.qkv.data, probs: a.probs.data,
-                              batch: batch, tokens: tokens, width: d, heads: heads)
+            if pass.fused {
+                flashAttentionBackward(dQKV: s.dQKV.data, dOut: s.dAtt.data, out: a.att.data, logSumExp: a.scores.data,
+                                       qkv: a.qkv.data,
+                                       size: FlashAttentionSize(batch: batch, tokens: tokens, width: d, heads: heads))
+            } else {
+                attentionBackward(dQKV: s.dQKV.data, dOut: s.dAtt.data, qkv: a.qkv.data, probs: a.scores.data,
+                                  batch: batch, tokens: tokens, width: d, heads: heads)
+            }
             s.dLn.zero()
             linearBackward(dInput: s.dLn.data, dWeight: p.g(w.qkvW), dBias: p.g(w.qkvB), dOut: s.dQKV.data,
                            input: a.ln1.data, weight: p.v(w.qkvW), rows: r, inDim: d, outDim: 3 * d)

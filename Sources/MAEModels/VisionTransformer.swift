@@ -20,6 +20,16 @@ public final class VisionTransformer {
         set { encoder.dropPath = newValue }
     }
 
+    /// Sequences of at least this many tokens run every stack's attention fused (no N x N probs kept;
+    /// FlashAttention.swift), shorter ones materialised. Default 1024; tests lower it.
+    public var fusedAttentionTokens: Int {
+        get { encoder.fusedAttentionTokens }
+        set {
+            encoder.fusedAttentionTokens = newValue
+            decoder?.stack.fusedAttentionTokens = newValue
+        }
+    }
+
     // Parameter offsets.
     let clsToken, posEmbed, patchW, patchB: Int
     /// DeiT's distillation token (distilled models only).

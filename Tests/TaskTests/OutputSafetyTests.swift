@@ -107,6 +107,9 @@ final class OutputSafetyTests: XCTestCase {
         var c = ModelPreset.shapes.config
         c.imgSize = 1000
         let model = try VisionTransformer(config: c)
+        let fusedEstimate = model.peakMemoryBytes(batch: 64, training: false)
+        // The materialised attention's estimate (4 TB), refused on any machine.
+        model.fusedAttentionTokens = .max
         XCTAssertThrowsError(try model.checkMemory(batch: 64, training: false)) { e in
             let s = "\(e)"
             XCTAssertTrue(s.contains("image size 1000") && s.contains("62,501 tokens") && s.contains("batch size 64"), s)
@@ -115,6 +118,10 @@ final class OutputSafetyTests: XCTestCase {
         // The estimate holds at least the attention scores of one block: B * H * N^2 floats.
         let n = Double(c.numPatches + 1)
         XCTAssertGreaterThan(model.peakMemoryBytes(batch: 64, training: false), 4 * 64 * Double(c.numHeads) * n * n)
+        // The fused attention (the default at 62,501 tokens) keeps B * H * N scores per block instead,
+        // and the estimate still holds the two (B,N,D) residuals.
+        XCTAssertLessThan(fusedEstimate, 4 * 64 * Double(c.numHeads) * n * n)
+        XCTAssertGreaterThan(fusedEstimate, 4 * 2 * 64 * n * Double(c.embedDim))
         c.imgSize = 100_000
         XCTAssertThrowsError(try VisionTransformer(config: c)) { e in
             XCTAssertTrue("\(e)".contains("image size 100000") && "\(e)".contains("--img-size"), "\(e)")
