@@ -150,6 +150,8 @@ final class TransformerStack {
     /// 1024 tokens: every preset at its default 224 px (at most 257 tokens) stays on the materialised
     /// path; 448 px at patch 14 or 512 px at patch 16 (1025 tokens with the cls token) and ViTDet's
     /// 1024 px (4097) run fused, where the probs would keep 4 MB and 64 MB per (image, head, block).
+    /// Measured on 2 cores (ViT-B, batch 1): at 1025 tokens the fused forward takes the materialised
+    /// one's time and a training step ~10% longer; at 4097 the forward's time again, 0.8 GB less peak.
     static let defaultFusedAttentionTokens = 1024
 
     private let spare = SpareBuffers()
