@@ -26,6 +26,17 @@ final class PretrainingTests: XCTestCase {
 
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: scratch) }
 
+    /// A 3-epoch MAE run stopped after epoch 1: the options to resume it, its checkpoint and that file's bytes.
+    func stoppedAfterOneEpoch(dir: String) throws -> (PretrainOptions, URL, Data) {
+        var o = options(.mae, epochs: 3, dir: dir)
+        o.stopAfterEpoch = 1
+        _ = try runPretraining(o)
+        let checkpoint = PretrainFiles(dir: o.outDir).checkpoint
+        o.stopAfterEpoch = nil
+        o.resume = true
+        return (o, checkpoint, try Data(contentsOf: checkpoint))
+    }
+
     func options(_ method: PretrainMethod, epochs: Int, dir: String) -> PretrainOptions {
         var o = PretrainOptions(method: method, epochs: epochs, outDir: scratch.appendingPathComponent(dir))
         o.architecture = Self.tiny
@@ -122,13 +133,7 @@ final class PretrainingTests: XCTestCase {
 
     /// A resume with another recipe is refused naming the flag; the checkpoint is left alone.
     func testResumeWithAnotherRecipeIsRefusedNamingTheFlag() throws {
-        var o = options(.mae, epochs: 3, dir: "r")
-        o.stopAfterEpoch = 1
-        _ = try runPretraining(o)
-        let checkpoint = PretrainFiles(dir: o.outDir).checkpoint
-        let before = try Data(contentsOf: checkpoint)
-        o.stopAfterEpoch = nil
-        o.resume = true
+        let (o, checkpoint, before) = try stoppedAfterOneEpoch(dir: "r")
         let changes: [(WritableKeyPath<PretrainOptions, Double?>, Double, String)] = [
             (\.lr, 1e-2, "--lr is 0.01 but the run being resumed used 0.002"),
             (\.weightDecay, 0.5, "--weight-decay is 0.5 but the run being resumed used 0.05"),
@@ -177,13 +182,8 @@ final class PretrainingTests: XCTestCase {
 
     /// A diverging loss stops the run with one sentence and leaves the last good checkpoint alone.
     func testDivergenceStopsAndKeepsCheckpoint() throws {
-        var o = options(.mae, epochs: 3, dir: "e")
-        o.stopAfterEpoch = 1
-        _ = try runPretraining(o)
-        let checkpoint = PretrainFiles(dir: o.outDir).checkpoint
-        let before = try Data(contentsOf: checkpoint)
-        o.stopAfterEpoch = nil
-        o.resume = true
+        let (stopped, checkpoint, before) = try stoppedAfterOneEpoch(dir: "e")
+        var o = stopped
         // A changed lr would be refused as another recipe: a loss limit no step can meet stands in for divergence.
         o.lossLimit = 1e-6
         XCTAssertThrowsError(try runPretraining(o)) { error in
