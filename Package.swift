@@ -41,8 +41,11 @@ let package = Package(
         .target(name: "MAEData", dependencies: ["MAEKernels", "MAEJSON", "MAEFormats", "CPNG", "CTurboJPEG", "MAECOCO"], swiftSettings: vectorISA),
         /// Evaluation metrics: COCO AP (bbox, segm), semantic-segmentation mIoU.
         .target(name: "MAEMetrics", dependencies: ["MAECOCO", "MAEJSON"]),
+        /// Dense-task heads on the shared backbone: ViTDet's pyramid and Mask R-CNN, UperNet, the linear segmentation head.
+        .target(name: "MAEDense", dependencies: ["MAEKernels", "MAEModels", "MAEFormats", "MAEJSON", "MAECOCO"],
+                swiftSettings: vectorISA),
         /// Benchmarks, pretraining, probes, fine-tuning, reports: one function per CLI command.
-        .target(name: "MAETasks", dependencies: ["MAEModels", "MAEData", "MAEMetrics", "MAEFormats", "MAEJSON",
+        .target(name: "MAETasks", dependencies: ["MAEModels", "MAEDense", "MAEData", "MAEMetrics", "MAEFormats", "MAEJSON",
                                                 .product(name: "Yams", package: "Yams")]),
         /// The command line: each command parses its flags into the libraries' values and makes one call.
         .executableTarget(name: "mae-eval", dependencies: [
@@ -63,6 +66,8 @@ let package = Package(
         .testTarget(name: "MetricsTests", dependencies: ["MAEMetrics", "MAECOCO", "MAEJSON", "TestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DataTests", dependencies: ["MAEData", "MAECOCO", "MAEKernels", "TestSupport"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "DenseTests", dependencies: ["MAEDense", "MAEModels", "MAEKernels", "MAECOCO", "TestSupport"],
+                    resources: [.copy("Fixtures")]),
         .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "MAEFormats", "TestSupport"],
                     resources: [.copy("Fixtures")]),
     ],
