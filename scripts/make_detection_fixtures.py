@@ -188,7 +188,7 @@ pre, post = 20, 15
 per_level_boxes, per_level_logits = [], []
 for lvl, anc in enumerate(level_anchors):
     d = torch.randn(2, len(anc), 4) * 0.4
-    logits = torch.randperm(2 * len(anc)).float().reshape(2, len(anc)) / 7 - 3
+    logits = torch.randperm(2 * len(anc)).float().reshape(2, len(anc)) / (2 * len(anc)) * 4 - 2 + 1.037 * lvl  # all levels in the top, no ties
     put("proposals", f"anchors_{lvl}", anc); put("proposals", f"deltas_{lvl}", d); put("proposals", f"logits_{lvl}", logits)
     per_level_boxes.append(torch.stack([d2_apply_deltas(d[n], anc, (1, 1, 1, 1)) for n in range(2)]))
     per_level_logits.append(logits)
