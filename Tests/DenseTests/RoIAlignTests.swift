@@ -102,6 +102,12 @@ final class RoIAlignTests: XCTestCase {
         let targets = maskTargets(masks: masks, height: shape[1], width: shape[2], boxes: try fx.boxes("mask_targets/boxes"))
         XCTAssertEqual(targets.shape, [3, 28, 28])
         XCTAssertEqual(targets.array, try fx.floats("mask_targets/targets"))
+        // Boxes cutting the same instance: masks[instances[i]] for box i.
+        let boxes = try fx.boxes("mask_targets/boxes"), expected = try fx.floats("mask_targets/targets")
+        let shared = maskTargets(masks: masks, height: shape[1], width: shape[2], boxes: [boxes[2], boxes[0], boxes[2]],
+                                 instances: [2, 0, 2])
+        let per = 28 * 28
+        XCTAssertEqual(shared.array, Array(expected[(2 * per)...]) + Array(expected[..<per]) + Array(expected[(2 * per)...]))
     }
 
     /// paste_masks_in_image by grid_sample, boxes partly outside the image and sub-pixel ones.
