@@ -169,12 +169,15 @@ public struct RPN {
                                                  imageWidth: imageSizes[b].width, selection: selection, training: training))
         }
 
-        let dObjectness = objectness.map { Tensor($0.output.shape) }, dDeltas = deltas.map { Tensor($0.output.shape) }
         var losses: [String: Float] = [:], positives = 0, negatives = 0
+        var dObjectness: [Tensor] = [], dDeltas: [Tensor] = []
         if let gtBoxes {
+            dObjectness = objectness.map { Tensor($0.output.shape) }
+            dDeltas = deltas.map { Tensor($0.output.shape) }
             let all = anchors.flatMap { $0 }
-            let scale = 1 / Float(batchSizePerImage * batch)
-            var clsSum = 0.0, locSum = 0.0
+            // Per level: the sampled anchors' offsets in the head outputs and their targets.
+            var clsAt = [[Int]](repeating: [], count: features.count), clsTarget = [[Float]](repeating: [], count: features.count)
+            var locAt = clsAt, locTarget = clsTarget
             for b in 0..<batch {
                 let gt = gtBoxes[b]
                 let (matches, labels) = matcher(quality: pairwiseIoU(gt, all), groundTruths: gt.count, predictions: all.count)
@@ -183,22 +186,26 @@ public struct RPN {
                 positives += pos.count; negatives += neg.count
                 for (anchor, target) in pos.map({ ($0, Float(1)) }) + neg.map({ ($0, Float(0)) }) {
                     let (l, i) = layout.split(anchor)
-                    clsSum += binaryCrossEntropyWithLogitsSum(
-                        logits: objectness[l].output.data, indices: [layout.logitOffset(level: l, image: b, anchor: i)],
-                        targets: [target], dLogits: dObjectness[l].data, gradientScale: scale)
+                    clsAt[l].append(layout.logitOffset(level: l, image: b, anchor: i)); clsTarget[l].append(target)
                 }
                 for anchor in pos {
                     let (l, i) = layout.split(anchor)
                     let t = boxTransform.deltas(from: all[anchor], to: gt[matches[anchor]])
-                    locSum += l1LossSum(predictions: deltas[l].output.data,
-                                        indices: (0..<4).map { layout.deltaOffset(level: l, image: b, anchor: i, coordinate: $0) },
-                                        targets: [t.0, t.1, t.2, t.3], dPredictions: dDeltas[l].data, gradientScale: scale)
+                    locAt[l] += (0..<4).map { layout.deltaOffset(level: l, image: b, anchor: i, coordinate: $0) }
+                    locTarget[l] += [t.0, t.1, t.2, t.3]
                 }
+            }
+            let scale = 1 / Float(batchSizePerImage * batch)
+            var clsSum = 0.0, locSum = 0.0
+            for l in features.indices {
+                clsSum += binaryCrossEntropyWithLogitsSum(logits: objectness[l].output.data, indices: clsAt[l], targets: clsTarget[l],
+                                                          dLogits: dObjectness[l].data, gradientScale: scale)
+                locSum += l1LossSum(predictions: deltas[l].output.data, indices: locAt[l], targets: locTarget[l],
+                                    dPredictions: dDeltas[l].data, gradientScale: scale)
             }
             losses = ["loss_rpn_cls": Float(clsSum) * scale, "loss_rpn_loc": Float(locSum) * scale]
         }
-        let context = RPNContext(hidden: hidden, objectness: objectness, deltas: deltas,
-                                 dObjectness: gtBoxes == nil ? [] : dObjectness, dDeltas: gtBoxes == nil ? [] : dDeltas)
+        let context = RPNContext(hidden: hidden, objectness: objectness, deltas: deltas, dObjectness: dObjectness, dDeltas: dDeltas)
         return RPNOutput(proposals: proposals, losses: losses, sampledPositives: positives, sampledNegatives: negatives,
                          context: context)
     }
