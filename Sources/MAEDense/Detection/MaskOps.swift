@@ -77,5 +77,6 @@ private func bilinearZeroPadded(_ plane: UnsafePointer<Float>, size m: Int, x: F
     let x0 = Int(xw), y0 = Int(yn)
     let wE = x - xw, wW = 1 - wE, wS = y - yn, wN = 1 - wS
     func at(_ yy: Int, _ xx: Int) -> Float { yy >= 0 && yy < m && xx >= 0 && xx < m ? plane[yy * m + xx] : 0 }
-    return at(y0, x0) * wW * wN + at(y0, x0 + 1) * wE * wN + at(y0 + 1, x0) * wW * wS + at(y0 + 1, x0 + 1) * wE * wS
+    let nw = wW * wN, ne = wE * wN, sw = wW * wS, se = wE * wS
+    return at(y0, x0) * nw + at(y0, x0 + 1) * ne + at(y0 + 1, x0) * sw + at(y0 + 1, x0 + 1) * se
 }
