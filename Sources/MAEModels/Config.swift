@@ -64,6 +64,20 @@ public struct ViTDetOptions: Codable, Equatable, Sendable {
 
     /// Block i's attention window in tokens, 0 for global attention.
     public func window(block i: Int) -> Int { globalBlocks.contains(i) ? 0 : windowSize }
+
+    /// The options a detectron2 ViTDet state dict implies from its rel-pos table lengths
+    /// (`blocks.i.attn.rel_pos_h` rows, one entry per block): window blocks carry the shortest
+    /// tables (2 w - 1 rows), global blocks the longest (2 G - 1 for the input grid G, so the input
+    /// is G patches). Every table of one length reads as all blocks global. Nil when some block has
+    /// no table (the windows cannot be told apart then) or a length is even.
+    public static func inferred(relPosLengths: [Int?], patchSize: Int) -> ViTDetOptions? {
+        let lengths = relPosLengths.compactMap { $0 }
+        guard !lengths.isEmpty, lengths.count == relPosLengths.count, lengths.allSatisfy({ $0 % 2 == 1 }),
+              let shortest = lengths.min(), let longest = lengths.max() else { return nil }
+        let global = lengths.indices.filter { lengths[$0] == longest }
+        return ViTDetOptions(windowSize: (shortest + 1) / 2, globalBlocks: global, relativePosition: true,
+                             inputSize: (longest + 1) / 2 * patchSize)
+    }
 }
 
 /// A Vision Transformer's architecture, as MAE's models_vit / models_mae define it.

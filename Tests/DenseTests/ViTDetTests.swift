@@ -115,6 +115,17 @@ final class ViTDetTests: XCTestCase {
         XCTAssertEqual(pyramid.levelNames, ["p2", "p3", "p4", "p5", "p6"])
     }
 
+    /// `--eval-only` reads the architecture from a state dict: ViTDet-B's tables (27 rows in window
+    /// blocks, 127 in 2, 5, 8, 11) give window 14, those global blocks and a 1024 px input.
+    func testOptionsAreInferredFromRelPosTableLengths() {
+        var config = ModelPreset.base.config
+        config.vitdet = ViTDetOptions(for: config, inputSize: 1024)
+        let layout = config.parameterLayout()
+        let lengths = (0..<12).map { i in layout.specs.first { $0.name == "blocks.\(i).attn.rel_pos_h" }?.shape[0] }
+        XCTAssertEqual(ViTDetOptions.inferred(relPosLengths: lengths, patchSize: 16), config.vitdet)
+        XCTAssertNil(ViTDetOptions.inferred(relPosLengths: [27, nil, 127], patchSize: 16))
+    }
+
     func testGlobalBlocksAreEvenlySpacedAsDetectron2() {
         XCTAssertEqual(ViTDetOptions.evenlySpacedGlobalBlocks(depth: 12), [2, 5, 8, 11])
         XCTAssertEqual(ViTDetOptions.evenlySpacedGlobalBlocks(depth: 24), [5, 11, 17, 23])
