@@ -57,11 +57,13 @@ struct AttentionGeometry: Hashable {
     let relPos: Bool
     let fused: Bool
 
-    var partition: WindowPartitionSize? {
-        window > 0 ? WindowPartitionSize(batch: batch, height: gridHeight, width: gridWidth, channels: 1, window: window) : nil
+    /// The window partition of the (B, Gh, Gw, channels) token map; nil for global attention.
+    func partition(channels: Int) -> WindowPartitionSize? {
+        window > 0 ? WindowPartitionSize(batch: batch, height: gridHeight, width: gridWidth, channels: channels,
+                                         window: window) : nil
     }
     /// Sequences the attention runs over: B, or B * windows.
-    var attentionBatch: Int { partition?.windows ?? batch }
+    var attentionBatch: Int { partition(channels: 1)?.windows ?? batch }
     /// Tokens per sequence: N, or w * w.
     var attentionTokens: Int { window > 0 ? window * window : tokens }
     /// The grid one attention sequence forms (the rel-pos terms' query / key grid).
@@ -292,7 +294,7 @@ final class TransformerStack {
             let rate = training && blocks.count > 1 ? dropPath * Float(i) / Float(blocks.count - 1) : 0
             layerNormForward(out: a.ln1.data, mean: a.mean1.data, rstd: a.rstd1.data, input: x,
                              weight: p.v(w.norm1W), bias: p.v(w.norm1B), rows: r, width: d)
-            attentionForward(p, w, a, geo)
+            blockAttentionForward(p, w, a, geo)
             linearForward(out: a.x1.data, input: a.att.data, weight: p.v(w.projW), bias: p.v(w.projB),
                           rows: r, inDim: d, outDim: d)
             applyDropPath(a.x1.data, keep: a.keep1, rate: rate, batch: batch, tokens: tokens, rng: &rng)
@@ -360,7 +362,7 @@ final class TransformerStack {
             linearBackward(dInput: s.dAtt.data, dWeight: p.g(w.projW), dBias: p.g(w.projB), dOut: dBranch1,
                            input: a.att.data, weight: p.v(w.projW), rows: r, inDim: d, outDim: d)
             s.dLn.zero()
-            attentionBackward(p, w, a, geo, dAtt: s.dAtt, dLn: s.dLn, scratch: s)
+            blockAttentionBackward(p, w, a, geo, dAtt: s.dAtt, dLn: s.dLn, scratch: s)
             layerNormBackward(dInput: dx, dWeight: p.g(w.norm1W), dBias: p.g(w.norm1B), dOut: s.dLn.data,
                               input: x, weight: p.v(w.norm1W), mean: a.mean1.data, rstd: a.rstd1.data,
                               rows: r, width: d)
@@ -370,7 +372,7 @@ final class TransformerStack {
 
     // MARK: - The attention of one block
 
-    func relPosSizes(_ w: BlockParameters, _ geo: AttentionGeometry)
+    private func relPosSizes(_ w: BlockParameters, _ geo: AttentionGeometry)
         -> (h: RelPosGatherSize, w: RelPosGatherSize, terms: RelPosTermsSize)? {
         guard let rel = w.relPos else { return nil }
         let (sh, sw) = geo.attentionGrid, hd = width / heads
@@ -381,11 +383,11 @@ final class TransformerStack {
 
     /// att (R,D) = attn(ln1): qkv over the attention's rows (windows of ln1, or ln1 itself), the
     /// rel-pos terms from the unscaled q, the attention, and the windows put back (cropped).
-    private func attentionForward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
-                                  _ geo: AttentionGeometry) {
+    private func blockAttentionForward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
+                                       _ geo: AttentionGeometry) {
         let d = width
-        if let part = geo.partition {
-            windowPartitionForward(windows: a.attentionIn.data, input: a.ln1.data, size: channels(part))
+        if let part = geo.partition(channels: width) {
+            windowPartitionForward(windows: a.attentionIn.data, input: a.ln1.data, size: part)
         }
         linearForward(out: a.qkv.data, input: a.attentionIn.data, weight: p.v(w.qkvW), bias: p.v(w.qkvB),
                       rows: geo.attentionRows, inDim: d, outDim: 3 * d)
@@ -400,23 +402,23 @@ final class TransformerStack {
         } else if geo.fused {
             flashAttentionForward(out: a.attentionOut.data, logSumExp: a.scores.data, qkv: a.qkv.data, size: size)
         } else {
-            MAEKernels.attentionForward(out: a.att.data, probs: a.scores.data, qkv: a.qkv.data,
-                                        batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
+            attentionForward(out: a.attentionOut.data, probs: a.scores.data, qkv: a.qkv.data,
+                             batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
         }
-        if let part = geo.partition {
-            windowUnpartitionForward(out: a.att.data, windows: a.attentionOut.data, size: channels(part))
+        if let part = geo.partition(channels: width) {
+            windowUnpartitionForward(out: a.att.data, windows: a.attentionOut.data, size: part)
         }
     }
 
     /// Accumulates dLn (R,D) += the gradient of ln1 from dAtt (R,D), the gradient of att, and the
     /// parameter gradients (qkv, the rel-pos tables through their gather).
-    private func attentionBackward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
-                                   _ geo: AttentionGeometry, dAtt: Tensor, dLn: Tensor, scratch s: BackwardScratch) {
+    private func blockAttentionBackward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
+                                        _ geo: AttentionGeometry, dAtt: Tensor, dLn: Tensor, scratch s: BackwardScratch) {
         let d = width, ra = geo.attentionRows
         var dOut = dAtt
-        if let part = geo.partition {
+        if let part = geo.partition(channels: width) {
             dOut = s.zeroed("dWindowsOut", [ra, d])
-            windowUnpartitionBackward(dWindows: dOut.data, dOut: dAtt.data, size: channels(part))
+            windowUnpartitionBackward(dWindows: dOut.data, dOut: dAtt.data, size: part)
         }
         let dQKV = s.zeroed("dQKV", [ra, 3 * d])
         let size = FlashAttentionSize(batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
@@ -435,20 +437,15 @@ final class TransformerStack {
             flashAttentionBackward(dQKV: dQKV.data, dOut: dOut.data, out: a.attentionOut.data, logSumExp: a.scores.data,
                                    qkv: a.qkv.data, size: size)
         } else {
-            MAEKernels.attentionBackward(dQKV: dQKV.data, dOut: dOut.data, qkv: a.qkv.data, probs: a.scores.data,
-                                         batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
+            attentionBackward(dQKV: dQKV.data, dOut: dOut.data, qkv: a.qkv.data, probs: a.scores.data,
+                              batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
         }
-        let dIn = geo.partition == nil ? dLn : s.zeroed("dWindowsIn", [ra, d])
+        let dIn = geo.window == 0 ? dLn : s.zeroed("dWindowsIn", [ra, d])
         linearBackward(dInput: dIn.data, dWeight: p.g(w.qkvW), dBias: p.g(w.qkvB), dOut: dQKV.data,
                        input: a.attentionIn.data, weight: p.v(w.qkvW), rows: ra, inDim: d, outDim: 3 * d)
-        if let part = geo.partition {
-            windowPartitionBackward(dInput: dLn.data, dWindows: dIn.data, size: channels(part))
+        if let part = geo.partition(channels: width) {
+            windowPartitionBackward(dInput: dLn.data, dWindows: dIn.data, size: part)
         }
-    }
-
-    /// The partition of a (B, Gh, Gw, D) token map.
-    private func channels(_ part: WindowPartitionSize) -> WindowPartitionSize {
-        WindowPartitionSize(batch: part.batch, height: part.height, width: part.width, channels: width, window: part.window)
     }
 
     /// The gradient of a drop-path branch: dOut itself when nothing was dropped, else scaled.
