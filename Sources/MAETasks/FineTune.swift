@@ -1,5 +1,6 @@
 import Foundation
 import MAEData
+import MAEDistributed
 import MAEFormats
 import MAEKernels
 import MAEModels
@@ -105,16 +106,18 @@ struct FineTuneState: Codable, Equatable {
     var loop: LoopState?
 }
 
-/// Top-1 and top-5 (percent) of a classifier on a dataset through the eval transform.
-func classifierScore(_ model: VisionTransformer, loader: DataLoader) throws -> HeadScore {
+/// Top-1 and top-5 (percent) of a classifier on a dataset through the eval transform. Under MPI
+/// each rank scores every size-th batch and the counts are summed over the ranks.
+func classifierScore(_ model: VisionTransformer, loader: DataLoader, world: World = Distributed.world) throws -> HeadScore {
     var tally = TopKTally()
     let k = model.config.numClasses
-    let it = loader.epoch(0)
+    let it = loader.epoch(0, batches: Array(stride(from: world.rank, to: loader.batchCount, by: world.size)))
     while let batch = try it.next() {
         let pass = batch.images.withUnsafeBufferPointer { model.forwardLogits(images: $0.baseAddress!, batch: batch.count) }
         let values = pass.logits!.array
         for r in 0..<batch.count { tally.add(values[(r * k)..<(r * k + k)], label: batch.labels[r]) }
     }
+    try tally.sum(over: world)
     return HeadScore(tally)
 }
 
@@ -176,13 +179,20 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         }
     }
     let erasing = r.reprob > 0 ? RandomErasing(probability: r.reprob) : nil
-    try model.checkMemory(batch: batch, training: true)
+    let world = Distributed.world
+    try model.checkMemory(batch: BatchShard(rank: world.rank, of: world.size, total: batch).count, training: true)
+    // Each rank builds its rows of every global batch (one process: all of them).
     let train = DataLoader(source: data.train, transform: MAETransform.finetune(crop, randAugment: randAugment),
                            tensorTransform: erasing, batchSize: batch, seed: seed, shuffle: true,
-                           dropLast: data.train.count >= batch)
+                           dropLast: data.train.count >= batch, rank: world.rank, of: world.size)
     let val = DataLoader(source: data.val, transform: MAETransform.eval(size: size, cropRatio: spec.dataset.cropRatio),
                          batchSize: 128, shuffle: false)
     let smoothing = r.labelSmoothing
+    if r.mixup > 0 || r.cutmix > 0, world.size > 1 {
+        throw TaskError.badArgument("mixup and cutmix pair each image with its mirror in the global batch, which " +
+                                    "another rank holds, so they do not run over \(world.size) ranks yet; set " +
+                                    "recipe.augmentation.mixup and cutmix to 0 or run one process")
+    }
     let mixer = r.mixup > 0 || r.cutmix > 0
         ? Mixup(classes: k, mixupAlpha: r.mixup, cutmixAlpha: r.cutmix, probability: r.mixupProb,
                 switchProbability: r.switchProb, labelSmoothing: smoothing)
@@ -190,10 +200,13 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
     let variant = blocks.map { "last \($0) blocks" } ?? "full"
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     // The run folder is locked for the whole run (a second run into it is refused at once).
-    let lock = try run.lock()
+    // Rank 0 alone writes the run folder.
+    let lock = world.isMain ? try run.lock() : nil
     defer { withExtendedLifetime(lock) {} }
-    try run.writeConfig(command: "finetune", spec: spec, resolved: r, backbone: backbone, seed: seed, data: data,
-                        extra: ["variant": variant, "resume": String(o.resume)])
+    if world.isMain {
+        try run.writeConfig(command: "finetune", spec: spec, resolved: r, backbone: backbone, seed: seed, data: data,
+                            extra: ["variant": variant, "resume": String(o.resume)])
+    }
     let expected = FineTuneState(epoch: 0, seed: seed, classes: k, checkpointHash: backbone.hash, recipe: r)
     var resumed: LoopState?
     if o.resume, FileManager.default.fileExists(atPath: run.checkpoint.path) {
@@ -225,6 +238,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         seed: seed, epochs: epochs, schedule: schedule, params: model.params, optimizer: optimizer, groups: groups,
         loader: train, total: "loss", blame: model, lrAdvice: "lower base_lr", logFile: run.log, progress: progress,
         step: { b, context in
+            model.batchShard = b.shard
             var images = b.images
             var targets = smoothedTargets(labels: b.labels, classes: k, smoothing: Float(smoothing))
             if let mixer {
@@ -278,7 +292,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         trainData: data.train.root.path, valData: data.val.root.path, trainImages: data.train.count, valImages: data.val.count,
         classes: k, pooling: "mean of patch tokens + fc_norm (global pool)", selected: nil, grid: nil, protocolChecks: checks,
         timings: ["train_s": elapsed(since: trainStart), "total_s": elapsed(since: total)], epochs: epochs, created: timestamp())
-    try run.write(metrics)
+    if world.isMain { try run.write(metrics) }
     return run
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import MAEDistributed
 import MAEData
 import MAEFormats
 import MAEJSON
@@ -405,5 +406,5 @@ func warn(_ message: String) {
 
 /// A message on standard error.
 func say(_ message: String, _ verbose: Bool) {
-    if verbose { FileHandle.standardError.write(Data((message + "\n").utf8)) }
+    if verbose && Distributed.world.isMain { FileHandle.standardError.write(Data((message + "\n").utf8)) }
 }
