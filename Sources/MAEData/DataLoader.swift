@@ -28,6 +28,9 @@ public struct Batch: Sendable {
     /// Which rows of the epoch's global batch these are (the whole batch unless the loader is one
     /// rank's shard).
     public var shard: BatchShard
+    /// For a shard of a loader with `mixPartners`: the rows of the flipped global batch that meet
+    /// this shard's rows (global row total - 1 - g for row g), which other ranks hold; nil otherwise.
+    public var partners: MixPartners?
     public var count: Int { labels.count }
 }
 
@@ -57,14 +60,17 @@ public final class DataLoader: Sendable {
     public let prefetch: Int
     /// This loader's rank among `ranks` sharding every global batch (0 of 1: the whole batch).
     public let rank: Int, ranks: Int
+    /// Shards also build `Batch.partners` (mixup and cutmix pair each row with the flipped batch's).
+    public let mixPartners: Bool
 
     public init(source: any DataSource, transform: any ImageTransform, tensorTransform: (any TensorTransform)? = nil,
                 batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = false, workers: Int = 2,
-                prefetch: Int? = nil, rank: Int = 0, of ranks: Int = 1) {
+                prefetch: Int? = nil, rank: Int = 0, of ranks: Int = 1, mixPartners: Bool = false) {
         precondition(batchSize > 0, "batch size must be positive")
         precondition(ranks > 0 && (0..<ranks).contains(rank), "rank \(rank) of \(ranks)")
         self.rank = rank
         self.ranks = ranks
+        self.mixPartners = mixPartners
         self.source = source
         self.transform = transform
         self.tensorTransform = tensorTransform
@@ -95,6 +101,18 @@ public final class DataLoader: Sendable {
         let global = order[(b * batchSize)..<min(order.count, (b + 1) * batchSize)]
         let shard = BatchShard(rank: rank, of: ranks, total: global.count)
         let indices = Array(global.dropFirst(shard.offset).prefix(shard.count))
+        let images = try render(indices, epoch: epoch)
+        var partners: MixPartners?
+        if mixPartners, !shard.isWhole {
+            let mirrored = (shard.offset..<(shard.offset + shard.count)).map { global[global.startIndex + shard.total - 1 - $0] }
+            partners = MixPartners(images: try render(mirrored, epoch: epoch), labels: mirrored.map(source.label))
+        }
+        return Batch(images: images, labels: indices.map(source.label), indices: indices, shard: shard, partners: partners)
+    }
+
+    /// The augmented, normalised images (B, 3, S, S) of dataset samples `indices`, each from its own
+    /// stream (seed, epoch, index): the same pixels whichever batch or rank builds them.
+    func render(_ indices: [Int], epoch: Int) throws -> [Float] {
         let s = transform.size, plane = 3 * s * s
         var images = [Float](repeating: 0, count: indices.count * plane)
         try images.withUnsafeMutableBufferPointer { out in
@@ -106,7 +124,7 @@ public final class DataLoader: Sendable {
                                        channels: 3, height: s, width: s, rng: &rng)
             }
         }
-        return Batch(images: images, labels: indices.map(source.label), indices: indices, shard: shard)
+        return images
     }
 
     /// The batches of `epoch` from batch `first` on; `while let batch = try it.next() { ... }`.

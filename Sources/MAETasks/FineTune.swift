@@ -184,15 +184,11 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
     // Each rank builds its rows of every global batch (one process: all of them).
     let train = DataLoader(source: data.train, transform: MAETransform.finetune(crop, randAugment: randAugment),
                            tensorTransform: erasing, batchSize: batch, seed: seed, shuffle: true,
-                           dropLast: data.train.count >= batch, rank: world.rank, of: world.size)
+                           dropLast: data.train.count >= batch, rank: world.rank, of: world.size,
+                           mixPartners: r.mixup > 0 || r.cutmix > 0)
     let val = DataLoader(source: data.val, transform: MAETransform.eval(size: size, cropRatio: spec.dataset.cropRatio),
                          batchSize: 128, shuffle: false)
     let smoothing = r.labelSmoothing
-    if r.mixup > 0 || r.cutmix > 0, world.size > 1 {
-        throw TaskError.badArgument("mixup and cutmix pair each image with its mirror in the global batch, which " +
-                                    "another rank holds, so they do not run over \(world.size) ranks yet; set " +
-                                    "recipe.augmentation.mixup and cutmix to 0 or run one process")
-    }
     let mixer = r.mixup > 0 || r.cutmix > 0
         ? Mixup(classes: k, mixupAlpha: r.mixup, cutmixAlpha: r.cutmix, probability: r.mixupProb,
                 switchProbability: r.switchProb, labelSmoothing: smoothing)
@@ -244,7 +240,8 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
             if let mixer {
                 var mixRNG = context.stream.derived(1)
                 let draw = mixer.draw(height: size, width: size, rng: &mixRNG)
-                targets = mixer.mix(&images, labels: b.labels, channels: 3, height: size, width: size, draw: draw).targets
+                targets = mixer.mix(&images, labels: b.labels, partners: b.partners, channels: 3, height: size, width: size,
+                                    draw: draw).targets
             }
             let pass = images.withUnsafeBufferPointer {
                 model.forwardLogits(images: $0.baseAddress!, batch: b.count, training: true, seed: context.stream.derived(2).state)

@@ -49,7 +49,8 @@ final class DistributedTests: XCTestCase {
         XCTAssertEqual(BatchShard(offset: 2, count: 2, total: 5).rows(Array(0..<15), perRow: 3), [6, 7, 8, 9, 10, 11])
     }
 
-    /// Three ranks' loaders of one seed give, shard by shard, exactly the one-process batches.
+    /// Three ranks' loaders of one seed give, shard by shard, exactly the one-process batches; with
+    /// mix partners, mixup and cutmix of the shards are the whole batch's rows.
     func testRankLoadersShardEveryGlobalBatch() throws {
         let root = try scratchFolder()
         let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 20, val: 0, scenesTrain: 0, scenesVal: 0)
@@ -57,8 +58,11 @@ final class DistributedTests: XCTestCase {
         let folder = try ImageFolder(root: paths.train)
         let transform = MAETransform.train(RandomResizedCrop(size: 16, scale: 0.2...1))
         func loader(_ rank: Int, _ ranks: Int) -> DataLoader {
-            DataLoader(source: folder, transform: transform, batchSize: 8, seed: 5, shuffle: true, workers: 1, rank: rank, of: ranks)
+            DataLoader(source: folder, transform: transform, batchSize: 8, seed: 5, shuffle: true, workers: 1, rank: rank,
+                       of: ranks, mixPartners: true)
         }
+        let mixer = Mixup(classes: folder.classes.count)
+        let draws = [Mixup.Draw(lambda: 0.7, cutmixCenter: nil), Mixup.Draw(lambda: 0.6, cutmixCenter: (y: 5, x: 9))]
         let whole = loader(0, 1).epoch(2)
         let shards = (0..<3).map { loader($0, 3).epoch(2) }
         var batches = 0
@@ -68,6 +72,20 @@ final class DistributedTests: XCTestCase {
             XCTAssertEqual(parts.flatMap(\.images), batch.images)
             XCTAssertEqual(parts.map(\.shard.offset), parts.map { $0.shard.offset })
             XCTAssertEqual(Set(parts.map(\.shard.total)), [batch.count])
+            XCTAssertNil(batch.partners, "the whole batch mixes with itself flipped")
+            for draw in draws {
+                var whole = batch.images
+                let targets = mixer.mix(&whole, labels: batch.labels, channels: 3, height: 16, width: 16, draw: draw).targets
+                var mixed: [Float] = [], mixedTargets: [Float] = []
+                for part in parts {
+                    var images = part.images
+                    mixedTargets += mixer.mix(&images, labels: part.labels, partners: try XCTUnwrap(part.partners), channels: 3,
+                                              height: 16, width: 16, draw: draw).targets
+                    mixed += images
+                }
+                XCTAssertEqual(mixed, whole)
+                XCTAssertEqual(mixedTargets, targets)
+            }
             batches += 1
         }
         XCTAssertEqual(batches, 3)
@@ -184,9 +202,10 @@ final class DistributedTests: XCTestCase {
         return (data, weights)
     }
 
-    /// Fine-tuning (drop path, RandAugment, random erasing drawing) of 2 epochs x 6 steps of batch 8:
-    /// two ranks of 4 images each end at the one-process weights to float rounding, with the same
-    /// log losses, and rank 0 alone wrote the run folder.
+    /// Fine-tuning (drop path, RandAugment, random erasing, mixup and cutmix drawing) of 2 epochs x
+    /// 6 steps of batch 8: two ranks of 4 images each (mixed with the flipped global batch's rows)
+    /// end at the one-process weights to float rounding, with the same log losses, and rank 0 alone
+    /// wrote the run folder.
     func testTwoRankFineTuningMatchesOneProcess() throws {
         _ = try mpirun()
         let root = try scratchFolder()
@@ -194,6 +213,8 @@ final class DistributedTests: XCTestCase {
         func arguments(_ runs: URL) -> [String] {
             ["finetune", "--checkpoint", weights.path, "--task", "shapes-finetune", "--train-data", data.train.path,
              "--val-data", data.val.path, "--set", "dataset.img_size=16", "--set", "recipe.augmentation.reprob=0.25",
+             "--set", "recipe.augmentation.mixup=0.8", "--set", "recipe.augmentation.cutmix=1.0",
+             "--set", "recipe.augmentation.mixup_prob=1.0",
              "--set", "recipe.clip_grad=1.0", "--set", "recipe.base_lr=0.1", "--epochs", "2", "--batch-size", "8", "--seed", "2", "--threads", "1",
              "--out-dir", runs.path, "--no-report"]
         }
