@@ -196,13 +196,10 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
     let variant = blocks.map { "last \($0) blocks" } ?? "full"
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     // The run folder is locked for the whole run (a second run into it is refused at once).
-    // Rank 0 alone writes the run folder.
-    let lock = world.isMain ? try run.lock() : nil
+    let lock = try run.lock()
     defer { withExtendedLifetime(lock) {} }
-    if world.isMain {
-        try run.writeConfig(command: "finetune", spec: spec, resolved: r, backbone: backbone, seed: seed, data: data,
-                            extra: ["variant": variant, "resume": String(o.resume)])
-    }
+    try run.writeConfig(command: "finetune", spec: spec, resolved: r, backbone: backbone, seed: seed, data: data,
+                        extra: ["variant": variant, "resume": String(o.resume)])
     let expected = FineTuneState(epoch: 0, seed: seed, classes: k, checkpointHash: backbone.hash, recipe: r)
     var resumed: LoopState?
     if o.resume, FileManager.default.fileExists(atPath: run.checkpoint.path) {
@@ -289,7 +286,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         trainData: data.train.root.path, valData: data.val.root.path, trainImages: data.train.count, valImages: data.val.count,
         classes: k, pooling: "mean of patch tokens + fc_norm (global pool)", selected: nil, grid: nil, protocolChecks: checks,
         timings: ["train_s": elapsed(since: trainStart), "total_s": elapsed(since: total)], epochs: epochs, created: timestamp())
-    if world.isMain { try run.write(metrics) }
+    try run.write(metrics)
     return run
 }
 

@@ -125,16 +125,22 @@ public struct FeatureCache: Sendable {
         return fnv1a(Data(text.utf8))
     }
 
-    /// Cached features, or computed and stored. `hit` says which.
-    public func features(key: String, compute: () throws -> FeatureSet) throws -> (set: FeatureSet, hit: Bool) {
+    /// Cached features, or computed and stored. `hit` says which. Under MPI it is a hit only when
+    /// every rank finds the file (a node-local cache may differ), since computing is collective.
+    public func features(key: String, world: World = Distributed.world,
+                         compute: () throws -> FeatureSet) throws -> (set: FeatureSet, hit: Bool) {
         let url = folder.appendingPathComponent(key + ".safetensors")
         // A cached file with non-finite features (written before they were checked) is a miss: the
         // recomputation names the image.
+        var cached: FeatureSet?
         if let file = try? SafeTensors.read(contentsOf: url), let f = file.tensors["features"], let l = file.tensors["labels"],
            f.shape.count == 2, f.dtype == .f32, f.nonFiniteCount == nil, let json = file.metadata["classes"],
            let classes = try? JSONDecoder().decode([String].self, from: Data(json.utf8)) {
-            return (FeatureSet(features: f.floats, labels: l.int64s.map { Int($0) }, width: f.shape[1], classes: classes), true)
+            cached = FeatureSet(features: f.floats, labels: l.int64s.map { Int($0) }, width: f.shape[1], classes: classes)
         }
+        var misses = [cached == nil ? 1.0 : 0]
+        try world.allReduceSum(&misses, "agreeing on the feature cache")
+        if let cached, misses[0] == 0 { return (cached, true) }
         let set = try compute()
         try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let meta = ["classes": String(decoding: try JSONEncoder().encode(set.classes), as: UTF8.self)]
@@ -177,6 +183,34 @@ public struct BatchNorm1d: Sendable {
             } else {
                 mean = runningMean[j]; variance = runningVar[j]
             }
+            let r = 1 / (variance + eps).squareRoot()
+            for i in 0..<b { out[i * d + j] = (x[i * d + j] - mean) * r }
+        }
+        return out
+    }
+    /// `forward` with the ranks of `world` as one batch (SyncBatchNorm): in training mode x (B,D) is
+    /// this rank's rows of the global batch, normalised with the whole batch's mean and biased
+    /// variance (`SyncBatchStatistics`), and the running statistics take its unbiased variance, so
+    /// every rank keeps the same ones. One process, or eval mode, is `forward(_:batch:training:)`.
+    public mutating func forward(_ x: [Float], batch b: Int, training: Bool, world: World) throws -> [Float] {
+        guard training, world.size > 1 else { return forward(x, batch: b, training: training) }
+        let d = runningMean.count
+        var sum = [Double](repeating: 0, count: d), squares = [Double](repeating: 0, count: d)
+        for i in 0..<b {
+            for j in 0..<d {
+                let v = Double(x[i * d + j])
+                sum[j] += v
+                squares[j] += v * v
+            }
+        }
+        let stats = try SyncBatchStatistics.reduced(sum: sum, sumOfSquares: squares, count: b, world: world)
+        let n = Double(stats.count)
+        var out = [Float](repeating: 0, count: b * d)
+        for j in 0..<d {
+            let mean = Float(stats.mean[j]), variance = Float(stats.variance[j])
+            let unbiased = Float(stats.variance[j] * n / max(n - 1, 1))
+            runningMean[j] = (1 - momentum) * runningMean[j] + momentum * mean
+            runningVar[j] = (1 - momentum) * runningVar[j] + momentum * unbiased
             let r = 1 / (variance + eps).squareRoot()
             for i in 0..<b { out[i * d + j] = (x[i * d + j] - mean) * r }
         }

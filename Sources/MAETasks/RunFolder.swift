@@ -290,25 +290,28 @@ public struct TransferRun: Sendable {
     }
 
     /// Creates the folder and writes `log.jsonl` and `metrics.json`, both checked before either is
-    /// written, so a failed check leaves no folder and no half-updated run.
+    /// written, so a failed check leaves no folder and no half-updated run. Under MPI every rank
+    /// checks and rank 0 alone writes (so for each `write` and `lock` below).
     /// - Throws: `TaskError` naming the field and the run when a number is NaN or infinite.
     public func write(_ metrics: TransferMetrics, log entries: [TransferEpoch]) throws {
         try check(log: entries)
         try check(metrics)
+        guard Distributed.world.isMain else { return }
         try create()
         try write(log: entries)
         try write(metrics)
     }
 
     /// Creates the folder and takes its lock for the whole run (see `RunFolderLock`); hold the result
-    /// until the run's last file is written.
-    public func lock() throws -> RunFolderLock { try RunFolderLock(dir) }
+    /// until the run's last file is written. nil on ranks other than 0, which write nothing.
+    public func lock() throws -> RunFolderLock? { Distributed.world.isMain ? try RunFolderLock(dir) : nil }
 
     /// Writes `metrics.json`.
     /// - Throws: `TaskError` naming the field and the run when a number is NaN or infinite: a
     ///   non-finite number is never written as a result.
     public func write(_ metrics: TransferMetrics) throws {
         try check(metrics)
+        guard Distributed.world.isMain else { return }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeAtomically(try encoder.encode(metrics), to: self.metrics)
@@ -318,6 +321,7 @@ public struct TransferRun: Sendable {
     /// - Throws: `TaskError` naming the field, the epoch and the run when a number is NaN or infinite.
     public func write(log entries: [TransferEpoch]) throws {
         try check(log: entries)
+        guard Distributed.world.isMain else { return }
         try writeJSONLines(entries, to: log)
     }
 

@@ -142,7 +142,7 @@ final class DistributedTests: XCTestCase {
     /// Runs mae-eval with `arguments`, under `mpirun -np ranks --oversubscribe` when `ranks` is given;
     /// fails the test on a non-zero exit. Returns standard output.
     @discardableResult
-    func run(_ arguments: [String], ranks: Int? = nil, in folder: URL) throws -> String {
+    func run(_ arguments: [String], ranks: Int? = nil, in folder: URL, cache: String = "cache") throws -> String {
         let p = Process()
         let exe = try binary()
         if let ranks {
@@ -155,7 +155,7 @@ final class DistributedTests: XCTestCase {
         p.currentDirectoryURL = folder
         // Open MPI refuses root without both variables (containers, CI).
         p.environment = ProcessInfo.processInfo.environment.merging(
-            ["MAE_EVAL_CACHE": folder.appendingPathComponent("cache").path,
+            ["MAE_EVAL_CACHE": folder.appendingPathComponent(cache).path,
              "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
              "OMPI_MCA_btl": "self,vader", "OMPI_MCA_plm_rsh_agent": ""]) { $1 }
         let out = folder.appendingPathComponent("stdout-\(UUID().uuidString)"), err = folder.appendingPathComponent("stderr-\(UUID().uuidString)")
@@ -279,6 +279,45 @@ final class DistributedTests: XCTestCase {
             print("pretraining resumed on another rank count (\(name) ranks per epoch) vs 1 + 1: max weight difference \(maxDiff)")
             XCTAssertLessThan(maxDiff, 1e-5, "\(name) ranks (first epoch + second) against 1 + 1")
         }
+    }
+
+    /// The augmented linear probe (BatchNorm1d statistics reduced over the ranks: SyncBN) on two
+    /// ranks ends at the one-process head and running statistics to float rounding; kNN on two
+    /// ranks (features gathered) scores exactly as one process.
+    func testTwoRankProbesMatchOneProcess() throws {
+        _ = try mpirun()
+        let root = try scratchFolder()
+        let (data, weights) = try tinySetup(root)
+        let common = ["--checkpoint", weights.path, "--train-data", data.train.path, "--val-data", data.val.path,
+                      "--set", "dataset.img_size=16", "--threads", "1", "--no-report"]
+        func probe(_ runs: URL, ranks: Int?) throws -> URL {
+            let out = try run(["linprobe", "--mode", "augmented", "--task", "shapes-linprobe",
+                               "--set", "recipe.augmented.batch_size=8", "--set", "recipe.augmented.epochs=2",
+                               "--set", "recipe.augmented.warmup_epochs=1", "--set", "recipe.augmented.base_lr=1.0",
+                               "--seed", "4", "--out-dir", runs.path] + common, ranks: ranks, in: root)
+            return URL(fileURLWithPath: try XCTUnwrap(out.split(separator: "\n").last.map(String.init)))
+        }
+        let tensors = { (run: URL) throws -> [String: [Float]] in
+            let file = try SafeTensors.read(contentsOf: run.appendingPathComponent("checkpoint.safetensors"))
+            return file.tensors.filter { $0.value.dtype == .f32 && !$0.key.hasPrefix("optim.") }.mapValues(\.floats)
+        }
+        let one = try tensors(try probe(root.appendingPathComponent("probe-one"), ranks: nil))
+        let two = try tensors(try probe(root.appendingPathComponent("probe-two"), ranks: 2))
+        XCTAssertEqual(Set(one.keys), ["head.weight", "head.bias", "bn.running_mean", "bn.running_var"])
+        let (maxDiff, _) = maxWeightDifference(one, two)
+        print("augmented linear probe, 2 ranks vs 1 process: max difference of head and running statistics \(maxDiff)")
+        XCTAssertLessThan(maxDiff, 1e-5)
+
+        func knn(_ runs: URL, ranks: Int?) throws -> TransferMetrics {
+            // A cache of its own, so each run extracts its features.
+            let out = try run(["knn", "--task", "shapes-knn", "--out-dir", runs.path] + common, ranks: ranks, in: root,
+                              cache: runs.lastPathComponent + "-cache")
+            let dir = URL(fileURLWithPath: try XCTUnwrap(out.split(separator: "\n").last.map(String.init)))
+            return try JSONDecoder().decode(TransferMetrics.self, from: Data(contentsOf: dir.appendingPathComponent("metrics.json")))
+        }
+        let a = try knn(root.appendingPathComponent("knn-one"), ranks: nil)
+        let b = try knn(root.appendingPathComponent("knn-two"), ranks: 2)
+        XCTAssertEqual([a.top1, a.top5], [b.top1, b.top5])
     }
 
     /// `extract` on two ranks writes the one-process file, byte for byte (4 batches of 3 dealt to the ranks, the last one short).
