@@ -54,3 +54,20 @@ public struct DataParallel {
         try world.allReduceSum(grads, "the gradient all-reduce")
     }
 }
+
+/// Runs `body` on rank 0 first and on the other ranks once it has returned (a barrier between):
+/// for work that writes shared files when they are missing, such as generating the Shapes data on
+/// first use, so the ranks never write it at once. One process just runs it. An error on rank 0
+/// ends the job before the others start (`runCLI` aborts).
+@discardableResult
+public func rankZeroFirst<T>(_ body: () throws -> T) throws -> T {
+    let world = Distributed.world
+    guard world.size > 1 else { return try body() }
+    if world.isMain {
+        let result = try body()
+        try world.barrier("waiting for rank 0 to prepare shared files")
+        return result
+    }
+    try world.barrier("waiting for rank 0 to prepare shared files")
+    return try body()
+}

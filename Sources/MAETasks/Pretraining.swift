@@ -407,7 +407,7 @@ func checkResume(_ saved: TrainState, against new: PretrainRecipe, checkpoint: U
 /// The training images and a description of them for the metadata.
 func pretrainingData(_ o: PretrainOptions) throws -> (ImageFolder, String) {
     if let data = o.data { return (try ImageFolder(root: data), "ImageFolder \(data.path)") }
-    let paths = try ShapesDataset.ensure(at: o.shapesRoot)
+    let paths = try rankZeroFirst { try ShapesDataset.ensure(at: o.shapesRoot) }
     let counts = ShapesCounts.standard
     switch o.method {
     case .mae:

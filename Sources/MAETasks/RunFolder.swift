@@ -133,7 +133,7 @@ extension TransferOptions {
             if spec.dataset.generate == "shapes" {
                 // At the task file's own size: --img-size changes the model's input, not the data.
                 let size = imgSize == nil ? spec.dataset.imgSize : try TaskSpec.load(task ?? spec.name).dataset.imgSize
-                try ShapesDataset.ensure(at: spec.dataset.rootURL, size: size)
+                try rankZeroFirst { try ShapesDataset.ensure(at: spec.dataset.rootURL, size: size) }
             }
             data = (try ImageFolder(root: spec.dataset.trainURL), try ImageFolder(root: spec.dataset.valURL), spec.dataset.name)
         default:

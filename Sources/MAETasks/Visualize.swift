@@ -44,7 +44,7 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
     if let data = o.data {
         folder = try ImageFolder(root: data)
     } else {
-        folder = try ImageFolder(root: try ShapesDataset.ensure(at: o.shapesRoot).val)
+        folder = try ImageFolder(root: try rankZeroFirst { try ShapesDataset.ensure(at: o.shapesRoot) }.val)
     }
     try checkOutputFile(o.out, flag: "--out", inputs: folder.samples.map { ("--data", $0.url) })
     let n = min(o.count, folder.count), s = c.imgSize, l = c.numPatches, pd = c.patchDim
