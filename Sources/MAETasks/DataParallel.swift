@@ -26,8 +26,13 @@ public struct DataParallel {
         self.world = world
     }
 
-    /// Refuses a loader whose global batches could leave a rank without rows.
+    /// Refuses a loader that is not this rank's shard (its whole batches on every rank would count
+    /// N times) or whose global batches could leave a rank without rows.
     public func check(_ loader: DataLoader, flag: String) throws {
+        guard loader.rank == world.rank, loader.ranks == world.size else {
+            throw TaskError.badArgument("this task's loader is rank \(loader.rank) of \(loader.ranks), not this process's " +
+                                        "rank \(world.rank) of \(world.size), so it cannot train over MPI")
+        }
         let n = loader.source.count, b = loader.batchSize
         let last = loader.dropLast ? b : (n % b == 0 ? b : n % b)
         guard b >= world.size, last >= world.size else {
