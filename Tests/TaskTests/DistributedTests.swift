@@ -143,6 +143,13 @@ final class DistributedTests: XCTestCase {
     /// fails the test on a non-zero exit. Returns standard output.
     @discardableResult
     func run(_ arguments: [String], ranks: Int? = nil, in folder: URL, cache: String = "cache") throws -> String {
+        let (status, stdout, stderr) = try launch(arguments, ranks: ranks, in: folder, cache: cache)
+        XCTAssertEqual(status, 0, "mae-eval \(arguments.joined(separator: " ")) on \(ranks ?? 1) ranks: \(stderr)")
+        return stdout
+    }
+
+    /// Runs mae-eval as `run` does and returns (exit status, standard output, standard error).
+    func launch(_ arguments: [String], ranks: Int?, in folder: URL, cache: String = "cache") throws -> (Int32, String, String) {
         let p = Process()
         let exe = try binary()
         if let ranks {
@@ -167,8 +174,23 @@ final class DistributedTests: XCTestCase {
         p.waitUntilExit()
         let stdout = String(decoding: try Data(contentsOf: out), as: UTF8.self)
         let stderr = String(decoding: try Data(contentsOf: err), as: UTF8.self)
-        XCTAssertEqual(p.terminationStatus, 0, "mae-eval \(arguments.joined(separator: " ")) on \(ranks ?? 1) ranks: \(stderr)")
-        return stdout
+        return (p.terminationStatus, stdout, stderr)
+    }
+
+    /// A bad input under two ranks is the one-process sentence, prefixed with the rank, and ends
+    /// the whole job with a non-zero status (no rank is left waiting).
+    func testAnErrorUnderTwoRanksEndsTheJob() throws {
+        _ = try mpirun()
+        let root = try scratchFolder()
+        let (data, weights) = try tinySetup(root)
+        let (status, _, err) = try launch(["finetune", "--checkpoint", weights.path, "--task", "shapes-finetune",
+                                           "--train-data", data.train.path, "--val-data", data.val.path,
+                                           "--set", "dataset.img_size=16", "--batch-size", "1", "--epochs", "1",
+                                           "--threads", "1", "--out-dir", root.appendingPathComponent("runs").path,
+                                           "--no-report"], ranks: 2, in: root)
+        XCTAssertNotEqual(status, 0)
+        // Whichever rank aborts first may end the other before it prints.
+        XCTAssertTrue((0..<2).contains { err.contains("error: rank \($0) of 2: the batch size 1 over 2 ranks leaves a rank without images") }, err)
     }
 
     /// The largest difference between two weight sets, and how many values it covered. The key third
