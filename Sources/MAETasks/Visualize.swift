@@ -1,5 +1,6 @@
 import Foundation
 import MAEData
+import MAEDistributed
 import MAEFormats
 import MAEKernels
 import MAEModels
@@ -115,7 +116,8 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
             blit(&canvas, image, x: gap + col * (cell + gap), y: header + gap + i * (cell + gap), scale: scale)
         }
     }
-    try ImageCodec.writePNG(canvas.image, to: o.out)
+    // Under MPI every rank draws the same figure; rank 0 writes it.
+    if Distributed.world.isMain { try ImageCodec.writePNG(canvas.image, to: o.out) }
     return (width, height)
 }
 
