@@ -1,5 +1,5 @@
 # The two commands of the quick start; each installs the system libraries it needs when missing.
-SYSTEM_PACKAGES = pkg-config libopenblas-dev libpng-dev libturbojpeg0-dev
+SYSTEM_PACKAGES = pkg-config libopenblas-dev libpng-dev libturbojpeg0-dev libopenmpi-dev openmpi-bin
 
 .PHONY: run test deps bench
 
@@ -13,7 +13,7 @@ test: deps
 
 ## Installs the C libraries through apt when pkg-config cannot find them.
 deps:
-	@if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openblas libpng libturbojpeg; then \
+	@if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openblas libpng libturbojpeg ompi-c || ! command -v mpirun >/dev/null 2>&1; then \
 		echo "installing $(SYSTEM_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	fi

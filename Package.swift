@@ -25,10 +25,14 @@ let package = Package(
                        providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CTurboJPEG", pkgConfig: "libturbojpeg",
                        providers: [.apt(["libturbojpeg0-dev"])]),
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
 
         // MARK: - Implementation, in dependency order
         /// Tensor storage and forward/backward ops over contiguous float32 buffers.
         .target(name: "MAEKernels", dependencies: ["COpenBLAS"], swiftSettings: vectorISA),
+        /// The job's processes over MPI (rank, size, all-reduce, broadcast, all-gather); one process without a launcher never touches MPI.
+        .target(name: "MAEDistributed", dependencies: ["MAEKernels", "CMPI"]),
         /// JSON values (ordered objects, exact numbers), a strict parser and a writer.
         .target(name: "MAEJSON"),
         /// File formats: safetensors, PyTorch zip checkpoints (restricted unpickler), key-rename rules.
@@ -45,11 +49,11 @@ let package = Package(
         .target(name: "MAEDense", dependencies: ["MAEKernels", "MAEModels", "MAEFormats", "MAEJSON", "MAECOCO"],
                 swiftSettings: vectorISA),
         /// Benchmarks, pretraining, probes, fine-tuning, reports: one function per CLI command.
-        .target(name: "MAETasks", dependencies: ["MAEModels", "MAEDense", "MAEData", "MAEMetrics", "MAEFormats", "MAEJSON",
+        .target(name: "MAETasks", dependencies: ["MAEModels", "MAEDense", "MAEDistributed", "MAEData", "MAEMetrics", "MAEFormats", "MAEJSON",
                                                 .product(name: "Yams", package: "Yams")]),
         /// The command line: each command parses its flags into the libraries' values and makes one call.
         .executableTarget(name: "mae-eval", dependencies: [
-            "MAETasks", "MAEKernels", "MAEModels", "MAEData", "MAEFormats", "MAEJSON",
+            "MAETasks", "MAEKernels", "MAEModels", "MAEData", "MAEFormats", "MAEJSON", "MAEDistributed",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -68,7 +72,7 @@ let package = Package(
         .testTarget(name: "DataTests", dependencies: ["MAEData", "MAECOCO", "MAEKernels", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DenseTests", dependencies: ["MAEDense", "MAEModels", "MAEKernels", "MAECOCO", "TestSupport"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "MAEFormats", "TestSupport"],
+        .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "MAEFormats", "MAEDistributed", "TestSupport"],
                     resources: [.copy("Fixtures")]),
     ],
     swiftLanguageModes: [.v5]

@@ -25,6 +25,12 @@ public struct Batch: Sendable {
     public var labels: [Int]
     /// Dataset index of each image.
     public var indices: [Int]
+    /// Which rows of the epoch's global batch these are (the whole batch unless the loader is one
+    /// rank's shard).
+    public var shard: BatchShard
+    /// For a shard of a loader with `mixPartners`: the rows of the flipped global batch that meet
+    /// this shard's rows (global row total - 1 - g for row g), which other ranks hold; nil otherwise.
+    public var partners: MixPartners?
     public var count: Int { labels.count }
 }
 
@@ -35,6 +41,10 @@ public struct Batch: Sendable {
 /// one worker and handed out strictly in order, so the batches are the same for any number of
 /// workers and any thread timing. Memory is bounded: at most `prefetch` batches are being built
 /// or waiting at any time.
+///
+/// Data parallelism: a loader for rank r of `ranks` builds only its rows (`BatchShard`) of each
+/// global batch: the same order, batch count and per-sample augmentation as one process, so the
+/// ranks' shards of batch k together are exactly the one-process batch k.
 public final class DataLoader: Sendable {
     public let source: any DataSource
     public let transform: any ImageTransform
@@ -48,11 +58,19 @@ public final class DataLoader: Sendable {
     /// Background threads; 0 builds each batch on the consumer's thread when it is asked for.
     public let workers: Int
     public let prefetch: Int
+    /// This loader's rank among `ranks` sharding every global batch (0 of 1: the whole batch).
+    public let rank: Int, ranks: Int
+    /// Shards also build `Batch.partners` (mixup and cutmix pair each row with the flipped batch's).
+    public let mixPartners: Bool
 
     public init(source: any DataSource, transform: any ImageTransform, tensorTransform: (any TensorTransform)? = nil,
                 batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = false, workers: Int = 2,
-                prefetch: Int? = nil) {
+                prefetch: Int? = nil, rank: Int = 0, of ranks: Int = 1, mixPartners: Bool = false) {
         precondition(batchSize > 0, "batch size must be positive")
+        precondition(ranks > 0 && (0..<ranks).contains(rank), "rank \(rank) of \(ranks)")
+        self.rank = rank
+        self.ranks = ranks
+        self.mixPartners = mixPartners
         self.source = source
         self.transform = transform
         self.tensorTransform = tensorTransform
@@ -78,9 +96,23 @@ public final class DataLoader: Sendable {
         return order
     }
 
-    /// Builds batch `b` of an epoch whose order is `order`.
+    /// Builds this rank's shard of batch `b` of an epoch whose order is `order`.
     func makeBatch(_ b: Int, order: [Int], epoch: Int) throws -> Batch {
-        let indices = Array(order[(b * batchSize)..<min(order.count, (b + 1) * batchSize)])
+        let global = order[(b * batchSize)..<min(order.count, (b + 1) * batchSize)]
+        let shard = BatchShard(rank: rank, of: ranks, total: global.count)
+        let indices = Array(global.dropFirst(shard.offset).prefix(shard.count))
+        let images = try render(indices, epoch: epoch)
+        var partners: MixPartners?
+        if mixPartners, !shard.isWhole {
+            let mirrored = (shard.offset..<(shard.offset + shard.count)).map { global[global.startIndex + shard.total - 1 - $0] }
+            partners = MixPartners(images: try render(mirrored, epoch: epoch), labels: mirrored.map(source.label))
+        }
+        return Batch(images: images, labels: indices.map(source.label), indices: indices, shard: shard, partners: partners)
+    }
+
+    /// The augmented, normalised images (B, 3, S, S) of dataset samples `indices`, each from its own
+    /// stream (seed, epoch, index): the same pixels whichever batch or rank builds them.
+    func render(_ indices: [Int], epoch: Int) throws -> [Float] {
         let s = transform.size, plane = 3 * s * s
         var images = [Float](repeating: 0, count: indices.count * plane)
         try images.withUnsafeMutableBufferPointer { out in
@@ -92,14 +124,21 @@ public final class DataLoader: Sendable {
                                        channels: 3, height: s, width: s, rng: &rng)
             }
         }
-        return Batch(images: images, labels: indices.map(source.label), indices: indices)
+        return images
     }
 
     /// The batches of `epoch` from batch `first` on; `while let batch = try it.next() { ... }`.
     /// Batch k of an epoch is the same whichever batch the iterator started at (a resumed run
     /// starts mid-epoch).
     public func epoch(_ epoch: Int, from first: Int = 0) -> EpochIterator {
-        EpochIterator(loader: self, epoch: epoch, first: first)
+        EpochIterator(loader: self, epoch: epoch, batches: Array(min(max(first, 0), batchCount)..<batchCount))
+    }
+
+    /// Only the batches numbered `batches` of `epoch`, in that order (sharded evaluation: rank r
+    /// of N takes batches r, r + N, ...; each batch is the one a full pass builds).
+    public func epoch(_ epoch: Int, batches: [Int]) -> EpochIterator {
+        precondition(batches.allSatisfy { (0..<batchCount).contains($0) }, "batches outside 0..<\(batchCount)")
+        return EpochIterator(loader: self, epoch: epoch, batches: batches)
     }
 
     /// Hands out one epoch's batches in order while workers build the next ones.
@@ -107,7 +146,8 @@ public final class DataLoader: Sendable {
         let loader: DataLoader
         let epoch: Int
         let order: [Int]
-        let total: Int
+        /// The batch numbers handed out, in order; the state's counters index into it.
+        let batches: [Int]
         let state = State()
 
         /// Shared between the consumer and the workers, guarded by `cond`.
@@ -119,16 +159,14 @@ public final class DataLoader: Sendable {
             var cancelled = false
         }
 
-        init(loader: DataLoader, epoch: Int, first: Int) {
+        init(loader: DataLoader, epoch: Int, batches: [Int]) {
             self.loader = loader
             self.epoch = epoch
+            self.batches = batches
             order = loader.order(epoch: epoch)
-            total = loader.batchCount
-            state.nextToStart = min(max(first, 0), total)
-            state.nextToConsume = state.nextToStart
             for _ in 0..<loader.workers {
-                let thread = Thread { [state, loader, order, total, epoch] in
-                    EpochIterator.work(state: state, loader: loader, order: order, total: total, epoch: epoch)
+                let thread = Thread { [state, loader, order, batches, epoch] in
+                    EpochIterator.work(state: state, loader: loader, order: order, batches: batches, epoch: epoch)
                 }
                 thread.name = "mae-data-loader"
                 thread.start()
@@ -142,7 +180,8 @@ public final class DataLoader: Sendable {
             state.cond.unlock()
         }
 
-        static func work(state: State, loader: DataLoader, order: [Int], total: Int, epoch: Int) {
+        static func work(state: State, loader: DataLoader, order: [Int], batches: [Int], epoch: Int) {
+            let total = batches.count
             while true {
                 state.cond.lock()
                 while !state.cancelled && state.nextToStart < total
@@ -153,7 +192,7 @@ public final class DataLoader: Sendable {
                 let b = state.nextToStart
                 state.nextToStart += 1
                 state.cond.unlock()
-                let result = Result { try loader.makeBatch(b, order: order, epoch: epoch) }
+                let result = Result { try loader.makeBatch(batches[b], order: order, epoch: epoch) }
                 state.cond.lock()
                 state.ready[b] = result
                 state.cond.broadcast()
@@ -164,10 +203,10 @@ public final class DataLoader: Sendable {
         /// The next batch, nil at the end of the epoch; rethrows the first decoding error.
         public func next() throws -> Batch? {
             let b = state.nextToConsume
-            guard b < total else { return nil }
+            guard b < batches.count else { return nil }
             if loader.workers == 0 {
                 state.nextToConsume += 1
-                return try loader.makeBatch(b, order: order, epoch: epoch)
+                return try loader.makeBatch(batches[b], order: order, epoch: epoch)
             }
             state.cond.lock()
             while state.ready[b] == nil { state.cond.wait() }

@@ -68,6 +68,13 @@ public struct RandomErasing: TensorTransform, Equatable {
     }
 }
 
+/// The rows a shard's rows are mixed with: (B, C, H, W) images and their labels.
+public struct MixPartners: Sendable, Equatable {
+    public var images: [Float]
+    public var labels: [Int]
+    public init(images: [Float], labels: [Int]) { self.images = images; self.labels = labels }
+}
+
 /// timm's Mixup in batch mode, with CutMix: one lambda per batch; with `probability` the batch is
 /// mixed, by CutMix with `switchProbability` (lambda ~ Beta(cutmixAlpha, cutmixAlpha), a box from
 /// `rand_bbox`, lambda corrected to the box's clipped area) or else Mixup (lambda ~ Beta(mixupAlpha,
@@ -129,24 +136,29 @@ public struct Mixup: Sendable, Equatable {
     }
 
     /// Mixes `images` (B, C, H, W) in place with `draw` and returns the soft targets (B, K) and the
-    /// lambda they use. Arithmetic in float32 as torch does it.
-    public func mix(_ images: inout [Float], labels: [Int], channels: Int, height: Int, width: Int,
-                    draw: Draw) -> (targets: [Float], lambda: Double) {
+    /// lambda they use. Arithmetic in float32 as torch does it. Row i is mixed with row i of
+    /// `partners`; nil: with row B - 1 - i of the batch (timm's `flip(0)`). A rank's shard of a
+    /// global batch passes the rows its own rows meet in the flipped global batch (`Batch.partners`).
+    public func mix(_ images: inout [Float], labels: [Int], partners: MixPartners? = nil, channels: Int, height: Int,
+                    width: Int, draw: Draw) -> (targets: [Float], lambda: Double) {
         let b = labels.count, plane = channels * height * width
         precondition(images.count == b * plane, "images are not (B, C, H, W) for \(b) labels")
+        precondition(partners.map { $0.labels.count == b && $0.images.count == b * plane } ?? true, "one partner per row")
         var lambda = draw.lambda
         if lambda != 1 {
             let original = images
+            let source = partners?.images ?? original
+            let partner = { (i: Int) in partners == nil ? b - 1 - i : i }
             if let center = draw.cutmixCenter {
                 let box = Mixup.cutmixBox(height: height, width: width, lambda: lambda, center: center)
                 lambda = box.lambda
                 for i in 0..<b {
-                    let j = b - 1 - i
+                    let j = partner(i)
                     for c in 0..<channels {
                         for y in box.yl..<box.yh {
                             for x in box.xl..<box.xh {
                                 let o = (c * height + y) * width + x
-                                images[i * plane + o] = original[j * plane + o]
+                                images[i * plane + o] = source[j * plane + o]
                             }
                         }
                     }
@@ -154,30 +166,31 @@ public struct Mixup: Sendable, Equatable {
             } else {
                 let l = Float(lambda), r = Float(1 - lambda)
                 for i in 0..<b {
-                    let j = b - 1 - i
+                    let j = partner(i)
                     for o in 0..<plane {
                         let kept = original[i * plane + o] * l
-                        let mixedIn = original[j * plane + o] * r
+                        let mixedIn = source[j * plane + o] * r
                         images[i * plane + o] = kept + mixedIn
                     }
                 }
             }
         }
-        return (targets(labels: labels, lambda: lambda), lambda)
+        return (targets(labels: labels, partnerLabels: partners?.labels, lambda: lambda), lambda)
     }
 
-    /// timm's `mixup_target`: smoothed one-hots y1 and their reversal y2, lambda * y1 + (1 - lambda) * y2.
-    public func targets(labels: [Int], lambda: Double) -> [Float] {
+    /// timm's `mixup_target`: smoothed one-hots y1 and their reversal y2 (or `partnerLabels`'
+    /// one-hots), lambda * y1 + (1 - lambda) * y2.
+    public func targets(labels: [Int], partnerLabels: [Int]? = nil, lambda: Double) -> [Float] {
         let off = labelSmoothing / Double(classes)
         let offValue = Float(off), onValue = Float(1 - labelSmoothing + off)
         let b = labels.count
         var out = [Float](repeating: 0, count: b * classes)
         let l = Float(lambda), r = Float(1 - lambda)
         for i in 0..<b {
-            let j = b - 1 - i
+            let y2Label = partnerLabels?[i] ?? labels[b - 1 - i]
             for k in 0..<classes {
                 let y1 = labels[i] == k ? onValue : offValue
-                let y2 = labels[j] == k ? onValue : offValue
+                let y2 = y2Label == k ? onValue : offValue
                 out[i * classes + k] = y1 * l + y2 * r
             }
         }

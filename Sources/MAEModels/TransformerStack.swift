@@ -216,6 +216,8 @@ final class TransformerStack {
     let windows: [Int]
     /// Stochastic depth rate of the last block (linearly increasing from 0, as timm).
     var dropPath: Float = 0
+    /// The forward's rows of the global batch; drop path draws for the whole batch (see `VisionTransformer.batchShard`).
+    var batchShard: BatchShard?
     /// Sequences of at least this many tokens run the fused attention (`flashAttentionForward`,
     /// logsumexp (B,H,N) kept instead of probs (B,H,N,N)); shorter ones the materialised one.
     var fusedAttentionTokens = TransformerStack.defaultFusedAttentionTokens
@@ -318,7 +320,14 @@ final class TransformerStack {
     private func applyDropPath(_ branch: UnsafeMutablePointer<Float>, keep: Tensor, rate: Float,
                                batch: Int, tokens: Int, rng: inout RandomStream) {
         guard rate > 0 else { keep.buffer.update(repeating: 1); return }
-        dropMask(keep.data, count: batch, p: rate, rng: &rng)
+        if let shard = batchShard, !shard.isWhole {
+            precondition(shard.count == batch, "a shard of \(shard.count) rows for a batch of \(batch)")
+            var whole = [Float](repeating: 0, count: shard.total)
+            whole.withUnsafeMutableBufferPointer { dropMask($0.baseAddress!, count: shard.total, p: rate, rng: &rng) }
+            whole.withUnsafeBufferPointer { keep.data.update(from: $0.baseAddress! + shard.offset, count: batch) }
+        } else {
+            dropMask(keep.data, count: batch, p: rate, rng: &rng)
+        }
         scaleGroupsForward(out: branch, input: branch, scale: keep.data, groups: batch, size: tokens * width)
     }
 

@@ -19,6 +19,13 @@ public final class VisionTransformer {
         get { encoder.dropPath }
         set { encoder.dropPath = newValue }
     }
+    /// Which rows of the global batch the next training forwards hold (data parallelism): drop path
+    /// draws its per-sample masks for all `total` rows and keeps these, so N ranks drop what one
+    /// process would. nil: the forward's batch is the whole batch.
+    public var batchShard: BatchShard? {
+        get { encoder.batchShard }
+        set { encoder.batchShard = newValue }
+    }
 
     /// Sequences of at least this many tokens run every stack's attention fused (no N x N probs kept;
     /// FlashAttention.swift), shorter ones materialised. Default 1024; tests lower it.

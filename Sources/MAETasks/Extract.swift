@@ -1,5 +1,6 @@
 import Foundation
 import MAEData
+import MAEDistributed
 import MAEFormats
 import MAEKernels
 import MAEModels
@@ -48,14 +49,15 @@ public struct ExtractOptions: Sendable {
 /// so each says the same about the same file.
 public func loadModel(from url: URL, options: LoadOptions) throws -> LoadedModel {
     let loaded = try loadVisionTransformer(from: url, options: options)
-    for note in loaded.notes { FileHandle.standardError.write(Data("note: \(url.lastPathComponent): \(note)\n".utf8)) }
+    for note in loaded.notes where Distributed.world.isMain { FileHandle.standardError.write(Data("note: \(url.lastPathComponent): \(note)\n".utf8)) }
     return loaded
 }
 
 /// Loads the checkpoint as a backbone, extracts features of every image of the ImageFolder and
 /// writes `features` (F32 [N, D]) and `labels` (I64 [N]) as safetensors with provenance metadata.
 /// Non-finite features stop it before anything is written. Returns the checkpoint's load notes
-/// (already printed by `loadModel`).
+/// (already printed by `loadModel`). Under MPI the images are split over the ranks
+/// (`probeFeatures`) and rank 0 writes the file, the same bytes as one process.
 @discardableResult
 public func runExtract(_ o: ExtractOptions) throws -> [String] {
     let threads = try ComputeThreads(o.threads); defer { threads.restore() }
@@ -77,6 +79,6 @@ public func runExtract(_ o: ExtractOptions) throws -> [String] {
     let meta = ["checkpoint": o.checkpoint.path, "data": o.data.path, "pool": o.pooling.rawValue,
                 "img_size": "\(loaded.model.config.imgSize)", "crop_ratio": "\(o.cropRatio)",
                 "classes": String(decoding: try JSONEncoder().encode(set.classes), as: UTF8.self)]
-    try set.write(to: o.out, metadata: meta)
+    if Distributed.world.isMain { try set.write(to: o.out, metadata: meta) }
     return loaded.notes
 }

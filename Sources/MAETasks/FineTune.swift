@@ -1,5 +1,6 @@
 import Foundation
 import MAEData
+import MAEDistributed
 import MAEFormats
 import MAEKernels
 import MAEModels
@@ -105,16 +106,18 @@ struct FineTuneState: Codable, Equatable {
     var loop: LoopState?
 }
 
-/// Top-1 and top-5 (percent) of a classifier on a dataset through the eval transform.
-func classifierScore(_ model: VisionTransformer, loader: DataLoader) throws -> HeadScore {
+/// Top-1 and top-5 (percent) of a classifier on a dataset through the eval transform. Under MPI
+/// each rank scores every size-th batch and the counts are summed over the ranks.
+func classifierScore(_ model: VisionTransformer, loader: DataLoader, world: World = Distributed.world) throws -> HeadScore {
     var tally = TopKTally()
     let k = model.config.numClasses
-    let it = loader.epoch(0)
+    let it = loader.epoch(0, batches: Array(stride(from: world.rank, to: loader.batchCount, by: world.size)))
     while let batch = try it.next() {
         let pass = batch.images.withUnsafeBufferPointer { model.forwardLogits(images: $0.baseAddress!, batch: batch.count) }
         let values = pass.logits!.array
         for r in 0..<batch.count { tally.add(values[(r * k)..<(r * k + k)], label: batch.labels[r]) }
     }
+    try tally.sum(over: world)
     return HeadScore(tally)
 }
 
@@ -176,10 +179,13 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         }
     }
     let erasing = r.reprob > 0 ? RandomErasing(probability: r.reprob) : nil
-    try model.checkMemory(batch: batch, training: true)
+    let world = Distributed.world
+    try model.checkMemory(batch: BatchShard(rank: world.rank, of: world.size, total: batch).count, training: true)
+    // Each rank builds its rows of every global batch (one process: all of them).
     let train = DataLoader(source: data.train, transform: MAETransform.finetune(crop, randAugment: randAugment),
                            tensorTransform: erasing, batchSize: batch, seed: seed, shuffle: true,
-                           dropLast: data.train.count >= batch)
+                           dropLast: data.train.count >= batch, rank: world.rank, of: world.size,
+                           mixPartners: r.mixup > 0 || r.cutmix > 0)
     let val = DataLoader(source: data.val, transform: MAETransform.eval(size: size, cropRatio: spec.dataset.cropRatio),
                          batchSize: 128, shuffle: false)
     let smoothing = r.labelSmoothing
@@ -225,12 +231,14 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         seed: seed, epochs: epochs, schedule: schedule, params: model.params, optimizer: optimizer, groups: groups,
         loader: train, total: "loss", blame: model, lrAdvice: "lower base_lr", logFile: run.log, progress: progress,
         step: { b, context in
+            model.batchShard = b.shard
             var images = b.images
             var targets = smoothedTargets(labels: b.labels, classes: k, smoothing: Float(smoothing))
             if let mixer {
                 var mixRNG = context.stream.derived(1)
                 let draw = mixer.draw(height: size, width: size, rng: &mixRNG)
-                targets = mixer.mix(&images, labels: b.labels, channels: 3, height: size, width: size, draw: draw).targets
+                targets = mixer.mix(&images, labels: b.labels, partners: b.partners, channels: 3, height: size, width: size,
+                                    draw: draw).targets
             }
             let pass = images.withUnsafeBufferPointer {
                 model.forwardLogits(images: $0.baseAddress!, batch: b.count, training: true, seed: context.stream.derived(2).state)

@@ -1,6 +1,7 @@
 import Foundation
 import MAEJSON
 import MAEData
+import MAEDistributed
 import MAEKernels
 import MAEFormats
 import MAEModels
@@ -321,9 +322,12 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     let schedule = Schedule(baseLR: lr, warmupEpochs: a.warmupEpochs, epochs: Double(a.epochs))
     let scale = spec.recipe.augmentation?.rrcScale ?? [0.08, 1]
     let crop = RandomResizedCrop(size: spec.dataset.imgSize, scale: scale[0]...scale[1])
-    try model.checkMemory(batch: min(a.batchSize, data.train.count), training: feature.lastBlocks > 1)
+    let world = Distributed.world
+    try model.checkMemory(batch: BatchShard(rank: world.rank, of: world.size, total: min(a.batchSize, data.train.count)).count,
+                          training: feature.lastBlocks > 1)
+    // Each rank builds its rows of every global batch; the BatchNorm's statistics are the global batch's (SyncBN).
     let loader = DataLoader(source: data.train, transform: MAETransform.train(crop), batchSize: a.batchSize, seed: seed,
-                            shuffle: true, dropLast: data.train.count >= a.batchSize)
+                            shuffle: true, dropLast: data.train.count >= a.batchSize, rank: world.rank, of: world.size)
     let w = head.value("head.weight").baseAddress!, bias = head.value("head.bias").baseAddress!
 
     func evaluate(_ x: [Float], labels: [Int], bn: inout BatchNorm1d) -> HeadScore {
@@ -367,7 +371,7 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
             let b = batch.count
             let f = try feature.checkedCompute(model, batch: batch, folder: data.train)
             // The BatchNorm has no parameters and nothing before it trains: no backward through it.
-            let z = useBN && b > 1 ? bn.forward(f, batch: b, training: true) : f
+            let z = useBN && batch.shard.total > 1 ? try bn.forward(f, batch: b, training: true, world: world) : f
             let logits = Tensor([b, k]), probs = Tensor([b, k]), dLogits = Tensor([b, k])
             let targets = smoothedTargets(labels: batch.labels, classes: k, smoothing: 0)
             var loss: Float = 0

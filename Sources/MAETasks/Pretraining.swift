@@ -1,4 +1,5 @@
 import Foundation
+import MAEDistributed
 import MAEData
 import MAEFormats
 import MAEJSON
@@ -231,7 +232,9 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     guard let preset = ModelPreset(name: o.model) else { throw ModelError.unknownPreset(o.model) }
     try o.validate()
     // The run folder is checked and locked before any work, and stays locked until the run returns.
-    let lock = try RunFolderLock(o.outDir, flag: "--out-dir")
+    // Rank 0 alone writes the run folder (under MPI).
+    let world = Distributed.world
+    let lock = world.isMain ? try RunFolderLock(o.outDir, flag: "--out-dir") : nil
     defer { withExtendedLifetime(lock) {} }
 
     // Data: decoded once into memory (Shapes is small), augmented per epoch by the loader.
@@ -251,7 +254,8 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     case .supervised: config.numClasses = classes; config.pooling = .avg
     }
     let model = try VisionTransformer(config: config)
-    try model.checkMemory(batch: o.batchSize, training: true, maskRatio: o.method == .mae ? o.maskRatio : 0)
+    try model.checkMemory(batch: BatchShard(rank: world.rank, of: world.size, total: o.batchSize).count, training: true,
+                          maskRatio: o.method == .mae ? o.maskRatio : 0)
     model.initializeWeights(seed: o.seed, headStd: 0.02)
     model.dropPath = Float(o.stochasticDepth)
     let groups = ParameterGroups(layout: model.params.layout, depth: config.depth,
@@ -262,7 +266,7 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
                             epochs: Double(o.epochs))
     let transform = MAETransform.train(RandomResizedCrop(size: config.imgSize, scale: o.cropScale))
     let loader = DataLoader(source: source, transform: transform, batchSize: o.batchSize, seed: o.seed,
-                            shuffle: true, dropLast: true, workers: o.workers)
+                            shuffle: true, dropLast: true, workers: o.workers, rank: world.rank, of: world.size)
     var recipe = recipeText(o, config: config)
     let resolved = o.resolvedRecipe(data: dataName, images: source.count)
 
@@ -286,7 +290,7 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
             state.extendedFrom = saved.extendedFrom
         }
         resumed = saved.loop ?? LoopState(epoch: saved.epoch)
-    } else if o.resume && o.progress {
+    } else if o.resume && o.progress && world.isMain {
         FileHandle.standardError.write(Data("note: --resume, but \(o.outDir.path) holds no checkpoint: starting a new run\n".utf8))
     }
     if let earlier = state.extendedFrom {
@@ -294,26 +298,30 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
         notes.append(note)
         recipe += "; " + note
     }
-    try RunConfig(command: "pretrain", resolved: resolved, run: ["out_dir": o.outDir.path, "workers": String(o.workers)],
-                  notes: notes).write(into: o.outDir)
+    if world.isMain {
+        try RunConfig(command: "pretrain", resolved: resolved, run: ["out_dir": o.outDir.path, "workers": String(o.workers)],
+                      notes: notes).write(into: o.outDir)
+    }
 
     let progress = ProgressLine(epochs: o.epochs, stepsPerEpoch: loader.batchCount, enabled: o.progress)
     if let resumed { progress.note("resuming after \(resumed.described) from \(files.checkpoint.path)") }
     let runStart = Date()
-    let b = o.batchSize, l = config.numPatches
+    let l = config.numPatches
     var lastLoss = readLastLoss(files.log, epoch: state.epoch)
     var training = TrainingLoop<EpochLog>(
         seed: o.seed, epochs: o.epochs, schedule: schedule, params: model.params, optimizer: optimizer, groups: groups,
         loader: loader, total: "loss", blame: model, lrAdvice: "lower --blr", logFile: files.log, progress: progress,
         step: { batch, context in
-            // Drop path and masking draw from the step's stream, fixed by (seed, epoch, step).
-            let stepStream = context.stream
+            // Drop path and masking draw from the step's stream, fixed by (seed, epoch, step), for the
+            // whole global batch; this rank keeps its rows.
+            let stepStream = context.stream, shard = batch.shard, b = batch.count
+            model.batchShard = shard
             let loss: Float = batch.images.withUnsafeBufferPointer { images in
                 let x = images.baseAddress!
                 switch o.method {
                 case .mae:
                     var noiseStream = stepStream.derived(1)
-                    let noise = (0..<(b * l)).map { _ in noiseStream.nextFloat() }
+                    let noise = shard.rows((0..<(shard.total * l)).map { _ in noiseStream.nextFloat() }, perRow: l)
                     let mask = PatchMask(noise: noise, batch: b, numPatches: l, maskRatio: o.maskRatio)
                     let encoded = model.forwardEncoder(images: x, batch: b, mask: mask, training: true,
                                                        seed: stepStream.derived(2).state)
@@ -350,6 +358,7 @@ public func runPretraining(_ o: PretrainOptions) throws -> PretrainResult {
     let log = try training.run(from: resumed)
     let epochsRun = state.epoch - startEpoch
     guard state.epoch >= o.epochs else { return PretrainResult(log: log, metrics: nil, outDir: o.outDir) }
+    guard world.isMain else { return PretrainResult(log: log, metrics: nil, outDir: o.outDir) }
 
     let finalLoss = log.last?.loss ?? .nan
     try model.save(to: files.backbone,
@@ -398,7 +407,7 @@ func checkResume(_ saved: TrainState, against new: PretrainRecipe, checkpoint: U
 /// The training images and a description of them for the metadata.
 func pretrainingData(_ o: PretrainOptions) throws -> (ImageFolder, String) {
     if let data = o.data { return (try ImageFolder(root: data), "ImageFolder \(data.path)") }
-    let paths = try ShapesDataset.ensure(at: o.shapesRoot)
+    let paths = try rankZeroFirst { try ShapesDataset.ensure(at: o.shapesRoot) }
     let counts = ShapesCounts.standard
     switch o.method {
     case .mae:

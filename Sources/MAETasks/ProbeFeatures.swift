@@ -1,5 +1,6 @@
 import Foundation
 import MAEData
+import MAEDistributed
 import MAEFormats
 import MAEJSON
 import MAEKernels
@@ -56,9 +57,14 @@ public struct ProbeFeature: Sendable, Equatable {
 /// `progress(imagesDone)` after each batch. Each batch's features are checked where they are made:
 /// a NaN or Inf stops the pass with a `NonFiniteError` naming the image and the stage of the
 /// backbone that first went non-finite.
+///
+/// Under MPI the batches are dealt to the ranks (rank r computes batches r, r + N, ...: each the
+/// batch one process computes) and gathered, so every rank returns the one-process features, bit
+/// for bit; `progress` then counts the images of the batches dealt so far.
 public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folder: ImageFolder,
                           transform: MAETransform, batchSize: Int = 64, seed: UInt64 = 0, epoch: Int = 0,
-                          workers: Int = 2, progress: ((Int) -> Void)? = nil) throws -> FeatureSet {
+                          workers: Int = 2, world: World = Distributed.world,
+                          progress: ((Int) -> Void)? = nil) throws -> FeatureSet {
     guard folder.count > 0 else { throw PathError(folder.root, "has no images", period: false) }
     // Refused here, before the loader or the model allocates anything, when it cannot fit.
     try model.checkMemory(batch: min(batchSize, folder.count), training: feature.lastBlocks > 1)
@@ -66,17 +72,33 @@ public func probeFeatures(model: VisionTransformer, feature: ProbeFeature, folde
     let loader = DataLoader(source: folder, transform: transform, batchSize: batchSize, seed: seed,
                             shuffle: false, workers: workers)
     var features = [Float](repeating: 0, count: folder.count * w)
-    var labels = [Int](repeating: 0, count: folder.count)
-    let it = loader.epoch(epoch)
-    var done = 0
+    let labels = (0..<folder.count).map(folder.label)
+    let dealt = { (rank: Int) in Array(stride(from: rank, to: loader.batchCount, by: world.size)) }
+    let it = loader.epoch(epoch, batches: dealt(world.rank))
+    var mine: [Float] = [], batchesDone = 0
     while let batch = try it.next() {
         let f = try feature.checkedCompute(model, batch: batch, folder: folder)
         for (row, index) in batch.indices.enumerated() {
             for i in 0..<w { features[index * w + i] = f[row * w + i] }
-            labels[index] = batch.labels[row]
         }
-        done += batch.count
-        progress?(done)
+        if world.size > 1 { mine += f }
+        batchesDone += 1
+        progress?(min(batchesDone * world.size * batchSize, folder.count))
+    }
+    if world.size > 1 {
+        // Every rank's rows, in the order of its batches, placed by the batches' dataset indices.
+        let parts = try mine.withUnsafeBytes { try world.allGather(Array($0), "gathering the features") }
+        let order = loader.order(epoch: epoch)
+        for (rank, part) in parts.enumerated() where rank != world.rank {
+            let rows = part.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+            var row = 0
+            for b in dealt(rank) {
+                for index in order[(b * batchSize)..<min(order.count, (b + 1) * batchSize)] {
+                    for i in 0..<w { features[index * w + i] = rows[row * w + i] }
+                    row += 1
+                }
+            }
+        }
     }
     return FeatureSet(features: features, labels: labels, width: w, classes: folder.classes)
 }
@@ -103,21 +125,27 @@ public struct FeatureCache: Sendable {
         return fnv1a(Data(text.utf8))
     }
 
-    /// Cached features, or computed and stored. `hit` says which.
-    public func features(key: String, compute: () throws -> FeatureSet) throws -> (set: FeatureSet, hit: Bool) {
+    /// Cached features, or computed and stored. `hit` says which. Under MPI it is a hit only when
+    /// every rank finds the file (a node-local cache may differ), since computing is collective.
+    public func features(key: String, world: World = Distributed.world,
+                         compute: () throws -> FeatureSet) throws -> (set: FeatureSet, hit: Bool) {
         let url = folder.appendingPathComponent(key + ".safetensors")
         // A cached file with non-finite features (written before they were checked) is a miss: the
         // recomputation names the image.
+        var cached: FeatureSet?
         if let file = try? SafeTensors.read(contentsOf: url), let f = file.tensors["features"], let l = file.tensors["labels"],
            f.shape.count == 2, f.dtype == .f32, f.nonFiniteCount == nil, let json = file.metadata["classes"],
            let classes = try? JSONDecoder().decode([String].self, from: Data(json.utf8)) {
-            return (FeatureSet(features: f.floats, labels: l.int64s.map { Int($0) }, width: f.shape[1], classes: classes), true)
+            cached = FeatureSet(features: f.floats, labels: l.int64s.map { Int($0) }, width: f.shape[1], classes: classes)
         }
+        var misses = [cached == nil ? 1.0 : 0]
+        try world.allReduceSum(&misses, "agreeing on the feature cache")
+        if let cached, misses[0] == 0 { return (cached, true) }
         let set = try compute()
         try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let meta = ["classes": String(decoding: try JSONEncoder().encode(set.classes), as: UTF8.self)]
-        // A cache that cannot be written only costs time next run.
-        try? set.write(to: url, metadata: meta)
+        // A cache that cannot be written only costs time next run; under MPI rank 0 writes it.
+        if Distributed.world.isMain { try? set.write(to: url, metadata: meta) }
         return (set, false)
     }
 }
@@ -155,6 +183,34 @@ public struct BatchNorm1d: Sendable {
             } else {
                 mean = runningMean[j]; variance = runningVar[j]
             }
+            let r = 1 / (variance + eps).squareRoot()
+            for i in 0..<b { out[i * d + j] = (x[i * d + j] - mean) * r }
+        }
+        return out
+    }
+    /// `forward` with the ranks of `world` as one batch (SyncBatchNorm): in training mode x (B,D) is
+    /// this rank's rows of the global batch, normalised with the whole batch's mean and biased
+    /// variance (`SyncBatchStatistics`), and the running statistics take its unbiased variance, so
+    /// every rank keeps the same ones. One process, or eval mode, is `forward(_:batch:training:)`.
+    public mutating func forward(_ x: [Float], batch b: Int, training: Bool, world: World) throws -> [Float] {
+        guard training, world.size > 1 else { return forward(x, batch: b, training: training) }
+        let d = runningMean.count
+        var sum = [Double](repeating: 0, count: d), squares = [Double](repeating: 0, count: d)
+        for i in 0..<b {
+            for j in 0..<d {
+                let v = Double(x[i * d + j])
+                sum[j] += v
+                squares[j] += v * v
+            }
+        }
+        let stats = try SyncBatchStatistics.reduced(sum: sum, sumOfSquares: squares, count: b, world: world)
+        let n = Double(stats.count)
+        var out = [Float](repeating: 0, count: b * d)
+        for j in 0..<d {
+            let mean = Float(stats.mean[j]), variance = Float(stats.variance[j])
+            let unbiased = Float(stats.variance[j] * n / max(n - 1, 1))
+            runningMean[j] = (1 - momentum) * runningMean[j] + momentum * mean
+            runningVar[j] = (1 - momentum) * runningVar[j] + momentum * unbiased
             let r = 1 / (variance + eps).squareRoot()
             for i in 0..<b { out[i * d + j] = (x[i * d + j] - mean) * r }
         }

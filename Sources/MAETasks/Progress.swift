@@ -1,4 +1,5 @@
 import Foundation
+import MAEDistributed
 
 /// A progress line on standard error: a training run's epoch, step, loss, images/s and time left,
 /// or a count of work done (images extracted, epochs of a probe grid) with its rate and time left.
@@ -16,13 +17,14 @@ public final class ProgressLine {
     private let start = Date()
     private let sink: (String) -> Void
 
-    /// `enabled` false silences it entirely (tests). A count of work needs no epochs or steps.
+    /// `enabled` false silences it entirely (tests), and so does any rank but 0 under MPI. A count
+    /// of work needs no epochs or steps.
     /// `sink` receives the text instead of standard error (tests).
     public init(epochs: Int = 1, stepsPerEpoch: Int = 1, enabled: Bool = true, interactive: Bool? = nil,
                 sink: ((String) -> Void)? = nil) {
         self.epochs = epochs
         self.stepsPerEpoch = stepsPerEpoch
-        self.enabled = enabled
+        self.enabled = enabled && Distributed.world.isMain
         self.interactive = interactive ?? (isatty(STDERR_FILENO) != 0)
         self.sink = sink ?? { FileHandle.standardError.write(Data($0.utf8)) }
     }

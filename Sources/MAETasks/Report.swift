@@ -1,4 +1,5 @@
 import Foundation
+import MAEDistributed
 import MAEFormats
 
 /// One named number of a run (percent), as a report column shows it.
@@ -435,8 +436,9 @@ public func writeReport(runs: URL, to out: URL) throws {
 /// Runs a transfer command's `task` (`runLinearProbe`, `runKNN`, `runFineTune`) and then writes the
 /// report of `options.outDir` to `options.report` (nothing with `--no-report`): the one place a
 /// command's report is written, once, after all its runs. A task that throws writes no report.
+/// Under MPI rank 0 writes it.
 public func runAndReport(_ options: TransferOptions, _ task: () throws -> [TransferRun]) throws -> [TransferRun] {
     let runs = try task()
-    if let report = options.report { try writeReport(runs: options.outDir, to: report) }
+    if let report = options.report, Distributed.world.isMain { try writeReport(runs: options.outDir, to: report) }
     return runs
 }

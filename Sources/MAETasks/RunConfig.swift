@@ -1,4 +1,5 @@
 import Foundation
+import MAEDistributed
 import MAEData
 import MAEFormats
 import Yams
@@ -86,10 +87,11 @@ func firstDifference<T: Encodable>(_ new: T, _ old: T) -> (field: String, new: S
 
 extension TransferRun {
     /// Writes the transfer run's `config.yaml`: the task spec as resolved, `resolved` (the recipe with
-    /// its defaults), and the run's seed, backbone and data.
+    /// its defaults), and the run's seed, backbone and data (rank 0 alone under MPI).
     func writeConfig<R: Encodable>(command: String, spec: TaskSpec, resolved: R, backbone: LoadedBackbone, seed: UInt64,
                                    data: (train: ImageFolder, val: ImageFolder, name: String),
                                    extra: [String: String] = [:]) throws {
+        guard Distributed.world.isMain else { return }
         var run = ["seed": String(seed), "checkpoint": backbone.url.path, "checkpoint_hash": backbone.hash,
                    "role": backbone.role, "train_data": data.train.root.path, "val_data": data.val.root.path]
         run.merge(extra) { _, new in new }

@@ -1,4 +1,5 @@
 import Foundation
+import MAEDistributed
 import MAEData
 import MAEFormats
 import MAEJSON
@@ -132,7 +133,7 @@ extension TransferOptions {
             if spec.dataset.generate == "shapes" {
                 // At the task file's own size: --img-size changes the model's input, not the data.
                 let size = imgSize == nil ? spec.dataset.imgSize : try TaskSpec.load(task ?? spec.name).dataset.imgSize
-                try ShapesDataset.ensure(at: spec.dataset.rootURL, size: size)
+                try rankZeroFirst { try ShapesDataset.ensure(at: spec.dataset.rootURL, size: size) }
             }
             data = (try ImageFolder(root: spec.dataset.trainURL), try ImageFolder(root: spec.dataset.valURL), spec.dataset.name)
         default:
@@ -289,25 +290,28 @@ public struct TransferRun: Sendable {
     }
 
     /// Creates the folder and writes `log.jsonl` and `metrics.json`, both checked before either is
-    /// written, so a failed check leaves no folder and no half-updated run.
+    /// written, so a failed check leaves no folder and no half-updated run. Under MPI every rank
+    /// checks and rank 0 alone writes (so for each `write` and `lock` below).
     /// - Throws: `TaskError` naming the field and the run when a number is NaN or infinite.
     public func write(_ metrics: TransferMetrics, log entries: [TransferEpoch]) throws {
         try check(log: entries)
         try check(metrics)
+        guard Distributed.world.isMain else { return }
         try create()
         try write(log: entries)
         try write(metrics)
     }
 
     /// Creates the folder and takes its lock for the whole run (see `RunFolderLock`); hold the result
-    /// until the run's last file is written.
-    public func lock() throws -> RunFolderLock { try RunFolderLock(dir) }
+    /// until the run's last file is written. nil on ranks other than 0, which write nothing.
+    public func lock() throws -> RunFolderLock? { Distributed.world.isMain ? try RunFolderLock(dir) : nil }
 
     /// Writes `metrics.json`.
     /// - Throws: `TaskError` naming the field and the run when a number is NaN or infinite: a
     ///   non-finite number is never written as a result.
     public func write(_ metrics: TransferMetrics) throws {
         try check(metrics)
+        guard Distributed.world.isMain else { return }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeAtomically(try encoder.encode(metrics), to: self.metrics)
@@ -317,6 +321,7 @@ public struct TransferRun: Sendable {
     /// - Throws: `TaskError` naming the field, the epoch and the run when a number is NaN or infinite.
     public func write(log entries: [TransferEpoch]) throws {
         try check(log: entries)
+        guard Distributed.world.isMain else { return }
         try writeJSONLines(entries, to: log)
     }
 
@@ -405,5 +410,5 @@ func warn(_ message: String) {
 
 /// A message on standard error.
 func say(_ message: String, _ verbose: Bool) {
-    if verbose { FileHandle.standardError.write(Data((message + "\n").utf8)) }
+    if verbose && Distributed.world.isMain { FileHandle.standardError.write(Data((message + "\n").utf8)) }
 }

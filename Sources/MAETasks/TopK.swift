@@ -1,3 +1,5 @@
+import MAEDistributed
+
 /// How many classes other than `label` score at least as high as it (0: a top-1 hit), or nil when
 /// the label's own score is not finite. A NaN score of another class is not known to be lower than
 /// the label's, so it counts as at least as high.
@@ -40,6 +42,13 @@ public struct TopKTally: Sendable {
         guard let rank = labelRank(scores, label: label) else { return }
         if rank < 1 { top1 += 1 }
         if rank < 5 { top5 += 1 }
+    }
+
+    /// Sums the counts over the ranks of `world` (sharded evaluation); one process keeps its own.
+    public mutating func sum(over world: World) throws {
+        var counts = [Double(top1), Double(top5), Double(samples)]
+        try world.allReduceSum(&counts, "the accuracy all-reduce")
+        top1 = Int(counts[0]); top5 = Int(counts[1]); samples = Int(counts[2])
     }
 
     /// Top-1 and top-5 in percent (0 for no samples).

@@ -1,6 +1,7 @@
 import Foundation
 import MAEJSON
 import MAEData
+import MAEDistributed
 import MAEFormats
 import MAEKernels
 import MAEModels
@@ -125,13 +126,19 @@ public struct TrainingDiverged: Error, LocalizedError, CustomStringConvertible {
 ///
 /// Per step it sets the learning rate from `schedule`, zeroes the gradients, calls `step` (forward,
 /// loss, backward; returns the loss terms by name), stops on a non-finite or diverging total, calls
-/// `gradientHook` (data-parallel all-reduce goes there), clips to `clipNorm`, and steps the optimizer.
+/// `gradientHook`, averages the gradients over the ranks under MPI (`dataParallel`), clips to
+/// `clipNorm`, and steps the optimizer.
 /// At each epoch's end it calls `endEpoch` (evaluation), appends the task's log line to `logFile`,
 /// and saves a checkpoint; with `checkpointEvery` also every that many steps within an epoch.
 ///
 /// Resume is bit-identical: batch k of epoch e is a pure function of (seed, e, k) (the loader
 /// starts an epoch at any batch), every step draws from `StepContext.stream`, and the checkpoint
 /// holds the weights, the optimizer state and `LoopState` (epoch, step, running sums).
+///
+/// Under `mpirun -np N` the loop is data-parallel (`DataParallel`): the loader must be this rank's
+/// shard (`DataLoader(rank:of:)`), the loss terms and gradients are reduced over the ranks every
+/// step, and only rank 0 writes the log and the checkpoints. Nothing in the checkpoint depends on
+/// the rank count, so a run resumes on the same or another number of ranks.
 public struct TrainingLoop<Entry: EpochLine> {
     public var seed: UInt64
     public var epochs: Int
@@ -163,8 +170,12 @@ public struct TrainingLoop<Entry: EpochLine> {
     /// atomically; nil: the task keeps no checkpoint.
     public var checkpoint: (url: URL, save: (LoopState) throws -> Void)?
     public var progress: ProgressLine
-    /// Called after the backward and before the optimizer step, on the flat gradient buffer.
+    /// Called after the backward and before the optimizer step, on the flat gradient buffer (this
+    /// rank's gradients, before the ranks' average).
     public var gradientHook: ((ParameterStore) -> Void)?
+    /// The ranks' reduction; nil (one process) unless a launcher started several. Set from
+    /// `Distributed.world` by `init`.
+    public var dataParallel = DataParallel()
     /// The task's step: forward, loss, backward into `params.grads`; returns its loss terms by name.
     public var step: (Batch, StepContext) throws -> [String: Double]
     /// The end-of-epoch closure (from 1): evaluation numbers for the log.
@@ -185,9 +196,11 @@ public struct TrainingLoop<Entry: EpochLine> {
     /// Runs from `saved` (a resumed checkpoint's state; nil: a new run) to `epochs` (or
     /// `stopAfterEpoch`); returns the whole log, earlier epochs included.
     public func run(from saved: LoopState?) throws -> [Entry] {
+        try dataParallel?.check(loader, flag: "the batch size")
+        let writes = dataParallel?.world.isMain ?? true
         var state = saved ?? LoopState()
         var log = saved == nil ? [] : try readJSONLines(Entry.self, from: logFile).filter { $0.epoch <= state.epoch }
-        try writeJSONLines(log, to: logFile)
+        if writes { try writeJSONLines(log, to: logFile) }
         let steps = loader.batchCount
         let lastEpoch = min(epochs, stopAfterEpoch ?? epochs)
         var lastSaved: LoopState? = saved
@@ -203,14 +216,17 @@ public struct TrainingLoop<Entry: EpochLine> {
                 let context = StepContext(epoch: epoch, step: state.step, lr: lr,
                                           stream: RandomStream(seed: seed).derived(UInt64(epoch)).derived(UInt64(state.step)))
                 params.zeroGrads()
-                let terms = try step(batch, context)
+                var terms = try step(batch, context)
+                if let dataParallel { terms = try dataParallel.reduce(terms, shard: batch.shard) }
                 try check(terms[total] ?? .nan, context, kept: kept(lastSaved))
                 gradientHook?(params)
+                try dataParallel?.averageGradients(params, shard: batch.shard)
                 if let clipNorm { clipGradNorm(params, groups: groups, maxNorm: clipNorm) }
                 optimizer.step(params, lr: lr)
-                state.add(terms, weight: mean == .perImage ? batch.count : 1)
+                // The global batch's images: the same sums and rates on any number of ranks.
+                state.add(terms, weight: mean == .perImage ? batch.shard.total : 1)
                 state.step += 1
-                imagesThisRun += batch.count
+                imagesThisRun += batch.shard.total
                 let rate = Double(imagesThisRun) / max(elapsed(since: epochStart), 1e-9)
                 let done = Double((state.epoch * steps + state.step) - stepsAtStart)
                 let left = Double(lastEpoch * steps) - Double(state.epoch * steps + state.step)
@@ -218,7 +234,7 @@ public struct TrainingLoop<Entry: EpochLine> {
                 progress.update(epoch: epoch, step: state.step, loss: means[total] ?? .nan, terms: means.filter { $0.key != total },
                                 imagesPerSecond: rate, secondsLeft: elapsed(since: runStart) / done * left)
                 if let checkpoint, let n = checkpointEvery, state.step % n == 0, state.step < steps {
-                    try checkpoint.save(state)
+                    if writes { try checkpoint.save(state) }
                     lastSaved = state
                 }
             }
@@ -232,10 +248,10 @@ public struct TrainingLoop<Entry: EpochLine> {
                               secondsLeft: Double(lastEpoch - epoch) * seconds)
             // The log line goes first: a run killed before the checkpoint redoes the epoch and rewrites it.
             log.append(try record(summary))
-            try writeJSONLines(log, to: logFile)
+            if writes { try writeJSONLines(log, to: logFile) }
             state = LoopState(epoch: epoch)
             if let checkpoint {
-                try checkpoint.save(state)
+                if writes { try checkpoint.save(state) }
                 lastSaved = state
             }
         }

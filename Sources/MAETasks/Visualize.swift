@@ -1,5 +1,6 @@
 import Foundation
 import MAEData
+import MAEDistributed
 import MAEFormats
 import MAEKernels
 import MAEModels
@@ -44,7 +45,7 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
     if let data = o.data {
         folder = try ImageFolder(root: data)
     } else {
-        folder = try ImageFolder(root: try ShapesDataset.ensure(at: o.shapesRoot).val)
+        folder = try ImageFolder(root: try rankZeroFirst { try ShapesDataset.ensure(at: o.shapesRoot) }.val)
     }
     try checkOutputFile(o.out, flag: "--out", inputs: folder.samples.map { ("--data", $0.url) })
     let n = min(o.count, folder.count), s = c.imgSize, l = c.numPatches, pd = c.patchDim
@@ -115,7 +116,8 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
             blit(&canvas, image, x: gap + col * (cell + gap), y: header + gap + i * (cell + gap), scale: scale)
         }
     }
-    try ImageCodec.writePNG(canvas.image, to: o.out)
+    // Under MPI every rank draws the same figure; rank 0 writes it.
+    if Distributed.world.isMain { try ImageCodec.writePNG(canvas.image, to: o.out) }
     return (width, height)
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MAEDistributed
 import MAEFormats
 
 /// A subcommand that parses into a value and makes one library call: `call()` is that call and returns
@@ -11,18 +12,26 @@ protocol LibraryCommand: ParsableCommand {
 
 extension LibraryCommand {
     func run() throws {
-        for line in try runCLI(call) { print(line) }
+        let lines = try runCLI(call)
+        // Under MPI every rank ran the call; rank 0 alone speaks.
+        if Distributed.world.isMain { for line in lines { print(line) } }
     }
 }
 
 /// Runs a library call; any error becomes its one-sentence description on standard error and exit 1.
+/// The job's MPI world starts first (only under a launcher); an error on one of several ranks
+/// ends the whole job (MPI_Abort), since the others would wait for it in their next collective.
 func runCLI<T>(_ body: () throws -> T) throws -> T {
     do {
+        try Distributed.start()
         return try body()
     } catch let error as ExitCode {
         throw error
     } catch {
-        FileHandle.standardError.write(Data(("error: " + describe(error) + "\n").utf8))
+        let world = Distributed.world
+        let rank = world.size > 1 ? "rank \(world.rank) of \(world.size): " : ""
+        FileHandle.standardError.write(Data(("error: " + rank + describe(error) + "\n").utf8))
+        world.abort(code: 1)
         throw ExitCode(1)
     }
 }
