@@ -164,17 +164,23 @@ public func runAll(_ o: AllOptions) throws -> AllResult {
                                         "\(first.described)); run `mae-eval all --unit K` for them, or `mae-eval all`")
         }
     } else {
-        var spent: [Double] = []
-        let todo = units.filter { doneRecord($0, outDir: o.outDir) == nil }
+        // Wall times of done units by task (earlier invocations' records too) estimate the time left.
+        var spent: [String: [Double]] = [:]
+        var todo: [TransferUnit] = []
+        for unit in units {
+            if let done = doneRecord(unit, outDir: o.outDir) { spent[unit.task.name, default: []].append(done.seconds) } else { todo.append(unit) }
+        }
         if todo.count < units.count { say("all: \(units.count - todo.count) of \(units.count) units already done, skipped", o.verbose) }
         for (i, unit) in todo.enumerated() {
-            let left = todo.count - i
-            let eta = spent.isEmpty ? "time left unknown"
-                : "about \(ProgressLine.duration(spent.reduce(0, +) / Double(spent.count) * Double(left))) left"
+            let all = spent.values.flatMap { $0 }
+            let estimates = todo[i...].map { u in spent[u.task.name].map { $0.reduce(0, +) / Double($0.count) } ??
+                                            (all.isEmpty ? nil : all.reduce(0, +) / Double(all.count)) }
+            let eta = estimates.contains { $0 == nil } && all.isEmpty ? "time left unknown"
+                : "about \(ProgressLine.duration(estimates.compactMap { $0 }.reduce(0, +))) left"
             say("all: unit \(unit.index + 1)/\(units.count) (\(unit.described), \(unit.task.protocolName)): " +
-                "\(left) to run, \(eta)", o.verbose)
+                "\(todo.count - i) of \(units.count) to run, \(eta)", o.verbose)
             let record = try runUnit(unit, o)
-            spent.append(record.seconds)
+            spent[unit.task.name, default: []].append(record.seconds)
         }
     }
     try writeTransferReport(units: units, options: o)

@@ -160,7 +160,7 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
             : "a stratified \(Int((fraction * 100).rounded()))% of train (seed 0, \(split.held.count) images)") +
             " by the lowest held-out cross-entropy; val used only for the reported number and the curve",
         "feature: \(feature.describe(backbone.model))",
-    ] + (budget.map { ["low-shot: \($0.described) per class-balanced, seeded draw (seed \(seed)): \(train.count) of the \(splits.train.count) train images, " +
+    ] + (budget.map { ["low-shot: \($0.described), drawn class by class with seed \(seed): \(train.count) of the \(splits.train.count) train images, " +
                         "the same for every backbone; selection and the refit see only these"] } ?? [])
     try PerImageResults(classification: data.val, hits: final.top1Hits).write(into: run.dir)
     let metrics = TransferMetrics(

@@ -68,7 +68,9 @@ enum PaperAnchors {
         switch (kind.name, metric) {
         case ("classification", "top1"):
             switch p {
-            case "linprobe": return ("68.0 (ViT-B, Table 3)", "—")
+            // Low-shot probes (", 1 shot", ", 1% labels") have no figure in the MAE paper.
+            case "linprobe" where !variant.hasSuffix("shot") && !variant.hasSuffix("shots") && !variant.hasSuffix("labels"):
+                return ("68.0 (ViT-B, Table 3)", "—")
             case "finetune" where variant == "full":
                 return ("83.6 (ViT-B, Table 3)", "82.3 (from scratch, paper's recipe) / 76.5 (original ViT)")
             case "finetune" where variant == "last 1 blocks": return ("81.0 (ViT-L, Fig. 9; 73.5 linear)", "—")

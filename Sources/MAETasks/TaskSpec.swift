@@ -265,7 +265,7 @@ extension TaskSpec {
             .knn: common.union(["head.k", "head.temperature"]),
             .linprobe: common.union(["head.batch_norm", "head.init_std", "recipe.mode", "recipe.optimizer", "recipe.lr_grid",
                                      "recipe.wd_grid", "recipe.batch_size", "recipe.epochs", "recipe.warmup_epochs",
-                                     "recipe.holdout", "recipe.folds", "recipe.augmented", "recipe.augmented.*", "recipe.augmentation",
+                                     "recipe.holdout", "recipe.folds", "recipe.shots", "recipe.label_fraction", "recipe.augmented", "recipe.augmented.*", "recipe.augmentation",
                                      "recipe.augmentation.rrc_scale", "recipe.augmentation.flip"]),
             .finetune: common.subtracting(["head.last_blocks"]).union([
                 "head.init_std", "recipe.optimizer", "recipe.base_lr", "recipe.weight_decay", "recipe.batch_size",
@@ -556,7 +556,7 @@ extension TaskSpec {
                              ((r.folds ?? 1) > 1 ? "selected by \(r.folds!)-fold cross-validation on train"
                                                  : "selected on \(Int((r.holdout ?? 0.1) * 100))% of train") +
                              " (lowest held-out cross-entropy), retrained on all of train (weight decay scaled by fit part / train size)" +
-                             ((try? LabelBudget.of(r)).flatMap { $0 }.map { "; low-shot: \($0.described) of train, class-balanced, seeded" } ?? ""))
+                             ((try? LabelBudget.of(r)).flatMap { $0 }.map { "; low-shot: \($0.described) (class-balanced, seeded)" } ?? ""))
             }
         case .finetune:
             let f = FineTuneRecipe(self)

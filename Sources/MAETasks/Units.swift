@@ -154,8 +154,13 @@ struct ClassificationUnitKind: TransferUnitKind {
         default:
             var o = FineTuneOptions()
             o.common = common
-            // A unit stopped mid-run continues its checkpoint (none yet: it starts afresh).
-            o.resume = true
+            // A unit stopped mid-run continues its checkpoint: `<task>/<variant>/<stem>-<hash8>-s<seed>/`.
+            let folder = outDir.appendingPathComponent(unit.task.name)
+            let run = "\(unit.stem)-\(unit.backboneHash.prefix(8))-s\(unit.seed)"
+            o.resume = ((try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []).contains { variant in
+                FileManager.default.fileExists(atPath: folder.appendingPathComponent(variant).appendingPathComponent(run)
+                    .appendingPathComponent("checkpoint.safetensors").path)
+            }
             runs = try runFineTune(o)
         }
         guard runs.count == 1 else {
