@@ -143,6 +143,7 @@ public struct AllResult: Sendable {
 /// Progress on standard error names each unit, how many are left and the time left (from the
 /// wall times of the units done so far).
 public func runAll(_ o: AllOptions) throws -> AllResult {
+    let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     let units = try planUnits(o)
     if let script = o.emitSlurm {
         try writeSlurmScript(units: units, options: o, to: script)

@@ -205,3 +205,28 @@ final class AllTests: XCTestCase {
         XCTAssertTrue(message.contains("14 of the 14 units are not done"), message)
     }
 }
+
+extension AllTests {
+    /// Bad input is one sentence naming the flag or file, exit 1, before any unit runs.
+    func testBadArgumentsAreOneSentence() throws {
+        let s = try setup()
+        let unknown = scratch.appendingPathComponent("detect.yaml")
+        try "name: d\nprotocol: frobnicate\n".write(to: unknown, atomically: true, encoding: .utf8)
+        for (extra, mention) in [
+            (["--unit", "99"], "--unit 99 is outside the plan's units 0...13"),
+            (["--tasks", "no-such-task"], "--tasks: 'no-such-task' is neither a task spec file nor the name of one in"),
+            (["--tasks", unknown.path], "protocol 'frobnicate' is not one `all` runs (it runs linprobe, knn, finetune)"),
+            (["--emit-slurm", "x.sbatch", "--time", "two hours"], "--time must be a Slurm time limit"),
+            (["--emit-slurm", "x.sbatch", "--partition", "a b"], "--partition must be one Slurm partition name"),
+            (["--threads", "0"], "--threads must be between 1 and"),
+        ] {
+            let (p, _, err) = try start(arguments(s, out: "bad") + extra)
+            p.waitUntilExit()
+            let message = try String(contentsOf: err, encoding: .utf8)
+            XCTAssertEqual(p.terminationStatus, 1, message)
+            XCTAssertTrue(message.hasPrefix("error: ") && message.contains(mention) && message.split(separator: "\n").count == 1,
+                          "\(extra): \(message)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: scratch.appendingPathComponent("bad/units").path), "no unit ran")
+    }
+}
