@@ -30,8 +30,9 @@ public struct AllOptions: Sendable {
 
     public init() {}
 
-    /// The out dir when none is given.
-    public static let defaultOutPath = "runs/all"
+    /// The out dir when none is given: beside `runs/`, not in it, so `mae-eval report` and the
+    /// classification commands (which read every run under `runs/`) never count the units twice.
+    public static let defaultOutPath = "runs-all"
 
     /// `Reports/transfer.md` for the default out dir (the committed report, from the repository root),
     /// `OUT_DIR/transfer.md` for another.
