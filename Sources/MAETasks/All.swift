@@ -83,8 +83,10 @@ public func planUnits(_ o: AllOptions) throws -> [TransferUnit] {
         }
         planned.append(try kind.plan(spec: spec, seeds: o.seeds))
     }
-    if let repeated = firstRepeat(planned.map { "\($0.name)-\($0.hash)" }) {
-        throw TaskError.badArgument("--tasks lists the task \(repeated.split(separator: "-").dropLast().joined(separator: "-")) twice")
+    // Names key the report's sections: two specs of one name would merge into one.
+    if let repeated = firstRepeat(planned.map(\.name)) {
+        let files = planned.filter { $0.name == repeated }.map { displayPath($0.spec.path) }
+        throw TaskError.badArgument("the task name \(repeated) is given by more than one spec (\(files.joined(separator: ", "))); each task runs once")
     }
     let order = Dictionary(uniqueKeysWithValues: TransferUnitKinds.all.enumerated().map { ($1.protocolName, $0) })
     planned.sort { (order[$0.protocolName]!, $0.name) < (order[$1.protocolName]!, $1.name) }
@@ -134,21 +136,17 @@ func runUnit(_ unit: TransferUnit, _ o: AllOptions) throws -> UnitRecord {
     return record
 }
 
-/// What `runAll` did: the lines the command prints.
-public struct AllResult: Sendable {
-    public var lines: [String]
-}
-
 /// `mae-eval all`: plans the units, then (by the options) emits the Slurm script, runs one unit,
 /// writes the report of the done units, or runs every unit not done yet and writes the report.
 /// Progress on standard error names each unit, how many are left and the time left (from the
 /// wall times of the units done so far).
-public func runAll(_ o: AllOptions) throws -> AllResult {
+/// Returns the lines the command prints: the script, the unit's run folder, or the report and `transfer.json`.
+public func runAll(_ o: AllOptions) throws -> [String] {
     let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     let units = try planUnits(o)
     if let script = o.emitSlurm {
         try writeSlurmScript(units: units, options: o, to: script)
-        return AllResult(lines: [script.path])
+        return [script.path]
     }
     try prepareOutputFolder(o.outDir, flag: "--out-dir")
     if let k = o.unit {
@@ -156,7 +154,7 @@ public func runAll(_ o: AllOptions) throws -> AllResult {
             throw TaskError.badArgument("--unit \(k) is outside the plan's units 0...\(units.count - 1)")
         }
         let record = try runUnit(units[k], o)
-        return AllResult(lines: [o.outDir.appendingPathComponent(record.runDir).path])
+        return [o.outDir.appendingPathComponent(record.runDir).path]
     }
     try prepareReportOutput(o.report, flag: "--report")
     if o.reportOnly {
@@ -186,5 +184,5 @@ public func runAll(_ o: AllOptions) throws -> AllResult {
         }
     }
     try writeTransferReport(units: units, options: o)
-    return AllResult(lines: [o.report.relativePath, o.reportJSON.relativePath])
+    return [o.report.relativePath, o.reportJSON.relativePath]
 }

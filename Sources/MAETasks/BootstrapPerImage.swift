@@ -67,8 +67,8 @@ public struct PerImageResults: Codable, Sendable, Equatable {
             throw TaskError.badArgument("\(url.path) is not a per-image results file of format '\(currentFormat)'")
         }
         let n = results.images.count
-        let columns = [results.correct.map { [$0.count] }, results.intersect.map { [$0.count] }, results.union.map { [$0.count] },
-                       results.predArea.map { [$0.count] }, results.labelArea.map { [$0.count] }].compactMap { $0 }.flatMap { $0 }
+        let columns = [results.correct?.count, results.intersect?.count, results.union?.count, results.predArea?.count,
+                       results.labelArea?.count].compactMap { $0 }
         guard n > 0, columns.allSatisfy({ $0 == n }) else {
             throw TaskError.badArgument("\(url.path) has \(n) images but per-image arrays of other lengths \(columns)")
         }

@@ -31,7 +31,7 @@ public enum LabelBudget: Equatable, Sendable {
     var described: String {
         switch self {
         case .shots(let k): return k == 1 ? "1 shot" : "\(k) shots"
-        case .fraction(let f): return "\(plainNumber(f * 100))% labels"
+        case .fraction(let f): return String(format: "%g", f * 100) + "% labels"
         }
     }
 }

@@ -36,6 +36,11 @@ final class LowShotTests: XCTestCase {
             }
         }
         XCTAssertEqual(try LabelBudget.of(TaskSpec.parse(base + "recipe: {label_fraction: 0.01}\n", source: "t.yaml").recipe), .fraction(0.01))
+        XCTAssertEqual([LabelBudget.fraction(0.1), .fraction(0.01), .shots(1), .shots(5)].map(\.described),
+                       ["10% labels", "1% labels", "1 shot", "5 shots"])
+        for name in ["shapes-linprobe-1shot", "shapes-linprobe-5shot", "shapes-linprobe-10shot", "shapes-linprobe-1pct", "shapes-linprobe-10pct"] {
+            XCTAssertNotNil(try LabelBudget.of(TaskSpec.load(name).recipe), name)
+        }
     }
 
     func testOneShotBelowTenShotBelowFullOnHeldOutImages() throws {

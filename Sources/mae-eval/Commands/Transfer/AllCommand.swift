@@ -88,5 +88,5 @@ struct All: LibraryCommand {
         }
     }
 
-    func call() throws -> [String] { try runAll(try options).lines }
+    func call() throws -> [String] { try runAll(try options) }
 }
