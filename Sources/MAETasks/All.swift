@@ -172,11 +172,12 @@ public func runAll(_ o: AllOptions) throws -> [String] {
         }
         if todo.count < units.count { say("all: \(units.count - todo.count) of \(units.count) units already done, skipped", o.verbose) }
         for (i, unit) in todo.enumerated() {
-            let all = spent.values.flatMap { $0 }
-            let estimates = todo[i...].map { u in spent[u.task.name].map { $0.reduce(0, +) / Double($0.count) } ??
-                                            (all.isEmpty ? nil : all.reduce(0, +) / Double(all.count)) }
-            let eta = estimates.contains { $0 == nil } && all.isEmpty ? "time left unknown"
-                : "about \(ProgressLine.duration(estimates.compactMap { $0 }.reduce(0, +))) left"
+            // A task's units take about as long as its done ones; a task not timed yet has no estimate.
+            let estimates = todo[i...].map { u in spent[u.task.name].map { $0.reduce(0, +) / Double($0.count) } }
+            let untimed = estimates.filter { $0 == nil }.count
+            let timed = ProgressLine.duration(estimates.compactMap { $0 }.reduce(0, +))
+            let eta = untimed == estimates.count ? "time left unknown (no unit of these tasks timed yet)"
+                : "about \(timed) left" + (untimed > 0 ? " plus \(untimed) unit\(untimed == 1 ? "" : "s") of tasks not timed yet" : "")
             say("all: unit \(unit.index + 1)/\(units.count) (\(unit.described), \(unit.task.protocolName)): " +
                 "\(todo.count - i) of \(units.count) to run, \(eta)", o.verbose)
             let record = try runUnit(unit, o)
