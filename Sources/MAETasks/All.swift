@@ -44,7 +44,7 @@ public struct AllOptions: Sendable {
     public var reportJSON: URL { report.deletingPathExtension().appendingPathExtension("json") }
 }
 
-/// The units of `all` in order: tasks (by unit kind, then name), then backbones (checkpoints,
+/// The units of `all` in order: tasks (by unit kind, then name in numeric order), then backbones (checkpoints,
 /// then the baseline), then seeds. The same options always give the same plan, so `--unit K`
 /// names the same unit in every process.
 /// - Throws: `TaskError` for a missing checkpoint, a task no unit kind runs, or a bad spec.
@@ -89,7 +89,11 @@ public func planUnits(_ o: AllOptions) throws -> [TransferUnit] {
         throw TaskError.badArgument("the task name \(repeated) is given by more than one spec (\(files.joined(separator: ", "))); each task runs once")
     }
     let order = Dictionary(uniqueKeysWithValues: TransferUnitKinds.all.enumerated().map { ($1.protocolName, $0) })
-    planned.sort { (order[$0.protocolName]!, $0.name) < (order[$1.protocolName]!, $1.name) }
+    // Names in numeric order, so the low-shot probes run (and report) 1-shot, 5-shot, 10-shot.
+    planned.sort { a, b in
+        a.protocolName != b.protocolName ? order[a.protocolName]! < order[b.protocolName]!
+            : a.name.compare(b.name, options: .numeric) == .orderedAscending
+    }
     var units: [TransferUnit] = []
     for task in planned {
         for (backbone, hash) in zip(backbones, hashes) {
