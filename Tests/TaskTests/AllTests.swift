@@ -131,6 +131,15 @@ final class AllTests: XCTestCase {
         XCTAssertTrue(first.err.contains("all: unit 14/14"), first.err.suffix(3000).description)
         let units = try XCTUnwrap((try numbers("a"))["units"] as? [[String: Any]])
         XCTAssertEqual(units.count, 14)
+        // Every run's per-image hits are its top-1, over the 20 val images.
+        for unit in units {
+            let dir = scratch.appendingPathComponent("a").appendingPathComponent(try XCTUnwrap(unit["run_dir"] as? String))
+            let perImage = try PerImageResults.read(from: dir)
+            let correct = try XCTUnwrap(perImage.correct)
+            XCTAssertEqual(correct.count, 20)
+            let top1 = try XCTUnwrap((unit["metrics"] as? [String: Any])?["top1"] as? Double)
+            XCTAssertEqual(100 * Double(correct.reduce(0, +)) / 20, top1, accuracy: 1e-9, dir.path)
+        }
         let md = try summary("a")
         for task in ["tiny-linprobe", "tiny-knn", "tiny-1shot", "tiny-finetune"] { XCTAssertTrue(md.contains("| \(task) |"), md) }
         XCTAssertTrue(md.contains("tiny_mae (mae)") && md.contains("Δ tiny_mae − tiny_supervised (95% CI)"), md)
