@@ -286,6 +286,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         trainData: data.train.root.path, valData: data.val.root.path, trainImages: data.train.count, valImages: data.val.count,
         classes: k, pooling: "mean of patch tokens + fc_norm (global pool)", selected: nil, grid: nil, protocolChecks: checks,
         timings: ["train_s": elapsed(since: trainStart), "total_s": elapsed(since: total)], epochs: epochs, created: timestamp())
+    try PerImageResults(classification: data.val, hits: final.top1Hits).write(into: run.dir)
     try run.write(metrics)
     return run
 }

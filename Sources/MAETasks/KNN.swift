@@ -122,6 +122,7 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
             ],
             timings: ["extract_s": splits.seconds, "eval_s": elapsed(since: evalStart), "total_s": elapsed(since: start)],
             epochs: 0, created: timestamp())
+        try PerImageResults(classification: data.val, hits: score.top1Hits).write(into: run.dir)
         try run.write(metrics, log: [])
         try run.writeConfig(command: "knn", spec: spec, resolved: ["k": Double(k), "temperature": Double(t)], backbone: backbone,
                             seed: seed, data: data, extra: ["variant": variant, "feature": feature.describe(backbone.model)])

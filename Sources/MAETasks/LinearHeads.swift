@@ -16,6 +16,8 @@ public struct HeadScore: Sendable {
     public var top5: Double
     /// Mean cross-entropy.
     public var loss: Double
+    /// Whether each scored sample, in order, was a top-1 hit (empty for a score made from counts).
+    public var top1Hits: [Bool] = []
 }
 
 /// G linear classifiers over the same D-wide features, trained at once as DINOv2's linear eval

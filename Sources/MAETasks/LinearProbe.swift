@@ -29,6 +29,9 @@ public struct LinearProbeOptions: Sendable {
     public var resume = false
     /// `--mode augmented`: also checkpoint every this many steps within an epoch; nil: at epoch ends only.
     public var checkpointEvery: Int?
+    /// Low-shot (`--shots K`, `--label-fraction F`): replace the task's `recipe.shots` / `recipe.label_fraction`.
+    public var shots: Int?
+    public var labelFraction: Double?
 
     public init() {}
 }
@@ -46,6 +49,11 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
         throw TaskError.badArgument("task \(spec.name) has no recipe.augmented section for --mode augmented")
     }
     spec.recipe.mode = mode
+    if o.shots != nil || o.labelFraction != nil {
+        // The flags become the spec's budget (config.yaml records it) and are checked with it.
+        (spec.recipe.shots, spec.recipe.labelFraction) = (o.shots, o.labelFraction)
+        try spec.revalidate(flags: [o.shots.map { "--shots \($0)" }, o.labelFraction.map { "--label-fraction \($0)" }].compactMap { $0 })
+    }
     if let n = o.checkpointEvery, n < 1 { throw TaskError.badArgument("--checkpoint-every must be at least 1, not \(n)") }
     if mode == "cached" && (o.resume || o.checkpointEvery != nil) {
         throw TaskError.badArgument("\(o.resume ? "--resume" : "--checkpoint-every") applies to --mode augmented only: the cached probe keeps no checkpoint")
@@ -119,12 +127,15 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     let total = Date(), r = spec.recipe, verbose = o.common.verbose
     let before = parameterFingerprint(backbone.model)
     // The run folder is locked for the whole run (a second run into it is refused at once).
-    let variant = probeVariant(mode: "cached", feature: feature)
+    let budget = try LabelBudget.of(spec.recipe)
+    let variant = probeVariant(mode: "cached", feature: feature) + (budget.map { ", \($0.described)" } ?? "")
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     let lock = try run.lock()
     defer { withExtendedLifetime(lock) {} }
     let splits = try cachedSplits(spec: spec, backbone: backbone, feature: feature, data: data, cache: o.cache, verbose: verbose)
-    let (train, val) = (splits.train, splits.val), k = train.classes.count
+    let train = try budget.map { splits.train.subset(try lowShotSubset(labels: splits.train.labels, classes: splits.train.classes,
+                                                                        budget: $0, seed: seed)) } ?? splits.train
+    let val = splits.val, k = train.classes.count
     let trainStart = Date()
     let grid = GridProbeSettings(recipe: r)
     let result: GridProbeResult
@@ -150,7 +161,9 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
             : "a stratified \(Int((fraction * 100).rounded()))% of train (seed 0, \(split.held.count) images)") +
             " by the lowest held-out cross-entropy; val used only for the reported number and the curve",
         "feature: \(feature.describe(backbone.model))",
-    ]
+    ] + (budget.map { ["low-shot: \($0.described), drawn class by class with seed \(seed): \(train.count) of the \(splits.train.count) train images, " +
+                        "the same for every backbone; selection and the refit see only these"] } ?? [])
+    try PerImageResults(classification: data.val, hits: final.top1Hits).write(into: run.dir)
     let metrics = TransferMetrics(
         task: spec.name, evaluation: "linprobe", variant: variant, checkpoint: backbone.url.path, checkpointHash: backbone.hash,
         method: backbone.method, role: backbone.role, top1: final.top1, top5: final.top5, seed: seed,
@@ -240,6 +253,10 @@ public func gridProbe(train: FeatureSet, val: FeatureSet, settings g: GridProbeS
             lossSum[i] += s[i].loss * Double(part.held.count)
         }
         heldCount += part.held.count
+    }
+    guard heldCount > 0 else {
+        throw TaskError.badArgument("the \(train.count) train images leave none held out to select (lr, weight decay) on " +
+                                    "(one image per class): set recipe.folds above 1")
     }
     let scores = points.indices.map { HeadScore(top1: correct[$0] / Double(heldCount), top5: 0, loss: lossSum[$0] / Double(heldCount)) }
     // The lowest held-out cross-entropy: on a few hundred held-out images top-1 moves in steps of
@@ -418,6 +435,7 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
         selected: nil, grid: nil, protocolChecks: checks,
         timings: ["extract_s": extractSeconds, "train_s": elapsed(since: trainStart), "total_s": elapsed(since: total)],
         epochs: a.epochs, created: timestamp())
+    try PerImageResults(classification: data.val, hits: final.top1Hits).write(into: run.dir)
     try run.write(metrics, log: log)
     try run.writeConfig(command: "linprobe", spec: spec, resolved: a, backbone: backbone, seed: seed, data: data,
                         extra: ["variant": variant, "feature": feature.describe(model),

@@ -69,7 +69,9 @@ enum PaperAnchors {
         switch (kind.name, metric) {
         case ("classification", "top1"):
             switch p {
-            case "linprobe": return ("68.0 (ViT-B, Table 3)", "—")
+            // Low-shot probes (", 1 shot", ", 1% labels") have no figure in the MAE paper.
+            case "linprobe" where !variant.hasSuffix("shot") && !variant.hasSuffix("shots") && !variant.hasSuffix("labels"):
+                return ("68.0 (ViT-B, Table 3)", "—")
             case "finetune" where variant == "full":
                 return ("83.6 (ViT-B, Table 3)", "82.3 (from scratch, paper's recipe) / 76.5 (original ViT)")
             case "finetune" where variant == "last 1 blocks": return ("81.0 (ViT-L, Fig. 9; 73.5 linear)", "—")
@@ -299,8 +301,10 @@ private func summaryTable(_ kind: ReportKind, _ sections: [ReportSection]) -> St
 }
 
 /// A section: data, a row per backbone with every metric and its delta against the reference,
-/// the paper's anchors, the recipe, the protocol checks and (classification) the curves.
-private func sectionBody(_ s: ReportSection, figuresFolder: String, figures: inout [(String, LinePlot)]) throws -> String {
+/// the paper's anchors, the recipe, the protocol checks and (classification) the curves. `deltaCell`
+/// (the transfer report's, with intervals) replaces a row's plain delta cell when it gives one.
+func sectionBody(_ s: ReportSection, figuresFolder: String, figures: inout [(String, LinePlot)],
+                 deltaCell: (BackboneRow, String) -> String? = { _, _ in nil }) throws -> String {
     let kind = s.kind, m0 = s.first, rows = s.rows, reference = s.reference
     var body = "## \(m0.task): \(m0.variant.isEmpty ? m0.evaluation : "\(m0.evaluation), \(m0.variant)")\n\n"
     if let data = m0.data { body += "Data: \(data).\n\n" }
@@ -311,7 +315,7 @@ private func sectionBody(_ s: ReportSection, figuresFolder: String, figures: ino
     for row in rows {
         var cells = [row.name, row.first.method, row.first.role] + kind.metrics.map { formatMeanStd(row.values($0.key)) }
         cells += kind.compared.map { metric in
-            reference.map { $0.key == row.key ? "—" : String(format: "%+.2f", row.mean(metric) - $0.mean(metric)) } ?? "—"
+            reference.map { $0.key == row.key ? "—" : deltaCell(row, metric) ?? String(format: "%+.2f", row.mean(metric) - $0.mean(metric)) } ?? "—"
         }
         cells.append(row.runs.map { String($0.seed) }.joined(separator: ", "))
         if kind.showsSelected {

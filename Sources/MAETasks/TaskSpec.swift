@@ -103,6 +103,10 @@ public struct RecipeSpec: Codable, Sendable {
     /// Select on a stratified k-fold split of train instead (k > 1), as a cross-validated
     /// logistic regression does; costs k grid trainings.
     public var folds: Int?
+    /// linprobe cached, low-shot: keep K training images per class (`shots`) or a class-balanced
+    /// fraction of them (`label_fraction`), seeded by the run's seed; at most one of the two.
+    public var shots: Int?
+    public var labelFraction: Double?
     /// linprobe augmented: its own schedule (forward passes per epoch make it much slower).
     public var augmented: AugmentedRecipe?
     /// finetune: layer-wise lr decay, stochastic depth, gradient clipping, partial fine-tuning.
@@ -115,6 +119,7 @@ public struct RecipeSpec: Codable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case mode, optimizer, baseLR = "base_lr", weightDecay = "weight_decay", batchSize = "batch_size", epochs
         case warmupEpochs = "warmup_epochs", minLR = "min_lr", lrGrid = "lr_grid", wdGrid = "wd_grid", holdout, folds
+        case shots, labelFraction = "label_fraction"
         case augmented, layerDecay = "layer_decay", dropPath = "drop_path", clipGrad = "clip_grad", blocks
         case augmentation
     }
@@ -260,7 +265,7 @@ extension TaskSpec {
             .knn: common.union(["head.k", "head.temperature"]),
             .linprobe: common.union(["head.batch_norm", "head.init_std", "recipe.mode", "recipe.optimizer", "recipe.lr_grid",
                                      "recipe.wd_grid", "recipe.batch_size", "recipe.epochs", "recipe.warmup_epochs",
-                                     "recipe.holdout", "recipe.folds", "recipe.augmented", "recipe.augmented.*", "recipe.augmentation",
+                                     "recipe.holdout", "recipe.folds", "recipe.shots", "recipe.label_fraction", "recipe.augmented", "recipe.augmented.*", "recipe.augmentation",
                                      "recipe.augmentation.rrc_scale", "recipe.augmentation.flip"]),
             .finetune: common.subtracting(["head.last_blocks"]).union([
                 "head.init_std", "recipe.optimizer", "recipe.base_lr", "recipe.weight_decay", "recipe.batch_size",
@@ -452,6 +457,12 @@ extension TaskSpec {
         }
         try check(r.holdout, "recipe.holdout", "in [0.01, 0.5]") { (0.01...0.5).contains($0) }
         if let f = r.folds, !(1...20).contains(f) { throw fail("recipe.folds must be in 1...20") }
+        if r.shots != nil || r.labelFraction != nil {
+            guard evaluation == .linprobe, r.mode ?? "cached" == "cached" else {
+                throw fail("recipe.shots and recipe.label_fraction apply to the cached linear probe only")
+            }
+            do { _ = try LabelBudget.of(r) } catch let TaskError.badArgument(why) { throw fail(why) }
+        }
         try check(r.layerDecay, "recipe.layer_decay", "in (0, 1]") { $0 > 0 && $0 <= 1 }
         try check(r.dropPath, "recipe.drop_path", "in [0, 1)") { $0 >= 0 && $0 < 1 }
         try check(r.clipGrad, "recipe.clip_grad", "a positive number") { $0 > 0 }
@@ -544,7 +555,8 @@ extension TaskSpec {
                              "(SGD momentum 0.9, batch \(r.batchSize ?? 256), \(r.epochs ?? 100) epochs, warmup \(r.warmupEpochs ?? 0) + cosine), " +
                              ((r.folds ?? 1) > 1 ? "selected by \(r.folds!)-fold cross-validation on train"
                                                  : "selected on \(Int((r.holdout ?? 0.1) * 100))% of train") +
-                             " (lowest held-out cross-entropy), retrained on all of train (weight decay scaled by fit part / train size)")
+                             " (lowest held-out cross-entropy), retrained on all of train (weight decay scaled by fit part / train size)" +
+                             ((try? LabelBudget.of(r)).flatMap { $0 }.map { "; low-shot: \($0.described) (class-balanced, seeded)" } ?? ""))
             }
         case .finetune:
             let f = FineTuneRecipe(self)

@@ -32,6 +32,9 @@ public struct TopKTally: Sendable {
     public private(set) var top1 = 0
     public private(set) var top5 = 0
     public private(set) var samples = 0
+    /// Whether each sample, in the order added, was a top-1 hit (the per-image results the paired
+    /// bootstrap of the transfer report resamples).
+    public private(set) var top1Hits: [Bool] = []
 
     public init() {}
 
@@ -39,7 +42,8 @@ public struct TopKTally: Sendable {
     public mutating func add<Scores: RandomAccessCollection>(_ scores: Scores, label: Int)
     where Scores.Element: FloatingPoint, Scores.Index == Int {
         samples += 1
-        guard let rank = labelRank(scores, label: label) else { return }
+        guard let rank = labelRank(scores, label: label) else { top1Hits.append(false); return }
+        top1Hits.append(rank < 1)
         if rank < 1 { top1 += 1 }
         if rank < 5 { top5 += 1 }
     }
@@ -62,6 +66,6 @@ extension HeadScore {
     /// The tally's accuracies with a mean loss.
     init(_ tally: TopKTally, loss: Double = 0) {
         let p = tally.percent
-        self.init(top1: p.top1, top5: p.top5, loss: loss)
+        self.init(top1: p.top1, top5: p.top5, loss: loss, top1Hits: tally.top1Hits)
     }
 }

@@ -22,6 +22,10 @@ struct Linprobe: LibraryCommand {
             flip images every epoch; BatchNorm1d without affine + Linear (trunc-normal std 0.01) trained by LARS, \
             lr = blr * batch / 256, warmup + cosine; val through resize + center crop.
 
+            --shots K / --label-fraction F make it a low-shot probe (cached mode): the cached train features \
+            are cut to K images per class or a class-balanced fraction F, drawn per class with the run's seed \
+            (the same images for every backbone), before selection and the refit; val is whole.
+
             Each run writes metrics.json and log.jsonl into runs/<task>/<variant>/<backbone>-s<seed>/ and prints \
             that folder.
             """)
@@ -38,6 +42,10 @@ struct Linprobe: LibraryCommand {
     var resume = false
     @Option(help: "--mode augmented: also checkpoint every N steps within an epoch (default: at epoch ends only).")
     var checkpointEvery: Int?
+    @Option(help: "Low-shot probe (--mode cached): keep K training images per class, drawn class by class with the run's seed.")
+    var shots: Int?
+    @Option(help: "Low-shot probe (--mode cached): keep a class-balanced fraction F of the training images (round(F x n) per class, at least one), seeded.")
+    var labelFraction: Double?
 
     var options: LinearProbeOptions {
         get throws {
@@ -48,6 +56,8 @@ struct Linprobe: LibraryCommand {
             o.lastBlocks = lastBlocks
             o.resume = resume
             o.checkpointEvery = checkpointEvery
+            o.shots = shots
+            o.labelFraction = labelFraction
             return o
         }
     }
