@@ -18,17 +18,19 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
-        // MARK: - C libraries (found through pkg-config)
+        // MARK: - C libraries (found through pkg-config, or linked by name where the library ships no .pc)
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng",
                        providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CTurboJPEG", pkgConfig: "libturbojpeg",
                        providers: [.apt(["libturbojpeg0-dev"])]),
+        /// oneDNN (bf16 matrix products); Debian's libdnnl-dev ships no pkg-config file, so the module map links it.
+        .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
 
         // MARK: - Implementation, in dependency order
         /// Tensor storage and forward/backward ops over contiguous float32 buffers.
-        .target(name: "MAEKernels", dependencies: ["COpenBLAS"], swiftSettings: vectorISA),
+        .target(name: "MAEKernels", dependencies: ["COpenBLAS", "CDNNL"], swiftSettings: vectorISA),
         /// JSON values (ordered objects, exact numbers), a strict parser and a writer.
         .target(name: "MAEJSON"),
         /// File formats: safetensors, PyTorch zip checkpoints (restricted unpickler), key-rename rules.
