@@ -143,15 +143,16 @@ public enum BF16Matmul {
                                weight: UnsafePointer<Float>, layout: Layout, cache: BF16WeightCache,
                                accumulate: Bool) {
         guard m > 0, n > 0 else { return }
-        Profiler.measure(.gemm) {
-            serialised {
-                guard state.native else {
-                    let w = cache.rounded(weight, count: k * n), src = state.roundedSource.reserve(m * k)
-                    roundToBF16(out: src, input: a, count: m * k)
-                    BLAS.gemm(transB: layout == .transposed, m: m, n: n, k: k, a: src, lda: k, b: w,
-                              ldb: layout == .transposed ? k : n, beta: accumulate ? 1 : 0, c: c, ldc: n)
-                    return
-                }
+        // The fallback's sgemm measures itself; the native product is measured here.
+        serialised {
+            guard state.native else {
+                let w = cache.rounded(weight, count: k * n), src = state.roundedSource.reserve(m * k)
+                roundToBF16(out: src, input: a, count: m * k)
+                BLAS.gemm(transB: layout == .transposed, m: m, n: n, k: k, a: src, lda: k, b: w,
+                          ldb: layout == .transposed ? k : n, beta: accumulate ? 1 : 0, c: c, ldc: n)
+                return
+            }
+            Profiler.measure(.gemm) {
                 var mm = primitive(Shape(m: m, k: k, n: n, src: .rowMajor, weights: .packed, accumulate: accumulate))
                 let packed = cache.packed(weight, k: k, n: n, layout: layout, for: mm.weights, engine: state.engine,
                                           stream: state.stream)
@@ -167,16 +168,17 @@ public enum BF16Matmul {
     public static func product(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, aLayout: Layout,
                                b: UnsafePointer<Float>, m: Int, k: Int, n: Int, accumulate: Bool) {
         guard m > 0, n > 0 else { return }
-        Profiler.measure(.gemm) {
-            serialised {
-                guard state.native else {
-                    let src = state.roundedSource.reserve(m * k), wei = state.roundedSecond.reserve(k * n)
-                    roundToBF16(out: src, input: a, count: m * k)
-                    roundToBF16(out: wei, input: b, count: k * n)
-                    BLAS.gemm(transA: aLayout == .transposed, m: m, n: n, k: k, a: src,
-                              lda: aLayout == .transposed ? m : k, b: wei, ldb: n, beta: accumulate ? 1 : 0, c: c, ldc: n)
-                    return
-                }
+        // The fallback's sgemm measures itself; the native product is measured here.
+        serialised {
+            guard state.native else {
+                let src = state.roundedSource.reserve(m * k), wei = state.roundedSecond.reserve(k * n)
+                roundToBF16(out: src, input: a, count: m * k)
+                roundToBF16(out: wei, input: b, count: k * n)
+                BLAS.gemm(transA: aLayout == .transposed, m: m, n: n, k: k, a: src,
+                          lda: aLayout == .transposed ? m : k, b: wei, ldb: n, beta: accumulate ? 1 : 0, c: c, ldc: n)
+                return
+            }
+            Profiler.measure(.gemm) {
                 var mm = primitive(Shape(m: m, k: k, n: n, src: aLayout, weights: .rowMajor, accumulate: accumulate))
                 let src = state.source.reserve(m * k), wei = state.second.reserve(k * n)
                 convertToBF16(out: src, input: a, count: m * k)
@@ -199,7 +201,8 @@ public enum BF16Matmul {
 /// bf16 copies of a parameter store's weight matrices in oneDNN's blocked layout: each made on first
 /// use and reused until `weightsChanged()` (called by everything that writes the weights: optimizer
 /// steps, loading, `ParameterStore.set`/`value`), so no product ever reads a stale copy and none packs
-/// a weight twice for one version.
+/// a weight twice for one version. Copies are keyed by the weight's address: one cache serves one
+/// owner of weight buffers (a `ParameterStore`), whose writers all call `weightsChanged()`.
 public final class BF16WeightCache: @unchecked Sendable {
     private struct Key: Hashable {
         let address: Int
