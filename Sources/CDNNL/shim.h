@@ -18,19 +18,30 @@ typedef struct {
     dnnl_memory_desc_t src, weights, dst;
 } mae_dnnl_matmul;
 
-static inline void mae_dnnl_md(dnnl_memory_desc_t *md, int64_t rows, int64_t cols, dnnl_data_type_t type, int layout) {
+/* A 2-D descriptor (rows, cols) of `layout` with leading dimension `ld` (ignored for MAE_DNNL_PACKED). */
+static inline void mae_dnnl_md(dnnl_memory_desc_t *md, int64_t rows, int64_t cols, dnnl_data_type_t type, int layout,
+                               int64_t ld) {
     dnnl_dims_t dims = {rows, cols};
-    dnnl_format_tag_t tag = layout == MAE_DNNL_ROW_MAJOR ? dnnl_ab : layout == MAE_DNNL_TRANSPOSED ? dnnl_ba : dnnl_format_tag_any;
-    dnnl_memory_desc_init_by_tag(md, 2, dims, type, tag);
+    if (layout == MAE_DNNL_PACKED) {
+        dnnl_memory_desc_init_by_tag(md, 2, dims, type, dnnl_format_tag_any);
+        return;
+    }
+    dnnl_dims_t strides = {ld, 1};
+    if (layout == MAE_DNNL_TRANSPOSED) { strides[0] = 1; strides[1] = ld; }
+    dnnl_memory_desc_init_by_strides(md, 2, dims, type, strides);
 }
 
-/* Creates the matmul for (M,K) x (K,N); `accumulate` adds into dst (sum post-op) instead of overwriting. */
+/* Creates the matmul for (M,K) x (K,N) with leading dimensions lda, ldb, ldc. Packed weights take the
+   layout `packedWeights` when given (the one a pack was made for), else the one oneDNN prefers.
+   `accumulate` adds into dst (sum post-op) instead of overwriting. */
 static inline dnnl_status_t mae_dnnl_matmul_create(mae_dnnl_matmul *mm, dnnl_engine_t engine, int64_t m, int64_t k,
-                                                   int64_t n, int srcLayout, int weightsLayout, int accumulate) {
+                                                   int64_t n, int srcLayout, int64_t lda, int weightsLayout, int64_t ldb,
+                                                   const dnnl_memory_desc_t *packedWeights, int64_t ldc, int accumulate) {
     dnnl_memory_desc_t src, weights, dst;
-    mae_dnnl_md(&src, m, k, dnnl_bf16, srcLayout);
-    mae_dnnl_md(&weights, k, n, dnnl_bf16, weightsLayout);
-    mae_dnnl_md(&dst, m, n, dnnl_f32, MAE_DNNL_ROW_MAJOR);
+    mae_dnnl_md(&src, m, k, dnnl_bf16, srcLayout, lda);
+    if (weightsLayout == MAE_DNNL_PACKED && packedWeights) weights = *packedWeights;
+    else mae_dnnl_md(&weights, k, n, dnnl_bf16, weightsLayout, ldb);
+    mae_dnnl_md(&dst, m, n, dnnl_f32, MAE_DNNL_ROW_MAJOR, ldc);
     dnnl_matmul_desc_t desc;
     dnnl_status_t s = dnnl_matmul_desc_init(&desc, &src, &weights, NULL, &dst);
     if (s != dnnl_success) return s;
@@ -92,7 +103,7 @@ static inline dnnl_status_t mae_dnnl_pack(dnnl_engine_t engine, dnnl_stream_t st
                                           int64_t k, int64_t n, int layout, const dnnl_memory_desc_t *target,
                                           void *packed) {
     dnnl_memory_desc_t plain;
-    mae_dnnl_md(&plain, k, n, dnnl_f32, layout);
+    mae_dnnl_md(&plain, k, n, dnnl_f32, layout, layout == MAE_DNNL_TRANSPOSED ? k : n);
     dnnl_primitive_desc_t pd;
     dnnl_status_t s = dnnl_reorder_primitive_desc_create(&pd, &plain, engine, target, engine, NULL);
     if (s != dnnl_success) return s;
@@ -110,7 +121,7 @@ static inline dnnl_status_t mae_dnnl_pack(dnnl_engine_t engine, dnnl_stream_t st
     return s;
 }
 
-/* Sets the OpenMP team size oneDNN's parallel regions use from the calling thread on. libgomp is loaded
+/* Sets the OpenMP team size oneDNN's parallel regions use from the calling thread on (a per-thread setting). libgomp is loaded
    by libdnnl; the symbol is looked up at run time since this program does not link it directly.
    Returns 0 when the runtime exports no omp_set_num_threads. */
 static inline int mae_omp_set_num_threads(int threads) {

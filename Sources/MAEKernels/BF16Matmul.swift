@@ -33,28 +33,33 @@ public func roundToBF16(out: UnsafeMutablePointer<Float>, input: UnsafePointer<F
 /// out[i] = bf16(input[i]) (round to nearest even), split over the workers.
 public func convertToBF16(out: UnsafeMutablePointer<UInt16>, input: UnsafePointer<Float>, count: Int) {
     Parallel.forRanges(count, grain: 1 << 15) { range in
-        var i = range.lowerBound
-        let one = SIMD16<UInt32>(repeating: 1), half = SIMD16<UInt32>(repeating: 0x7FFF)
-        while i + 16 <= range.upperBound {
-            let bits = UnsafeRawPointer(input + i).loadUnaligned(as: SIMD16<UInt32>.self)
-            let rounded = (bits &+ half &+ ((bits &>> 16) & one)) &>> 16
-            // NaN (exponent all ones, mantissa non-zero) would round into infinity: keep it a NaN.
-            let isNaN = (bits & 0x7FFF_FFFF) .> 0x7F80_0000
-            let result = rounded.replacing(with: (bits &>> 16) | 0x40, where: isNaN)
-            UnsafeMutableRawPointer(out + i).storeBytes(of: SIMD16<UInt16>(truncatingIfNeeded: result),
-                                                        as: SIMD16<UInt16>.self)
-            i += 16
-        }
-        while i < range.upperBound { out[i] = bf16Bits(input[i]); i += 1 }
+        convertToBF16Serial(out: out + range.lowerBound, input: input + range.lowerBound, count: range.count)
     }
 }
 
+/// `convertToBF16` on the calling thread alone (inside a parallel loop).
+public func convertToBF16Serial(out: UnsafeMutablePointer<UInt16>, input: UnsafePointer<Float>, count: Int) {
+    var i = 0
+    let one = SIMD16<UInt32>(repeating: 1), half = SIMD16<UInt32>(repeating: 0x7FFF)
+    while i + 16 <= count {
+        let bits = UnsafeRawPointer(input + i).loadUnaligned(as: SIMD16<UInt32>.self)
+        let rounded = (bits &+ half &+ ((bits &>> 16) & one)) &>> 16
+        // NaN (exponent all ones, mantissa non-zero) would round into infinity: keep it a NaN.
+        let isNaN = (bits & 0x7FFF_FFFF) .> 0x7F80_0000
+        let result = rounded.replacing(with: (bits &>> 16) | 0x40, where: isNaN)
+        UnsafeMutableRawPointer(out + i).storeBytes(of: SIMD16<UInt16>(truncatingIfNeeded: result), as: SIMD16<UInt16>.self)
+        i += 16
+    }
+    while i < count { out[i] = bf16Bits(input[i]); i += 1 }
+}
+
 /// Matrix products with bfloat16 operands, float32 accumulation and a float32 result, through oneDNN's
-/// matmul primitive (Debian's libdnnl 2.6). One primitive per shape and layout, made once and kept;
-/// weights are packed into oneDNN's blocked layout once per weight version (`BF16WeightCache`),
-/// activations converted per call. Calls are serialised: each one uses every worker through oneDNN's
-/// OpenMP team, sized to `Parallel.workers` before every call, so it never runs beside OpenBLAS or our
-/// own parallel loops and the cores are never oversubscribed.
+/// matmul primitive (Debian's libdnnl 2.6). Primitives are made once per shape and kept; weights are
+/// packed into oneDNN's blocked layout once per weight version (`BF16WeightCache`), activations converted
+/// per call. Like `BLAS.gemm`, a product is split by rows of C over our own workers, each running a
+/// one-thread primitive on its rows (oneDNN's OpenMP team is set to 1 on every thread that calls it):
+/// an OpenMP team of its own would spin between calls and steal the cores from our parallel loops
+/// (measured: a ViT training step 12x slower on two busy cores). Calls are serialised by a lock.
 /// Where oneDNN has no bf16 matmul for the CPU (before AVX-512: `ONEDNN_MAX_CPU_ISA=AVX2`), the same
 /// arithmetic runs as sgemm on the bf16-rounded operands (exact products, fp32 accumulation), slower.
 public enum BF16Matmul {
@@ -68,16 +73,20 @@ public enum BF16Matmul {
         case packed = 2
     }
 
+    /// A primitive's problem: (M,K) x (K,N) with leading dimensions; packed weights in the layout
+    /// oneDNN chose for `packedFor` rows (the whole product a row slice belongs to).
     private struct Shape: Hashable {
-        let m, k, n: Int
+        let m, k, n, lda, ldb, ldc: Int
         let src, weights: Layout
         let accumulate: Bool
+        var packedFor = 0
     }
 
     private final class State: @unchecked Sendable {
         let lock = NSLock()
         var engine: dnnl_engine_t?
-        var stream: dnnl_stream_t?
+        /// One stream per worker chunk (the first also runs the packs).
+        var streams: [dnnl_stream_t?] = []
         var primitives: [Shape: mae_dnnl_matmul] = [:]
         /// oneDNN has a bf16 matmul for this CPU (else the sgemm fallback runs).
         var native = false
@@ -104,12 +113,13 @@ public enum BF16Matmul {
         let s = State()
         var engine: dnnl_engine_t?
         check(dnnl_engine_create(&engine, dnnl_cpu, 0), "create the CPU engine")
+        s.engine = engine
         var stream: dnnl_stream_t?
         check(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags.rawValue), "create a stream")
-        s.engine = engine
-        s.stream = stream
+        s.streams = [stream]
+        _ = mae_omp_set_num_threads(1)
         var probe = mae_dnnl_matmul()
-        s.native = mae_dnnl_matmul_create(&probe, engine, 16, 64, 64, 0, 2, 0) == dnnl_success
+        s.native = mae_dnnl_matmul_create(&probe, engine, 16, 64, 64, 0, 64, 2, 0, nil, 64, 0) == dnnl_success
         if s.native { dnnl_primitive_destroy(probe.primitive) }
         return s
     }()
@@ -118,26 +128,53 @@ public enum BF16Matmul {
         precondition(status == dnnl_success, "oneDNN could not \(what) (status \(status.rawValue))")
     }
 
-    /// The primitive for this shape, made on first use. Call with the lock held.
-    private static func primitive(_ shape: Shape) -> mae_dnnl_matmul {
+    /// The primitive for this shape, made on first use; packed weights in `packedLayout` when given.
+    /// Call with the lock held.
+    private static func primitive(_ shape: Shape, packedLayout: dnnl_memory_desc_t? = nil) -> mae_dnnl_matmul {
         if let p = state.primitives[shape] { return p }
         var mm = mae_dnnl_matmul()
-        check(mae_dnnl_matmul_create(&mm, state.engine, Int64(shape.m), Int64(shape.k), Int64(shape.n),
-                                     Int32(shape.src.rawValue), Int32(shape.weights.rawValue), shape.accumulate ? 1 : 0),
-              "create a \(shape.m)x\(shape.k)x\(shape.n) bf16 matmul")
+        var layout = packedLayout ?? dnnl_memory_desc_t()
+        let status = withUnsafePointer(to: &layout) { given in
+            mae_dnnl_matmul_create(&mm, state.engine, Int64(shape.m), Int64(shape.k), Int64(shape.n),
+                                   shape.src.rawValue, Int64(shape.lda), shape.weights.rawValue, Int64(shape.ldb),
+                                   packedLayout == nil ? nil : given, Int64(shape.ldc), shape.accumulate ? 1 : 0)
+        }
+        check(status, "create a \(shape.m)x\(shape.k)x\(shape.n) bf16 matmul")
         state.primitives[shape] = mm
         return mm
     }
 
-    /// Runs `body` with the lock held and oneDNN's team sized to the workers.
+    /// Runs `body` with the lock held, oneDNN's team on this thread set to one.
     private static func serialised<T>(_ body: () -> T) -> T {
         state.lock.lock(); defer { state.lock.unlock() }
-        _ = mae_omp_set_num_threads(Int32(Parallel.workers))
+        _ = mae_omp_set_num_threads(1)
         return body()
     }
 
+    /// The row slices of an M-row product: one below 2^21 multiply-adds (as `BLAS.gemm`), else one per
+    /// worker of at least 16 rows; the same static partition as `Parallel.forChunks`.
+    private static func slices(m: Int, n: Int, k: Int) -> [Range<Int>] {
+        let chunks = m * n * k < 1 << 21 ? 1 : Parallel.chunkCount(m, grain: 16)
+        return (0..<chunks).map { c in (m * c / chunks)..<(m * (c + 1) / chunks) }
+    }
+
+    /// Runs `body(slice, rows, stream)` for every slice on the workers, each thread's OpenMP team at one.
+    private static func run(_ slices: [Range<Int>], _ body: (Int, Range<Int>, dnnl_stream_t?) -> Void) {
+        while state.streams.count < slices.count {
+            var stream: dnnl_stream_t?
+            check(dnnl_stream_create(&stream, state.engine, dnnl_stream_default_flags.rawValue), "create a stream")
+            state.streams.append(stream)
+        }
+        let streams = state.streams
+        if slices.count == 1 { body(0, slices[0], streams[0]); return }
+        DispatchQueue.concurrentPerform(iterations: slices.count) { i in
+            _ = mae_omp_set_num_threads(1)
+            body(i, slices[i], streams[i])
+        }
+    }
+
     /// C (M,N) [+]= A (M,K) . op(W), A float32 row-major (converted to bf16 here), W a weight matrix
-    /// packed by `weights` for `layout` (`.transposed`: W stored (N,K), a linear layer's [out, in];
+    /// packed by `cache` for `layout` (`.transposed`: W stored (N,K), a linear layer's [out, in];
     /// `.rowMajor`: stored (K,N)). `accumulate` adds into C, else C is overwritten.
     public static func product(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, m: Int, k: Int, n: Int,
                                weight: UnsafePointer<Float>, layout: Layout, cache: BF16WeightCache,
@@ -153,12 +190,24 @@ public enum BF16Matmul {
                 return
             }
             Profiler.measure(.gemm) {
-                var mm = primitive(Shape(m: m, k: k, n: n, src: .rowMajor, weights: .packed, accumulate: accumulate))
-                let packed = cache.packed(weight, k: k, n: n, layout: layout, for: mm.weights, engine: state.engine,
-                                          stream: state.stream)
+                // The packed layout oneDNN prefers for the whole product; every row slice reads that pack.
+                let whole = primitive(Shape(m: m, k: k, n: n, lda: k, ldb: 0, ldc: n, src: .rowMajor, weights: .packed,
+                                            accumulate: accumulate))
+                let packed = cache.packed(weight, k: k, n: n, layout: layout, for: whole.weights, engine: state.engine,
+                                          stream: state.streams[0])
+                let parts = slices(m: m, n: n, k: k)
+                let primitives = parts.map {
+                    primitive(Shape(m: $0.count, k: k, n: n, lda: k, ldb: 0, ldc: n, src: .rowMajor, weights: .packed,
+                                    accumulate: accumulate, packedFor: m), packedLayout: whole.weights)
+                }
                 let src = state.source.reserve(m * k)
-                convertToBF16(out: src, input: a, count: m * k)
-                check(mae_dnnl_matmul_run(&mm, state.engine, state.stream, src, packed, c), "run a bf16 matmul")
+                run(parts) { i, rows, stream in
+                    var mm = primitives[i]
+                    let a0 = src + rows.lowerBound * k
+                    convertToBF16Serial(out: a0, input: a + rows.lowerBound * k, count: rows.count * k)
+                    check(mae_dnnl_matmul_run(&mm, state.engine, stream, a0, packed, c + rows.lowerBound * n),
+                          "run a bf16 matmul")
+                }
             }
         }
     }
@@ -168,7 +217,7 @@ public enum BF16Matmul {
     public static func product(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, aLayout: Layout,
                                b: UnsafePointer<Float>, m: Int, k: Int, n: Int, accumulate: Bool) {
         guard m > 0, n > 0 else { return }
-        // The fallback's sgemm measures itself; the native product is measured here.
+        precondition(aLayout != .packed, "activations are never packed")
         serialised {
             guard state.native else {
                 let src = state.roundedSource.reserve(m * k), wei = state.roundedSecond.reserve(k * n)
@@ -179,11 +228,22 @@ public enum BF16Matmul {
                 return
             }
             Profiler.measure(.gemm) {
-                var mm = primitive(Shape(m: m, k: k, n: n, src: aLayout, weights: .rowMajor, accumulate: accumulate))
                 let src = state.source.reserve(m * k), wei = state.second.reserve(k * n)
                 convertToBF16(out: src, input: a, count: m * k)
                 convertToBF16(out: wei, input: b, count: k * n)
-                check(mae_dnnl_matmul_run(&mm, state.engine, state.stream, src, wei, c), "run a bf16 matmul")
+                // Rows of C are rows of op(A): a column block of A when it is stored transposed.
+                let lda = aLayout == .transposed ? m : k
+                let parts = slices(m: m, n: n, k: k)
+                let primitives = parts.map {
+                    primitive(Shape(m: $0.count, k: k, n: n, lda: lda, ldb: n, ldc: n, src: aLayout, weights: .rowMajor,
+                                    accumulate: accumulate))
+                }
+                run(parts) { i, rows, stream in
+                    var mm = primitives[i]
+                    let a0 = aLayout == .transposed ? src + rows.lowerBound : src + rows.lowerBound * k
+                    check(mae_dnnl_matmul_run(&mm, state.engine, stream, a0, wei, c + rows.lowerBound * n),
+                          "run a bf16 matmul")
+                }
             }
         }
     }
@@ -192,7 +252,8 @@ public enum BF16Matmul {
     public static func kernelName(m: Int = 1576, k: Int = 768, n: Int = 768) -> String {
         serialised {
             guard state.native else { return "sgemm on bf16-rounded operands (oneDNN has no bf16 matmul here)" }
-            var mm = primitive(Shape(m: m, k: k, n: n, src: .rowMajor, weights: .packed, accumulate: false))
+            var mm = primitive(Shape(m: m, k: k, n: n, lda: k, ldb: 0, ldc: n, src: .rowMajor, weights: .packed,
+                                     accumulate: false))
             return String(cString: mae_dnnl_matmul_impl(&mm))
         }
     }

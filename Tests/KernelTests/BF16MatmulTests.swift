@@ -35,11 +35,13 @@ final class BF16MatmulTests: XCTestCase {
     }
 
     private struct Layer {
-        let rows = 37, inDim = 96, outDim = 80
+        let rows: Int, inDim: Int, outDim: Int
         let x: [Float], w: [Float], b: [Float], dOut: [Float]
-        init() {
-            x = randomValues(37 * 96, seed: 1); w = randomValues(80 * 96, seed: 2, scale: 0.1)
-            b = randomValues(80, seed: 4); dOut = randomValues(37 * 80, seed: 5)
+        /// 37 x 96 -> 80 runs as one product; 301 x 96 -> 160 (above 2^21 multiply-adds) in row slices.
+        init(rows: Int = 37, inDim: Int = 96, outDim: Int = 80) {
+            self.rows = rows; self.inDim = inDim; self.outDim = outDim
+            x = randomValues(rows * inDim, seed: 1); w = randomValues(outDim * inDim, seed: 2, scale: 0.1)
+            b = randomValues(outDim, seed: 4); dOut = randomValues(rows * outDim, seed: 5)
         }
     }
 
@@ -59,7 +61,16 @@ final class BF16MatmulTests: XCTestCase {
     }
 
     func testLinearMatchesFP64OnRoundedOperands() {
-        let l = Layer(), x = rounded(l.x), w = rounded(l.w), g = rounded(l.dOut)
+        checkAgainstFP64(Layer())
+        // Split over 3 workers: uneven row slices of C, of dInput and of dWeight (column blocks of dOut).
+        let workers = Parallel.workers
+        defer { Parallel.workers = workers }
+        Parallel.workers = 3
+        checkAgainstFP64(Layer(rows: 301, inDim: 96, outDim: 160))
+    }
+
+    private func checkAgainstFP64(_ l: Layer, file: StaticString = #filePath, line: UInt = #line) {
+        let x = rounded(l.x), w = rounded(l.w), g = rounded(l.dOut)
         var y = [Double](repeating: 0, count: l.rows * l.outDim)
         var dx = [Double](repeating: 0.5, count: l.x.count), dw = [Double](repeating: -0.25, count: l.w.count)
         for r in 0..<l.rows {
@@ -76,10 +87,10 @@ final class BF16MatmulTests: XCTestCase {
         let cache = BF16WeightCache()
         let out = forward(l, bf16: cache), grads = backward(l, bf16: cache)
         // fp32 accumulation of exact bf16 products: the error is fp32 rounding, not bf16's.
-        XCTAssertLessThan(relativeToMax(out, y), 2e-6, "forward")
-        XCTAssertLessThan(relativeToMax(grads.dx, dx), 2e-6, "dInput (+= on 0.5)")
-        XCTAssertLessThan(relativeToMax(grads.dw, dw), 2e-6, "dWeight (+= on -0.25)")
-        XCTAssertEqual(grads.db, backward(l, bf16: nil).db, "dBias stays an fp32 sum")
+        XCTAssertLessThan(relativeToMax(out, y), 2e-6, "forward", file: file, line: line)
+        XCTAssertLessThan(relativeToMax(grads.dx, dx), 2e-6, "dInput (+= on 0.5)", file: file, line: line)
+        XCTAssertLessThan(relativeToMax(grads.dw, dw), 2e-6, "dWeight (+= on -0.25)", file: file, line: line)
+        XCTAssertEqual(grads.db, backward(l, bf16: nil).db, "dBias stays an fp32 sum", file: file, line: line)
     }
 
     func testLinearUnderBF16IsWithinBF16RoundingOfFP32() {
