@@ -59,7 +59,8 @@ public func convertToBF16Serial(out: UnsafeMutablePointer<UInt16>, input: Unsafe
 /// per call. Like `BLAS.gemm`, a product is split by rows of C over our own workers, each running a
 /// one-thread primitive on its rows (oneDNN's OpenMP team is set to 1 on every thread that calls it):
 /// an OpenMP team of its own would spin between calls and steal the cores from our parallel loops
-/// (measured: a ViT training step 12x slower on two busy cores). Calls are serialised by a lock.
+/// (measured: a ViT training step 12x slower on two busy cores). Slices never share a primitive: oneDNN
+/// 2.6's brgemm matmul crashed when one primitive ran on two threads at once. Calls are serialised by a lock.
 /// Where oneDNN has no bf16 matmul for the CPU (before AVX-512: `ONEDNN_MAX_CPU_ISA=AVX2`), the same
 /// arithmetic runs as sgemm on the bf16-rounded operands (exact products, fp32 accumulation), slower.
 public enum BF16Matmul {
@@ -80,6 +81,8 @@ public enum BF16Matmul {
         let src, weights: Layout
         let accumulate: Bool
         var packedFor = 0
+        /// The row slice the primitive serves: slices of one product run concurrently, each on its own primitive.
+        var slice = 0
     }
 
     private final class State: @unchecked Sendable {
@@ -196,9 +199,9 @@ public enum BF16Matmul {
                 let packed = cache.packed(weight, k: k, n: n, layout: layout, for: whole.weights, engine: state.engine,
                                           stream: state.streams[0])
                 let parts = slices(m: m, n: n, k: k)
-                let primitives = parts.map {
-                    primitive(Shape(m: $0.count, k: k, n: n, lda: k, ldb: 0, ldc: n, src: .rowMajor, weights: .packed,
-                                    accumulate: accumulate, packedFor: m), packedLayout: whole.weights)
+                let primitives = parts.indices.map {
+                    primitive(Shape(m: parts[$0].count, k: k, n: n, lda: k, ldb: 0, ldc: n, src: .rowMajor, weights: .packed,
+                                    accumulate: accumulate, packedFor: m, slice: $0), packedLayout: whole.weights)
                 }
                 let src = state.source.reserve(m * k)
                 run(parts) { i, rows, stream in
@@ -234,9 +237,9 @@ public enum BF16Matmul {
                 // Rows of C are rows of op(A): a column block of A when it is stored transposed.
                 let lda = aLayout == .transposed ? m : k
                 let parts = slices(m: m, n: n, k: k)
-                let primitives = parts.map {
-                    primitive(Shape(m: $0.count, k: k, n: n, lda: lda, ldb: n, ldc: n, src: aLayout, weights: .rowMajor,
-                                    accumulate: accumulate))
+                let primitives = parts.indices.map {
+                    primitive(Shape(m: parts[$0].count, k: k, n: n, lda: lda, ldb: n, ldc: n, src: aLayout, weights: .rowMajor,
+                                    accumulate: accumulate, slice: $0))
                 }
                 run(parts) { i, rows, stream in
                     var mm = primitives[i]
