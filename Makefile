@@ -1,5 +1,7 @@
 # The two commands of the quick start; each installs the system libraries it needs when missing.
-SYSTEM_PACKAGES = pkg-config libopenblas-dev libpng-dev libturbojpeg0-dev libopenmpi-dev openmpi-bin
+SYSTEM_PACKAGES = pkg-config libopenblas-dev libpng-dev libturbojpeg0-dev libopenmpi-dev openmpi-bin libdnnl-dev
+# oneDNN (the bf16 path) ships no pkg-config file: its header is what tells it is installed.
+DNNL_HEADER = /usr/include/oneapi/dnnl/dnnl.h
 
 .PHONY: run test deps bench
 
@@ -11,9 +13,10 @@ run: deps
 test: deps
 	swift test
 
-## Installs the C libraries through apt when pkg-config cannot find them.
+## Installs the C libraries through apt when pkg-config (or, for oneDNN, its header) cannot find them.
 deps:
-	@if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openblas libpng libturbojpeg ompi-c || ! command -v mpirun >/dev/null 2>&1; then \
+	@if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openblas libpng libturbojpeg ompi-c \
+		|| ! command -v mpirun >/dev/null 2>&1 || [ ! -f $(DNNL_HEADER) ]; then \
 		echo "installing $(SYSTEM_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	fi

@@ -18,7 +18,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
-        // MARK: - C libraries (found through pkg-config)
+        // MARK: - C libraries (found through pkg-config, or linked by name where the library ships no .pc)
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng",
@@ -27,10 +27,12 @@ let package = Package(
                        providers: [.apt(["libturbojpeg0-dev"])]),
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
                        providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        /// oneDNN (bf16 matrix products); Debian's libdnnl-dev ships no pkg-config file, so the module map links it.
+        .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
 
         // MARK: - Implementation, in dependency order
         /// Tensor storage and forward/backward ops over contiguous float32 buffers.
-        .target(name: "MAEKernels", dependencies: ["COpenBLAS"], swiftSettings: vectorISA),
+        .target(name: "MAEKernels", dependencies: ["COpenBLAS", "CDNNL"], swiftSettings: vectorISA),
         /// The job's processes over MPI (rank, size, all-reduce, broadcast, all-gather); one process without a launcher never touches MPI.
         .target(name: "MAEDistributed", dependencies: ["MAEKernels", "CMPI"]),
         /// JSON values (ordered objects, exact numbers), a strict parser and a writer.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side speed: mae-eval bench and scripts/bench_pytorch.py, alternated in one run so both see
-# the same machine load; prints each pair and the median ratio per mode.
+# the same machine load; prints each pair and the median ratio per mode: fp32 (forward, train, pretrain)
+# and bf16 (forward, train: mae-eval --precision bf16 against PyTorch under torch.autocast bf16).
 # Usage: scripts/bench_compare.sh [MODEL] [IMG] [BATCH] [ROUNDS]   (PYTHON=/path/to/python with torch+timm)
 #        scripts/bench_compare.sh vitdet_b 1024 1 1                 (ViTDet-B at 1024 px, forward only)
 set -euo pipefail
@@ -11,13 +12,17 @@ swift build -c release --product mae-eval >/dev/null
 ours() { .build/release/mae-eval bench --model "$model" --img-size "$img" --batch-size "$batch" "$@"; }
 torch() { "$python" scripts/bench_pytorch.py --model "$model" --img-size "$img" --batch-size "$batch" "$@"; }
 rate() { sed -E 's/.*"img_per_s": ?([0-9.e+-]+).*/\1/'; }
-specs=("forward" "train" "pretrain 0.75" "pretrain 0"); iters=3
+specs=("forward" "train" "pretrain 0.75" "pretrain 0" "forward bf16" "train bf16"); iters=3
 # ViTDet-B (backbone + simple feature pyramid) is a forward-only preset; at 1024 px one timed forward is ~20 s.
-[ "$model" = vitdet_b ] && specs=("forward") && iters=1
+[ "$model" = vitdet_b ] && specs=("forward" "forward bf16") && iters=1
 for spec in "${specs[@]}"; do
   set -- $spec
   mode=$1; extra=(--mode "$mode" --iters "$iters")
-  [ -n "${2:-}" ] && extra+=(--mask-ratio "$2")
+  case "${2:-}" in
+    bf16) extra+=(--precision bf16) ;;
+    "") ;;
+    *) extra+=(--mask-ratio "$2") ;;
+  esac
   ratios=()
   for r in $(seq "$rounds"); do
     a=$(ours "${extra[@]}" | rate); b=$(torch "${extra[@]}" | rate)

@@ -1,11 +1,13 @@
 """The reference for `mae-eval bench`: the same three modes in PyTorch on the same cores.
 
 Usage: python scripts/bench_pytorch.py --model vit_base_patch16 --img-size 224 --batch-size 8 \
-           --mode forward|train|pretrain [--mask-ratio 0.75] [--iters 5]
+           --mode forward|train|pretrain [--mask-ratio 0.75] [--iters 5] [--precision fp32|bf16]
+--precision bf16 runs the forward (and the loss) under torch.autocast('cpu', dtype=torch.bfloat16), as
+`mae-eval bench --precision bf16`; the backward and the optimizer step follow autocast as PyTorch does.
 Prints one JSON line in the format `mae-eval bench` prints. Needs torch and timm (pip install torch timm).
 `--model vitdet_b` (forward only): ViTDet-B's backbone + simple feature pyramid (scripts/vitdet_pytorch.py).
 """
-import argparse, json, time
+import argparse, contextlib, json, time
 
 import torch
 import torch.nn as nn
@@ -87,6 +89,7 @@ def main():
     ap.add_argument("--mode", default="forward", choices=["forward", "train", "pretrain"])
     ap.add_argument("--mask-ratio", type=float, default=0.75)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     a = ap.parse_args()
     torch.manual_seed(0)
     model = build_model(a)
@@ -95,15 +98,20 @@ def main():
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95))
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)
 
+    def autocast():
+        if a.precision == "fp32": return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
     def step():
         if a.mode == "forward":
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 model(x)
             return
         model.train()
         opt.zero_grad()
-        loss = model(x, a.mask_ratio) if a.mode == "pretrain" else crit(model(x), y)
+        with autocast():
+            loss = model(x, a.mask_ratio) if a.mode == "pretrain" else crit(model(x), y)
         loss.backward()
         opt.step()
 
@@ -113,7 +121,7 @@ def main():
     s = time.perf_counter() - t0
     out = {"img_per_s": a.batch_size * a.iters / s, "model": a.model, "mode": a.mode, "batch_size": a.batch_size,
            "img_size": a.img_size, "threads": torch.get_num_threads(), "iters": a.iters,
-           "seconds_per_iter": s / a.iters, "reference": f"pytorch {torch.__version__}"}
+           "seconds_per_iter": s / a.iters, "precision": a.precision, "reference": f"pytorch {torch.__version__}"}
     if a.mode == "pretrain": out["mask_ratio"] = a.mask_ratio
     print(json.dumps(out, sort_keys=True))
 

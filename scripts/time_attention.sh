@@ -10,7 +10,7 @@ OUT=${TMPDIR:-/tmp}/mae-time-attention
 mkdir -p "$OUT"
 cp "$ROOT/scripts/time_attention.swift" "$OUT/main.swift"
 swiftc -O -wmo -target-cpu haswell -module-name TimeAttention \
-    $(pkg-config --cflags openblas | sed 's/-I/-Xcc -I/g') -I "$ROOT/Sources/COpenBLAS" \
+    $(pkg-config --cflags openblas | sed 's/-I/-Xcc -I/g') -I "$ROOT/Sources/COpenBLAS" -I "$ROOT/Sources/CDNNL" \
     "$ROOT"/Sources/MAEKernels/*.swift "$OUT/main.swift" \
-    $(pkg-config --libs openblas) -o "$OUT/time-attention"
+    $(pkg-config --libs openblas) -ldnnl -o "$OUT/time-attention"
 "$OUT/time-attention" "$@"

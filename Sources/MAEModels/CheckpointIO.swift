@@ -13,6 +13,9 @@ public struct LoadOptions: Sendable {
     public var keepDecoder = false
     /// Keep the checkpoint's classification head; dropped otherwise (a backbone for transfer).
     public var keepHead = false
+    /// The loaded model's `precision` (`--precision`): the one place every command that builds a model
+    /// from a checkpoint (extract, the probes, kNN, fine-tuning, the dense tasks) takes it from.
+    public var precision = Precision.fp32
 
     public init(heads: Int? = nil, imgSize: Int? = nil, keepDecoder: Bool = false, keepHead: Bool = false) {
         self.heads = heads; self.imgSize = imgSize; self.keepDecoder = keepDecoder; self.keepHead = keepHead
@@ -101,6 +104,7 @@ public func loadVisionTransformer(from url: URL, options: LoadOptions = LoadOpti
         }
         try model.params.set(spec.name, shape: shape, values)
     }
+    model.precision = options.precision
     return LoadedModel(model: model, info: info, notes: notes)
 }
 

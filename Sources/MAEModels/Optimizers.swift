@@ -42,10 +42,12 @@ public protocol Optimizer: AnyObject {
     var state: [String: [Float]] { get set }
 }
 
-/// Runs `body(specIndex, spec)` for each parameter that is not frozen.
+/// Runs `body(specIndex, spec)` for each parameter that is not frozen (every optimizer's update), then
+/// marks the bf16 weight copies stale so the next product packs the new weights.
 private func forEachTrainable(_ params: ParameterStore, _ groups: ParameterGroups,
                               _ body: (Int, ParameterSpec) -> Void) {
     for (i, spec) in params.specs.enumerated() where !groups.frozen[i] { body(i, spec) }
+    params.weightsChanged()
 }
 
 /// AdamW as PyTorch's torch.optim.AdamW: decoupled weight decay p *= 1 - lr * wd, then the Adam

@@ -42,8 +42,11 @@ public struct ParameterLayout: Sendable {
 /// Parameter values and their gradients, each one contiguous buffer laid out by a `ParameterLayout`.
 public final class ParameterStore {
     public let layout: ParameterLayout
+    /// Writers other than `set`, `value` and the optimizers' `step` call `weightsChanged()` after writing.
     public let values: Tensor
     public let grads: Tensor
+    /// The weight matrices' packed bf16 copies for `Precision.bf16`, remade after every `weightsChanged()`.
+    public let bf16Weights = BF16WeightCache()
     private let index: [String: Int]
 
     public init(layout: ParameterLayout) {
@@ -57,9 +60,11 @@ public final class ParameterStore {
 
     public func spec(_ name: String) -> ParameterSpec? { index[name].map { layout.specs[$0] } }
 
-    /// The values of parameter `name` (a view into the flat buffer).
+    /// The values of parameter `name` (a view into the flat buffer). The caller may write through it, so
+    /// the bf16 copies are marked stale.
     public func value(_ name: String) -> UnsafeMutableBufferPointer<Float> {
         let s = spec(name)!
+        weightsChanged()
         return .init(start: values.data + s.offset, count: s.count)
     }
 
@@ -78,7 +83,11 @@ public final class ParameterStore {
             throw ModelError.shapeMismatch("\(name) is \(s.shape) in the model but \(given) in the checkpoint")
         }
         newValues.withUnsafeBufferPointer { (values.data + s.offset).update(from: $0.baseAddress!, count: s.count) }
+        weightsChanged()
     }
+
+    /// Marks the bf16 copies of the weights stale (`BF16WeightCache`): call after writing `values`.
+    public func weightsChanged() { bf16Weights.weightsChanged() }
 
     public func zeroGrads() { grads.zero() }
 

@@ -218,6 +218,9 @@ final class TransformerStack {
     var dropPath: Float = 0
     /// The forward's rows of the global batch; drop path draws for the whole batch (see `VisionTransformer.batchShard`).
     var batchShard: BatchShard?
+    /// The linear layers' arithmetic (qkv, proj, fc1, fc2, forward and backward); attention's own
+    /// products, the norms and GELU stay fp32 either way.
+    var precision = Precision.fp32
     /// Sequences of at least this many tokens run the fused attention (`flashAttentionForward`,
     /// logsumexp (B,H,N) kept instead of probs (B,H,N,N)); shorter ones the materialised one.
     var fusedAttentionTokens = TransformerStack.defaultFusedAttentionTokens
@@ -289,25 +292,25 @@ final class TransformerStack {
                  rng: inout RandomStream) -> Tensor {
         let last = last ?? blocks.count, batch = pass.batch, tokens = pass.tokens, training = pass.training
         precondition(pass.ran == 0 && (1...blocks.count).contains(last), "a pass runs once, through 1...\(blocks.count) blocks")
-        let r = batch * tokens, d = width
+        let r = batch * tokens, d = width, bf16 = precision == .bf16 ? p.bf16Weights : nil
         for (i, w) in blocks.prefix(last).enumerated() {
             let a = pass.buffers.acts[i], geo = pass.buffers.geometries[i]
             let x = pass.residual(i).data, out = pass.residual(i + 1).data
             let rate = training && blocks.count > 1 ? dropPath * Float(i) / Float(blocks.count - 1) : 0
             layerNormForward(out: a.ln1.data, mean: a.mean1.data, rstd: a.rstd1.data, input: x,
                              weight: p.v(w.norm1W), bias: p.v(w.norm1B), rows: r, width: d)
-            blockAttentionForward(p, w, a, geo)
+            blockAttentionForward(p, w, a, geo, bf16: bf16)
             linearForward(out: a.x1.data, input: a.att.data, weight: p.v(w.projW), bias: p.v(w.projB),
-                          rows: r, inDim: d, outDim: d)
+                          rows: r, inDim: d, outDim: d, bf16: bf16)
             applyDropPath(a.x1.data, keep: a.keep1, rate: rate, batch: batch, tokens: tokens, rng: &rng)
             addForward(out: a.x1.data, a.x1.data, x, count: r * d)
             layerNormForward(out: a.ln2.data, mean: a.mean2.data, rstd: a.rstd2.data, input: a.x1.data,
                              weight: p.v(w.norm2W), bias: p.v(w.norm2B), rows: r, width: d)
             linearForward(out: a.h.data, input: a.ln2.data, weight: p.v(w.fc1W), bias: p.v(w.fc1B),
-                          rows: r, inDim: d, outDim: hidden)
+                          rows: r, inDim: d, outDim: hidden, bf16: bf16)
             geluForward(out: a.g.data, input: a.h.data, count: r * hidden)
             linearForward(out: out, input: a.g.data, weight: p.v(w.fc2W), bias: p.v(w.fc2B),
-                          rows: r, inDim: hidden, outDim: d)
+                          rows: r, inDim: hidden, outDim: d, bf16: bf16)
             applyDropPath(out, keep: a.keep2, rate: rate, batch: batch, tokens: tokens, rng: &rng)
             addForward(out: out, out, a.x1.data, count: r * d)
             if !training, keep.contains(i), i < last - 1 { pass.kept[i] = pass.residual(i + 1).clone() }
@@ -342,7 +345,7 @@ final class TransformerStack {
         guard let top = dOutputs.keys.max() else { preconditionFailure("backward needs at least one gradient") }
         precondition(pass.training, "backward needs a training-mode forward")
         precondition(top < pass.ran && lowest <= top, "gradient for block \(top) of a pass that ran \(pass.ran) blocks")
-        let r = batch * tokens, d = width
+        let r = batch * tokens, d = width, bf16 = precision == .bf16 ? p.bf16Weights : nil
         if scratch?.dX.count != r * d || scratch?.dH.count != r * hidden {
             scratch = BackwardScratch(rows: r, width: d, hidden: hidden)
         }
@@ -356,12 +359,12 @@ final class TransformerStack {
             let dBranch = scaledBranchGrad(dx, keep: a.keep2, into: s.dBranch, batch: batch, tokens: tokens)
             s.dG.zero()
             linearBackward(dInput: s.dG.data, dWeight: p.g(w.fc2W), dBias: p.g(w.fc2B), dOut: dBranch,
-                           input: a.g.data, weight: p.v(w.fc2W), rows: r, inDim: hidden, outDim: d)
+                           input: a.g.data, weight: p.v(w.fc2W), rows: r, inDim: hidden, outDim: d, bf16: bf16)
             s.dH.zero()
             geluBackward(dInput: s.dH.data, dOut: s.dG.data, input: a.h.data, count: r * hidden)
             s.dLn.zero()
             linearBackward(dInput: s.dLn.data, dWeight: p.g(w.fc1W), dBias: p.g(w.fc1B), dOut: s.dH.data,
-                           input: a.ln2.data, weight: p.v(w.fc1W), rows: r, inDim: d, outDim: hidden)
+                           input: a.ln2.data, weight: p.v(w.fc1W), rows: r, inDim: d, outDim: hidden, bf16: bf16)
             layerNormBackward(dInput: dx, dWeight: p.g(w.norm2W), dBias: p.g(w.norm2B), dOut: s.dLn.data,
                               input: a.x1.data, weight: p.v(w.norm2W), mean: a.mean2.data, rstd: a.rstd2.data,
                               rows: r, width: d)
@@ -369,9 +372,9 @@ final class TransformerStack {
             let dBranch1 = scaledBranchGrad(dx, keep: a.keep1, into: s.dBranch, batch: batch, tokens: tokens)
             s.dAtt.zero()
             linearBackward(dInput: s.dAtt.data, dWeight: p.g(w.projW), dBias: p.g(w.projB), dOut: dBranch1,
-                           input: a.att.data, weight: p.v(w.projW), rows: r, inDim: d, outDim: d)
+                           input: a.att.data, weight: p.v(w.projW), rows: r, inDim: d, outDim: d, bf16: bf16)
             s.dLn.zero()
-            blockAttentionBackward(p, w, a, geo, dAtt: s.dAtt, dLn: s.dLn, scratch: s)
+            blockAttentionBackward(p, w, a, geo, dAtt: s.dAtt, dLn: s.dLn, scratch: s, bf16: bf16)
             layerNormBackward(dInput: dx, dWeight: p.g(w.norm1W), dBias: p.g(w.norm1B), dOut: s.dLn.data,
                               input: x, weight: p.v(w.norm1W), mean: a.mean1.data, rstd: a.rstd1.data,
                               rows: r, width: d)
@@ -393,13 +396,13 @@ final class TransformerStack {
     /// att (R,D) = attn(ln1): qkv over the attention's rows (windows of ln1, or ln1 itself), the
     /// rel-pos terms from the unscaled q, the attention, and the windows put back (cropped).
     private func blockAttentionForward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
-                                       _ geo: AttentionGeometry) {
+                                       _ geo: AttentionGeometry, bf16: BF16WeightCache?) {
         let d = width
         if let part = geo.partition(channels: width) {
             windowPartitionForward(windows: a.attentionIn.data, input: a.ln1.data, size: part)
         }
         linearForward(out: a.qkv.data, input: a.attentionIn.data, weight: p.v(w.qkvW), bias: p.v(w.qkvB),
-                      rows: geo.attentionRows, inDim: d, outDim: 3 * d)
+                      rows: geo.attentionRows, inDim: d, outDim: 3 * d, bf16: bf16)
         let size = FlashAttentionSize(batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
         if let rel = w.relPos, let rs = relPosSizes(w, geo), let rh = a.rh, let rw = a.rw, let relH = a.relH, let relW = a.relW {
             relPosGatherForward(out: rh.data, table: p.v(rel.h), size: rs.h)
@@ -422,7 +425,8 @@ final class TransformerStack {
     /// Accumulates dLn (R,D) += the gradient of ln1 from dAtt (R,D), the gradient of att, and the
     /// parameter gradients (qkv, the rel-pos tables through their gather).
     private func blockAttentionBackward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
-                                        _ geo: AttentionGeometry, dAtt: Tensor, dLn: Tensor, scratch s: BackwardScratch) {
+                                        _ geo: AttentionGeometry, dAtt: Tensor, dLn: Tensor, scratch s: BackwardScratch,
+                                        bf16: BF16WeightCache?) {
         let d = width, ra = geo.attentionRows
         var dOut = dAtt
         if let part = geo.partition(channels: width) {
@@ -451,7 +455,7 @@ final class TransformerStack {
         }
         let dIn = geo.window == 0 ? dLn : s.zeroed("dWindowsIn", [ra, d])
         linearBackward(dInput: dIn.data, dWeight: p.g(w.qkvW), dBias: p.g(w.qkvB), dOut: dQKV.data,
-                       input: a.attentionIn.data, weight: p.v(w.qkvW), rows: ra, inDim: d, outDim: 3 * d)
+                       input: a.attentionIn.data, weight: p.v(w.qkvW), rows: ra, inDim: d, outDim: 3 * d, bf16: bf16)
         if let part = geo.partition(channels: width) {
             windowPartitionBackward(dInput: dLn.data, dWindows: dIn.data, size: part)
         }

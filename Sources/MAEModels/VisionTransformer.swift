@@ -27,6 +27,21 @@ public final class VisionTransformer {
         set { encoder.batchShard = newValue }
     }
 
+    /// The arithmetic of every linear layer (patch embedding, qkv, proj, fc1, fc2, decoder embed/pred,
+    /// head), forward and backward: `.bf16` multiplies bf16-rounded operands with fp32 accumulation
+    /// (torch.autocast on CPU); norms, softmax, attention's products, GELU, losses and the master
+    /// weights stay fp32. This is the library's precision option: every task (extract, probes, kNN,
+    /// fine-tuning, bench, the dense tasks' backbone) sets it on the model it runs. Default `.fp32`.
+    public var precision: Precision = .fp32 {
+        didSet {
+            encoder.precision = precision
+            decoder?.stack.precision = precision
+        }
+    }
+
+    /// The packed bf16 weights when the model runs in bf16, nil in fp32 (what the linear kernels take).
+    private var bf16: BF16WeightCache? { precision == .bf16 ? params.bf16Weights : nil }
+
     /// Sequences of at least this many tokens run every stack's attention fused (no N x N probs kept;
     /// FlashAttention.swift), shorter ones materialised. Default 1024; tests lower it.
     public var fusedAttentionTokens: Int {
@@ -141,7 +156,7 @@ public final class VisionTransformer {
         let x0 = pass.input
         let emb = buffer("embedding", [b * lk, d])
         linearForward(out: emb.data, input: pd, weight: params.v(patchW), bias: params.v(patchB),
-                      rows: b * lk, inDim: cpp, outDim: d)
+                      rows: b * lk, inDim: cpp, outDim: d, bf16: bf16)
         let position = positionRows(gridHeight: gh, gridWidth: gw, prefixTokens: t0)
         let cls = clsToken.map { params.v($0) }, dist = distToken.map { params.v($0) }, pos = position?.data ?? params.v(posEmbed)
         for bi in 0..<b {
@@ -217,7 +232,7 @@ public final class VisionTransformer {
                       patchIndices: (0..<(b * l)).map { $0 % l }, perImage: l)
         let out = Tensor([b, c.numPatches, c.embedDim])
         linearForward(out: out.data, input: cols.data, weight: params.v(patchW), bias: params.v(patchB),
-                      rows: b * c.numPatches, inDim: cpp, outDim: c.embedDim)
+                      rows: b * c.numPatches, inDim: cpp, outDim: c.embedDim, bf16: bf16)
         return out
     }
 
@@ -304,7 +319,7 @@ public final class VisionTransformer {
         let cpp = c.inChans * c.patchSize * c.patchSize
         let dPatches = inputGradient ? buffer("dPatches", [b * lk, cpp]) : nil
         linearBackward(dInput: dPatches?.data, dWeight: params.g(patchW), dBias: params.g(patchB), dOut: dEmb.data,
-                       input: ctx.patches.data, weight: params.v(patchW), rows: b * lk, inDim: cpp, outDim: d)
+                       input: ctx.patches.data, weight: params.v(patchW), rows: b * lk, inDim: cpp, outDim: d, bf16: bf16)
         guard let dPatches else { return nil }
         let dImages = Tensor([b, c.inChans, ctx.height, ctx.width])
         scatterPatches(dImages.data, patches: dPatches.data, height: ctx.height, width: ctx.width,
@@ -430,7 +445,7 @@ public final class VisionTransformer {
         let ctx = forwardFeatures(images: images, batch: b, training: t, seed: seed)
         let logits = Tensor([b, config.numClasses])
         linearForward(out: logits.data, input: ctx.features.data, weight: params.v(head.w), bias: params.v(head.b),
-                      rows: b, inDim: config.embedDim, outDim: config.numClasses)
+                      rows: b, inDim: config.embedDim, outDim: config.numClasses, bf16: bf16)
         ctx.logits = logits
         return ctx
     }
@@ -454,7 +469,7 @@ public final class VisionTransformer {
         crossEntropyBackward(dLogits: dLogits.data, probs: probs.data, targets: targets.data, rows: b, classes: k)
         let dFeatures = Tensor([b, d])
         linearBackward(dInput: dFeatures.data, dWeight: params.g(head.w), dBias: params.g(head.b), dOut: dLogits.data,
-                       input: ctx.features.data, weight: params.v(head.w), rows: b, inDim: d, outDim: k)
+                       input: ctx.features.data, weight: params.v(head.w), rows: b, inDim: d, outDim: k, bf16: bf16)
         backwardFeatures(ctx, dFeatures: dFeatures)
     }
 
@@ -470,7 +485,7 @@ public final class VisionTransformer {
         let nIn = 1 + lk, nOut = 1 + l, pd = config.patchDim
         let embedded = Tensor([b, nIn, dd])
         linearForward(out: embedded.data, input: enc.output.data, weight: params.v(dcd.embedW),
-                      bias: params.v(dcd.embedB), rows: b * nIn, inDim: d, outDim: dd)
+                      bias: params.v(dcd.embedB), rows: b * nIn, inDim: d, outDim: dd, bf16: bf16)
         // Append mask tokens, unshuffle to patch order, add the decoder's position embedding.
         let pass = dcd.stack.begin(batch: b, tokens: nOut, training: enc.training)
         let x = pass.input, mt = params.v(dcd.maskToken), pos = params.v(dcd.posEmbed)
@@ -491,7 +506,7 @@ public final class VisionTransformer {
                          weight: params.v(dcd.normW), bias: params.v(dcd.normB), rows: b * nOut, width: dd)
         let predFull = Tensor([b, nOut, pd])
         linearForward(out: predFull.data, input: normed.data, weight: params.v(dcd.predW),
-                      bias: params.v(dcd.predB), rows: b * nOut, inDim: dd, outDim: pd)
+                      bias: params.v(dcd.predB), rows: b * nOut, inDim: dd, outDim: pd, bf16: bf16)
         let pred = Tensor([b, l, pd])
         for bi in 0..<b {
             (pred.data + bi * l * pd).update(from: predFull.data + (bi * nOut + 1) * pd, count: l * pd)
@@ -554,7 +569,7 @@ public final class VisionTransformer {
         let dNormed = buffer("dDecoderNormed", [b, nOut, dd])
         linearBackward(dInput: dNormed.data, dWeight: params.g(dcd.predW), dBias: params.g(dcd.predB),
                        dOut: dPredFull.data, input: ctx.normed.data, weight: params.v(dcd.predW),
-                       rows: b * nOut, inDim: dd, outDim: pd)
+                       rows: b * nOut, inDim: dd, outDim: pd, bf16: bf16)
         let dStackOut = buffer("dDecoderOut", [b, nOut, dd])
         layerNormBackward(dInput: dStackOut.data, dWeight: params.g(dcd.normW), dBias: params.g(dcd.normB),
                           dOut: dNormed.data, input: ctx.stack.output(dcd.config.depth - 1).data, weight: params.v(dcd.normW),
@@ -575,7 +590,7 @@ public final class VisionTransformer {
         let dLatent = buffer("dLatent", [b, nIn, d])
         linearBackward(dInput: dLatent.data, dWeight: params.g(dcd.embedW), dBias: params.g(dcd.embedB),
                        dOut: dEmbedded.data, input: ctx.encoder.output.data, weight: params.v(dcd.embedW),
-                       rows: b * nIn, inDim: d, outDim: dd)
+                       rows: b * nIn, inDim: d, outDim: dd, bf16: bf16)
         backwardEncoder(ctx.encoder, outputGradient: dLatent)
     }
 

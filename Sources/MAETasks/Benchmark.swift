@@ -23,6 +23,8 @@ public struct BenchOptions: Sendable {
     public var profile = false
     /// Compute threads (`--threads`); nil: every core.
     public var threads: Int?
+    /// The linear layers' arithmetic (`--precision`).
+    public var precision = Precision.fp32
 
     public init(model: String, imgSize: Int, batchSize: Int, mode: BenchMode, maskRatio: Double = 0.75,
                 iters: Int = 5, warmup: Int = 1, profile: Bool = false) {
@@ -42,10 +44,12 @@ public struct BenchResult: Codable, Sendable {
     public var iters: Int
     public var seconds_per_iter: Double
     public var mask_ratio: Double?
-    /// Arithmetic of the matrix products: "fp32" (the only one so far).
+    /// Arithmetic of the linear layers: "fp32" or "bf16".
     public var precision = "fp32"
     /// The matrix library, its version and the kernel it runs on this CPU.
     public var blas = BLASInfo.current
+    /// In bf16: the bf16 library (oneDNN), the ISA it uses and its kernel; absent in fp32.
+    public var bf16: BF16Info?
     /// With --profile: share of the time per kernel family (gemm outside attention, attention, ...).
     public var time_share: [String: Double]?
 }
@@ -64,6 +68,7 @@ public func runBenchmark(_ o: BenchOptions) throws -> BenchResult {
     case .pretrain: config.decoder = preset.decoder
     }
     let model = try VisionTransformer(config: config)
+    model.precision = o.precision
     let b = o.batchSize
     try model.checkMemory(batch: b, training: o.mode != .forward, maskRatio: o.mode == .pretrain ? o.maskRatio : 0)
     model.initializeWeights(seed: 0, headStd: 0.02)
@@ -112,7 +117,8 @@ public func runBenchmark(_ o: BenchOptions) throws -> BenchResult {
     return BenchResult(img_per_s: Double(b * o.iters) / seconds, model: preset.rawValue, mode: o.mode.rawValue,
                        batch_size: b, img_size: config.imgSize, threads: Parallel.workers, iters: o.iters,
                        seconds_per_iter: seconds / Double(o.iters),
-                       mask_ratio: o.mode == .pretrain ? o.maskRatio : nil, time_share: share)
+                       mask_ratio: o.mode == .pretrain ? o.maskRatio : nil, precision: o.precision.rawValue,
+                       bf16: o.precision == .bf16 ? BF16Info.current : nil, time_share: share)
 }
 
 /// Errors in a task's arguments or inputs; each reads as one sentence.

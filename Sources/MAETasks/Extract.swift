@@ -35,6 +35,8 @@ public struct ExtractOptions: Sendable {
     public var batchSize = 64
     /// Compute threads (`--threads`); nil: every core.
     public var threads: Int?
+    /// The linear layers' arithmetic (`--precision`); recorded in the file's metadata when bf16.
+    public var precision = Precision.fp32
     /// A progress line on standard error.
     public var progress = true
 
@@ -67,7 +69,9 @@ public func runExtract(_ o: ExtractOptions) throws -> [String] {
     try checkOutputFile(o.out, flag: "--out", inputs: [("--checkpoint", o.checkpoint)])
     let folder = try ImageFolder(root: o.data)
     try checkOutputFile(o.out, flag: "--out", inputs: folder.samples.map { ("--data", $0.url) })
-    let loaded = try loadModel(from: o.checkpoint, options: LoadOptions(heads: o.heads, imgSize: o.imgSize))
+    var load = LoadOptions(heads: o.heads, imgSize: o.imgSize)
+    load.precision = o.precision
+    let loaded = try loadModel(from: o.checkpoint, options: load)
     // Exactly the pooling asked for (a probe would turn cls into avg for fc_norm checkpoints).
     var feature = ProbeFeature(model: loaded.model, requested: o.pooling, lastBlocks: 1)
     feature.pooling = o.pooling
@@ -76,9 +80,10 @@ public func runExtract(_ o: ExtractOptions) throws -> [String] {
                                 batchSize: o.batchSize) { [progress = ProgressLine(enabled: o.progress)] done in
         progress.update("extracting", done: done, total: folder.count, unit: "images")
     }
-    let meta = ["checkpoint": o.checkpoint.path, "data": o.data.path, "pool": o.pooling.rawValue,
+    var meta = ["checkpoint": o.checkpoint.path, "data": o.data.path, "pool": o.pooling.rawValue,
                 "img_size": "\(loaded.model.config.imgSize)", "crop_ratio": "\(o.cropRatio)",
                 "classes": String(decoding: try JSONEncoder().encode(set.classes), as: UTF8.self)]
+    if o.precision != .fp32 { meta["precision"] = o.precision.rawValue }
     if Distributed.world.isMain { try set.write(to: o.out, metadata: meta) }
     return loaded.notes
 }

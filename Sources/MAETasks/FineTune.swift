@@ -32,6 +32,7 @@ public func makeClassifier(from backbone: VisionTransformer, classes: Int, headS
     config.pooling = .avg
     config.decoder = nil
     let model = try VisionTransformer(config: config)
+    model.precision = backbone.precision
     model.initializeWeights(seed: seed, headStd: headStd)
     var fresh: [String] = []
     for spec in model.params.specs {
@@ -144,7 +145,7 @@ public func runFineTune(_ o: FineTuneOptions) throws -> [TransferRun] {
     }
     var runs: [TransferRun] = []
     for b in backbones {
-        let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads)
+        let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads, precision: o.common.precision)
         if let n = spec.recipe.blocks, !(0...backbone.model.config.depth).contains(n) {
             throw TaskError.badArgument("\(o.blocks != nil ? "--blocks" : "\(spec.source): recipe.blocks") \(n) is outside 0...\(backbone.model.config.depth) for \(b.url.path)")
         }
@@ -193,7 +194,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         ? Mixup(classes: k, mixupAlpha: r.mixup, cutmixAlpha: r.cutmix, probability: r.mixupProb,
                 switchProbability: r.switchProb, labelSmoothing: smoothing)
         : nil
-    let variant = blocks.map { "last \($0) blocks" } ?? "full"
+    let variant = o.common.variant(blocks.map { "last \($0) blocks" } ?? "full")
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     // The run folder is locked for the whole run (a second run into it is refused at once).
     let lock = try run.lock()

@@ -93,11 +93,11 @@ public func runKNN(_ o: KNNOptions) throws -> [TransferRun] {
     var runs: [TransferRun] = []
     for b in backbones {
         let start = Date()
-        let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads)
+        let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads, precision: o.common.precision)
         let feature = ProbeFeature(model: backbone.model, requested: o.pooling ?? spec.head.pooling,
                                    lastBlocks: spec.head.lastBlocks ?? 1)
         let seed = spec.seeds[0]
-        let variant = "k \(k), T \(t), \(feature.requested.rawValue)"
+        let variant = o.common.variant("k \(k), T \(t), \(feature.requested.rawValue)")
         // The run folder is locked for the whole run (a second run into it is refused at once).
         let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
         let lock = try run.lock()

@@ -68,7 +68,7 @@ public func runLinearProbe(_ o: LinearProbeOptions) throws -> [TransferRun] {
     let data = try o.common.datasets(spec)
     var runs: [TransferRun] = []
     for b in backbones {
-        let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads)
+        let backbone = try loadBackbone(b, imgSize: spec.dataset.imgSize, heads: o.common.heads, precision: o.common.precision)
         guard lastBlocks <= backbone.model.config.depth else {
             let field = o.lastBlocks != nil ? "--last-blocks" : "\(spec.source): head.last_blocks"
             throw TaskError.badArgument("\(field) \(lastBlocks) exceeds the depth \(backbone.model.config.depth) of \(b.url.path)")
@@ -103,7 +103,7 @@ func cachedSplits(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeatur
     var sets: [FeatureSet] = [], hits = 0
     for folder in [data.train, data.val] {
         let key = cache.key(checkpointHash: backbone.hash, data: folder, imgSize: spec.dataset.imgSize,
-                            cropRatio: spec.dataset.cropRatio, feature: feature)
+                            cropRatio: spec.dataset.cropRatio, feature: feature, precision: backbone.model.precision)
         let (set, hit) = try cache.features(key: key) {
             say("extracting \(folder.count) images of \(folder.root.path) with \(backbone.stem)", verbose)
             let progress = ProgressLine(enabled: verbose)
@@ -128,7 +128,7 @@ func cachedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeature
     let before = parameterFingerprint(backbone.model)
     // The run folder is locked for the whole run (a second run into it is refused at once).
     let budget = try LabelBudget.of(spec.recipe)
-    let variant = probeVariant(mode: "cached", feature: feature) + (budget.map { ", \($0.described)" } ?? "")
+    let variant = o.common.variant(probeVariant(mode: "cached", feature: feature) + (budget.map { ", \($0.described)" } ?? ""))
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     let lock = try run.lock()
     defer { withExtendedLifetime(lock) {} }
@@ -305,7 +305,7 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     let total = Date(), a = spec.recipe.augmented!, verbose = o.common.verbose, model = backbone.model
     let before = parameterFingerprint(model)
     // The run folder is locked for the whole run (a second run into it is refused at once).
-    let variant = probeVariant(mode: "augmented", feature: feature)
+    let variant = o.common.variant(probeVariant(mode: "augmented", feature: feature))
     let run = TransferRun(root: o.common.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     let lock = try run.lock()
     defer { withExtendedLifetime(lock) {} }
@@ -316,7 +316,7 @@ func augmentedProbe(spec: TaskSpec, backbone: LoadedBackbone, feature: ProbeFeat
     // Val features do not depend on the head: extract them once (eval transform, cached).
     let valStart = Date()
     let valKey = o.cache.key(checkpointHash: backbone.hash, data: data.val, imgSize: spec.dataset.imgSize,
-                             cropRatio: spec.dataset.cropRatio, feature: feature)
+                             cropRatio: spec.dataset.cropRatio, feature: feature, precision: backbone.model.precision)
     let val = try o.cache.features(key: valKey) {
         let progress = ProgressLine(enabled: verbose)
         return try probeFeatures(model: model, feature: feature, folder: data.val,

@@ -113,11 +113,13 @@ public struct FeatureCache: Sendable {
 
     public init(folder: URL) { self.folder = folder }
 
-    /// The cache key of a split's features.
+    /// The cache key of a split's features; bf16 features get keys of their own (fp32 keys are those
+    /// written before the bf16 path existed).
     public func key(checkpointHash: String, data: ImageFolder, imgSize: Int, cropRatio: Double,
-                    feature: ProbeFeature) -> String {
+                    feature: ProbeFeature, precision: Precision = .fp32) -> String {
         var text = "v1|\(checkpointHash)|\(data.root.standardizedFileURL.path)|\(imgSize)|\(cropRatio)|" +
             "\(feature.pooling.rawValue)|\(feature.lastBlocks)|\(data.classes.joined(separator: ","))"
+        if precision != .fp32 { text += "|\(precision.rawValue)" }
         for s in data.samples {
             let size = (try? FileManager.default.attributesOfItem(atPath: s.url.path)[.size] as? Int) ?? -1
             text += "|\(s.url.lastPathComponent):\(s.label):\(size ?? -1)"

@@ -36,8 +36,14 @@ public struct TransferOptions: Sendable {
     public var imgSize: Int?
     /// Compute threads for the run (`--threads`); nil: every core.
     public var threads: Int?
+    /// The backbones' arithmetic (`--precision`, `LoadOptions.precision`). bf16 runs are their own
+    /// variant (", bf16"): their own run folders, report rows and cached features.
+    public var precision = Precision.fp32
 
     public init() {}
+
+    /// The protocol's variant name for this run's precision: unchanged in fp32, ", bf16" appended in bf16.
+    public func variant(_ name: String) -> String { precision == .fp32 ? name : name + ", bf16" }
 
     /// The folder of run folders when none is given.
     public static let defaultRunsPath = "runs"
@@ -165,8 +171,10 @@ public struct LoadedBackbone {
 }
 
 /// Loads a backbone (no head, no decoder) at `imgSize`.
-public func loadBackbone(_ b: Backbone, imgSize: Int, heads: Int?) throws -> LoadedBackbone {
-    let loaded = try loadModel(from: b.url, options: LoadOptions(heads: heads, imgSize: imgSize))
+public func loadBackbone(_ b: Backbone, imgSize: Int, heads: Int?, precision: Precision = .fp32) throws -> LoadedBackbone {
+    var options = LoadOptions(heads: heads, imgSize: imgSize)
+    options.precision = precision
+    let loaded = try loadModel(from: b.url, options: options)
     var method = loaded.metadata["method"] ?? "unknown"
     if loaded.metadata["method"] == nil {
         switch loaded.info.layout {

@@ -29,10 +29,11 @@ public enum MAEEvalVersion {
         return "\(name?.isEmpty == false ? name! : "unknown CPU"), \(cores) core\(cores == 1 ? "" : "s")"
     }
 
-    /// What `mae-eval --version` prints: the version, the BLAS library (with how its kernel was chosen)
-    /// and the CPU, one line each.
+    /// What `mae-eval --version` prints: the version, the BLAS library (with how its kernel was chosen),
+    /// the bf16 library (`--precision bf16`: oneDNN, the ISA it uses here and its kernel) and the CPU,
+    /// one line each.
     public static var text: String {
         let blas = BLASInfo.current
-        return "mae-eval \(described)\nBLAS: \(blas.summary) (\(blas.choice))\nCPU: \(cpu)"
+        return "mae-eval \(described)\nBLAS: \(blas.summary) (\(blas.choice))\nbf16: \(BF16Info.current.summary)\nCPU: \(cpu)"
     }
 }

@@ -21,6 +21,8 @@ public struct VisualizeOptions: Sendable {
     public var imgSize: Int?
     /// Compute threads (`--threads`); nil: every core.
     public var threads: Int?
+    /// The linear layers' arithmetic (`--precision`).
+    public var precision = Precision.fp32
 
     public init(out: URL) { self.out = out }
 }
@@ -39,7 +41,9 @@ public func runVisualize(_ o: VisualizeOptions) throws -> (width: Int, height: I
     // --out is checked (its folder created) before any work, and is never the checkpoint.
     try prepareOutputFolder(o.out.deletingLastPathComponent(), flag: "--out", of: o.out)
     try checkOutputFile(o.out, flag: "--out", inputs: [("--checkpoint", o.checkpoint)])
-    let loaded = try loadModel(from: o.checkpoint, options: LoadOptions(imgSize: o.imgSize, keepDecoder: true))
+    var load = LoadOptions(imgSize: o.imgSize, keepDecoder: true)
+    load.precision = o.precision
+    let loaded = try loadModel(from: o.checkpoint, options: load)
     let model = loaded.model, c = model.config
     let folder: ImageFolder
     if let data = o.data {

@@ -108,10 +108,12 @@ final class InstallationTests: XCTestCase {
         XCTAssertEqual(MAEEvalVersion.commit(environment: [:]), "unknown")
         XCTAssertEqual(MAEEvalVersion.commit(environment: ["MAE_EVAL_COMMIT": " 3f2a9c1\n"]), "3f2a9c1")
         let lines = MAEEvalVersion.text.split(separator: "\n")
-        XCTAssertEqual(lines.count, 3)
+        XCTAssertEqual(lines.count, 4)
         XCTAssertTrue(lines[0].hasPrefix("mae-eval \(MAEEvalVersion.number) ("), String(lines[0]))
         XCTAssertTrue(lines[1].hasPrefix("BLAS: OpenBLAS "), String(lines[1]))
-        XCTAssertTrue(lines[2].hasPrefix("CPU: "), String(lines[2]))
+        XCTAssertTrue(lines[2].hasPrefix("bf16: oneDNN 2."), String(lines[2]))
+        XCTAssertTrue(lines[2].contains(", ISA "), String(lines[2]))
+        XCTAssertTrue(lines[3].hasPrefix("CPU: "), String(lines[3]))
     }
 
     func testBLASInfoIsReadFromOpenBLAS() {

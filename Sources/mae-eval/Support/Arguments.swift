@@ -4,6 +4,7 @@
 import ArgumentParser
 import Foundation
 import MAEFormats
+import MAEKernels
 import MAEModels
 import MAETasks
 
@@ -18,6 +19,7 @@ extension URL: @retroactive ExpressibleByArgument {
 extension Pooling: ExpressibleByArgument {}
 extension PretrainMethod: ExpressibleByArgument {}
 extension BenchMode: ExpressibleByArgument {}
+extension Precision: ExpressibleByArgument {}
 extension LinearProbeMode: ExpressibleByArgument {}
 extension LoaderBenchMode: ExpressibleByArgument {}
 extension IoUType: ExpressibleByArgument {}

@@ -1,8 +1,9 @@
 import ArgumentParser
+import MAEKernels
 import MAETasks
 
-/// `--img-size` and `--threads`, on every command that runs a model (`pretrain` and `bench` have their own
-/// `--threads` beside their own model flags).
+/// `--img-size`, `--threads` and `--precision`, on every command that runs a model from a checkpoint
+/// (`pretrain` and `bench` have their own `--threads` beside their own model flags; `bench` its own `--precision`).
 struct ModelRunFlags: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
         "Model input size in pixels, instead of the task's dataset.img_size (extract, visualize: the checkpoint's); pos_embed is resized bicubically.",
@@ -10,4 +11,8 @@ struct ModelRunFlags: ParsableArguments {
     var imgSize: Int?
     @Option(name: .long, help: ArgumentHelp("Compute threads (default: every core; at most 4 per core).", valueName: "N"))
     var threads: Int?
+    @Option(name: .long, help: ArgumentHelp(
+        "Arithmetic of the matrix products: fp32, or bf16 inputs with fp32 accumulation as torch.autocast on CPU (oneDNN); norms, softmax, losses and weights stay fp32.",
+        valueName: "fp32|bf16"))
+    var precision = Precision.fp32
 }

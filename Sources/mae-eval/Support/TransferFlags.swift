@@ -51,6 +51,7 @@ struct TransferFlags: ParsableArguments {
         o.heads = heads
         o.imgSize = compute.imgSize
         o.threads = compute.threads
+        o.precision = compute.precision
         return o
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MAEKernels
 import MAETasks
 
 struct Bench: LibraryCommand {
@@ -7,7 +8,7 @@ struct Bench: LibraryCommand {
         abstract: "Measure images/s of a forward pass, a training step or an MAE pretraining step.",
         discussion: """
             Runs on random weights and inputs and prints one JSON line with img_per_s, model, mode, \
-            batch_size, threads, precision and blas (library, version, kernel). Compare with PyTorch on the same cores (scripts/bench_pytorch.py).
+            batch_size, threads, precision and blas (library, version, kernel); with --precision bf16 also bf16 (oneDNN's version, ISA and kernel). Compare with PyTorch on the same cores (scripts/bench_pytorch.py).
             """)
 
     @Option(help: "Model preset: vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, vit_huge_patch14, vit_shapes_patch4 (or ViT-B/16, base, ...); vitdet_b (ViTDet-B backbone + simple feature pyramid, forward only).")
@@ -24,6 +25,9 @@ struct Bench: LibraryCommand {
     var iters = 5
     @Option(help: "Compute threads (default: every core; at most 4 per core).")
     var threads: Int?
+    @Option(help: ArgumentHelp("Arithmetic of the matrix products: fp32, or bf16 inputs with fp32 accumulation (torch.autocast on CPU).",
+                               valueName: "fp32|bf16"))
+    var precision = Precision.fp32
     @Flag(help: "Also report the share of time per kernel family.")
     var profile = false
 
@@ -31,6 +35,7 @@ struct Bench: LibraryCommand {
         var o = BenchOptions(model: model, imgSize: imgSize, batchSize: batchSize, mode: mode,
                              maskRatio: maskRatio, iters: iters, profile: profile)
         o.threads = threads
+        o.precision = precision
         return o
     }
 

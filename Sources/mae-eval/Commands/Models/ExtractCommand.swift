@@ -36,6 +36,7 @@ struct Extract: LibraryCommand {
         o.pooling = pool
         o.imgSize = compute.imgSize
         o.threads = compute.threads
+        o.precision = compute.precision
         o.cropRatio = cropRatio
         o.heads = heads
         o.batchSize = batchSize

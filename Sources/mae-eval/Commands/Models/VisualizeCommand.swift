@@ -38,6 +38,7 @@ struct Visualize: LibraryCommand {
         o.seed = seed
         o.imgSize = compute.imgSize
         o.threads = compute.threads
+        o.precision = compute.precision
         return o
     }
 
