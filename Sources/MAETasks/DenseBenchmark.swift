@@ -27,6 +27,7 @@ func runDenseBenchmark(_ o: BenchOptions, _ preset: DenseBenchPreset) throws -> 
     config.vitdet = ViTDetOptions(for: config, inputSize: o.imgSize)
     let backbone = try ViTDetBackbone(config: config)
     backbone.initializeWeights(seed: 0)
+    backbone.vit.precision = o.precision  // the ViT's linear layers; the pyramid's convolutions stay fp32
     // Random rel-pos tables: zero ones would still cost the same, but keep the bias honest.
     var rng = RandomStream(seed: 1)
     for spec in backbone.params.specs where spec.name.contains("rel_pos") {
@@ -52,5 +53,6 @@ func runDenseBenchmark(_ o: BenchOptions, _ preset: DenseBenchPreset) throws -> 
     }
     return BenchResult(img_per_s: Double(b * o.iters) / seconds, model: preset.rawValue, mode: o.mode.rawValue,
                        batch_size: b, img_size: s, threads: Parallel.workers, iters: o.iters,
-                       seconds_per_iter: seconds / Double(o.iters), mask_ratio: nil, time_share: share)
+                       seconds_per_iter: seconds / Double(o.iters), mask_ratio: nil, precision: o.precision.rawValue,
+                       bf16: o.precision == .bf16 ? BF16Info.current : nil, time_share: share)
 }

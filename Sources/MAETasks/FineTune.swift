@@ -118,6 +118,8 @@ func classifierScore(_ model: VisionTransformer, loader: DataLoader, world: Worl
         let values = pass.logits!.array
         for r in 0..<batch.count { tally.add(values[(r * k)..<(r * k + k)], label: batch.labels[r]) }
     }
+    let sizes = (0..<loader.batchCount).map { min(loader.batchSize, loader.source.count - $0 * loader.batchSize) }
+    try tally.gatherHits(over: world, batchSizes: sizes)
     try tally.sum(over: world)
     return HeadScore(tally)
 }
@@ -287,7 +289,7 @@ func fineTuneOne(spec: TaskSpec, backbone: LoadedBackbone, data: (train: ImageFo
         trainData: data.train.root.path, valData: data.val.root.path, trainImages: data.train.count, valImages: data.val.count,
         classes: k, pooling: "mean of patch tokens + fc_norm (global pool)", selected: nil, grid: nil, protocolChecks: checks,
         timings: ["train_s": elapsed(since: trainStart), "total_s": elapsed(since: total)], epochs: epochs, created: timestamp())
-    try PerImageResults(classification: data.val, hits: final.top1Hits).write(into: run.dir)
+    if Distributed.world.isMain { try PerImageResults(classification: data.val, hits: final.top1Hits).write(into: run.dir) }
     try run.write(metrics)
     return run
 }

@@ -55,6 +55,24 @@ public struct TopKTally: Sendable {
         top1 = Int(counts[0]); top5 = Int(counts[1]); samples = Int(counts[2])
     }
 
+    /// Puts every rank's per-image hits in one-process order on every rank, when rank r scored the
+    /// batches r, r + size, ... of sizes `batchSizes` (the whole evaluation's, in order). Call it
+    /// before `sum(over:)`; one process keeps its own hits.
+    public mutating func gatherHits(over world: World, batchSizes: [Int]) throws {
+        guard world.size > 1 else { return }
+        let parts = try world.allGather(top1Hits.map { $0 ? 1 : 0 }, "the per-image results' all-gather")
+        var cursors = [Int](repeating: 0, count: parts.count), hits: [Bool] = []
+        for (b, n) in batchSizes.enumerated() {
+            let r = b % world.size
+            guard cursors[r] + n <= parts[r].count else {
+                throw TaskError.badArgument("internal check failed: rank \(r) sent \(parts[r].count) per-image results, fewer than its batches hold")
+            }
+            hits += parts[r][cursors[r]..<(cursors[r] + n)].map { $0 == 1 }
+            cursors[r] += n
+        }
+        top1Hits = hits
+    }
+
     /// Top-1 and top-5 in percent (0 for no samples).
     public var percent: (top1: Double, top5: Double) {
         let n = Double(max(samples, 1))
