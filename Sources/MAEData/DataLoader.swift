@@ -18,69 +18,39 @@ extension CIFARDataset: DataSource {
     public func label(_ index: Int) -> Int { labels[index] }
 }
 
-/// One batch: normalised images and their labels, in the epoch's order.
+/// One batch: normalised images and their labels or instance targets, in the epoch's order.
 public struct Batch: Sendable {
-    /// (B, 3, S, S) floats, ImageNet-normalised, CHW per image.
+    /// (B, 3, S, S) floats, normalised, CHW per image.
     public var images: [Float]
+    /// Class labels (classification; empty for detection).
     public var labels: [Int]
     /// Dataset index of each image.
     public var indices: [Int]
-    public var count: Int { labels.count }
+    /// Per image: the objects and sizes of a detection batch (empty for classification).
+    public var instances: [InstanceTargets]
+    public var count: Int { indices.count }
+
+    public init(images: [Float], labels: [Int], indices: [Int], instances: [InstanceTargets] = []) {
+        self.images = images; self.labels = labels; self.indices = indices; self.instances = instances
+    }
 }
 
-/// Decodes and augments batches on background threads ahead of the consumer.
-///
-/// Determinism: the epoch's order is a Fisher-Yates shuffle drawn from (seed, epoch), and each
-/// sample's augmentation from its own stream (seed, epoch, dataset index); a batch is filled by
-/// one worker and handed out strictly in order, so the batches are the same for any number of
-/// workers and any thread timing. Memory is bounded: at most `prefetch` batches are being built
-/// or waiting at any time.
-public final class DataLoader: Sendable {
-    public let source: any DataSource
-    public let transform: any ImageTransform
-    /// A step on each normalised image (timm's random erasing), drawing from the sample's stream
-    /// after `transform`.
-    public let tensorTransform: (any TensorTransform)?
-    public let batchSize: Int
-    public let seed: UInt64
-    public let shuffle: Bool
-    public let dropLast: Bool
-    /// Background threads; 0 builds each batch on the consumer's thread when it is asked for.
-    public let workers: Int
-    public let prefetch: Int
+/// Builds one batch from dataset indices; sample `index` draws its augmentation from its own stream
+/// `RandomStream(seed:epoch:index:)`, so a batch never depends on which worker built it.
+public protocol BatchBuilder: Sendable {
+    /// Samples in the dataset.
+    var count: Int { get }
+    func batch(indices: [Int], epoch: Int, seed: UInt64) throws -> Batch
+}
 
-    public init(source: any DataSource, transform: any ImageTransform, tensorTransform: (any TensorTransform)? = nil,
-                batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = false, workers: Int = 2,
-                prefetch: Int? = nil) {
-        precondition(batchSize > 0, "batch size must be positive")
-        self.source = source
-        self.transform = transform
-        self.tensorTransform = tensorTransform
-        self.batchSize = batchSize
-        self.seed = seed
-        self.shuffle = shuffle
-        self.dropLast = dropLast
-        self.workers = max(0, workers)
-        self.prefetch = max(1, prefetch ?? 2 * max(1, workers))
-    }
+/// The classification pipeline: decode, augment, ImageNet-normalise, then an optional tensor step.
+struct ImageBatchBuilder: BatchBuilder {
+    let source: any DataSource
+    let transform: any ImageTransform
+    let tensorTransform: (any TensorTransform)?
+    var count: Int { source.count }
 
-    /// Number of batches per epoch.
-    public var batchCount: Int {
-        dropLast ? source.count / batchSize : (source.count + batchSize - 1) / batchSize
-    }
-
-    /// The sample order of `epoch`.
-    public func order(epoch: Int) -> [Int] {
-        var order = Array(0..<source.count)
-        guard shuffle else { return order }
-        var rng = RandomStream(seed: seed, epoch: epoch, index: -1)
-        rng.shuffle(&order)
-        return order
-    }
-
-    /// Builds batch `b` of an epoch whose order is `order`.
-    func makeBatch(_ b: Int, order: [Int], epoch: Int) throws -> Batch {
-        let indices = Array(order[(b * batchSize)..<min(order.count, (b + 1) * batchSize)])
+    func batch(indices: [Int], epoch: Int, seed: UInt64) throws -> Batch {
         let s = transform.size, plane = 3 * s * s
         var images = [Float](repeating: 0, count: indices.count * plane)
         try images.withUnsafeMutableBufferPointer { out in
@@ -93,6 +63,65 @@ public final class DataLoader: Sendable {
             }
         }
         return Batch(images: images, labels: indices.map(source.label), indices: indices)
+    }
+}
+
+/// Decodes and augments batches on background threads ahead of the consumer.
+///
+/// Determinism: the epoch's order is a Fisher-Yates shuffle drawn from (seed, epoch), and each
+/// sample's augmentation from its own stream (seed, epoch, dataset index); a batch is filled by
+/// one worker and handed out strictly in order, so the batches are the same for any number of
+/// workers and any thread timing. Memory is bounded: at most `prefetch` batches are being built
+/// or waiting at any time.
+public final class DataLoader: Sendable {
+    /// What turns dataset indices into a batch (classification images, or detection images and targets).
+    public let builder: any BatchBuilder
+    public let batchSize: Int
+    public let seed: UInt64
+    public let shuffle: Bool
+    public let dropLast: Bool
+    /// Background threads; 0 builds each batch on the consumer's thread when it is asked for.
+    public let workers: Int
+    public let prefetch: Int
+
+    /// A classification loader; `tensorTransform` is a step on each normalised image (timm's random
+    /// erasing), drawing from the sample's stream after `transform`.
+    public convenience init(source: any DataSource, transform: any ImageTransform, tensorTransform: (any TensorTransform)? = nil,
+                            batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = false, workers: Int = 2,
+                            prefetch: Int? = nil) {
+        self.init(builder: ImageBatchBuilder(source: source, transform: transform, tensorTransform: tensorTransform),
+                  batchSize: batchSize, seed: seed, shuffle: shuffle, dropLast: dropLast, workers: workers, prefetch: prefetch)
+    }
+
+    public init(builder: any BatchBuilder, batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = false,
+                workers: Int = 2, prefetch: Int? = nil) {
+        precondition(batchSize > 0, "batch size must be positive")
+        self.builder = builder
+        self.batchSize = batchSize
+        self.seed = seed
+        self.shuffle = shuffle
+        self.dropLast = dropLast
+        self.workers = max(0, workers)
+        self.prefetch = max(1, prefetch ?? 2 * max(1, workers))
+    }
+
+    /// Number of batches per epoch.
+    public var batchCount: Int {
+        dropLast ? builder.count / batchSize : (builder.count + batchSize - 1) / batchSize
+    }
+
+    /// The sample order of `epoch`.
+    public func order(epoch: Int) -> [Int] {
+        var order = Array(0..<builder.count)
+        guard shuffle else { return order }
+        var rng = RandomStream(seed: seed, epoch: epoch, index: -1)
+        rng.shuffle(&order)
+        return order
+    }
+
+    /// Builds batch `b` of an epoch whose order is `order`.
+    func makeBatch(_ b: Int, order: [Int], epoch: Int) throws -> Batch {
+        try builder.batch(indices: Array(order[(b * batchSize)..<min(order.count, (b + 1) * batchSize)]), epoch: epoch, seed: seed)
     }
 
     /// The batches of `epoch` from batch `first` on; `while let batch = try it.next() { ... }`.
