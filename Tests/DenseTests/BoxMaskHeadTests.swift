@@ -132,7 +132,7 @@ final class BoxMaskHeadTests: XCTestCase {
         checkGradient("d features", input: x, analytic: dx.array, step: 1e-2) { Double(loss($0).0) }
         let name = "roi_heads.mask_head.mask_fcn1.weight"
         let w0 = Array(store.value(name)), analytic = Array(store.grad(name))
-        checkGradient("d \(name)", input: w0, analytic: analytic, step: 1e-2) { w in
+        checkGradient("d \(name)", input: w0, analytic: analytic, step: 1e-3) { w in
             for (i, v) in w.enumerated() { store.value(name)[i] = v }
             defer { for (i, v) in w0.enumerated() { store.value(name)[i] = v } }
             return Double(loss(x).0)

@@ -22,7 +22,7 @@ public struct GroundTruth: Sendable {
 }
 
 /// One image's detections in its input frame (before rescaling to the original image).
-public struct Detections: Sendable {
+public struct Detections {
     /// Clipped to the image's extent in the input, best score first.
     public var boxes: [Box]
     public var scores: [Float]
@@ -30,6 +30,10 @@ public struct Detections: Sendable {
     public var classes: [Int]
     /// Each detection's soft mask over its box: (N, 2M, 2M) sigmoid probabilities of its class.
     public var maskProbabilities: Tensor
+
+    public init(boxes: [Box], scores: [Float], classes: [Int], maskProbabilities: Tensor) {
+        self.boxes = boxes; self.scores = scores; self.classes = classes; self.maskProbabilities = maskProbabilities
+    }
 
     public var count: Int { boxes.count }
 }
@@ -41,6 +45,10 @@ public struct ImageDetections: Sendable {
     public var classes: [Int]
     /// Row-major 0/1 masks at the original height x width.
     public var masks: [[UInt8]]
+
+    public init(boxes: [Box], scores: [Float], classes: [Int], masks: [[UInt8]]) {
+        self.boxes = boxes; self.scores = scores; self.classes = classes; self.masks = masks
+    }
 }
 
 /// Mask R-CNN's RoI heads as detectron2's `StandardROIHeads` under ViTDet's config: proposals matched to
