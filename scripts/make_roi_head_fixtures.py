@@ -9,6 +9,7 @@ parameter.
 """
 import math
 import os
+import pickle
 
 import torch
 import torch.nn.functional as F
@@ -176,6 +177,12 @@ def main():
     box_params = box_case(out)
     mask_params = mask_case(out)
     inference_case(out, box_params, mask_params)
+    # The same heads as detectron2 checkpoints: a model-zoo style .pkl of numpy arrays and a torch.save
+    # state dict, both {"model": {name: weight}}.
+    weights = {k: v.detach().clone() for k, v in {**box_params, **mask_params}.items()}
+    with open(os.path.join(OUT, "roi_heads_d2.pkl"), "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in weights.items()}, "__author__": "mae-eval fixture"}, f)
+    torch.save({"model": weights}, os.path.join(OUT, "roi_heads_d2.pth"))
     save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(OUT, "roi_heads.safetensors"))
 
 

@@ -1,6 +1,7 @@
 import MAEDense
 import MAEKernels
 import MAEModels
+import MAEFormats
 import TestSupport
 import XCTest
 
@@ -136,6 +137,49 @@ final class BoxMaskHeadTests: XCTestCase {
             for (i, v) in w.enumerated() { store.value(name)[i] = v }
             defer { for (i, v) in w0.enumerated() { store.value(name)[i] = v } }
             return Double(loss(x).0)
+        }
+    }
+}
+
+/// The heads' weights by detectron2's names through every checkpoint format, and their sizes from the shapes.
+final class DetectronCheckpointTests: XCTestCase {
+    func testHeadSizesAreInferredFromTheWeights() throws {
+        var layout = ParameterLayout()
+        let config = ROIHeadConfig(classes: 5, inChannels: 12, boxPooled: 5, boxConvs: 3, convDim: 8, fcDim: 20, maskConvs: 2)
+        _ = BoxHead(config, in: &layout)
+        _ = MaskHead(config, in: &layout)
+        let shapes = Dictionary(uniqueKeysWithValues: layout.shapes.map { ($0.name, $0.shape) })
+        XCTAssertEqual(try ROIHeadConfig.inferred(from: shapes, source: "w"), config)
+        var agnostic = shapes
+        agnostic["roi_heads.box_predictor.bbox_pred.weight"] = [4, 20]
+        XCTAssertThrowsError(try ROIHeadConfig.inferred(from: agnostic, source: "w.pkl")) {
+            XCTAssertTrue("\($0)".contains("class-specific"), "\($0)")
+        }
+        var none = shapes
+        none["roi_heads.box_predictor.cls_score.weight"] = nil
+        XCTAssertThrowsError(try ROIHeadConfig.inferred(from: none, source: "w.pkl"))
+    }
+
+    /// Saved as safetensors, loaded back into a fresh store bit for bit; a missing or mis-shaped
+    /// weight is refused by name.
+    func testSaveLoadRoundTripAndRefusals() throws {
+        var layout = ParameterLayout()
+        let heads = ROIHeads(BoxMaskHeadTests.config, strides: [4, 8], in: &layout)
+        let store = ParameterStore(layout: layout)
+        var rng = RandomStream(seed: 4)
+        heads.initialize(store, rng: &rng)
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("d2-heads-\(UUID()).safetensors")
+        defer { try? FileManager.default.removeItem(at: url) }
+        try DetectronCheckpoint.safetensors(store, metadata: ["format": "detectron2"]).write(to: url)
+        let file = try CheckpointFile.open(url)
+        let fresh = ParameterStore(layout: layout)
+        let report = try DetectronCheckpoint.load(file, into: fresh)
+        XCTAssertEqual(report.matched.count, layout.specs.count)
+        XCTAssertEqual(fresh.values.array, store.values.array)
+        var partial = file
+        partial.tensors["roi_heads.mask_head.deconv.bias"] = nil
+        XCTAssertThrowsError(try DetectronCheckpoint.load(partial, into: fresh)) {
+            XCTAssertTrue("\($0)".contains("roi_heads.mask_head.deconv.bias"), "\($0)")
         }
     }
 }

@@ -1,5 +1,6 @@
 import MAEDense
 import MAEKernels
+import MAEFormats
 import MAEModels
 import TestSupport
 import XCTest
@@ -21,6 +22,24 @@ final class ROIHeadsTests: XCTestCase {
             let key = spec.name.hasPrefix("roi_heads.mask_head") ? "mask/\(spec.name)" : "box/\(spec.name)"
             try store.set(spec.name, shape: spec.shape, fx.floats(key))
         }
+        try checkInference(heads, store, fx)
+    }
+
+    /// The same heads loaded from a detectron2 model-zoo style .pkl and a torch.save state dict give
+    /// detectron2's detections.
+    func testDetectronCheckpointsGiveTheSameDetections() throws {
+        let fx = try DenseFixture("roi_heads")
+        for name in ["roi_heads_d2.pkl", "roi_heads_d2.pth"] {
+            let file = try CheckpointFile.open(try XCTUnwrap(Bundle.module.url(forResource: "Fixtures/" + name, withExtension: nil)))
+            XCTAssertEqual(try ROIHeadConfig.inferred(from: file.tensors.mapValues(\.shape), source: name), BoxMaskHeadTests.config)
+            let (heads, store) = makeHeads()
+            try DetectronCheckpoint.load(file, into: store)
+            try checkInference(heads, store, fx)
+        }
+    }
+
+    private func checkInference(_ heads: ROIHeads, _ store: ParameterStore, _ fx: DenseFixture,
+                                file: StaticString = #filePath, line: UInt = #line) throws {
         let features = FeatureMap(try Tensor(fx.shape("infer/features"), fx.floats("infer/features")), stride: 4)
         let proposals = try (0..<2).map { b in
             try fx.floats("infer/proposals\(b)").chunked(4).map { Box(xyxy: $0) }
@@ -29,7 +48,7 @@ final class ROIHeadsTests: XCTestCase {
         for b in 0..<2 {
             let r = results[b]
             let scores = try fx.floats("infer/scores\(b)")
-            XCTAssertEqual(r.count, scores.count, "image \(b): detections kept")
+            XCTAssertEqual(r.count, scores.count, "image \(b): detections kept", file: file, line: line)
             guard r.count == scores.count else { continue }
             assertClose(r.scores, scores, rtol: 1e-4, atol: 1e-6, "image \(b) scores")
             XCTAssertEqual(r.classes, try fx.floats("infer/classes\(b)").map { Int($0) }, "image \(b) classes")
