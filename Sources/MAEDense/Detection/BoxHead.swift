@@ -4,7 +4,7 @@ import MAEModels
 
 /// The sizes of Mask R-CNN's RoI heads; `.vitDet(classes:)` is ViTDet's COCO config
 /// (`mask_rcnn_vitdet.py` over `mask_rcnn_fpn.py`).
-public struct ROIHeadConfig: Sendable, Equatable {
+public struct ROIHeadConfig: Codable, Sendable, Equatable {
     /// Foreground classes K (background is logit K).
     public var classes: Int
     /// Channels of the pyramid levels the poolers read.
