@@ -188,26 +188,37 @@ pre, post = 20, 15
 per_level_boxes, per_level_logits = [], []
 for lvl, anc in enumerate(level_anchors):
     d = torch.randn(2, len(anc), 4) * 0.4
-    logits = torch.randperm(2 * len(anc)).float().reshape(2, len(anc)) / 7 - 3
+    logits = torch.randperm(2 * len(anc)).float().reshape(2, len(anc)) / (2 * len(anc)) * 4 - 2 + 1.037 * lvl  # all levels in the top, no ties
     put("proposals", f"anchors_{lvl}", anc); put("proposals", f"deltas_{lvl}", d); put("proposals", f"logits_{lvl}", logits)
     per_level_boxes.append(torch.stack([d2_apply_deltas(d[n], anc, (1, 1, 1, 1)) for n in range(2)]))
     per_level_logits.append(logits)
-topk_boxes, topk_scores, level_ids = [], [], []
-for lvl, (bx, lg) in enumerate(zip(per_level_boxes, per_level_logits)):
-    k = min(lg.shape[1], pre)
-    s, idx = lg.topk(k, dim=1)
-    topk_boxes.append(bx[torch.arange(2)[:, None], idx]); topk_scores.append(s)
-    level_ids.append(torch.full((k,), lvl, dtype=torch.int64))
-topk_boxes, topk_scores, level_ids = torch.cat(topk_boxes, 1), torch.cat(topk_scores, 1), torch.cat(level_ids)
-for n, (h, w) in enumerate(image_sizes):
-    bx = topk_boxes[n].clone()
-    bx[:, 0::2] = bx[:, 0::2].clamp(min=0, max=w)
-    bx[:, 1::2] = bx[:, 1::2].clamp(min=0, max=h)
-    keep = ((bx[:, 2] - bx[:, 0]) > 0) & ((bx[:, 3] - bx[:, 1]) > 0)
-    bx, sc, lv = bx[keep], topk_scores[n][keep], level_ids[keep]
-    k = batched_nms(bx, sc, lv, 0.7)[:post]
-    put("proposals", f"boxes_image{n}", bx[k]); put("proposals", f"logits_image{n}", sc[k])
-    put("proposals", f"levels_image{n}", lv[k])
+
+
+def find_top_rpn_proposals(per_level_boxes, per_level_logits, image_sizes, pre, post, thr=0.7):
+    """detectron2's find_top_rpn_proposals (all finite here): per-level top-k, clip, w,h > 0, NMS by level."""
+    n_img = per_level_logits[0].shape[0]
+    topk_boxes, topk_scores, level_ids = [], [], []
+    for lvl, (bx, lg) in enumerate(zip(per_level_boxes, per_level_logits)):
+        k = min(lg.shape[1], pre)
+        s, idx = lg.topk(k, dim=1)
+        topk_boxes.append(bx[torch.arange(n_img)[:, None], idx]); topk_scores.append(s)
+        level_ids.append(torch.full((k,), lvl, dtype=torch.int64))
+    topk_boxes, topk_scores, level_ids = torch.cat(topk_boxes, 1), torch.cat(topk_scores, 1), torch.cat(level_ids)
+    results = []
+    for n, (h, w) in enumerate(image_sizes):
+        bx = topk_boxes[n].clone()
+        bx[:, 0::2] = bx[:, 0::2].clamp(min=0, max=w)
+        bx[:, 1::2] = bx[:, 1::2].clamp(min=0, max=h)
+        keep = ((bx[:, 2] - bx[:, 0]) > 0) & ((bx[:, 3] - bx[:, 1]) > 0)
+        bx, sc, lv = bx[keep], topk_scores[n][keep], level_ids[keep]
+        k = batched_nms(bx, sc, lv, thr)[:post]
+        results.append((bx[k], sc[k], lv[k]))
+    return results
+
+
+for n, (bx, sc, lv) in enumerate(find_top_rpn_proposals(per_level_boxes, per_level_logits, image_sizes, pre, post)):
+    put("proposals", f"boxes_image{n}", bx); put("proposals", f"logits_image{n}", sc)
+    put("proposals", f"levels_image{n}", lv)
 put("proposals", "sizes", torch.tensor([h for hw in image_sizes for h in hw] + [pre, post], dtype=torch.int64))
 
 
@@ -297,6 +308,65 @@ pboxes = torch.tensor([[3.3, 4.7, 20.2, 18.9], [-5.0, 10.5, 12.0, 33.0], [25.25,
                        [10.0, 10.0, 11.2, 10.8], [0.0, 0.0, 40.0, 30.0]])
 pasted = torch.stack([d2_paste(probs[i], pboxes[i], 30, 40) for i in range(5)])
 put("paste", "probabilities", probs); put("paste", "boxes", pboxes); put("paste", "masks", pasted)
+
+
+# --- RPN: detectron2 StandardRPNHead (conv_dims [-1, -1]) + RPN losses and proposals -------------
+def rpn_case():
+    C, A, N = 4, 3, 2
+    strides, sizes, grids = [4, 8], [8, 16], [(6, 6), (3, 3)]
+    feats = [torch.randn(N, C, h, w) for h, w in grids]
+    names = {"conv.conv0": (C, C, 3), "conv.conv1": (C, C, 3), "objectness_logits": (A, C, 1),
+             "anchor_deltas": (4 * A, C, 1)}
+    params = {}
+    for name, (oc, ic, k) in names.items():
+        params[f"{name}.weight"] = torch.randn(oc, ic, k, k) * 0.3
+        params[f"{name}.bias"] = torch.randn(oc) * 0.1
+    image_sizes = [(24, 22), (20, 24)]
+    gts = [torch.tensor([[2.0, 3.0, 11.5, 9.0], [12.0, 10.0, 21.0, 23.0]]), torch.tensor([[5.0, 4.0, 19.0, 15.0]])]
+    anchors_levels = [grid_anchors([s], [0.5, 1.0, 2.0], st, g, 0.0) for s, st, g in zip(sizes, strides, grids)]
+
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    fleaves = [f.clone().requires_grad_(True) for f in feats]
+    objs, dels = [], []
+    for x in fleaves:
+        t = F.relu(F.conv2d(x, leaves["conv.conv0.weight"], leaves["conv.conv0.bias"], padding=1))
+        t = F.relu(F.conv2d(t, leaves["conv.conv1.weight"], leaves["conv.conv1.bias"], padding=1))
+        objs.append(F.conv2d(t, leaves["objectness_logits.weight"], leaves["objectness_logits.bias"]))
+        dels.append(F.conv2d(t, leaves["anchor_deltas.weight"], leaves["anchor_deltas.bias"]))
+    logits = [o.permute(0, 2, 3, 1).flatten(1) for o in objs]
+    deltas = [d.view(N, -1, 4, d.shape[-2], d.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2) for d in dels]
+    anchors = torch.cat(anchors_levels)
+    assert len(anchors) < 256, "every valid anchor is sampled, so the fixture does not depend on randperm"
+    labels, matched = [], []
+    for gt in gts:
+        m, l = d2_match(d2_iou(gt, anchors), [0.3, 0.7], [0, -1, 1], True)
+        assert int((l == 1).sum()) <= 128
+        labels.append(l); matched.append(gt[m])
+    gt_labels = torch.stack(labels)
+    pos = gt_labels == 1
+    gt_deltas = torch.stack([d2_get_deltas(anchors, mg, (1, 1, 1, 1)) for mg in matched])
+    loc = F.l1_loss(torch.cat(deltas, 1)[pos], gt_deltas[pos], reduction="sum") / (256 * N)
+    valid = gt_labels >= 0
+    cls = F.binary_cross_entropy_with_logits(torch.cat(logits, 1)[valid], gt_labels[valid].float(),
+                                             reduction="sum") / (256 * N)
+    (cls + loc).backward()
+    with torch.no_grad():
+        boxes = [torch.stack([d2_apply_deltas(d[n], a, (1, 1, 1, 1)) for n in range(N)])
+                 for d, a in zip(deltas, anchors_levels)]
+        props = find_top_rpn_proposals(boxes, [l.detach() for l in logits], image_sizes, 20, 10)
+    for l, f in enumerate(feats):
+        put("rpn", f"feature{l}", f); put("rpn", f"d_feature{l}", fleaves[l].grad)
+    for k, v in params.items():
+        put("rpn", f"param/{k}", v); put("rpn", f"grad/{k}", leaves[k].grad)
+    for n, gt in enumerate(gts):
+        put("rpn", f"gt{n}", gt)
+        bx, sc, lv = props[n]
+        put("rpn", f"proposals{n}", bx); put("rpn", f"proposal_logits{n}", sc); put("rpn", f"proposal_levels{n}", lv)
+    put("rpn", "losses", torch.stack([cls, loc]).detach())
+    put("rpn", "counts", torch.tensor([int(pos.sum()), int((gt_labels == 0).sum())], dtype=torch.int64))
+
+
+rpn_case()
 
 save_file(T, OUT)
 os.chmod(OUT, 0o644)

@@ -172,6 +172,9 @@ final class DetectionOpsTests: XCTestCase {
         let p = try selectProposals(boxes: boxes, logits: logits, imageHeight: 10, imageWidth: 10,
                                     selection: .inference, training: false)
         XCTAssertEqual(p.boxes, [Box(1, 1, 5, 5)])
+        let nanLogit = try selectProposals(boxes: [[Box(1, 1, 5, 5), Box(2, 2, 8, 8)]], logits: [[.nan, 0.3]], imageHeight: 10,
+                                           imageWidth: 10, selection: .inference, training: false)
+        XCTAssertEqual(nanLogit.boxes, [Box(2, 2, 8, 8)])
         XCTAssertThrowsError(try selectProposals(boxes: boxes, logits: logits, imageHeight: 10, imageWidth: 10,
                                                  selection: .training, training: true))
     }
@@ -184,5 +187,9 @@ final class DetectionOpsTests: XCTestCase {
         for k in [1, 7, 100, 499, 500, 800] {
             XCTAssertEqual(topKIndices(values, k), Array(full.prefix(k)), "k \(k)")
         }
+        var withNaN = values
+        withNaN[3] = .nan; withNaN[400] = .nan
+        let rest = full.filter { $0 != 3 && $0 != 400 }
+        XCTAssertEqual(topKIndices(withNaN, 5), [3, 400] + rest.prefix(3), "NaN first, as torch's topk")
     }
 }

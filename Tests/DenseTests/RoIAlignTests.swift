@@ -79,9 +79,11 @@ final class RoIAlignTests: XCTestCase {
         // The fixture's rois alternate images; the pooler orders image 0's boxes first.
         let order = (0..<count).filter { rois[5 * $0] == 0 } + (0..<count).filter { rois[5 * $0] == 1 }
         let expectedLevels = try fx.ints("pooler/levels")
-        XCTAssertEqual(boxes.flatMap { $0 }.map { pooler.level(of: $0) }, order.map { expectedLevels[$0] })
+        XCTAssertEqual(boxes.flatMap { $0 }.map { pooler.level(of: $0) }, order.map { Optional(expectedLevels[$0]) })
         XCTAssertEqual(pooler.level(of: Box(0, 0, 223.9, 223.9)), 1, "level 3, not torchvision's 4")
         XCTAssertEqual(pooler.level(of: Box(0, 0, 224, 224)), 2)
+        XCTAssertEqual(pooler.level(of: Box(0, 0, 3, 3)), 0, "clamped to p2")
+        XCTAssertNil(pooler.level(of: Box(5, 0, 3, 3)), "an inverted box has no level")
         let (out, context) = pooler.forward(features: features, boxes: boxes)
         let per = 2 * 7 * 7, expected = try fx.floats("pooler/out"), g = try fx.floats("pooler/grad_out")
         assertClose(out.array, order.flatMap { Array(expected[($0 * per)..<(($0 + 1) * per)]) }, rtol: 1e-5, atol: 1e-6, "pooled")
@@ -93,6 +95,19 @@ final class RoIAlignTests: XCTestCase {
         }
     }
 
+    /// An inverted box has no level: zeros pooled, no gradient (detectron2's NaN level matches none).
+    func testPoolerGivesZerosForAnInvertedBox() {
+        let pooler = RoIPooler(outputSize: 2, strides: [4, 8])
+        let maps = [FeatureMap(Tensor([1, 1, 4, 4], randomValues(16, seed: 3)), stride: 4),
+                    FeatureMap(Tensor([1, 1, 2, 2], randomValues(4, seed: 4)), stride: 8)]
+        let (out, context) = pooler.forward(features: maps, boxes: [[Box(9, 0, 3, 3), Box(1, 1, 9, 9)]])
+        XCTAssertEqual(Array(out.array[0..<4]), [0, 0, 0, 0])
+        XCTAssertNotEqual(Array(out.array[4..<8]), [0, 0, 0, 0])
+        let grads = maps.map { FeatureMap(batch: 1, channels: 1, height: $0.height, width: $0.width, stride: $0.stride) }
+        pooler.backward(dFeatures: grads, dOut: Tensor([2, 1, 2, 2], [1, 1, 1, 1, 0, 0, 0, 0]), context: context)
+        XCTAssertEqual(Set(grads.flatMap { $0.tensor.array }), [0])
+    }
+
     /// BitMasks.crop_and_resize: RoIAlign(28, 1.0, 0, aligned=True) of each mask, >= 0.5.
     func testMaskTargetsMatchDetectron2() throws {
         let fx = try DetectionFixture()
@@ -102,6 +117,12 @@ final class RoIAlignTests: XCTestCase {
         let targets = maskTargets(masks: masks, height: shape[1], width: shape[2], boxes: try fx.boxes("mask_targets/boxes"))
         XCTAssertEqual(targets.shape, [3, 28, 28])
         XCTAssertEqual(targets.array, try fx.floats("mask_targets/targets"))
+        // Boxes cutting the same instance: masks[instances[i]] for box i.
+        let boxes = try fx.boxes("mask_targets/boxes"), expected = try fx.floats("mask_targets/targets")
+        let shared = maskTargets(masks: masks, height: shape[1], width: shape[2], boxes: [boxes[2], boxes[0], boxes[2]],
+                                 instances: [2, 0, 2])
+        let per = 28 * 28
+        XCTAssertEqual(shared.array, Array(expected[(2 * per)...]) + Array(expected[..<per]) + Array(expected[(2 * per)...]))
     }
 
     /// paste_masks_in_image by grid_sample, boxes partly outside the image and sub-pixel ones.

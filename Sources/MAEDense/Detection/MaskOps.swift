@@ -3,21 +3,29 @@ import MAEKernels
 // Mask R-CNN's two mask conversions, as detectron2 does them for bit masks: training targets
 // (`BitMasks.crop_and_resize`) and pasting predictions into the image (`paste_masks_in_image`).
 
-/// detectron2 `BitMasks.crop_and_resize(boxes, size)`: each instance mask (row-major H*W bytes, 0
-/// or 1, e.g. a decoded COCO RLE) is RoIAligned over its box, `ROIAlign((S, S), 1.0, 0,
-/// aligned=True)`, then binarised at >= 0.5. Returns (N, S, S) of 0 / 1, mask i cut by box i.
-public func maskTargets(masks: [[UInt8]], height: Int, width: Int, boxes: [Box], size: Int = 28) -> Tensor {
-    precondition(masks.count == boxes.count, "\(masks.count) masks for \(boxes.count) boxes")
+/// detectron2 `BitMasks.crop_and_resize(boxes, size)` as Mask R-CNN calls it
+/// (`gt_masks[matched_idxs].crop_and_resize(proposal_boxes, 28)`): box i is RoIAligned over instance
+/// mask `instances[i]` (row-major H*W bytes, nonzero = inside, e.g. a decoded COCO RLE) with
+/// `ROIAlign((S, S), 1.0, 0, aligned=True)`, then binarised at >= 0.5. `instances` defaults to one
+/// mask per box. Returns (N, S, S) of 0 / 1. Each instance mask is converted to floats once, however
+/// many boxes cut it.
+public func maskTargets(masks: [[UInt8]], height: Int, width: Int, boxes: [Box], instances: [Int]? = nil,
+                        size: Int = 28) -> Tensor {
+    let source = instances ?? Array(boxes.indices)
+    precondition(source.count == boxes.count, "\(source.count) mask indices for \(boxes.count) boxes")
+    precondition(source.allSatisfy { masks.indices.contains($0) }, "a mask index is outside 0..<\(masks.count)")
     let out = Tensor([boxes.count, size, size])
     guard !boxes.isEmpty else { return out }
     let align = RoIAlignSize(batch: 1, channels: 1, height: height, width: width, pooledHeight: size,
                              pooledWidth: size, spatialScale: 1, samplingRatio: 0, aligned: true)
     let plane = Tensor([1, 1, height, width])
-    for (i, (mask, box)) in zip(masks, boxes).enumerated() {
-        precondition(mask.count == height * width, "mask \(i) holds \(mask.count) pixels, not \(height)x\(width)")
-        for p in 0..<mask.count { plane[p] = mask[p] != 0 ? 1 : 0 }
-        let roi: [Float] = [0, box.x0, box.y0, box.x1, box.y1]
-        roiAlignForward(out: out.data + i * size * size, input: plane.data, rois: roi, roiCount: 1, size: align)
+    for m in Set(source).sorted() {
+        precondition(masks[m].count == height * width, "mask \(m) holds \(masks[m].count) pixels, not \(height)x\(width)")
+        masks[m].withUnsafeBufferPointer { bits in for p in 0..<bits.count { plane[p] = bits[p] != 0 ? 1 : 0 } }
+        for i in source.indices where source[i] == m {
+            let roi: [Float] = [0, boxes[i].x0, boxes[i].y0, boxes[i].x1, boxes[i].y1]
+            roiAlignForward(out: out.data + i * size * size, input: plane.data, rois: roi, roiCount: 1, size: align)
+        }
     }
     for i in 0..<out.count { out[i] = out[i] >= 0.5 ? 1 : 0 }
     return out
@@ -69,5 +77,6 @@ private func bilinearZeroPadded(_ plane: UnsafePointer<Float>, size m: Int, x: F
     let x0 = Int(xw), y0 = Int(yn)
     let wE = x - xw, wW = 1 - wE, wS = y - yn, wN = 1 - wS
     func at(_ yy: Int, _ xx: Int) -> Float { yy >= 0 && yy < m && xx >= 0 && xx < m ? plane[yy * m + xx] : 0 }
-    return at(y0, x0) * wW * wN + at(y0, x0 + 1) * wE * wN + at(y0 + 1, x0) * wW * wS + at(y0 + 1, x0 + 1) * wE * wS
+    let nw = wW * wN, ne = wE * wN, sw = wW * wS, se = wE * wS
+    return at(y0, x0) * nw + at(y0, x0 + 1) * ne + at(y0 + 1, x0) * sw + at(y0 + 1, x0 + 1) * se
 }

@@ -2,8 +2,13 @@
 
 /// The order torchvision's `nms` visits boxes: by score, highest first; equal scores by index
 /// (torch's CPU sort is not stable, so detectron2 leaves ties unspecified; here they are fixed).
+/// NaN ranks above every number, as in torch's descending sort and `topk`.
 func scoreOrder(_ scores: [Float], _ indices: [Int]) -> [Int] {
-    indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
+    indices.sorted { i, j in
+        let a = scores[i], b = scores[j]
+        if a.isNaN || b.isNaN { return a.isNaN && (!b.isNaN || i < j) }
+        return a > b || (a == b && i < j)
+    }
 }
 
 /// torchvision `nms(boxes, scores, threshold)`: greedily keeps the best remaining box and

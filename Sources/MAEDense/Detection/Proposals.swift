@@ -76,7 +76,8 @@ public func selectProposals(boxes: [[Box]], logits: [[Float]], imageHeight: Int,
                      levels: keep.map { survivors.levels[$0] })
 }
 
-/// Indices of the k largest values, largest first, equal values by index (torch's `topk`, sorted).
+/// Indices of the k largest values, largest first, equal values by index, NaN above all (torch's
+/// `topk`, sorted).
 public func topKIndices(_ values: [Float], _ k: Int) -> [Int] {
     let indices = Array(values.indices)
     guard k < values.count else { return scoreOrder(values, indices) }
@@ -84,7 +85,7 @@ public func topKIndices(_ values: [Float], _ k: Int) -> [Int] {
     var best = scoreOrder(values, Array(indices.prefix(k)))
     var threshold = values[best[k - 1]]
     var pending: [Int] = []
-    for i in k..<values.count where values[i] > threshold {
+    for i in k..<values.count where values[i] > threshold || (values[i].isNaN && !threshold.isNaN) {
         pending.append(i)
         if pending.count >= k {
             best = Array(scoreOrder(values, best + pending).prefix(k))

@@ -27,12 +27,13 @@ public struct RoIPooler: Equatable, Sendable {
     public var maxLevel: Int { minLevel + strides.count - 1 }
 
     /// `assign_boxes_to_levels`: floor(4 + log2(sqrt(area) / 224 + 1e-8)) in float32, clamped to
-    /// the levels present, as an index into `strides`.
-    public func level(of box: Box) -> Int {
+    /// the levels present, as an index into `strides`. nil for an inverted box (negative area, so
+    /// a NaN level): detectron2 pools it from no level, leaving zeros.
+    public func level(of box: Box) -> Int? {
         let size = box.area.squareRoot()
         let raw = (Float(canonicalLevel) + log2f(size / canonicalBoxSize + 1e-8)).rounded(.down)
-        let clamped = raw.isNaN ? Float(minLevel) : min(max(raw, Float(minLevel)), Float(maxLevel))
-        return Int(clamped) - minLevel
+        guard !raw.isNaN else { return nil }
+        return Int(min(max(raw, Float(minLevel)), Float(maxLevel))) - minLevel
     }
 
     /// What `forward` pooled, for `backward`: the rois (R,5) and each one's level.
@@ -42,14 +43,15 @@ public struct RoIPooler: Equatable, Sendable {
     }
 
     /// Pools every box of every image (boxes[b] in image b's input pixels) from its level: returns
-    /// (R, C, S, S) with R = all boxes, image 0's first, and the context for `backward`.
+    /// (R, C, S, S) with R = all boxes, image 0's first, and the context for `backward`. A box
+    /// without a level (see `level(of:)`) pools zeros and gets no gradient.
     public func forward(features: [FeatureMap], boxes: [[Box]]) -> (Tensor, Context) {
         precondition(features.count == strides.count && zip(features, strides).allSatisfy { $0.stride == $1 },
                      "RoI pooler for strides \(strides) got maps of strides \(features.map(\.stride))")
         precondition(boxes.count == features[0].batch, "\(boxes.count) box lists for a batch of \(features[0].batch)")
         var rois: [Float] = [], levels: [Int] = []
         for (b, list) in boxes.enumerated() {
-            for box in list { rois += [Float(b), box.x0, box.y0, box.x1, box.y1]; levels.append(level(of: box)) }
+            for box in list { rois += [Float(b), box.x0, box.y0, box.x1, box.y1]; levels.append(level(of: box) ?? -1) }
         }
         let out = Tensor([levels.count, features[0].channels, outputSize, outputSize])
         let perRoi = features[0].channels * outputSize * outputSize
