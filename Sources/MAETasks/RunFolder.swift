@@ -163,8 +163,8 @@ public struct LoadedBackbone {
     public var stem: String { url.deletingPathExtension().lastPathComponent }
 }
 
-/// Loads a backbone (no head, no decoder) at `imgSize`.
-public func loadBackbone(_ b: Backbone, imgSize: Int, heads: Int?) throws -> LoadedBackbone {
+/// Loads a backbone (no head, no decoder) at `imgSize` (nil: the checkpoint's own size).
+public func loadBackbone(_ b: Backbone, imgSize: Int?, heads: Int?) throws -> LoadedBackbone {
     let loaded = try loadModel(from: b.url, options: LoadOptions(heads: heads, imgSize: imgSize))
     var method = loaded.metadata["method"] ?? "unknown"
     if loaded.metadata["method"] == nil {
