@@ -159,8 +159,8 @@ public struct ROIHeads {
             fgBoxes.append(boxes)
             fgClasses += fg.map { s.classes[$0] }
             let t = truth[b]
-            fgTargets += maskTargets(masks: fg.map { t.masks[s.matched[$0]] }, height: t.maskHeight, width: t.maskWidth,
-                                     boxes: boxes, size: 2 * config.maskPooled).array
+            fgTargets += maskTargets(masks: t.masks, height: t.maskHeight, width: t.maskWidth, boxes: boxes,
+                                     instances: fg.map { s.matched[$0] }, size: 2 * config.maskPooled).array
         }
         var maskLoss: Float = 0
         var mask: (RoIPooler.Context, LayerTrace, Tensor)?
