@@ -18,6 +18,8 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	fi
 
-## Side-by-side speed against PyTorch (needs torch and timm in PYTHON's environment).
+## Side-by-side speed against PyTorch (needs torch and timm in PYTHON's environment): ViT-B/16 at 224 px,
+## then ViTDet-B's backbone + pyramid at 1024 px (one round: ~half a minute per image and side on 2 cores).
 bench: deps
 	scripts/bench_compare.sh
+	scripts/bench_compare.sh vitdet_b 1024 1 1

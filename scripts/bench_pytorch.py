@@ -3,6 +3,7 @@
 Usage: python scripts/bench_pytorch.py --model vit_base_patch16 --img-size 224 --batch-size 8 \
            --mode forward|train|pretrain [--mask-ratio 0.75] [--iters 5]
 Prints one JSON line in the format `mae-eval bench` prints. Needs torch and timm (pip install torch timm).
+`--model vitdet_b` (forward only): ViTDet-B's backbone + simple feature pyramid (scripts/vitdet_pytorch.py).
 """
 import argparse, json, time
 
@@ -62,6 +63,22 @@ class MAE(nn.Module):
         return (loss * mask).sum() / mask.sum()
 
 
+def build_model(a):
+    """The model `a.model` in `a.mode`: timm's ViT classifier, the MAE above, or ViTDet-B (forward only)."""
+    if a.model == "vitdet_b":
+        if a.mode != "forward":
+            raise SystemExit("vitdet_b is benchmarked in --mode forward only")
+        from vitdet_pytorch import ViTDet
+        return ViTDet(img_size=a.img_size)
+    dim, depth, heads, patch = PRESETS[a.model]
+    if a.mode == "pretrain":
+        dd, ddepth, dheads = (64, 4, 4) if a.model == "vit_shapes_patch4" else (512, 8, 16)
+        return MAE(a.img_size, patch, dim, depth, heads, dd, ddepth, dheads)
+    return timm.models.vision_transformer.VisionTransformer(
+        img_size=a.img_size, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+        num_classes=1000, global_pool="avg", fc_norm=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="vit_base_patch16")
@@ -72,16 +89,9 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     a = ap.parse_args()
     torch.manual_seed(0)
-    dim, depth, heads, patch = PRESETS[a.model]
+    model = build_model(a)
     x = torch.randn(a.batch_size, 3, a.img_size, a.img_size)
     y = torch.randint(0, 1000, (a.batch_size,))
-    if a.mode == "pretrain":
-        dd, ddepth, dheads = (64, 4, 4) if a.model == "vit_shapes_patch4" else (512, 8, 16)
-        model = MAE(a.img_size, patch, dim, depth, heads, dd, ddepth, dheads)
-    else:
-        model = timm.models.vision_transformer.VisionTransformer(
-            img_size=a.img_size, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
-            num_classes=1000, global_pool="avg", fc_norm=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95))
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)
 

@@ -26,6 +26,60 @@ public struct DecoderConfig: Codable, Equatable, Sendable {
     public static let mae = DecoderConfig(embedDim: 512, depth: 8, numHeads: 16)
 }
 
+/// ViTDet's adaptation of the encoder for dense tasks (detectron2 modeling/backbone/vit.py `ViT`):
+/// no cls token and no final norm among the parameters (pos_embed keeps its cls row, dropped in use:
+/// `pretrain_use_cls_token`), window attention in every block but `globalBlocks`, and optionally the
+/// decomposed relative position tables `blocks.i.attn.rel_pos_h` / `rel_pos_w` (2 S - 1, head width)
+/// per block, S the window side (window blocks) or the input grid side (global blocks).
+public struct ViTDetOptions: Codable, Equatable, Sendable {
+    /// Window side in tokens (detectron2 `window_size`: 14, the pretraining grid of ViT-B/16 at 224).
+    public var windowSize: Int
+    /// Blocks with global attention; the others attend within windows (ViT-B: 2, 5, 8, 11).
+    public var globalBlocks: [Int]
+    /// `use_rel_pos`.
+    public var relativePosition: Bool
+    /// The dense input side in pixels (detectron2 `img_size`, 1024) the global blocks' tables are sized for;
+    /// another input size resizes the tables linearly in the forward, as detectron2's get_rel_pos.
+    public var inputSize: Int
+
+    public init(windowSize: Int, globalBlocks: [Int], relativePosition: Bool = true, inputSize: Int) {
+        self.windowSize = windowSize; self.globalBlocks = globalBlocks
+        self.relativePosition = relativePosition; self.inputSize = inputSize
+    }
+
+    /// ViTDet's spacing of the global blocks: the last block of each group of max(2, depth / 4)
+    /// blocks, and always the last block. B (12): 2, 5, 8, 11; L (24): 5, 11, 17, 23; H (32): 7, 15,
+    /// 23, 31, as detectron2's configs; depth 6 (the shipped Shapes backbone): 1, 3, 5.
+    public static func evenlySpacedGlobalBlocks(depth: Int) -> [Int] {
+        let group = max(2, depth / 4)
+        return (0..<depth).filter { ($0 + 1) % group == 0 || $0 == depth - 1 }
+    }
+
+    /// ViTDet's settings for an encoder at `inputSize` px: the window is the encoder's pretraining grid
+    /// (14 for a 224 px ViT/16), evenly spaced global blocks, rel-pos on.
+    public init(for config: ViTConfig, inputSize: Int) {
+        self.init(windowSize: config.gridSize, globalBlocks: Self.evenlySpacedGlobalBlocks(depth: config.depth),
+                  inputSize: inputSize)
+    }
+
+    /// Block i's attention window in tokens, 0 for global attention.
+    public func window(block i: Int) -> Int { globalBlocks.contains(i) ? 0 : windowSize }
+
+    /// The options a detectron2 ViTDet state dict implies from its rel-pos table lengths
+    /// (`blocks.i.attn.rel_pos_h` rows, one entry per block): window blocks carry the shortest
+    /// tables (2 w - 1 rows), global blocks the longest (2 G - 1 for the input grid G, so the input
+    /// is G patches). Every table of one length reads as all blocks global. Nil when some block has
+    /// no table (the windows cannot be told apart then) or a length is even.
+    public static func inferred(relPosLengths: [Int?], patchSize: Int) -> ViTDetOptions? {
+        let lengths = relPosLengths.compactMap { $0 }
+        guard !lengths.isEmpty, lengths.count == relPosLengths.count, lengths.allSatisfy({ $0 % 2 == 1 }),
+              let shortest = lengths.min(), let longest = lengths.max() else { return nil }
+        let global = lengths.indices.filter { lengths[$0] == longest }
+        return ViTDetOptions(windowSize: (shortest + 1) / 2, globalBlocks: global, relativePosition: true,
+                             inputSize: (longest + 1) / 2 * patchSize)
+    }
+}
+
 /// A Vision Transformer's architecture, as MAE's models_vit / models_mae define it.
 public struct ViTConfig: Codable, Equatable, Sendable {
     public var imgSize: Int
@@ -45,6 +99,8 @@ public struct ViTConfig: Codable, Equatable, Sendable {
     /// DeiT distilled (timm's VisionTransformerDistilled): a `dist_token` runs beside the cls token,
     /// with pos_embed rows 0 and 1 for the two; `cls` pooling still reads the cls token.
     public var distilled: Bool = false
+    /// ViTDet's dense adaptation (window attention, rel-pos, no cls token or final norm); nil for MAE's ViT.
+    public var vitdet: ViTDetOptions?
 
     public init(imgSize: Int, patchSize: Int, inChans: Int = 3, embedDim: Int, depth: Int, numHeads: Int,
                 mlpHidden: Int? = nil, numClasses: Int = 0, pooling: Pooling = .cls,
@@ -65,7 +121,7 @@ public struct ViTConfig: Codable, Equatable, Sendable {
 
     private enum CodingKeys: String, CodingKey {
         case imgSize, patchSize, inChans, embedDim, depth, numHeads, mlpHidden, numClasses, pooling, decoder
-        case normPixLoss, distilled
+        case normPixLoss, distilled, vitdet
     }
 
     /// Reads mae-eval's config JSON; files written before `distilled` existed read as not distilled.
@@ -80,6 +136,7 @@ public struct ViTConfig: Codable, Equatable, Sendable {
                   decoder: try c.decodeIfPresent(DecoderConfig.self, forKey: .decoder),
                   normPixLoss: try c.decode(Bool.self, forKey: .normPixLoss),
                   distilled: try c.decodeIfPresent(Bool.self, forKey: .distilled) ?? false)
+        vitdet = try c.decodeIfPresent(ViTDetOptions.self, forKey: .vitdet)
     }
 
     /// Tokens before the patches: cls, plus the dist token of a distilled model.
@@ -97,36 +154,60 @@ public struct ViTConfig: Codable, Equatable, Sendable {
     /// or pretraining) or `fc_norm`, then the decoder and the head when configured. Allocates no
     /// tensors: `VisionTransformer.init` allocates from it, and `CheckpointInfo` checks a checkpoint
     /// against it, so the loader's check and the model agree. The head counts shape no parameter.
+    /// With `vitdet`: detectron2's ViT parameters instead (pos_embed, patch_embed, the blocks with
+    /// their rel-pos tables; no cls token, no norm).
     public func parameterLayout() -> ParameterLayout {
-        let d = embedDim, l = numPatches, pretraining = decoder != nil
         var layout = ParameterLayout()
-        layout.add("cls_token", [1, 1, d])
-        if distilled { layout.add("dist_token", [1, 1, d]) }
+        addParameters(to: &layout)
+        return layout
+    }
+
+    /// Appends the model's parameters (see `parameterLayout`) to `layout`, each name behind `prefix`
+    /// (detectron2's "backbone.net." for a ViTDet backbone inside a detector's one store).
+    public func addParameters(to layout: inout ParameterLayout, prefix: String = "") {
+        let d = embedDim, l = numPatches, pretraining = decoder != nil
+        if let vitdet {
+            layout.add(prefix + "pos_embed", [1, numPrefixTokens + l, d])
+            layout.add(prefix + "patch_embed.proj.weight", [d, inChans, patchSize, patchSize])
+            layout.add(prefix + "patch_embed.proj.bias", [d])
+            layout.addBlocks(prefix: prefix + "blocks", depth: depth, width: d, hidden: mlpHidden, heads: numHeads,
+                             relPosLengths: (0..<depth).map { relPosLength(block: $0, vitdet) })
+            return
+        }
+        layout.add(prefix + "cls_token", [1, 1, d])
+        if distilled { layout.add(prefix + "dist_token", [1, 1, d]) }
         // MAE pretraining keeps the sin-cos table fixed; fine-tuning learns it (timm / models_vit).
-        layout.add("pos_embed", [1, numPrefixTokens + l, d], trainable: !pretraining)
-        layout.add("patch_embed.proj.weight", [d, inChans, patchSize, patchSize])
-        layout.add("patch_embed.proj.bias", [d])
-        layout.addBlocks(prefix: "blocks", depth: depth, width: d, hidden: mlpHidden)
-        let norm = pooling == .cls || pretraining ? "norm" : "fc_norm"
+        layout.add(prefix + "pos_embed", [1, numPrefixTokens + l, d], trainable: !pretraining)
+        layout.add(prefix + "patch_embed.proj.weight", [d, inChans, patchSize, patchSize])
+        layout.add(prefix + "patch_embed.proj.bias", [d])
+        layout.addBlocks(prefix: prefix + "blocks", depth: depth, width: d, hidden: mlpHidden)
+        let norm = prefix + (pooling == .cls || pretraining ? "norm" : "fc_norm")
         layout.add("\(norm).weight", [d])
         layout.add("\(norm).bias", [d])
         if let dc = decoder {
             let dd = dc.embedDim
-            layout.add("decoder_embed.weight", [dd, d])
-            layout.add("decoder_embed.bias", [dd])
-            layout.add("mask_token", [1, 1, dd])
-            layout.add("decoder_pos_embed", [1, 1 + l, dd], trainable: false)
-            layout.addBlocks(prefix: "decoder_blocks", depth: dc.depth, width: dd, hidden: dc.mlpHidden)
-            layout.add("decoder_norm.weight", [dd])
-            layout.add("decoder_norm.bias", [dd])
-            layout.add("decoder_pred.weight", [patchDim, dd])
-            layout.add("decoder_pred.bias", [patchDim])
+            layout.add(prefix + "decoder_embed.weight", [dd, d])
+            layout.add(prefix + "decoder_embed.bias", [dd])
+            layout.add(prefix + "mask_token", [1, 1, dd])
+            layout.add(prefix + "decoder_pos_embed", [1, 1 + l, dd], trainable: false)
+            layout.addBlocks(prefix: prefix + "decoder_blocks", depth: dc.depth, width: dd, hidden: dc.mlpHidden)
+            layout.add(prefix + "decoder_norm.weight", [dd])
+            layout.add(prefix + "decoder_norm.bias", [dd])
+            layout.add(prefix + "decoder_pred.weight", [patchDim, dd])
+            layout.add(prefix + "decoder_pred.bias", [patchDim])
         }
         if numClasses > 0 {
-            layout.add("head.weight", [numClasses, d])
-            layout.add("head.bias", [numClasses])
+            layout.add(prefix + "head.weight", [numClasses, d])
+            layout.add(prefix + "head.bias", [numClasses])
         }
-        return layout
+    }
+
+    /// Rows of block i's rel-pos tables (2 S - 1), nil without rel-pos: S is the window, or the
+    /// grid side of the dense input for a global block.
+    func relPosLength(block i: Int, _ v: ViTDetOptions) -> Int? {
+        guard v.relativePosition else { return nil }
+        let side = v.window(block: i) > 0 ? v.windowSize : v.inputSize / patchSize
+        return 2 * side - 1
     }
 
     /// Checks the shapes fit together; the message is one sentence for the user.
@@ -146,6 +227,17 @@ public struct ViTConfig: Codable, Equatable, Sendable {
         }
         if let d = decoder, d.embedDim % d.numHeads != 0 {
             throw fail("decoder width \(d.embedDim) is not divisible by \(d.numHeads) heads")
+        }
+        if let v = vitdet {
+            guard decoder == nil, numClasses == 0, !distilled else {
+                throw fail("a ViTDet backbone has no decoder, classifier head or distillation token")
+            }
+            guard v.windowSize > 0, v.inputSize > 0, v.inputSize % patchSize == 0 else {
+                throw fail("ViTDet window \(v.windowSize) and input size \(v.inputSize) must be positive, the input whole \(patchSize)-pixel patches")
+            }
+            guard v.globalBlocks.allSatisfy({ (0..<depth).contains($0) }) else {
+                throw fail("ViTDet global blocks \(v.globalBlocks) are not all blocks of a \(depth)-block encoder")
+            }
         }
     }
 }

@@ -26,13 +26,17 @@ public func sinCosPositionEmbedding(width d: Int, grid g: Int) -> [Float] {
 extension VisionTransformer {
     /// MAE's initialize_weights: sin-cos position tables, xavier-uniform Linear and patch-embedding
     /// weights (the latter viewed as [D, C*P*P]), zero biases, unit LayerNorms, tokens ~ N(0, 0.02),
-    /// and the head ~ truncated N(0, headStd) (MAE fine-tuning uses 2e-5, the linear probe 0.01).
+    /// and the head ~ truncated N(0, headStd) (MAE fine-tuning uses 2e-5, the linear probe 0.01);
+    /// ViTDet's rel-pos tables zero (rel_pos_zero_init). Only this model's parameters (those under
+    /// `prefix`) of a shared store are touched.
     public func initializeWeights(seed: UInt64, headStd: Float = 2e-5) {
         var rng = RandomStream(seed: seed)
-        for spec in params.specs {
+        for spec in params.specs where spec.name.hasPrefix(prefix) {
             let v = params.value(spec.name)
-            let name = spec.name
-            if name == "pos_embed" {
+            let name = String(spec.name.dropFirst(prefix.count))
+            if name.hasSuffix("attn.rel_pos_h") || name.hasSuffix("attn.rel_pos_w") {
+                v.update(repeating: 0)
+            } else if name == "pos_embed" {
                 // The table's first row is the cls token's (zeros); a distilled model's extra prefix row too.
                 let table = sinCosPositionEmbedding(width: config.embedDim, grid: config.gridSize)
                 let extra = v.count - table.count

@@ -2,13 +2,20 @@ import Foundation
 import MAEKernels
 
 extension ParameterLayout {
-    /// Appends `depth` pre-norm transformer blocks, 12 tensors each: `PREFIX.{i}.norm1.weight`, ...
-    mutating func addBlocks(prefix: String, depth: Int, width d: Int, hidden: Int) {
+    /// Appends `depth` pre-norm transformer blocks, 12 tensors each: `PREFIX.{i}.norm1.weight`, ...;
+    /// with `relPosLengths[i]` = L also ViTDet's `PREFIX.{i}.attn.rel_pos_h` / `rel_pos_w` (L, head
+    /// width), zero-initialised (detectron2 rel_pos_zero_init).
+    mutating func addBlocks(prefix: String, depth: Int, width d: Int, hidden: Int, heads: Int = 0,
+                            relPosLengths: [Int?] = []) {
         for i in 0..<depth {
             let p = "\(prefix).\(i)."
             add(p + "norm1.weight", [d]); add(p + "norm1.bias", [d])
             add(p + "attn.qkv.weight", [3 * d, d]); add(p + "attn.qkv.bias", [3 * d])
             add(p + "attn.proj.weight", [d, d]); add(p + "attn.proj.bias", [d])
+            if i < relPosLengths.count, let length = relPosLengths[i] {
+                precondition(heads > 0, "rel-pos tables need the head count")
+                add(p + "attn.rel_pos_h", [length, d / heads]); add(p + "attn.rel_pos_w", [length, d / heads])
+            }
             add(p + "norm2.weight", [d]); add(p + "norm2.bias", [d])
             add(p + "mlp.fc1.weight", [hidden, d]); add(p + "mlp.fc1.bias", [hidden])
             add(p + "mlp.fc2.weight", [d, hidden]); add(p + "mlp.fc2.bias", [d])
@@ -19,6 +26,8 @@ extension ParameterLayout {
 /// Offsets of one pre-norm transformer block's parameters (keys `PREFIX.{i}.norm1.weight`, ...).
 struct BlockParameters {
     let norm1W, norm1B, qkvW, qkvB, projW, projB, norm2W, norm2B, fc1W, fc1B, fc2W, fc2B: Int
+    /// ViTDet's rel-pos tables (L, Dh) per axis, when the block has them.
+    let relPos: (h: Int, w: Int, length: Int)?
 
     /// Reads the offsets of block `prefix` (e.g. "blocks.3") from a layout made by `addBlocks`.
     init(_ layout: ParameterLayout, prefix: String) {
@@ -29,47 +38,103 @@ struct BlockParameters {
         norm2W = at("norm2.weight"); norm2B = at("norm2.bias")
         fc1W = at("mlp.fc1.weight"); fc1B = at("mlp.fc1.bias")
         fc2W = at("mlp.fc2.weight"); fc2B = at("mlp.fc2.bias")
+        relPos = layout.offset("\(prefix).attn.rel_pos_h").map { h in
+            (h, at("attn.rel_pos_w"), layout.specs.first { $0.offset == h }!.shape[0])
+        }
     }
 }
 
-/// What one block keeps from its forward for the backward. R = B * N rows.
+/// How one block's attention sees a pass's tokens (B, N = Gh Gw, D): over the whole sequence or in
+/// w x w windows of the token grid (ViTDet), with or without the decomposed rel-pos bias, fused
+/// (logsumexp kept) or materialised (probs kept). Blocks with the same geometry share buffers in
+/// inference.
+struct AttentionGeometry: Hashable {
+    let batch, tokens: Int
+    /// The token grid (Gh, Gw); (0, 0) when the tokens form none (a cls token, a masked encoder).
+    let gridHeight, gridWidth: Int
+    /// Window side; 0 for global attention.
+    let window: Int
+    let relPos: Bool
+    let fused: Bool
+
+    /// The window partition of the (B, Gh, Gw, channels) token map; nil for global attention.
+    func partition(channels: Int) -> WindowPartitionSize? {
+        window > 0 ? WindowPartitionSize(batch: batch, height: gridHeight, width: gridWidth, channels: channels,
+                                         window: window) : nil
+    }
+    /// Sequences the attention runs over: B, or B * windows.
+    var attentionBatch: Int { partition(channels: 1)?.windows ?? batch }
+    /// Tokens per sequence: N, or w * w.
+    var attentionTokens: Int { window > 0 ? window * window : tokens }
+    /// The grid one attention sequence forms (the rel-pos terms' query / key grid).
+    var attentionGrid: (h: Int, w: Int) { window > 0 ? (window, window) : (gridHeight, gridWidth) }
+    var attentionRows: Int { attentionBatch * attentionTokens }
+}
+
+/// What one block keeps from its forward for the backward. R = B * N rows; Ra = the attention's
+/// rows (R, or B * windows * w * w for a window block, padding included).
 final class BlockActivations {
     let ln1, ln2, att, x1: Tensor          // (R,D)
     let mean1, rstd1, mean2, rstd2: Tensor // (R)
-    let qkv: Tensor                        // (R,3D)
-    /// The attention's softmax for the backward: probs (B,H,N,N), or logsumexp (B,H,N) when `fused`.
+    /// Window blocks: ln1 partitioned into zero-padded windows (Ra,D), and the attention's output
+    /// in windows (Ra,D) before unpartitioning into `att`; nil for global blocks (ln1 and att serve).
+    let windowsIn, windowsOut: Tensor?
+    let qkv: Tensor                        // (Ra,3D)
+    /// The attention's softmax for the backward: probs (Ba,H,Na,Na), or logsumexp (Ba,H,Na) when fused.
     let scores: Tensor
+    /// Rel-pos: the gathered Rh (sH, sH, Dh), Rw (sW, sW, Dh) and the terms relH (Ba*H, Na, sH), relW (Ba*H, Na, sW).
+    let rh, rw, relH, relW: Tensor?
     let h, g: Tensor                       // (R,hidden) fc1 output, GELU output
     let keep1, keep2: Tensor               // (B) drop-path scales of the two branches
 
-    init(batch: Int, tokens: Int, width: Int, hidden: Int, heads: Int, fused: Bool) {
-        let r = batch * tokens
+    init(_ geo: AttentionGeometry, width: Int, hidden: Int, heads: Int) {
+        let r = geo.batch * geo.tokens, ra = geo.attentionRows, ba = geo.attentionBatch, na = geo.attentionTokens
         ln1 = Tensor([r, width]); ln2 = Tensor([r, width]); att = Tensor([r, width]); x1 = Tensor([r, width])
         mean1 = Tensor([r]); rstd1 = Tensor([r]); mean2 = Tensor([r]); rstd2 = Tensor([r])
-        qkv = Tensor([r, 3 * width])
-        scores = Tensor(fused ? [batch, heads, tokens] : [batch, heads, tokens, tokens])
+        windowsIn = geo.window > 0 ? Tensor([ra, width]) : nil
+        windowsOut = geo.window > 0 ? Tensor([ra, width]) : nil
+        qkv = Tensor([ra, 3 * width])
+        scores = Tensor(geo.fused ? [ba, heads, na] : [ba, heads, na, na])
+        let (sh, sw) = geo.attentionGrid, hd = width / heads
+        rh = geo.relPos ? Tensor([sh, sh, hd]) : nil
+        rw = geo.relPos ? Tensor([sw, sw, hd]) : nil
+        relH = geo.relPos ? Tensor([ba * heads, na, sh]) : nil
+        relW = geo.relPos ? Tensor([ba * heads, na, sw]) : nil
         h = Tensor([r, hidden]); g = Tensor([r, hidden])
-        keep1 = Tensor([batch]); keep2 = Tensor([batch])
+        keep1 = Tensor([geo.batch]); keep2 = Tensor([geo.batch])
     }
+
+    /// The attention's input rows (Ra,D) and output rows (Ra,D).
+    var attentionIn: Tensor { windowsIn ?? ln1 }
+    var attentionOut: Tensor { windowsOut ?? att }
 }
 
-/// The activation buffers of one pass through a stack, for one (B, N) and mode: every block's set
-/// and every residual in training mode, one set and two ping-pong residuals in inference.
+/// The activation buffers of one pass through a stack, for one (B, N), grid and mode: every block's
+/// set and every residual in training mode; in inference one set per attention geometry, shared by
+/// the blocks of that geometry, and two ping-pong residuals.
 final class StackBuffers {
     let batch, tokens: Int
     let training: Bool
-    /// The blocks' attention runs fused (FlashAttention.swift) and keeps logsumexp, not probs.
-    let fused: Bool
+    /// Each block's attention geometry.
+    let geometries: [AttentionGeometry]
+    /// acts[i] is block i's set (the same object for blocks of one geometry in inference).
     let acts: [BlockActivations]
+    /// Every block's attention runs fused (FlashAttention.swift) and keeps logsumexp, not probs.
+    var fused: Bool { geometries.allSatisfy(\.fused) }
     /// residuals[i] is block i's input; residuals[i + 1] its output (mod 2 in inference).
     var residuals: [Tensor]
 
-    init(batch b: Int, tokens n: Int, training t: Bool, fused f: Bool, depth: Int, width: Int, hidden: Int, heads: Int) {
-        batch = b; tokens = n; training = t; fused = f
-        acts = (0..<(t ? depth : 1)).map { _ in
-            BlockActivations(batch: b, tokens: n, width: width, hidden: hidden, heads: heads, fused: f)
+    init(batch b: Int, tokens n: Int, training t: Bool, geometries: [AttentionGeometry], width: Int, hidden: Int,
+         heads: Int) {
+        batch = b; tokens = n; training = t; self.geometries = geometries
+        var shared: [AttentionGeometry: BlockActivations] = [:]
+        acts = geometries.map { geo in
+            if !t, let a = shared[geo] { return a }
+            let a = BlockActivations(geo, width: width, hidden: hidden, heads: heads)
+            shared[geo] = a
+            return a
         }
-        residuals = (0..<(t ? depth + 1 : 2)).map { _ in Tensor([b * n, width]) }
+        residuals = (0..<(t ? geometries.count + 1 : 2)).map { _ in Tensor([b * n, width]) }
     }
 }
 
@@ -80,9 +145,9 @@ final class SpareBuffers: @unchecked Sendable {
     private let lock = NSLock()
     private var spare: StackBuffers?
 
-    func take(batch b: Int, tokens n: Int, training t: Bool, fused f: Bool) -> StackBuffers? {
+    func take(batch b: Int, tokens n: Int, training t: Bool, geometries: [AttentionGeometry]) -> StackBuffers? {
         lock.lock(); defer { lock.unlock() }
-        guard let s = spare, s.batch == b, s.tokens == n, s.training == t, s.fused == f else { return nil }
+        guard let s = spare, s.batch == b, s.tokens == n, s.training == t, s.geometries == geometries else { return nil }
         spare = nil
         return s
     }
@@ -135,12 +200,20 @@ final class StackPass {
 
 /// A stack of MAE/timm pre-norm ViT blocks:
 ///   x1 = x + DropPath(proj(attn(norm1(x)))),  out = x1 + DropPath(fc2(GELU(fc1(norm2(x1))))).
+/// ViTDet's blocks (detectron2 vit.py `Block`) are the same with two options per block: `windows[i]`
+/// > 0 runs the attention inside w x w windows of the token grid (norm1's output zero-padded to
+/// multiples of w, partitioned, attention batched over all windows with the padded tokens unmasked,
+/// unpartitioned and cropped before proj), and rel-pos tables add the decomposed bias
+/// q . Rh[qh, kh] + q . Rw[qw, kw] (unscaled q) to the scores. Such blocks always run the fused
+/// attention, which takes that bias tile by tile.
 /// Each forward is a `StackPass` holding its own activations (every block's in training mode, for
 /// the backward; one reused set in inference); the stack keeps only parameter offsets, one spare
 /// set of buffers and the backward's scratch.
 final class TransformerStack {
     let blocks: [BlockParameters]
     let width, hidden, heads: Int
+    /// Each block's attention window side in tokens; 0 for global attention (every block of MAE's ViT).
+    let windows: [Int]
     /// Stochastic depth rate of the last block (linearly increasing from 0, as timm).
     var dropPath: Float = 0
     /// Sequences of at least this many tokens run the fused attention (`flashAttentionForward`,
@@ -155,22 +228,55 @@ final class TransformerStack {
     static let defaultFusedAttentionTokens = 1024
 
     private let spare = SpareBuffers()
-    private var scratch: (dX: Tensor, dLn: Tensor, dBranch: Tensor, dAtt: Tensor, dQKV: Tensor, dH: Tensor, dG: Tensor)?
+    private var scratch: BackwardScratch?
+
+    /// The backward's gradient buffers for R rows, and those of the attention's own rows (Ra) by size.
+    final class BackwardScratch {
+        let dX, dLn, dBranch, dAtt, dH, dG: Tensor
+        private var byName: [String: Tensor] = [:]
+
+        init(rows r: Int, width d: Int, hidden: Int) {
+            dX = Tensor([r, d]); dLn = Tensor([r, d]); dBranch = Tensor([r, d]); dAtt = Tensor([r, d])
+            dH = Tensor([r, hidden]); dG = Tensor([r, hidden])
+        }
+
+        /// A zeroed buffer of `shape`, kept under `name` for the next call of that size.
+        func zeroed(_ name: String, _ shape: [Int]) -> Tensor {
+            let count = shape.reduce(1, *)
+            if let t = byName[name], t.count == count { t.zero(); return t }
+            let t = Tensor(shape)
+            byName[name] = t
+            return t
+        }
+    }
 
     /// The stack over the blocks `prefix.0` ..< `prefix.{depth}` of `layout` (see `addBlocks`).
-    init(_ layout: ParameterLayout, prefix: String, depth: Int, width: Int, hidden: Int, heads: Int) {
+    /// `windows`: per block, as the property (empty: all global).
+    init(_ layout: ParameterLayout, prefix: String, depth: Int, width: Int, hidden: Int, heads: Int, windows: [Int] = []) {
+        precondition(windows.isEmpty || windows.count == depth, "\(windows.count) window sizes for \(depth) blocks")
         blocks = (0..<depth).map { BlockParameters(layout, prefix: "\(prefix).\($0)") }
         self.width = width
         self.hidden = hidden
         self.heads = heads
+        self.windows = windows.isEmpty ? Array(repeating: 0, count: depth) : windows
     }
 
+    /// True when some block needs the tokens as a grid (windows or rel-pos).
+    var needsGrid: Bool { windows.contains { $0 > 0 } || blocks.contains { $0.relPos != nil } }
+
     /// A new pass for b sequences of n tokens; the caller fills `pass.input` (B,N,D), then calls `forward`.
-    func begin(batch b: Int, tokens n: Int, training t: Bool) -> StackPass {
-        let fused = n >= fusedAttentionTokens
-        let buffers = spare.take(batch: b, tokens: n, training: t, fused: fused)
-            ?? StackBuffers(batch: b, tokens: n, training: t, fused: fused, depth: blocks.count, width: width,
-                            hidden: hidden, heads: heads)
+    /// `grid` (Gh, Gw), Gh Gw = n: the tokens' grid, required when some block has windows or rel-pos.
+    func begin(batch b: Int, tokens n: Int, training t: Bool, grid: (height: Int, width: Int)? = nil) -> StackPass {
+        precondition(!needsGrid || grid.map { $0.height * $0.width == n } == true,
+                     "window and rel-pos blocks need the \(n) tokens as a grid, not \(String(describing: grid))")
+        let geometries = blocks.indices.map { i in
+            AttentionGeometry(batch: b, tokens: n, gridHeight: grid?.height ?? 0, gridWidth: grid?.width ?? 0,
+                              window: windows[i], relPos: blocks[i].relPos != nil,
+                              fused: windows[i] > 0 || blocks[i].relPos != nil || n >= fusedAttentionTokens)
+        }
+        let buffers = spare.take(batch: b, tokens: n, training: t, geometries: geometries)
+            ?? StackBuffers(batch: b, tokens: n, training: t, geometries: geometries, width: width, hidden: hidden,
+                            heads: heads)
         return StackPass(buffers, spare: spare)
     }
 
@@ -183,20 +289,12 @@ final class TransformerStack {
         precondition(pass.ran == 0 && (1...blocks.count).contains(last), "a pass runs once, through 1...\(blocks.count) blocks")
         let r = batch * tokens, d = width
         for (i, w) in blocks.prefix(last).enumerated() {
-            let a = pass.buffers.acts[training ? i : 0]
+            let a = pass.buffers.acts[i], geo = pass.buffers.geometries[i]
             let x = pass.residual(i).data, out = pass.residual(i + 1).data
             let rate = training && blocks.count > 1 ? dropPath * Float(i) / Float(blocks.count - 1) : 0
             layerNormForward(out: a.ln1.data, mean: a.mean1.data, rstd: a.rstd1.data, input: x,
                              weight: p.v(w.norm1W), bias: p.v(w.norm1B), rows: r, width: d)
-            linearForward(out: a.qkv.data, input: a.ln1.data, weight: p.v(w.qkvW), bias: p.v(w.qkvB),
-                          rows: r, inDim: d, outDim: 3 * d)
-            if pass.fused {
-                flashAttentionForward(out: a.att.data, logSumExp: a.scores.data, qkv: a.qkv.data,
-                                      size: FlashAttentionSize(batch: batch, tokens: tokens, width: d, heads: heads))
-            } else {
-                attentionForward(out: a.att.data, probs: a.scores.data, qkv: a.qkv.data,
-                                 batch: batch, tokens: tokens, width: d, heads: heads)
-            }
+            blockAttentionForward(p, w, a, geo)
             linearForward(out: a.x1.data, input: a.att.data, weight: p.v(w.projW), bias: p.v(w.projB),
                           rows: r, inDim: d, outDim: d)
             applyDropPath(a.x1.data, keep: a.keep1, rate: rate, batch: batch, tokens: tokens, rng: &rng)
@@ -237,15 +335,14 @@ final class TransformerStack {
         precondition(top < pass.ran && lowest <= top, "gradient for block \(top) of a pass that ran \(pass.ran) blocks")
         let r = batch * tokens, d = width
         if scratch?.dX.count != r * d || scratch?.dH.count != r * hidden {
-            scratch = (Tensor([r, d]), Tensor([r, d]), Tensor([r, d]), Tensor([r, d]), Tensor([r, 3 * d]),
-                       Tensor([r, hidden]), Tensor([r, hidden]))
+            scratch = BackwardScratch(rows: r, width: d, hidden: hidden)
         }
         let s = scratch!
         let dx = s.dX.data
         dx.update(from: dOutputs[top]!, count: r * d)
         for i in stride(from: top, through: lowest, by: -1) {
             if i < top, let g = dOutputs[i] { addForward(out: dx, dx, g, count: r * d) }
-            let w = blocks[i], a = pass.buffers.acts[i], x = pass.residual(i).data
+            let w = blocks[i], a = pass.buffers.acts[i], geo = pass.buffers.geometries[i], x = pass.residual(i).data
             // out = x1 + keep2 * fc2(g)
             let dBranch = scaledBranchGrad(dx, keep: a.keep2, into: s.dBranch, batch: batch, tokens: tokens)
             s.dG.zero()
@@ -264,23 +361,91 @@ final class TransformerStack {
             s.dAtt.zero()
             linearBackward(dInput: s.dAtt.data, dWeight: p.g(w.projW), dBias: p.g(w.projB), dOut: dBranch1,
                            input: a.att.data, weight: p.v(w.projW), rows: r, inDim: d, outDim: d)
-            s.dQKV.zero()
-            if pass.fused {
-                flashAttentionBackward(dQKV: s.dQKV.data, dOut: s.dAtt.data, out: a.att.data, logSumExp: a.scores.data,
-                                       qkv: a.qkv.data,
-                                       size: FlashAttentionSize(batch: batch, tokens: tokens, width: d, heads: heads))
-            } else {
-                attentionBackward(dQKV: s.dQKV.data, dOut: s.dAtt.data, qkv: a.qkv.data, probs: a.scores.data,
-                                  batch: batch, tokens: tokens, width: d, heads: heads)
-            }
             s.dLn.zero()
-            linearBackward(dInput: s.dLn.data, dWeight: p.g(w.qkvW), dBias: p.g(w.qkvB), dOut: s.dQKV.data,
-                           input: a.ln1.data, weight: p.v(w.qkvW), rows: r, inDim: d, outDim: 3 * d)
+            blockAttentionBackward(p, w, a, geo, dAtt: s.dAtt, dLn: s.dLn, scratch: s)
             layerNormBackward(dInput: dx, dWeight: p.g(w.norm1W), dBias: p.g(w.norm1B), dOut: s.dLn.data,
                               input: x, weight: p.v(w.norm1W), mean: a.mean1.data, rstd: a.rstd1.data,
                               rows: r, width: d)
         }
         return dx
+    }
+
+    // MARK: - The attention of one block
+
+    private func relPosSizes(_ w: BlockParameters, _ geo: AttentionGeometry)
+        -> (h: RelPosGatherSize, w: RelPosGatherSize, terms: RelPosTermsSize)? {
+        guard let rel = w.relPos else { return nil }
+        let (sh, sw) = geo.attentionGrid, hd = width / heads
+        return (RelPosGatherSize(querySize: sh, keySize: sh, tableLength: rel.length, channels: hd),
+                RelPosGatherSize(querySize: sw, keySize: sw, tableLength: rel.length, channels: hd),
+                RelPosTermsSize(batch: geo.attentionBatch, width: width, heads: heads, gridHeight: sh, gridWidth: sw))
+    }
+
+    /// att (R,D) = attn(ln1): qkv over the attention's rows (windows of ln1, or ln1 itself), the
+    /// rel-pos terms from the unscaled q, the attention, and the windows put back (cropped).
+    private func blockAttentionForward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
+                                       _ geo: AttentionGeometry) {
+        let d = width
+        if let part = geo.partition(channels: width) {
+            windowPartitionForward(windows: a.attentionIn.data, input: a.ln1.data, size: part)
+        }
+        linearForward(out: a.qkv.data, input: a.attentionIn.data, weight: p.v(w.qkvW), bias: p.v(w.qkvB),
+                      rows: geo.attentionRows, inDim: d, outDim: 3 * d)
+        let size = FlashAttentionSize(batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
+        if let rel = w.relPos, let rs = relPosSizes(w, geo), let rh = a.rh, let rw = a.rw, let relH = a.relH, let relW = a.relW {
+            relPosGatherForward(out: rh.data, table: p.v(rel.h), size: rs.h)
+            relPosGatherForward(out: rw.data, table: p.v(rel.w), size: rs.w)
+            relPosTermsForward(relH: relH.data, relW: relW.data, qkv: a.qkv.data, rh: rh.data, rw: rw.data, size: rs.terms)
+            flashAttentionForward(out: a.attentionOut.data, logSumExp: a.scores.data, qkv: a.qkv.data,
+                                  bias: .decomposed(relH: relH.data, relW: relW.data, height: rs.terms.queryHeight,
+                                                    width: rs.terms.queryWidth), size: size)
+        } else if geo.fused {
+            flashAttentionForward(out: a.attentionOut.data, logSumExp: a.scores.data, qkv: a.qkv.data, size: size)
+        } else {
+            attentionForward(out: a.attentionOut.data, probs: a.scores.data, qkv: a.qkv.data,
+                             batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
+        }
+        if let part = geo.partition(channels: width) {
+            windowUnpartitionForward(out: a.att.data, windows: a.attentionOut.data, size: part)
+        }
+    }
+
+    /// Accumulates dLn (R,D) += the gradient of ln1 from dAtt (R,D), the gradient of att, and the
+    /// parameter gradients (qkv, the rel-pos tables through their gather).
+    private func blockAttentionBackward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
+                                        _ geo: AttentionGeometry, dAtt: Tensor, dLn: Tensor, scratch s: BackwardScratch) {
+        let d = width, ra = geo.attentionRows
+        var dOut = dAtt
+        if let part = geo.partition(channels: width) {
+            dOut = s.zeroed("dWindowsOut", [ra, d])
+            windowUnpartitionBackward(dWindows: dOut.data, dOut: dAtt.data, size: part)
+        }
+        let dQKV = s.zeroed("dQKV", [ra, 3 * d])
+        let size = FlashAttentionSize(batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
+        if let rel = w.relPos, let rs = relPosSizes(w, geo), let rh = a.rh, let rw = a.rw, let relH = a.relH, let relW = a.relW {
+            let dRelH = s.zeroed("dRelH", relH.shape), dRelW = s.zeroed("dRelW", relW.shape)
+            flashAttentionBackward(dQKV: dQKV.data, dBias: .decomposed(dRelH: dRelH.data, dRelW: dRelW.data),
+                                   dOut: dOut.data, out: a.attentionOut.data, logSumExp: a.scores.data, qkv: a.qkv.data,
+                                   bias: .decomposed(relH: relH.data, relW: relW.data, height: rs.terms.queryHeight,
+                                                     width: rs.terms.queryWidth), size: size)
+            let dRh = s.zeroed("dRh", rh.shape), dRw = s.zeroed("dRw", rw.shape)
+            relPosTermsBackward(dQKV: dQKV.data, dRh: dRh.data, dRw: dRw.data, dRelH: dRelH.data, dRelW: dRelW.data,
+                                qkv: a.qkv.data, rh: rh.data, rw: rw.data, size: rs.terms)
+            relPosGatherBackward(dTable: p.g(rel.h), dOut: dRh.data, size: rs.h)
+            relPosGatherBackward(dTable: p.g(rel.w), dOut: dRw.data, size: rs.w)
+        } else if geo.fused {
+            flashAttentionBackward(dQKV: dQKV.data, dOut: dOut.data, out: a.attentionOut.data, logSumExp: a.scores.data,
+                                   qkv: a.qkv.data, size: size)
+        } else {
+            attentionBackward(dQKV: dQKV.data, dOut: dOut.data, qkv: a.qkv.data, probs: a.scores.data,
+                              batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
+        }
+        let dIn = geo.window == 0 ? dLn : s.zeroed("dWindowsIn", [ra, d])
+        linearBackward(dInput: dIn.data, dWeight: p.g(w.qkvW), dBias: p.g(w.qkvB), dOut: dQKV.data,
+                       input: a.attentionIn.data, weight: p.v(w.qkvW), rows: ra, inDim: d, outDim: 3 * d)
+        if let part = geo.partition(channels: width) {
+            windowPartitionBackward(dInput: dLn.data, dWindows: dIn.data, size: part)
+        }
     }
 
     /// The gradient of a drop-path branch: dOut itself when nothing was dropped, else scaled.

@@ -30,8 +30,13 @@ public final class VisionTransformer {
         }
     }
 
+    /// The prefix of every parameter name in `params` ("" for a model of its own; "backbone.net." for a
+    /// ViTDet backbone inside a detector's store).
+    public let prefix: String
     // Parameter offsets.
-    let clsToken, posEmbed, patchW, patchB: Int
+    let posEmbed, patchW, patchB: Int
+    /// The cls token (every model but a ViTDet backbone).
+    let clsToken: Int?
     /// DeiT's distillation token (distilled models only).
     let distToken: Int?
     let encoder: TransformerStack
@@ -51,32 +56,49 @@ public final class VisionTransformer {
     /// used within one call only, so any number of forwards' contexts may be in flight.
     private var scratch: [String: Tensor] = [:]
 
-    public init(config: ViTConfig) throws {
+    /// A model with a store of its own, named by `config.parameterLayout()`.
+    public convenience init(config: ViTConfig) throws {
+        try config.validate()
+        let layout = config.parameterLayout()
+        try Self.checkParameterMemory(config, count: layout.totalCount)
+        try self.init(config: config, store: ParameterStore(layout: layout), prefix: "")
+    }
+
+    /// A model over a store shared with other parts (a detector's backbone, pyramid and heads in one
+    /// store, as its one training loop steps it): `store` must hold `config.addParameters(to:prefix:)`'s
+    /// parameters under `prefix`.
+    public init(config: ViTConfig, store: ParameterStore, prefix: String) throws {
         try config.validate()
         self.config = config
+        self.prefix = prefix
         let d = config.embedDim
-        let layout = config.parameterLayout()
-        let at = { (name: String) in layout.offset(name)! }
-        clsToken = at("cls_token")
-        distToken = layout.offset("dist_token")
+        let layout = store.layout
+        var own = ParameterLayout()
+        config.addParameters(to: &own, prefix: prefix)
+        for spec in own.specs where store.spec(spec.name)?.shape != spec.shape {
+            throw ModelError.shapeMismatch("the store has no parameter \(spec.name) of shape \(spec.shape)")
+        }
+        let at = { (name: String) in layout.offset(prefix + name)! }
+        clsToken = layout.offset(prefix + "cls_token")
+        distToken = layout.offset(prefix + "dist_token")
         posEmbed = at("pos_embed")
         patchW = at("patch_embed.proj.weight")
         patchB = at("patch_embed.proj.bias")
-        encoder = TransformerStack(layout, prefix: "blocks", depth: config.depth, width: d,
-                                   hidden: config.mlpHidden, heads: config.numHeads)
-        norm = layout.offset("norm.weight").map { ($0, at("norm.bias")) }
-        fcNorm = layout.offset("fc_norm.weight").map { ($0, at("fc_norm.bias")) }
+        encoder = TransformerStack(layout, prefix: prefix + "blocks", depth: config.depth, width: d,
+                                   hidden: config.mlpHidden, heads: config.numHeads,
+                                   windows: config.vitdet.map { v in (0..<config.depth).map { v.window(block: $0) } } ?? [])
+        norm = layout.offset(prefix + "norm.weight").map { ($0, at("norm.bias")) }
+        fcNorm = layout.offset(prefix + "fc_norm.weight").map { ($0, at("fc_norm.bias")) }
         decoder = config.decoder.map { dc in
             Decoder(config: dc, embedW: at("decoder_embed.weight"), embedB: at("decoder_embed.bias"),
                     maskToken: at("mask_token"), posEmbed: at("decoder_pos_embed"),
-                    stack: TransformerStack(layout, prefix: "decoder_blocks", depth: dc.depth, width: dc.embedDim,
+                    stack: TransformerStack(layout, prefix: prefix + "decoder_blocks", depth: dc.depth, width: dc.embedDim,
                                             hidden: dc.mlpHidden, heads: dc.numHeads),
                     normW: at("decoder_norm.weight"), normB: at("decoder_norm.bias"),
                     predW: at("decoder_pred.weight"), predB: at("decoder_pred.bias"))
         }
-        head = layout.offset("head.weight").map { ($0, at("head.bias")) }
-        try Self.checkParameterMemory(config, count: layout.totalCount)
-        params = ParameterStore(layout: layout)
+        head = layout.offset(prefix + "head.weight").map { ($0, at("head.bias")) }
+        params = store
     }
 
     // MARK: - Encoder
@@ -103,20 +125,21 @@ public final class VisionTransformer {
         precondition(m.batch == b && m.numPatches == l, "mask does not match the batch")
         var rng = RandomStream(seed: seed)
         let t0 = prefixTokens ? c.numPrefixTokens : 0, lk = m.keepCount, n = t0 + lk, cpp = c.inChans * p * p
+        precondition(c.vitdet == nil || (t0 == 0 && lk == l), "a ViTDet backbone runs on all patches, without a cls token")
         // patch_embed on the visible patches only.
         let patches = Tensor([b * lk, cpp])
         let pd = patches.data
         gatherPatches(pd, images: images, height: h, width: w, patchIndices: m.keep, perImage: lk)
-        let pass = encoder.begin(batch: b, tokens: n, training: t)
+        let pass = encoder.begin(batch: b, tokens: n, training: t, grid: t0 == 0 && lk == l ? (gh, gw) : nil)
         let x0 = pass.input
         let emb = buffer("embedding", [b * lk, d])
         linearForward(out: emb.data, input: pd, weight: params.v(patchW), bias: params.v(patchB),
                       rows: b * lk, inDim: cpp, outDim: d)
         let position = positionRows(gridHeight: gh, gridWidth: gw, prefixTokens: t0)
-        let cls = params.v(clsToken), dist = distToken.map { params.v($0) }, pos = position?.data ?? params.v(posEmbed)
+        let cls = clsToken.map { params.v($0) }, dist = distToken.map { params.v($0) }, pos = position?.data ?? params.v(posEmbed)
         for bi in 0..<b {
             let row0 = x0 + bi * n * d
-            if t0 > 0 {
+            if t0 > 0, let cls {
                 for i in 0..<d { row0[i] = cls[i] + pos[i] }
                 if let dist { for i in 0..<d { row0[d + i] = dist[i] + pos[d + i] } }
             }
@@ -249,11 +272,11 @@ public final class VisionTransformer {
         // Scatter into cls_token (and dist_token), pos_embed (when learnable) and the patch embedding's output.
         let posTrainable = params.specs.first { $0.offset == posEmbed }!.trainable
         let dRows = ctx.position.map { _ in buffer("dPosition", [t0 + m.numPatches, d]) }
-        let dCls = params.g(clsToken), dDist = distToken.map { params.g($0) }, dPos = dRows?.data ?? params.g(posEmbed)
+        let dCls = clsToken.map { params.g($0) }, dDist = distToken.map { params.g($0) }, dPos = dRows?.data ?? params.g(posEmbed)
         let dEmb = buffer("dEmbedding", [b * lk, d])
         for bi in 0..<b {
             let row0 = dx0 + bi * n * d
-            if t0 > 0 {
+            if t0 > 0, let dCls {
                 for i in 0..<d { dCls[i] += row0[i] }
                 if let dDist { for i in 0..<d { dDist[i] += row0[d + i] } }
             }

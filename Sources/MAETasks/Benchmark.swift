@@ -52,6 +52,7 @@ public struct BenchResult: Codable, Sendable {
 
 /// Times `iters` steps (after `warmup` untimed ones) of the chosen mode on random weights and inputs.
 public func runBenchmark(_ o: BenchOptions) throws -> BenchResult {
+    if let dense = DenseBenchPreset(rawValue: o.model.lowercased()) { return try runDenseBenchmark(o, dense) }
     let threads = try ComputeThreads(o.threads); defer { threads.restore() }
     guard let preset = ModelPreset(name: o.model) else { throw ModelError.unknownPreset(o.model) }
     guard o.batchSize > 0, o.iters > 0 else { throw TaskError.badArgument("--batch-size and --iters must be positive") }

@@ -23,4 +23,7 @@ struct DenseFixture {
     }
 
     func has(_ key: String) -> Bool { file.tensors[key] != nil }
+
+    /// Every tensor name in the file.
+    var keys: [String] { Array(file.tensors.keys) }
 }

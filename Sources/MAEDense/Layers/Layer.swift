@@ -11,15 +11,16 @@ public struct LayerTrace {
     public let input: Tensor
     public let output: Tensor
     /// Per-layer saved values: ChannelLayerNorm's (mean, rstd) per pixel, BatchNorm2d's per channel.
-    let saved: [Tensor]
+    public let saved: [Tensor]
     /// MaxPool2d's winners (flat index in each input plane).
-    let indices: [Int32]
+    public let indices: [Int32]
     /// A LayerChain's traces of its layers, in order.
     public let children: [LayerTrace]
     /// Whether the forward ran in training mode (BatchNorm2d's batch statistics depend on the input then).
-    let training: Bool
+    public let training: Bool
 
-    init(input: Tensor, output: Tensor, saved: [Tensor] = [], indices: [Int32] = [], children: [LayerTrace] = [],
+    /// A trace for a layer's backward; layers outside this module conform to `DenseLayer` with it too.
+    public init(input: Tensor, output: Tensor, saved: [Tensor] = [], indices: [Int32] = [], children: [LayerTrace] = [],
          training: Bool = false) {
         self.input = input; self.output = output; self.saved = saved; self.indices = indices
         self.children = children; self.training = training

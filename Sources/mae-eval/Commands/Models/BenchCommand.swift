@@ -10,7 +10,7 @@ struct Bench: LibraryCommand {
             batch_size, threads, precision and blas (library, version, kernel). Compare with PyTorch on the same cores (scripts/bench_pytorch.py).
             """)
 
-    @Option(help: "Model preset: vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, vit_huge_patch14, vit_shapes_patch4 (or ViT-B/16, base, ...).")
+    @Option(help: "Model preset: vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, vit_huge_patch14, vit_shapes_patch4 (or ViT-B/16, base, ...); vitdet_b (ViTDet-B backbone + simple feature pyramid, forward only).")
     var model = "vit_base_patch16"
     @Option(help: "Input size in pixels; must be divisible by the patch size.")
     var imgSize = 224
