@@ -286,7 +286,12 @@ func detectOne(spec: DetectSpec, backbone: LoadedBackbone,
 func evaluateWeights(_ weights: URL, spec: DetectSpec, val: COCODetectionDataset, o: DetectOptions) throws -> TransferRun {
     let total = Date()
     let file = try CheckpointFile.open(weights)
-    let config = try inferDetectorConfig(file, inputSize: spec.dataset.imgSize, heads: o.heads)
+    var config = try inferDetectorConfig(file, inputSize: spec.dataset.imgSize, heads: o.heads)
+    // Anchors are not in the weights: the task's when they fit the pyramid, else ViTDet's 8 x stride.
+    if spec.model.anchorSizes.count == config.anchorSizes.count {
+        config.anchorSizes = spec.model.anchorSizes
+        config.aspectRatios = spec.model.aspectRatios
+    }
     guard config.heads.classes == val.classes.count else {
         throw TaskError.badArgument("\(weights.path) detects \(config.heads.classes) classes but \(val.classes.count) are in the val annotations")
     }

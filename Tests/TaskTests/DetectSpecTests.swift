@@ -23,14 +23,14 @@ final class DetectSpecTests: XCTestCase {
     func testBadSpecsAreRefusedByName() throws {
         let good = try text("shapes-detect")
         let cases: [(String, String, String)] = [
-            ("  conv_dim: 64 ", "  conv_dims: 64 ", "unknown field 'heads.conv_dims'"),
+            ("  conv_dim: 32 ", "  conv_dims: 32 ", "unknown field 'heads.conv_dims'"),
             ("  lr: 0.0002", "  lr: fast", "recipe.lr must be a number"),
-            ("  epochs: 12\n", "", "lacks the required field 'recipe.epochs'"),
+            ("  epochs: 8\n", "", "lacks the required field 'recipe.epochs'"),
             ("protocol: detect", "protocol: segment", "protocol must be detect"),
-            ("  scale_factors: [4, 2, 1, 0.5]", "  scale_factors: [3, 1]", "model.scale_factors"),
-            ("  anchor_sizes: [8, 16, 32, 64, 128]", "  anchor_sizes: [8, 16]", "one size per pyramid level"),
-            ("  milestones: [9, 11]", "  milestones: [11, 9]", "recipe.milestones must be increasing"),
-            ("  lsj_scale: [0.5, 2.0]", "  lsj_scale: [2.0, 0.5]", "recipe.lsj_scale"),
+            ("  scale_factors: [2, 1, 0.5]", "  scale_factors: [3, 1]", "model.scale_factors"),
+            ("  anchor_sizes: [8, 16, 32, 64]", "  anchor_sizes: [8, 16]", "one size per pyramid level"),
+            ("  milestones: [6, 7.5]", "  milestones: [7.5, 6]", "recipe.milestones must be increasing"),
+            ("  lsj_scale: [0.5, 1.5]", "  lsj_scale: [1.5, 0.5]", "recipe.lsj_scale"),
             ("  optimizer: adamw", "  optimizer: sgd", "recipe.optimizer must be adamw"),
             ("seeds: [0]", "seeds: [0, 0]", "seeds lists 0 twice"),
         ]

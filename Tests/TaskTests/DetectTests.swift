@@ -14,11 +14,11 @@ final class DetectTests: XCTestCase {
     func tinySpec(root: URL) throws -> URL {
         var text = try String(contentsOf: repositoryRoot.appendingPathComponent("Tasks/shapes-detect.yaml"), encoding: .utf8)
         for (from, to) in [("root: ../.mae-eval/data/shapes", "root: \(root.path)"), ("generate: shapes", "generate: none"),
-                           ("img_size: 64", "img_size: 32"), ("pyramid_channels: 64", "pyramid_channels: 8"),
-                           ("conv_dim: 64 ", "conv_dim: 8 "), ("fc_dim: 256 ", "fc_dim: 16 "), ("box_convs: 4", "box_convs: 1"),
-                           ("mask_convs: 4", "mask_convs: 1"), ("roi_batch_size: 128", "roi_batch_size: 16"),
-                           ("batch_size: 8", "batch_size: 2"), ("epochs: 12", "epochs: 1"), ("warmup_iters: 50", "warmup_iters: 1"),
-                           ("milestones: [9, 11]", "milestones: [1]")] {
+                           ("img_size: 64", "img_size: 32"), ("pyramid_channels: 32", "pyramid_channels: 8"),
+                           ("conv_dim: 32 ", "conv_dim: 8 "), ("fc_dim: 128 ", "fc_dim: 16 "), ("box_convs: 2", "box_convs: 1"),
+                           ("mask_convs: 2", "mask_convs: 1"), ("roi_batch_size: 64", "roi_batch_size: 16"),
+                           ("batch_size: 8", "batch_size: 2"), ("epochs: 8", "epochs: 1"), ("warmup_iters: 50", "warmup_iters: 1"),
+                           ("milestones: [6, 7.5]", "milestones: [1]")] {
             XCTAssertTrue(text.contains(from), from)
             text = text.replacingOccurrences(of: from, with: to)
         }
