@@ -38,11 +38,11 @@ public func cocoMetrics(groundTruth: COCODataset, results: [COCODetection], grou
 /// on the right, each object's mask tinted in its class colour, its box outlined and its class name
 /// (and score) written above it; the image is enlarged `scale` times (nearest) so the labels are legible.
 public func detectionFigure(image: RGBImage, truth: [COCOInstance], detections: ImageDetections, classes: [String],
-                            minScore: Float = 0.5, scale: Int = 4) -> RGBImage {
+                            minScore: Float = 0.3, scale: Int = 4) -> RGBImage {
     let w = image.width * scale, h = image.height * scale, gap = 8, header = 14
     var canvas = Canvas(width: 2 * w + gap, height: h + header)
     canvas.text("ground truth", x: 2, y: 3, color: (0, 0, 0))
-    canvas.text("predictions (score >= \(String(format: "%.1f", minScore)))", x: w + gap + 2, y: 3, color: (0, 0, 0))
+    canvas.text("predictions, score \(String(format: "%.1f", minScore))+", x: w + gap + 2, y: 3, color: (0, 0, 0))
     let palette = LinePlot.palette
     func panel(left: Int, objects: [(mask: [UInt8]?, box: [Double], label: String, cls: Int)]) {
         for y in 0..<h {
