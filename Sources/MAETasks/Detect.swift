@@ -106,16 +106,19 @@ public func runDetect(_ o: DetectOptions) throws -> [TransferRun] {
         guard !seeds.isEmpty else { throw TaskError.badArgument("--seeds must list at least one seed") }
         spec.seeds = seeds
     }
+    if o.evalOnly {
+        guard let weights = o.weights else { throw TaskError.badArgument("--eval-only needs --weights W (a detectron2-layout detector)") }
+        guard FileManager.default.fileExists(atPath: weights.path) else { throw TaskError.badArgument("\(weights.path): no such file") }
+    } else if o.weights != nil {
+        throw TaskError.badArgument("--weights is for --eval-only; to train, pass --checkpoint")
+    }
     try prepareOutputFolder(o.outDir, flag: "--out-dir")
     if let report = o.report { try prepareReportOutput(report, flag: "--report") }
     let data = try detectionData(spec, o)
     var runs: [TransferRun] = []
-    if o.evalOnly {
-        guard let weights = o.weights else { throw TaskError.badArgument("--eval-only needs --weights W (a detectron2-layout detector)") }
-        guard FileManager.default.fileExists(atPath: weights.path) else { throw TaskError.badArgument("\(weights.path): no such file") }
+    if o.evalOnly, let weights = o.weights {
         runs.append(try evaluateWeights(weights, spec: spec, val: data.val, o: o))
     } else {
-        guard o.weights == nil else { throw TaskError.badArgument("--weights is for --eval-only; to train, pass --checkpoint") }
         var list = o.checkpoints.map { Backbone(url: $0, role: "checkpoint") }
         if let b = o.baseline { list.append(Backbone(url: b, role: "baseline")) }
         if list.isEmpty {
