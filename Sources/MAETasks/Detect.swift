@@ -272,7 +272,7 @@ func detectOne(spec: DetectSpec, backbone: LoadedBackbone,
         "Mask R-CNN as detectron2: RPN \(spec.heads.rpnBatchSize) anchors at 0.5, RoI heads \(spec.heads.roiBatchSize) at " +
             "\(spec.heads.roiPositiveFraction), background last, class-specific boxes and masks",
         "trained \(r.epochs) epochs of \(steps) steps; LSJ \(r.lsjScale[0])-\(r.lsjScale[1]) at \(size) px; evaluated on the last epoch's weights",
-        "detector saved in detectron2's names: \(displayPath(detector.path))",
+        "the trained detector is the run folder's \(detector.lastPathComponent), in detectron2's parameter names",
     ]
     let metrics = DetectMetrics(task: spec.name, checkpoint: backbone.url.path, checkpointHash: backbone.hash, method: backbone.method,
                                 role: backbone.role, seed: seed, recipe: r.summary, dataset: data.name, bbox: bbox, segm: segm,
