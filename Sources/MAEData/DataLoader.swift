@@ -18,20 +18,60 @@ extension CIFARDataset: DataSource {
     public func label(_ index: Int) -> Int { labels[index] }
 }
 
-/// One batch: normalised images and their labels, in the epoch's order.
+/// One batch: normalised images and their labels or instance targets, in the epoch's order.
 public struct Batch: Sendable {
-    /// (B, 3, S, S) floats, ImageNet-normalised, CHW per image.
+    /// (B, 3, S, S) floats, normalised, CHW per image.
     public var images: [Float]
+    /// Class labels (classification; empty for detection).
     public var labels: [Int]
     /// Dataset index of each image.
     public var indices: [Int]
+    /// Per image: the objects and sizes of a detection batch (empty for classification).
+    public var instances: [InstanceTargets]
     /// Which rows of the epoch's global batch these are (the whole batch unless the loader is one
     /// rank's shard).
     public var shard: BatchShard
     /// For a shard of a loader with `mixPartners`: the rows of the flipped global batch that meet
     /// this shard's rows (global row total - 1 - g for row g), which other ranks hold; nil otherwise.
     public var partners: MixPartners?
-    public var count: Int { labels.count }
+    public var count: Int { indices.count }
+
+    public init(images: [Float], labels: [Int], indices: [Int], instances: [InstanceTargets] = [],
+                shard: BatchShard? = nil, partners: MixPartners? = nil) {
+        self.images = images; self.labels = labels; self.indices = indices; self.instances = instances
+        self.shard = shard ?? .whole(indices.count); self.partners = partners
+    }
+}
+
+/// Builds one batch from dataset indices; sample `index` draws its augmentation from its own stream
+/// `RandomStream(seed:epoch:index:)`, so a batch never depends on which worker built it.
+public protocol BatchBuilder: Sendable {
+    /// Samples in the dataset.
+    var count: Int { get }
+    func batch(indices: [Int], epoch: Int, seed: UInt64) throws -> Batch
+}
+
+/// The classification pipeline: decode, augment, ImageNet-normalise, then an optional tensor step.
+struct ImageBatchBuilder: BatchBuilder {
+    let source: any DataSource
+    let transform: any ImageTransform
+    let tensorTransform: (any TensorTransform)?
+    var count: Int { source.count }
+
+    func batch(indices: [Int], epoch: Int, seed: UInt64) throws -> Batch {
+        let s = transform.size, plane = 3 * s * s
+        var images = [Float](repeating: 0, count: indices.count * plane)
+        try images.withUnsafeMutableBufferPointer { out in
+            for (k, index) in indices.enumerated() {
+                var rng = RandomStream(seed: seed, epoch: epoch, index: index)
+                let image = transform.apply(try source.image(index), rng: &rng)
+                image.writeNormalizedCHW(into: out.baseAddress! + k * plane)
+                tensorTransform?.apply(UnsafeMutableBufferPointer(rebasing: out[(k * plane)..<((k + 1) * plane)]),
+                                       channels: 3, height: s, width: s, rng: &rng)
+            }
+        }
+        return Batch(images: images, labels: indices.map(source.label), indices: indices)
+    }
 }
 
 /// Decodes and augments batches on background threads ahead of the consumer.
@@ -46,11 +86,8 @@ public struct Batch: Sendable {
 /// global batch: the same order, batch count and per-sample augmentation as one process, so the
 /// ranks' shards of batch k together are exactly the one-process batch k.
 public final class DataLoader: Sendable {
-    public let source: any DataSource
-    public let transform: any ImageTransform
-    /// A step on each normalised image (timm's random erasing), drawing from the sample's stream
-    /// after `transform`.
-    public let tensorTransform: (any TensorTransform)?
+    /// What turns dataset indices into a batch (classification images, or detection images and targets).
+    public let builder: any BatchBuilder
     public let batchSize: Int
     public let seed: UInt64
     public let shuffle: Bool
@@ -63,17 +100,24 @@ public final class DataLoader: Sendable {
     /// Shards also build `Batch.partners` (mixup and cutmix pair each row with the flipped batch's).
     public let mixPartners: Bool
 
-    public init(source: any DataSource, transform: any ImageTransform, tensorTransform: (any TensorTransform)? = nil,
-                batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = false, workers: Int = 2,
-                prefetch: Int? = nil, rank: Int = 0, of ranks: Int = 1, mixPartners: Bool = false) {
+    /// A classification loader; `tensorTransform` is a step on each normalised image (timm's random
+    /// erasing), drawing from the sample's stream after `transform`.
+    public convenience init(source: any DataSource, transform: any ImageTransform, tensorTransform: (any TensorTransform)? = nil,
+                            batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = false, workers: Int = 2,
+                            prefetch: Int? = nil, rank: Int = 0, of ranks: Int = 1, mixPartners: Bool = false) {
+        self.init(builder: ImageBatchBuilder(source: source, transform: transform, tensorTransform: tensorTransform),
+                  batchSize: batchSize, seed: seed, shuffle: shuffle, dropLast: dropLast, workers: workers, prefetch: prefetch,
+                  rank: rank, of: ranks, mixPartners: mixPartners)
+    }
+
+    public init(builder: any BatchBuilder, batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = false,
+                workers: Int = 2, prefetch: Int? = nil, rank: Int = 0, of ranks: Int = 1, mixPartners: Bool = false) {
         precondition(batchSize > 0, "batch size must be positive")
         precondition(ranks > 0 && (0..<ranks).contains(rank), "rank \(rank) of \(ranks)")
         self.rank = rank
         self.ranks = ranks
         self.mixPartners = mixPartners
-        self.source = source
-        self.transform = transform
-        self.tensorTransform = tensorTransform
+        self.builder = builder
         self.batchSize = batchSize
         self.seed = seed
         self.shuffle = shuffle
@@ -84,47 +128,33 @@ public final class DataLoader: Sendable {
 
     /// Number of batches per epoch.
     public var batchCount: Int {
-        dropLast ? source.count / batchSize : (source.count + batchSize - 1) / batchSize
+        dropLast ? builder.count / batchSize : (builder.count + batchSize - 1) / batchSize
     }
 
     /// The sample order of `epoch`.
     public func order(epoch: Int) -> [Int] {
-        var order = Array(0..<source.count)
+        var order = Array(0..<builder.count)
         guard shuffle else { return order }
         var rng = RandomStream(seed: seed, epoch: epoch, index: -1)
         rng.shuffle(&order)
         return order
     }
 
+    /// Samples in the dataset.
+    public var sampleCount: Int { builder.count }
+
     /// Builds this rank's shard of batch `b` of an epoch whose order is `order`.
     func makeBatch(_ b: Int, order: [Int], epoch: Int) throws -> Batch {
         let global = order[(b * batchSize)..<min(order.count, (b + 1) * batchSize)]
         let shard = BatchShard(rank: rank, of: ranks, total: global.count)
-        let indices = Array(global.dropFirst(shard.offset).prefix(shard.count))
-        let images = try render(indices, epoch: epoch)
-        var partners: MixPartners?
+        var batch = try builder.batch(indices: Array(global.dropFirst(shard.offset).prefix(shard.count)), epoch: epoch, seed: seed)
+        batch.shard = shard
         if mixPartners, !shard.isWhole {
             let mirrored = (shard.offset..<(shard.offset + shard.count)).map { global[global.startIndex + shard.total - 1 - $0] }
-            partners = MixPartners(images: try render(mirrored, epoch: epoch), labels: mirrored.map(source.label))
+            let rows = try builder.batch(indices: mirrored, epoch: epoch, seed: seed)
+            batch.partners = MixPartners(images: rows.images, labels: rows.labels)
         }
-        return Batch(images: images, labels: indices.map(source.label), indices: indices, shard: shard, partners: partners)
-    }
-
-    /// The augmented, normalised images (B, 3, S, S) of dataset samples `indices`, each from its own
-    /// stream (seed, epoch, index): the same pixels whichever batch or rank builds them.
-    func render(_ indices: [Int], epoch: Int) throws -> [Float] {
-        let s = transform.size, plane = 3 * s * s
-        var images = [Float](repeating: 0, count: indices.count * plane)
-        try images.withUnsafeMutableBufferPointer { out in
-            for (k, index) in indices.enumerated() {
-                var rng = RandomStream(seed: seed, epoch: epoch, index: index)
-                let image = transform.apply(try source.image(index), rng: &rng)
-                image.writeNormalizedCHW(into: out.baseAddress! + k * plane)
-                tensorTransform?.apply(UnsafeMutableBufferPointer(rebasing: out[(k * plane)..<((k + 1) * plane)]),
-                                       channels: 3, height: s, width: s, rng: &rng)
-            }
-        }
-        return images
+        return batch
     }
 
     /// The batches of `epoch` from batch `first` on; `while let batch = try it.next() { ... }`.

@@ -153,12 +153,19 @@ public struct LargeScaleJitter: Sendable, Equatable {
     }
 
     public func apply(_ sample: DenseSample, rng: inout RandomStream) -> DenseSample {
+        applyReportingExtent(sample, rng: &rng).sample
+    }
+
+    /// `apply`, also giving the part of the `size` x `size` window the resized image covers (its top-left
+    /// `height` x `width`; the rest is padding, which detectron2 leaves out of the crop and pads with 0
+    /// after normalisation).
+    public func applyReportingExtent(_ sample: DenseSample, rng: inout RandomStream) -> (sample: DenseSample, height: Int, width: Int) {
         var out = rng.chance(flipProbability) ? sample.flippedHorizontally() : sample
         let (w, h) = resizedSize(width: out.width, height: out.height, s: rng.uniform(scale.lowerBound, scale.upperBound))
         out = out.resized(width: w, height: h, interpolation: interpolation)
         let u = rng.unit()
         let top = Int((Double(max(0, h - size)) * u).rounded(.toNearestOrEven))
         let left = Int((Double(max(0, w - size)) * u).rounded(.toNearestOrEven))
-        return out.window(top: top, left: left, height: size, width: size, fill: fill)
+        return (out.window(top: top, left: left, height: size, width: size, fill: fill), min(size, h - top), min(size, w - left))
     }
 }

@@ -6,6 +6,7 @@ import MAEJSON
 public enum CheckpointFormat: String, Sendable {
     case safetensors = "safetensors"
     case torchZip = "PyTorch zip checkpoint (torch.save)"
+    case pickle = "pickle of numpy arrays (detectron2 model-zoo .pkl)"
 }
 
 /// A checkpoint file opened and its state dict found, before any key mapping.
@@ -28,7 +29,8 @@ public struct CheckpointFile {
     /// Untrusted globals the pickle referred to; they were never called.
     public var placeholders: [String]
 
-    /// Opens a safetensors file or a torch zip checkpoint (chosen by content, not by extension).
+    /// Opens a safetensors file, a torch zip checkpoint or a plain pickle of numpy arrays (chosen by
+    /// content, not by extension).
     public static func open(_ url: URL) throws -> CheckpointFile {
         let data = try readWholeFile(url)
         if data.count >= 4, data.prefix(4).elementsEqual([0x50, 0x4B, 0x03, 0x04]) || TorchCheckpoint.isLegacyPickle(data) {
@@ -42,8 +44,15 @@ public struct CheckpointFile {
             return CheckpointFile(source: url.path, format: .safetensors, tensors: st.tensors, order: st.order,
                                   wrapper: nil, metadata: st.metadata, extras: [], nonTensorEntries: [], placeholders: [])
         }
+        if PlainPickle.looksLikePickle(data) {
+            let (value, placeholders) = try PlainPickle.parse(data, source: url.path)
+            var file = try fromPickle(value, source: url.path)
+            file.format = .pickle
+            file.placeholders = placeholders
+            return file
+        }
         if data.isEmpty { throw PathError(url.path, "the file is empty") }
-        throw PathError(url.path, "is neither a safetensors file nor a PyTorch zip checkpoint")
+        throw PathError(url.path, "is neither a safetensors file, a PyTorch zip checkpoint nor a pickle of numpy arrays")
     }
 
     /// Top-level keys that hold the model's state dict, most preferred first (MAE saves `model`;

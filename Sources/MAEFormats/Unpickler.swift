@@ -11,7 +11,8 @@ struct TorchStorage {
 }
 
 /// A restricted unpickler for protocol 0-5 pickles as torch.save and Python write them. It runs no
-/// code: it knows torch's tensor-rebuild functions, storages and `collections.OrderedDict`, and turns
+/// code: it knows torch's tensor-rebuild functions, storages, `collections.OrderedDict` and numpy's
+/// array, dtype and scalar rebuilds (numpy 1.x `numpy.core` and 2.x `numpy._core` names), and turns
 /// every other global into an inert placeholder. All lengths are checked against the input, nesting and
 /// memory are bounded, and malformed input throws a `PathError` naming `source`.
 struct Unpickler {
@@ -25,6 +26,10 @@ struct Unpickler {
             case tensor(StoredTensor)
             case storage(TorchStorage)
             case object(String)
+            /// `numpy.dtype(code, align, copy)`; its BUILD state sets the byte order ('<', '>', '|', '=').
+            case numpyDType(code: String, byteOrder: String)
+            /// `numpy...._reconstruct(ndarray, (0,), b'b')`: an empty array until BUILD gives its state.
+            case numpyArray
         }
         var kind: Kind
         var items: [Node] = []
@@ -247,7 +252,7 @@ struct Unpickler {
                 let object = try newObject(cls, args)
                 object.state = object.state ?? kwargs
                 stack.append(object)
-            case 0x62: let state = try pop(); try build(try top(), state) // BUILD
+            case 0x62: let state = try pop(), target = try top(); try build(target, state) // BUILD
             case 0x69: // INST "module\nname\n" with MARKed args
                 let module = try line(), name = try line()
                 try refuseCodeExecution(module, name)
@@ -330,10 +335,76 @@ struct Unpickler {
         }
     }
 
-    private func build(_ target: Node, _ state: Node) throws {
-        // Only placeholders keep their state (a Namespace's fields); a dict's BUILD state is
-        // OrderedDict's `_metadata` attribute and a tensor's is Parameter bookkeeping: both unneeded.
-        if case .object = target.kind { target.state = state }
+    private mutating func build(_ target: Node, _ state: Node) throws {
+        // Placeholders keep their state (a Namespace's fields); a dict's BUILD state is OrderedDict's
+        // `_metadata` attribute and a tensor's is Parameter bookkeeping: both unneeded. numpy's dtype and
+        // ndarray take their `__setstate__` tuples, interpreted here without calling anything.
+        switch target.kind {
+        case .object: target.state = state
+        case .numpyDType(let code, _):
+            // (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+            guard case .tuple = state.kind, state.items.count >= 2, case .string(let order) = state.items[1].kind else {
+                throw fail("a numpy dtype state without a byte order")
+            }
+            target.kind = .numpyDType(code: code, byteOrder: order)
+        case .numpyArray:
+            // (version, shape, dtype, is_fortran, rawdata), or without the version for numpy's oldest pickles.
+            guard case .tuple = state.kind, state.items.count == 4 || state.items.count == 5 else {
+                throw fail("a numpy array state that is not (version, shape, dtype, is_fortran, data)")
+            }
+            let s = state.items.suffix(4).map { $0 }
+            let fortran: Bool
+            switch s[2].kind {
+            case .bool(let b): fortran = b
+            case .int(let i): fortran = i != 0
+            default: throw fail("a numpy array state whose order flag is not a bool")
+            }
+            target.kind = .tensor(try numpyArray(raw: s[3], dtype: s[1], shape: s[0], fortranOrder: fortran))
+        default: break
+        }
+    }
+
+    /// numpy type codes (kind + item size, as `dtype.__reduce__` spells them) and their element types.
+    private static let numpyTypes: [String: DType] = [
+        "f8": .f64, "f4": .f32, "f2": .f16, "i8": .i64, "i4": .i32, "i2": .i16, "i1": .i8, "u1": .u8, "b1": .bool,
+    ]
+
+    /// An ndarray from its raw bytes (Python 3 bytes or bytearray, or a Python 2 string read as Latin-1),
+    /// in C or Fortran element order and either byte order, as a row-major little-endian tensor.
+    private mutating func numpyArray(raw: Node, dtype: Node, shape: Node, fortranOrder: Bool) throws -> StoredTensor {
+        guard case .numpyDType(let code, let byteOrder) = dtype.kind else { throw fail("a numpy array without a numpy dtype") }
+        guard let type = Self.numpyTypes[code] else {
+            throw PathError(source, "holds a numpy array of type '\(code)', which mae-eval does not read " +
+                              "(it reads float16/32/64, int8/16/32/64, uint8 and bool)")
+        }
+        let dims = try ints(shape, "shape")
+        guard let count = elementCount(dims) else { throw fail("a numpy array of shape \(dims) is too large") }
+        var bytes: Data
+        switch raw.kind {
+        case .bytes(let d): bytes = d
+        case .string(let text) where text.unicodeScalars.allSatisfy({ $0.value < 256 }):
+            bytes = Data(text.unicodeScalars.map { UInt8($0.value) })
+        default: throw fail("a numpy array whose data is not a byte string")
+        }
+        let item = type.itemSize
+        guard bytes.count == count * item else {
+            throw PathError(source, "a numpy array of shape \(dims) and type '\(code)' needs \(count * item) bytes " +
+                              "but \(bytes.count) are stored")
+        }
+        guard bytes.count <= tensorBudget else { throw PathError(source, "its arrays would need far more memory than the file holds") }
+        tensorBudget -= bytes.count
+        if byteOrder == ">", item > 1 {
+            bytes.withUnsafeMutableBytes { b in
+                for start in stride(from: 0, to: b.count, by: item) { b[start..<(start + item)].reverse() }
+            }
+        }
+        if fortranOrder, dims.count > 1 {
+            // Column-major: the first index moves fastest.
+            var strides = [Int](repeating: 1, count: dims.count)
+            for d in 1..<dims.count { strides[d] = strides[d - 1] * dims[d - 1] }
+            bytes = Self.gather(bytes, itemSize: item, start: 0, shape: dims, strides: strides)
+        }
+        return try StoredTensor(shape: dims, dtype: type, bytes: bytes, source: source)
     }
 
     private func globalName(_ node: Node) -> String? {
@@ -377,6 +448,19 @@ struct Unpickler {
                 for pair in pairs.items where pair.items.count == 2 { dict.pairs.append((pair.items[0], pair.items[1])) }
             }
             return dict
+        case "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct":
+            return make(.numpyArray)
+        case "numpy.dtype":
+            guard let first = a.first, case .string(let code) = first.kind else { throw fail("numpy.dtype without a type code") }
+            return make(.numpyDType(code: code, byteOrder: "="))
+        case "numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer":
+            // Protocol 5: (buffer, dtype, shape, order), the buffer in the array's memory order.
+            guard a.count == 4, case .string(let order) = a[3].kind else { throw fail("\(name) needs buffer, dtype, shape and order") }
+            return make(.tensor(try numpyArray(raw: a[0], dtype: a[1], shape: a[2], fortranOrder: order == "F")))
+        case "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar":
+            // A numpy scalar: (dtype, raw bytes), kept as a 0-d tensor; any other arguments stay inert.
+            guard a.count == 2, case .numpyDType = a[0].kind else { return placeholder(name, args) }
+            return make(.tensor(try numpyArray(raw: a[1], dtype: a[0], shape: make(.tuple), fortranOrder: false)))
         case "_codecs.encode":
             // Protocol-2 pickles of bytes: encode(text, 'latin1'), harmless to evaluate.
             guard let first = a.first, case .string(let text) = first.kind else { return placeholder(name, args) }
@@ -455,33 +539,36 @@ struct Unpickler {
         let contiguous = zip(shape, strides).reversed().reduce((true, 1)) { acc, d in
             (acc.0 && (d.0 == 1 || d.1 == acc.1), acc.1 * d.0)
         }.0
-        let out: Data
-        if contiguous {
-            out = raw[(base + start * item)..<(base + (start + count) * item)]
-        } else {
-            var buffer = Data(count: count * item)
-            var index = [Int](repeating: 0, count: shape.count)
-            raw.withUnsafeBytes { src in
-                buffer.withUnsafeMutableBytes { dst in
-                    var at = start
-                    for i in 0..<count {
-                        (dst.baseAddress! + i * item).copyMemory(from: src.baseAddress! + at * item, byteCount: item)
-                        // Odometer over the index, innermost dimension fastest.
-                        var d = shape.count - 1
-                        while d >= 0 {
-                            index[d] += 1
-                            at += strides[d]
-                            if index[d] < shape[d] { break }
-                            at -= strides[d] * shape[d]
-                            index[d] = 0
-                            d -= 1
-                        }
+        let out = contiguous ? raw[(base + start * item)..<(base + (start + count) * item)]
+            : Self.gather(raw, itemSize: item, start: start, shape: shape, strides: strides)
+        return try StoredTensor(shape: shape, dtype: s.dtype, bytes: out, source: source)
+    }
+
+    /// `raw[start + sum(index * stride)]` (in elements of `itemSize` bytes) over every index of `shape`,
+    /// row-major; the caller has checked that every element read lies inside `raw`.
+    private static func gather(_ raw: Data, itemSize item: Int, start: Int, shape: [Int], strides: [Int]) -> Data {
+        let count = shape.reduce(1, *)
+        var buffer = Data(count: count * item)
+        var index = [Int](repeating: 0, count: shape.count)
+        raw.withUnsafeBytes { src in
+            buffer.withUnsafeMutableBytes { dst in
+                var at = start
+                for i in 0..<count {
+                    (dst.baseAddress! + i * item).copyMemory(from: src.baseAddress! + at * item, byteCount: item)
+                    // Odometer over the index, innermost dimension fastest.
+                    var d = shape.count - 1
+                    while d >= 0 {
+                        index[d] += 1
+                        at += strides[d]
+                        if index[d] < shape[d] { break }
+                        at -= strides[d] * shape[d]
+                        index[d] = 0
+                        d -= 1
                     }
                 }
             }
-            out = buffer
         }
-        return try StoredTensor(shape: shape, dtype: s.dtype, bytes: out, source: source)
+        return buffer
     }
 
     /// Converts the node graph to values, once per node (shared subtrees stay shared and cheap), with a
@@ -521,6 +608,10 @@ struct Unpickler {
             case .tensor(let t): v = .tensor(t)
             case .storage(let s): v = .object(PickleObject(type: "storage \(s.key) (\(s.count) x \(s.dtype.rawValue))",
                                                            args: [], state: nil, dictItems: [], listItems: []))
+            case .numpyDType(let code, let order):
+                v = .object(PickleObject(type: "numpy.dtype(\(order)\(code))", args: [], state: nil, dictItems: [], listItems: []))
+            case .numpyArray:
+                v = .object(PickleObject(type: "numpy.ndarray without its state", args: [], state: nil, dictItems: [], listItems: []))
             case .object(let type):
                 v = .object(PickleObject(type: type, args: try all(node.items),
                                          state: try node.state.map { try value($0, depth: depth + 1) },

@@ -33,7 +33,7 @@ public struct DataParallel {
             throw TaskError.badArgument("this task's loader is rank \(loader.rank) of \(loader.ranks), not this process's " +
                                         "rank \(world.rank) of \(world.size), so it cannot train over MPI")
         }
-        let n = loader.source.count, b = loader.batchSize
+        let n = loader.sampleCount, b = loader.batchSize
         let last = loader.dropLast ? b : (n % b == 0 ? b : n % b)
         guard b >= world.size, last >= world.size else {
             throw TaskError.badArgument("\(flag) \(b) over \(world.size) ranks leaves a rank without images " +

@@ -118,7 +118,7 @@ func classifierScore(_ model: VisionTransformer, loader: DataLoader, world: Worl
         let values = pass.logits!.array
         for r in 0..<batch.count { tally.add(values[(r * k)..<(r * k + k)], label: batch.labels[r]) }
     }
-    let sizes = (0..<loader.batchCount).map { min(loader.batchSize, loader.source.count - $0 * loader.batchSize) }
+    let sizes = (0..<loader.batchCount).map { min(loader.batchSize, loader.sampleCount - $0 * loader.batchSize) }
     try tally.gatherHits(over: world, batchSizes: sizes)
     try tally.sum(over: world)
     return HeadScore(tally)

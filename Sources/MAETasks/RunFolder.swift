@@ -170,8 +170,8 @@ public struct LoadedBackbone {
     public var stem: String { url.deletingPathExtension().lastPathComponent }
 }
 
-/// Loads a backbone (no head, no decoder) at `imgSize`.
-public func loadBackbone(_ b: Backbone, imgSize: Int, heads: Int?, precision: Precision = .fp32) throws -> LoadedBackbone {
+/// Loads a backbone (no head, no decoder) at `imgSize` (nil: the checkpoint's own size).
+public func loadBackbone(_ b: Backbone, imgSize: Int?, heads: Int?, precision: Precision = .fp32) throws -> LoadedBackbone {
     var options = LoadOptions(heads: heads, imgSize: imgSize)
     options.precision = precision
     let loaded = try loadModel(from: b.url, options: options)

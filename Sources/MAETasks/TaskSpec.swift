@@ -277,10 +277,11 @@ extension TaskSpec {
     /// The optimizers each protocol (and linprobe mode) runs.
     static let optimizers: [String: [String]] = ["finetune": ["adamw"], "linprobe cached": ["sgd"], "linprobe augmented": ["lars"]]
 
-    /// Refuses non-string or repeated keys and unknown fields, section by section.
-    static func checkFields(_ node: Node, path: String, source: String) throws {
+    /// Refuses non-string or repeated keys and unknown fields, section by section, against `table`
+    /// (the classification specs' fields unless another spec passes its own).
+    static func checkFields(_ node: Node, path: String, source: String, table: [String: [String]] = fieldTable) throws {
         guard case .mapping(let map) = node else { return }
-        let known = fieldTable[path] ?? []
+        let known = table[path] ?? []
         var seen: [String: Int] = [:]
         for (keyNode, value) in map {
             guard case .scalar(let key) = keyNode else {
@@ -295,7 +296,7 @@ extension TaskSpec {
             guard known.contains(key.string) else {
                 throw TaskSpecError(path: source, problem: "has an unknown field '\(full)' (known here: \(known.joined(separator: ", ")))")
             }
-            if fieldTable[full] != nil { try checkFields(value, path: full, source: source) }
+            if table[full] != nil { try checkFields(value, path: full, source: source, table: table) }
         }
     }
 

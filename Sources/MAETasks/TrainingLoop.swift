@@ -19,9 +19,19 @@ public struct Schedule: Sendable, Equatable {
     }
 
     public var baseLR: Float, minLR: Float, warmupEpochs: Double, epochs: Double, decay: Decay
+    /// Where the step and poly warmups start, as a fraction of `baseLR` (detectron2's warmup_factor,
+    /// ViTDet 0.001): lr = baseLR (f + (1 - f) epoch / warmupEpochs). The cosine warmup starts at 0.
+    public var warmupFactor: Float = 0
 
-    public init(baseLR: Float, minLR: Float = 0, warmupEpochs: Double, epochs: Double, decay: Decay = .cosine) {
+    public init(baseLR: Float, minLR: Float = 0, warmupEpochs: Double, epochs: Double, decay: Decay = .cosine,
+                warmupFactor: Float = 0) {
         self.baseLR = baseLR; self.minLR = minLR; self.warmupEpochs = warmupEpochs; self.epochs = epochs; self.decay = decay
+        self.warmupFactor = warmupFactor
+    }
+
+    /// The step and poly schedules' linear warmup at `epoch` < `warmupEpochs`.
+    func warmup(_ epoch: Double) -> Float {
+        baseLR * (warmupFactor + (1 - warmupFactor) * Float(epoch / warmupEpochs))
     }
 
     /// The learning rate at fractional `epoch`.
@@ -30,10 +40,10 @@ public struct Schedule: Sendable, Equatable {
         case .cosine:
             return WarmupCosine(baseLR: baseLR, minLR: minLR, warmupEpochs: warmupEpochs, epochs: epochs).lr(atEpoch: epoch)
         case .step(let milestones, let gamma):
-            if epoch < warmupEpochs { return baseLR * Float(epoch / warmupEpochs) }
+            if epoch < warmupEpochs { return warmup(epoch) }
             return baseLR * Float(pow(gamma, Double(milestones.filter { $0 <= epoch }.count)))
         case .poly(let power):
-            if epoch < warmupEpochs { return baseLR * Float(epoch / warmupEpochs) }
+            if epoch < warmupEpochs { return warmup(epoch) }
             let progress = min((epoch - warmupEpochs) / max(epochs - warmupEpochs, 1e-12), 1)
             return minLR + (baseLR - minLR) * Float(pow(1 - progress, power))
         }

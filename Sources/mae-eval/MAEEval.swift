@@ -24,6 +24,7 @@ struct MAEEval: ParsableCommand {
             Linprobe.self,
             KNN.self,
             Finetune.self,
+            Detect.self,
             All.self,
             Report.self,
             CocoEvalCommand.self,
