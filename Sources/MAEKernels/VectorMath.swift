@@ -2,11 +2,25 @@
 // haswell). Accurate to a few float ulps, as PyTorch's Sleef kernels are, so the non-matrix work
 // of a ViT stays small next to its matrix products (see DESIGN.md, Numerics).
 
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
+
 public typealias Vec16 = SIMD16<Float>
 
-/// a * b + c, fused (one rounding) so it lowers to vfmadd.
+/// a * b + c, fused (one rounding): two vfmadd231ps on the halves. `SIMD.addingProduct` is a
+/// per-lane loop of scalar fma calls that LLVM's SLP vectoriser regroups badly at 16 lanes (part of
+/// exp16's high half ran as scalar vfmaddss plus lane blends, 3x slower); the intrinsic has the
+/// same single rounding, so results are bit-identical.
 @inline(__always) @usableFromInline
-func fma16(_ a: Vec16, _ b: Vec16, _ c: Vec16) -> Vec16 { c.addingProduct(a, b) }
+func fma16(_ a: Vec16, _ b: Vec16, _ c: Vec16) -> Vec16 {
+    #if arch(x86_64)
+    Vec16(lowHalf: _mm256_fmadd_ps(a.lowHalf, b.lowHalf, c.lowHalf),
+          highHalf: _mm256_fmadd_ps(a.highHalf, b.highHalf, c.highHalf))
+    #else
+    c.addingProduct(a, b)
+    #endif
+}
 
 /// e^x for every lane: Cody-Waite reduction x = n ln2 + r, Cephes' degree-6 polynomial for e^r,
 /// and 2^n assembled in the exponent bits. Inputs are clamped to [-87.3, 88.0] (no inf/denormals).
