@@ -18,6 +18,16 @@ extension CIFARDataset: DataSource {
     public func label(_ index: Int) -> Int { labels[index] }
 }
 
+/// A source that builds whole samples itself, image and per-pixel targets through joint transforms
+/// (semantic segmentation), instead of handing the loader an image for its `transform`.
+public protocol DenseSampleSource: DataSource {
+    /// The side S of every sample's square image and target map.
+    var size: Int { get }
+    /// Sample `index` drawn from `rng` (the loader's per-sample stream): its normalised (3, S, S)
+    /// image written to `image`; returns its (S, S) target map, row-major.
+    func denseSample(_ index: Int, rng: inout RandomStream, image: UnsafeMutablePointer<Float>) throws -> [Int32]
+}
+
 /// One batch: normalised images and their labels, in the epoch's order.
 public struct Batch: Sendable {
     /// (B, 3, S, S) floats, ImageNet-normalised, CHW per image.
@@ -25,7 +35,15 @@ public struct Batch: Sendable {
     public var labels: [Int]
     /// Dataset index of each image.
     public var indices: [Int]
+    /// (B, S, S) per-pixel targets from a `DenseSampleSource`; empty otherwise.
+    public var targets: [Int32] = []
     public var count: Int { labels.count }
+}
+
+/// The loader's transform for a `DenseSampleSource`: only its size is read (the source transforms).
+struct DenseSampleSize: ImageTransform {
+    let size: Int
+    func apply(_ image: RGBImage, rng: inout RandomStream) -> RGBImage { image }
 }
 
 /// Decodes and augments batches on background threads ahead of the consumer.
@@ -64,6 +82,14 @@ public final class DataLoader: Sendable {
         self.prefetch = max(1, prefetch ?? 2 * max(1, workers))
     }
 
+    /// A loader over a source that builds its own samples (joint image + target transforms); the
+    /// same ordering, per-sample streams and prefetching as any other source.
+    public convenience init(denseSource: any DenseSampleSource, batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true,
+                            dropLast: Bool = false, workers: Int = 2) {
+        self.init(source: denseSource, transform: DenseSampleSize(size: denseSource.size), batchSize: batchSize, seed: seed,
+                  shuffle: shuffle, dropLast: dropLast, workers: workers)
+    }
+
     /// Number of batches per epoch.
     public var batchCount: Int {
         dropLast ? source.count / batchSize : (source.count + batchSize - 1) / batchSize
@@ -83,16 +109,21 @@ public final class DataLoader: Sendable {
         let indices = Array(order[(b * batchSize)..<min(order.count, (b + 1) * batchSize)])
         let s = transform.size, plane = 3 * s * s
         var images = [Float](repeating: 0, count: indices.count * plane)
+        var targets: [Int32] = []
         try images.withUnsafeMutableBufferPointer { out in
             for (k, index) in indices.enumerated() {
                 var rng = RandomStream(seed: seed, epoch: epoch, index: index)
+                if let dense = source as? any DenseSampleSource {
+                    targets += try dense.denseSample(index, rng: &rng, image: out.baseAddress! + k * plane)
+                    continue
+                }
                 let image = transform.apply(try source.image(index), rng: &rng)
                 image.writeNormalizedCHW(into: out.baseAddress! + k * plane)
                 tensorTransform?.apply(UnsafeMutableBufferPointer(rebasing: out[(k * plane)..<((k + 1) * plane)]),
                                        channels: 3, height: s, width: s, rng: &rng)
             }
         }
-        return Batch(images: images, labels: indices.map(source.label), indices: indices)
+        return Batch(images: images, labels: indices.map(source.label), indices: indices, targets: targets)
     }
 
     /// The batches of `epoch` from batch `first` on; `while let batch = try it.next() { ... }`.
