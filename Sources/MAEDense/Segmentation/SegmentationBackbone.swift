@@ -82,10 +82,10 @@ public final class SegmentationBackbone {
     }
 }
 
-/// (B, T + Gh*Gw, D) tokens -> (B, D, Gh, Gw), the T prefix tokens dropped.
+/// (B, T + Gh*Gw, D) tokens (any shape holding them in that order) -> (B, D, Gh, Gw), the T prefix tokens dropped.
 public func tokensToMap(_ tokens: Tensor, batch b: Int, prefix t: Int, height gh: Int, width gw: Int) -> Tensor {
-    let d = tokens.shape[2], n = tokens.shape[1], l = gh * gw
-    precondition(n == t + l, "\(n) tokens for \(t) + \(gh)x\(gw)")
+    let l = gh * gw, n = t + l, d = tokens.count / (b * n)
+    precondition(tokens.count == b * n * d, "\(tokens.shape) tokens for \(b) x (\(t) + \(gh)x\(gw))")
     let out = Tensor([b, d, gh, gw])
     for bi in 0..<b {
         let src = tokens.data + (bi * n + t) * d, dst = out.data + bi * d * l
