@@ -24,6 +24,7 @@ struct MAEEval: ParsableCommand {
             Linprobe.self,
             KNN.self,
             Finetune.self,
+            Segment.self,
             Report.self,
             CocoEvalCommand.self,
             SegEvalCommand.self,
