@@ -136,7 +136,10 @@ func datasets(_ spec: SegmentSpec, _ o: SegmentOptions) throws -> (train: Segmen
         return (try SegmentationDataset(imageFolder: ti, labelFolder: tl, reduceZeroLabel: r),
                 try SegmentationDataset(imageFolder: vi, labelFolder: vl, reduceZeroLabel: r))
     case (nil, nil, nil, nil):
-        if spec.dataset.generate == "shapes" { try ShapesDataset.ensure(at: spec.rootURL, size: 32) }
+        // Generated once, at the standard counts, when the scenes are not there yet.
+        if spec.dataset.generate == "shapes", !FileManager.default.fileExists(atPath: spec.resolve(spec.dataset.trainImages).path) {
+            try ShapesDataset.ensure(at: spec.rootURL, size: 32)
+        }
         let d = spec.dataset
         return (try SegmentationDataset(imageFolder: spec.resolve(d.trainImages), labelFolder: spec.resolve(d.trainLabels), reduceZeroLabel: r),
                 try SegmentationDataset(imageFolder: spec.resolve(d.valImages), labelFolder: spec.resolve(d.valLabels), reduceZeroLabel: r))

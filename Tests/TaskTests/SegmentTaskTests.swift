@@ -1,6 +1,7 @@
 import Foundation
 import MAEData
 import MAEFormats
+import MAEModels
 import MAEMetrics
 @testable import MAETasks
 import TestSupport
@@ -46,8 +47,13 @@ final class SegmentTaskTests: XCTestCase {
             .replacingOccurrences(of: "batch_size: 8", with: "batch_size: 4")
             .replacingOccurrences(of: "epochs: 8", with: "epochs: 1")
             .write(to: task, atomically: true, encoding: .utf8)
+        // A small MAE-style backbone (the shipped ones are too slow for a debug-build test).
+        let backbone = root.appendingPathComponent("tiny_mae.safetensors")
+        let vit = try VisionTransformer(config: ViTConfig(imgSize: 32, patchSize: 4, embedDim: 16, depth: 4, numHeads: 2))
+        vit.initializeWeights(seed: 0)
+        try vit.save(to: backbone, metadata: ["method": "mae"])
         var o = SegmentOptions()
-        o.checkpoints = [defaultMAECheckpoint]
+        o.checkpoints = [backbone]
         o.task = task.path
         o.outDir = root.appendingPathComponent("runs")
         o.report = root.appendingPathComponent("runs/segmentation.md")
@@ -70,7 +76,7 @@ final class SegmentTaskTests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: root.appendingPathComponent("runs/segmentation.md").path))
         // The saved segmenter (mmseg names) evaluates to the same numbers through --eval-only.
         let saved = try SafeTensors.read(contentsOf: run.dir.appendingPathComponent("segmenter.safetensors"))
-        XCTAssertNotNil(saved.tensors["backbone.layers.5.ffn.layers.1.weight"])
+        XCTAssertNotNil(saved.tensors["backbone.layers.3.ffn.layers.1.weight"])
         XCTAssertNotNil(saved.tensors["decode_head.psp_modules.3.1.bn.running_var"])
         XCTAssertNotNil(saved.tensors["auxiliary_head.convs.0.conv.weight"])
         var e = SegmentOptions()
@@ -84,11 +90,14 @@ final class SegmentTaskTests: XCTestCase {
         e.verbose = false
         let evaluated = try runSegment(e)[0]
         XCTAssertEqual(try XCTUnwrap(try jsonObject(evaluated.metrics)["mIoU"] as? Double), mIoU, accuracy: 1e-9)
-        // Resume to 2 epochs continues the checkpoint after epoch 1.
-        o.epochs = 2
+        // A resume restores the weights and BN statistics (the finished run evaluates the same);
+        // another recipe is refused.
         o.resume = true
         _ = try runSegment(o)
-        XCTAssertEqual(try run.readLogLines().map(\.epoch), [1, 2])
+        XCTAssertEqual(try run.readLogLines().map(\.epoch), [1])
+        XCTAssertEqual(try XCTUnwrap(try jsonObject(run.metrics)["mIoU"] as? Double), mIoU, accuracy: 1e-9)
+        o.epochs = 2
+        XCTAssertThrowsError(try runSegment(o)) { XCTAssertTrue("\($0)".contains("cannot be resumed"), "\($0)") }
         e.numClasses = 5
         XCTAssertThrowsError(try runSegment(e)) { XCTAssertTrue("\($0)".contains("predicts 11 classes"), "\($0)") }
     }
