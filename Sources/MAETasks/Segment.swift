@@ -184,7 +184,7 @@ func segmentOne(spec: SegmentSpec, backbone: LoadedBackbone, train: Segmentation
     let loader = DataLoader(denseSource: SegmentationTrainSource(dataset: train, pipeline: spec.pipeline), batchSize: r.batchSize,
                             seed: seed, shuffle: true, dropLast: train.count >= r.batchSize)
     guard loader.batchCount > 0 else { throw TaskError.badArgument("the training set has no images") }
-    let variant = spec.head.type == "linear" ? "linear, \(spec.head.blocks ?? 1) block(s)" : "upernet"
+    let variant = spec.head.type == "linear" ? "linear, last \(spec.head.blocks ?? 1) blocks" : "upernet"
     let run = TransferRun(root: segmentationRunsRoot(o.outDir), task: spec.name, variant: variant, backbone: backbone, seed: seed)
     let lock = try run.lock()
     defer { withExtendedLifetime(lock) {} }
