@@ -18,6 +18,16 @@ extension CIFARDataset: DataSource {
     public func label(_ index: Int) -> Int { labels[index] }
 }
 
+/// A source that builds whole samples itself, image and per-pixel targets through joint transforms
+/// (semantic segmentation), instead of handing the loader an image for its `transform`.
+public protocol DenseSampleSource: DataSource {
+    /// The side S of every sample's square image and target map.
+    var size: Int { get }
+    /// Sample `index` drawn from `rng` (the loader's per-sample stream): its normalised (3, S, S)
+    /// image written to `image`; returns its (S, S) target map, row-major.
+    func denseSample(_ index: Int, rng: inout RandomStream, image: UnsafeMutablePointer<Float>) throws -> [Int32]
+}
+
 /// One batch: normalised images and their labels or instance targets, in the epoch's order.
 public struct Batch: Sendable {
     /// (B, 3, S, S) floats, normalised, CHW per image.
@@ -28,6 +38,8 @@ public struct Batch: Sendable {
     public var indices: [Int]
     /// Per image: the objects and sizes of a detection batch (empty for classification).
     public var instances: [InstanceTargets]
+    /// (B, S, S) per-pixel targets from a `DenseSampleSource`; empty otherwise.
+    public var targets: [Int32]
     /// Which rows of the epoch's global batch these are (the whole batch unless the loader is one
     /// rank's shard).
     public var shard: BatchShard
@@ -36,9 +48,10 @@ public struct Batch: Sendable {
     public var partners: MixPartners?
     public var count: Int { indices.count }
 
-    public init(images: [Float], labels: [Int], indices: [Int], instances: [InstanceTargets] = [],
+    public init(images: [Float], labels: [Int], indices: [Int], instances: [InstanceTargets] = [], targets: [Int32] = [],
                 shard: BatchShard? = nil, partners: MixPartners? = nil) {
         self.images = images; self.labels = labels; self.indices = indices; self.instances = instances
+        self.targets = targets
         self.shard = shard ?? .whole(indices.count); self.partners = partners
     }
 }
@@ -71,6 +84,25 @@ struct ImageBatchBuilder: BatchBuilder {
             }
         }
         return Batch(images: images, labels: indices.map(source.label), indices: indices)
+    }
+}
+
+/// The segmentation pipeline: each sample's image and target map from its `DenseSampleSource`.
+struct DenseSampleBuilder: BatchBuilder {
+    let source: any DenseSampleSource
+    var count: Int { source.count }
+
+    func batch(indices: [Int], epoch: Int, seed: UInt64) throws -> Batch {
+        let s = source.size, plane = 3 * s * s
+        var images = [Float](repeating: 0, count: indices.count * plane)
+        var targets: [Int32] = []
+        try images.withUnsafeMutableBufferPointer { out in
+            for (k, index) in indices.enumerated() {
+                var rng = RandomStream(seed: seed, epoch: epoch, index: index)
+                targets += try source.denseSample(index, rng: &rng, image: out.baseAddress! + k * plane)
+            }
+        }
+        return Batch(images: images, labels: indices.map(source.label), indices: indices, targets: targets)
     }
 }
 
@@ -108,6 +140,14 @@ public final class DataLoader: Sendable {
         self.init(builder: ImageBatchBuilder(source: source, transform: transform, tensorTransform: tensorTransform),
                   batchSize: batchSize, seed: seed, shuffle: shuffle, dropLast: dropLast, workers: workers, prefetch: prefetch,
                   rank: rank, of: ranks, mixPartners: mixPartners)
+    }
+
+    /// A loader over a source that builds its own samples (joint image + target transforms); the
+    /// same ordering, per-sample streams and prefetching as any other source.
+    public convenience init(denseSource: any DenseSampleSource, batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true,
+                            dropLast: Bool = false, workers: Int = 2) {
+        self.init(builder: DenseSampleBuilder(source: denseSource), batchSize: batchSize, seed: seed, shuffle: shuffle,
+                  dropLast: dropLast, workers: workers)
     }
 
     public init(builder: any BatchBuilder, batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = false,

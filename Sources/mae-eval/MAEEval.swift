@@ -26,6 +26,7 @@ struct MAEEval: ParsableCommand {
             Finetune.self,
             Detect.self,
             All.self,
+            Segment.self,
             Report.self,
             CocoEvalCommand.self,
             SegEvalCommand.self,

@@ -1,0 +1,114 @@
+import Foundation
+import MAEData
+import MAEFormats
+import MAEModels
+import MAEMetrics
+@testable import MAETasks
+import TestSupport
+import XCTest
+
+/// `mae-eval segment` end to end on a few tiny Shapes scenes: training through the shared loop,
+/// metrics.json equal to the metrics of its pred/ maps, the saved mmseg-layout segmenter evaluated
+/// again through --eval-only, resume, and the specs.
+final class SegmentTaskTests: XCTestCase {
+    func testShippedSpecsParseAndUnknownFieldsAreRefused() throws {
+        for name in ["shapes-segment", "shapes-segment-linear", "ade20k-upernet"] {
+            let spec = try SegmentSpec.load(repositoryRoot.appendingPathComponent("Tasks/\(name).yaml").path)
+            XCTAssertEqual(spec.name, name)
+        }
+        let text = try String(contentsOf: repositoryRoot.appendingPathComponent("Tasks/shapes-segment.yaml"), encoding: .utf8)
+        XCTAssertThrowsError(try SegmentSpec.parse(text.replacingOccurrences(of: "  crop: 64", with: "  crop: 64\n  cropp: 3"),
+                                                   source: "x.yaml")) { error in
+            XCTAssertTrue("\(error)".contains("unknown field 'dataset.cropp'"), "\(error)")
+        }
+        XCTAssertThrowsError(try SegmentSpec.parse(text.replacingOccurrences(of: "type: upernet", with: "type: deeplab"), source: "x.yaml"))
+    }
+
+    /// mmseg's slide grid: 512-wide image, crop 512 -> one window; 683 wide, stride 341 -> two, the last clamped.
+    func testSlideWindows() {
+        XCTAssertEqual(SegmentationInference.windows(size: 512, crop: 512, stride: 341), [0..<512])
+        XCTAssertEqual(SegmentationInference.windows(size: 683, crop: 512, stride: 341), [0..<512, 171..<683])
+        XCTAssertEqual(SegmentationInference.windows(size: 300, crop: 512, stride: 341), [0..<300])
+    }
+
+    func testTrainEvaluateReloadAndResume() throws {
+        let root = try scratchFolder(prefix: "mae-eval-segment")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 8, scenesVal: 3)
+        try ShapesDataset.generate(to: root.appendingPathComponent("shapes"), size: 16, counts: counts, sceneSize: 32)
+        let shipped = try String(contentsOf: repositoryRoot.appendingPathComponent("Tasks/shapes-segment.yaml"), encoding: .utf8)
+        let task = root.appendingPathComponent("tiny.yaml")
+        try shipped.replacingOccurrences(of: "name: shapes-segment", with: "name: tiny-segment")
+            .replacingOccurrences(of: "../.mae-eval/data/shapes", with: "shapes")
+            .replacingOccurrences(of: "scale: [256, 64]", with: "scale: [128, 32]")
+            .replacingOccurrences(of: "crop: 64", with: "crop: 32")
+            .replacingOccurrences(of: "channels: 32", with: "channels: 8")
+            .replacingOccurrences(of: "aux_channels: 16", with: "aux_channels: 4")
+            .replacingOccurrences(of: "batch_size: 8", with: "batch_size: 4")
+            .replacingOccurrences(of: "epochs: 8", with: "epochs: 1")
+            .write(to: task, atomically: true, encoding: .utf8)
+        // A small MAE-style backbone (the shipped ones are too slow for a debug-build test).
+        let backbone = root.appendingPathComponent("tiny_mae.safetensors")
+        let vit = try VisionTransformer(config: ViTConfig(imgSize: 32, patchSize: 4, embedDim: 16, depth: 4, numHeads: 2))
+        vit.initializeWeights(seed: 0)
+        try vit.save(to: backbone, metadata: ["method": "mae"])
+        var o = SegmentOptions()
+        o.checkpoints = [backbone]
+        o.task = task.path
+        o.outDir = root.appendingPathComponent("runs")
+        o.report = root.appendingPathComponent("runs/segmentation.md")
+        o.verbose = false
+        let runs = try runSegment(o)
+        XCTAssertEqual(runs.count, 1)
+        let run = runs[0]
+        let mIoU = try XCTUnwrap(try jsonObject(run.metrics)["mIoU"] as? Double)
+        XCTAssertEqual(try run.readLogLines().count, 1)
+        // metrics.json is the metrics of the written pred/ maps.
+        let val = root.appendingPathComponent("shapes/scenes_val")
+        let recomputed = try SegmentationMetrics.evaluateDirectories(
+            groundTruth: ShapesPaths.sceneClassMaps(val), predictions: run.dir.appendingPathComponent("pred"), numClasses: 11) { url in
+                let m = try LabelMapCodec.read(contentsOf: url)
+                return (m.width, m.height, m.labels)
+            }
+        XCTAssertEqual(recomputed.images, 3)
+        XCTAssertEqual(recomputed.result.mIoU, mIoU, accuracy: 1e-9)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: run.dir.appendingPathComponent("overlays").path))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: root.appendingPathComponent("runs/segmentation.md").path))
+        // The saved segmenter (mmseg names) evaluates to the same numbers through --eval-only.
+        let saved = try SafeTensors.read(contentsOf: run.dir.appendingPathComponent("segmenter.safetensors"))
+        XCTAssertNotNil(saved.tensors["backbone.layers.3.ffn.layers.1.weight"])
+        XCTAssertNotNil(saved.tensors["decode_head.psp_modules.3.1.bn.running_var"])
+        XCTAssertNotNil(saved.tensors["auxiliary_head.convs.0.conv.weight"])
+        var e = SegmentOptions()
+        e.evalOnly = true
+        e.weights = run.dir.appendingPathComponent("segmenter.safetensors")
+        e.valImages = ShapesPaths.sceneImages(val)
+        e.valLabels = ShapesPaths.sceneClassMaps(val)
+        e.numClasses = 11
+        e.imgSize = 32
+        e.outDir = root.appendingPathComponent("eval")
+        e.verbose = false
+        let evaluated = try runSegment(e)[0]
+        XCTAssertEqual(try XCTUnwrap(try jsonObject(evaluated.metrics)["mIoU"] as? Double), mIoU, accuracy: 1e-9)
+        // A resume restores the weights and BN statistics (the finished run evaluates the same);
+        // another recipe is refused.
+        o.resume = true
+        _ = try runSegment(o)
+        XCTAssertEqual(try run.readLogLines().map(\.epoch), [1])
+        XCTAssertEqual(try XCTUnwrap(try jsonObject(run.metrics)["mIoU"] as? Double), mIoU, accuracy: 1e-9)
+        o.epochs = 2
+        XCTAssertThrowsError(try runSegment(o)) { XCTAssertTrue("\($0)".contains("cannot be resumed"), "\($0)") }
+        e.numClasses = 5
+        XCTAssertThrowsError(try runSegment(e)) { XCTAssertTrue("\($0)".contains("predicts 11 classes"), "\($0)") }
+    }
+}
+
+/// A JSON file's top-level object.
+func jsonObject(_ url: URL) throws -> [String: Any] {
+    try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any], url.path)
+}
+
+extension TransferRun {
+    /// The segmentation run's log.
+    func readLogLines() throws -> [SegmentEpoch] { try readJSONLines(SegmentEpoch.self, from: log) }
+}
