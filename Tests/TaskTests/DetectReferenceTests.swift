@@ -25,8 +25,9 @@ final class DetectReferenceTests: XCTestCase {
     }
 
     /// Tolerances: float64 detectron2 agrees with float32 to 2.9e-4 px and 7.4e-5 in score (README);
-    /// a near-duplicate proposal or RoIAlign's adaptive sampling count may move a detection a little more.
-    let boxTolerance = 2e-3, scoreTolerance = 2e-4, minimumMaskIoU = 0.97
+    /// mae-eval at main f541a42 agreed to 6.1e-4 px and 1.6e-4 (a near-duplicate proposal or RoIAlign's
+    /// adaptive sampling count may move a detection a little more than rounding does).
+    let boxTolerance = 2e-3, scoreTolerance = 3e-4, minimumMaskIoU = 0.97
 
     /// Runs the built mae-eval (beside the test bundle) and returns (status, stderr).
     func runEvalOnly(weights: URL, outDir: URL) throws -> (Int32, String) {
@@ -63,6 +64,11 @@ final class DetectReferenceTests: XCTestCase {
                       "an unreadable RLE")
     }
 
+    /// Foreground pixels of a mask: the odd runs.
+    func area(_ mask: RLE) -> Int {
+        mask.counts.enumerated().filter { $0.offset % 2 == 1 }.reduce(0) { $0 + Int($1.element) }
+    }
+
     /// Each reference detection has exactly one of the same image and class with a box within
     /// `boxTolerance` px; its score is within `scoreTolerance` and its mask's IoU at least `minimumMaskIoU`.
     func checkMatches(_ actual: [Detection], _ expected: [Detection], weights: String) throws {
@@ -82,7 +88,10 @@ final class DetectReferenceTests: XCTestCase {
             let a = actual[best]
             XCTAssertEqual(a.score, e.score, accuracy: scoreTolerance, "\(weights): score of \(e.bbox)")
             XCTAssertEqual(a.segmentation.size, e.segmentation.size, "\(weights): mask size")
-            let iou = RLE.iou([try rle(a)], [try rle(e)], isCrowd: [false])[0][0]
+            let (actualMask, expectedMask) = (try rle(a), try rle(e))
+            // A box under a pixel high pastes an empty mask; two empty masks agree (their IoU is 0 by convention).
+            if area(actualMask) == 0 && area(expectedMask) == 0 { continue }
+            let iou = RLE.iou([actualMask], [expectedMask], isCrowd: [false])[0][0]
             XCTAssertGreaterThanOrEqual(iou, minimumMaskIoU, "\(weights): mask IoU of \(e.bbox)")
         }
     }
