@@ -24,13 +24,13 @@ final class DetectSpecTests: XCTestCase {
         let good = try text("shapes-detect")
         let cases: [(String, String, String)] = [
             ("  conv_dim: 32 ", "  conv_dims: 32 ", "unknown field 'heads.conv_dims'"),
-            ("  lr: 0.0002", "  lr: fast", "recipe.lr must be a number"),
-            ("  epochs: 8\n", "", "lacks the required field 'recipe.epochs'"),
+            ("  lr: 0.001", "  lr: fast", "recipe.lr must be a number"),
+            ("  epochs: 20\n", "", "lacks the required field 'recipe.epochs'"),
             ("protocol: detect", "protocol: segment", "protocol must be detect"),
             ("  scale_factors: [2, 1, 0.5]", "  scale_factors: [3, 1]", "model.scale_factors"),
             ("  anchor_sizes: [8, 16, 32, 64]", "  anchor_sizes: [8, 16]", "one size per pyramid level"),
-            ("  milestones: [6, 7.5]", "  milestones: [7.5, 6]", "recipe.milestones must be increasing"),
-            ("  lsj_scale: [0.5, 1.5]", "  lsj_scale: [1.5, 0.5]", "recipe.lsj_scale"),
+            ("  milestones: [16, 19]", "  milestones: [19, 16]", "recipe.milestones must be increasing"),
+            ("  lsj_scale: [0.8, 1.25]", "  lsj_scale: [1.25, 0.8]", "recipe.lsj_scale"),
             ("  optimizer: adamw", "  optimizer: sgd", "recipe.optimizer must be adamw"),
             ("seeds: [0]", "seeds: [0, 0]", "seeds lists 0 twice"),
         ]

@@ -17,8 +17,8 @@ final class DetectTests: XCTestCase {
                            ("img_size: 64", "img_size: 32"), ("pyramid_channels: 32", "pyramid_channels: 8"),
                            ("conv_dim: 32 ", "conv_dim: 8 "), ("fc_dim: 128 ", "fc_dim: 16 "), ("box_convs: 2", "box_convs: 1"),
                            ("mask_convs: 2", "mask_convs: 1"), ("roi_batch_size: 64", "roi_batch_size: 16"),
-                           ("batch_size: 8", "batch_size: 2"), ("epochs: 8", "epochs: 1"), ("warmup_iters: 50", "warmup_iters: 1"),
-                           ("milestones: [6, 7.5]", "milestones: [1]")] {
+                           ("batch_size: 8", "batch_size: 2"), ("epochs: 20", "epochs: 1"), ("warmup_iters: 50", "warmup_iters: 1"),
+                           ("milestones: [16, 19]", "milestones: [1]")] {
             XCTAssertTrue(text.contains(from), from)
             text = text.replacingOccurrences(of: from, with: to)
         }
