@@ -54,6 +54,8 @@ struct All: LibraryCommand {
     var ranksPerUnit = 1
     @Option(name: .long, help: "Bootstrap resamples of the validation images.")
     var bootstrapResamples = 10_000
+    @Option(name: .long, help: "Bootstrap resamples for detection (each a COCO eval of every run).")
+    var bootstrapDetectionResamples = 200
     @Option(name: .long, help: "Seed of the bootstrap resamples.")
     var bootstrapSeed: UInt64 = 0
     @Option(name: .long, help: "Attention heads, for checkpoints that do not say and match no preset.")
@@ -79,6 +81,10 @@ struct All: LibraryCommand {
             o.slurm.ranksPerUnit = ranksPerUnit
             guard bootstrapResamples >= 100 else { throw ValidationError("--bootstrap-resamples must be at least 100, not \(bootstrapResamples).") }
             o.bootstrap.resamples = bootstrapResamples
+            guard bootstrapDetectionResamples >= 20 else {
+                throw ValidationError("--bootstrap-detection-resamples must be at least 20, not \(bootstrapDetectionResamples).")
+            }
+            o.bootstrap.detectionResamples = bootstrapDetectionResamples
             o.bootstrap.seed = bootstrapSeed
             o.heads = heads
             o.threads = threads
