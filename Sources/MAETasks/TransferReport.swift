@@ -92,7 +92,7 @@ func transferSections(_ units: [ReportedUnit]) -> [ReportSection] {
 
 /// The markdown of the transfer report and its figures.
 func renderTransferReport(_ units: [ReportedUnit], sections: [ReportSection], deltas: [[SectionDelta]],
-                          settings: BootstrapSettings, figuresFolder: String) throws -> (String, [(String, LinePlot)]) {
+                          settings: BootstrapSettings, figuresFolder: String) throws -> (String, [(String, ReportFigure)]) {
     let backbones = sections.flatMap(\.rows).reduce(into: [BackboneRow]()) { list, row in
         if !list.contains(where: { $0.key == row.key }) { list.append(row) }
     }.sorted { ($0.first.role == "baseline" ? 1 : 0, $0.name) < ($1.first.role == "baseline" ? 1 : 0, $1.name) }
@@ -129,7 +129,7 @@ func renderTransferReport(_ units: [ReportedUnit], sections: [ReportSection], de
         }
     }
     md += "\n" + ReportKind.all.filter { k in sections.contains { $0.kind == k } }.map(\.paperNote).joined(separator: " ") + "\n\n"
-    var figures: [(String, LinePlot)] = []
+    var figures: [(String, ReportFigure)] = []
     for (section, sectionDeltas) in zip(sections, deltas) {
         md += try sectionBody(section, figuresFolder: figuresFolder, figures: &figures) { row, metric in
             sectionDeltas.first { $0.backbone == row.name && $0.metric == metric }?.cell
@@ -175,7 +175,7 @@ public func writeTransferReport(units: [TransferUnit], options o: AllOptions) th
                                                        figuresFolder: folder.lastPathComponent)
     try prepareReportOutput(o.report, flag: "the report")
     if !figures.isEmpty { try prepareOutputFolder(folder, flag: "the report's figures folder") }
-    for (name, plot) in figures { try plot.write(to: folder.appendingPathComponent(name)) }
+    for (name, figure) in figures { try figure.write(to: folder.appendingPathComponent(name)) }
     try writeAtomically(try transferJSON(reported, deltas: deltas.flatMap { $0 }, settings: o.bootstrap), to: o.reportJSON)
     try writeAtomically(Data(markdown.utf8), to: o.report)
 }
