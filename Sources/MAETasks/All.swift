@@ -81,7 +81,12 @@ public func planUnits(_ o: AllOptions) throws -> [TransferUnit] {
             say("note: skipping \(displayPath(spec.path)): no unit kind runs protocol '\(name)' yet", o.verbose)
             continue
         }
-        planned.append(try kind.plan(spec: spec, seeds: o.seeds))
+        let task = try kind.plan(spec: spec, seeds: o.seeds)
+        if let why = task.unavailable, o.tasks == nil {
+            say("note: skipping \(displayPath(spec.path)): \(why)", o.verbose)
+            continue
+        }
+        planned.append(task)
     }
     // Names key the report's sections: two specs of one name would merge into one.
     if let repeated = firstRepeat(planned.map(\.name)) {

@@ -10,9 +10,8 @@ public protocol PerImageStatistic: Sendable {
     func values(counts: [Int]) -> [String: Double]
 }
 
-/// The statistic of a run's `per_image.json`. Adding a protocol's kind is one case here: detection
-/// (COCO eval re-run on the resampled images, each drawn copy a new image id) returns its own
-/// `PerImageStatistic` built from `detections.json` and the ground truth.
+/// The statistic of a run's `per_image.json`: classification (hits), segmentation (areas) or
+/// detection (COCO eval re-run on the resampled images from `detections.json` and the ground truth).
 /// - Throws: `TaskError` naming the run folder for a kind no statistic exists for.
 public func perImageStatistic(_ results: PerImageResults, run: URL) throws -> PerImageStatistic {
     switch results.kind {
@@ -26,6 +25,8 @@ public func perImageStatistic(_ results: PerImageResults, run: URL) throws -> Pe
             throw TaskError.badArgument("\(run.path)/\(PerImageResults.fileName) is a segmentation file without intersect, union and label_area")
         }
         return SegmentationStatistic(images: results.images, intersect: i, union: u, labelArea: l)
+    case "detection":
+        return try DetectionStatistic(results, run: run)
     default:
         throw TaskError.badArgument("\(run.path)/\(PerImageResults.fileName) holds '\(results.kind)' results, for which no bootstrap statistic exists yet")
     }
@@ -79,6 +80,8 @@ public struct SegmentationStatistic: PerImageStatistic {
 public struct BootstrapSettings: Sendable, Codable, Equatable {
     /// Resamples of the validation images.
     public var resamples = 10_000
+    /// Resamples for detection, where each is two COCO evals per run (`--bootstrap-detection-resamples`).
+    public var detectionResamples = 200
     /// Resample r draws its images from `RandomStream(seed: seed, epoch: r, index: 0)`.
     public var seed: UInt64 = 0
     /// Central interval: 0.95 gives the 2.5th and 97.5th percentiles.
@@ -113,35 +116,64 @@ public func percentile(sorted xs: [Double], _ q: Double) -> Double {
     return xs[lo] + (pos - Double(lo)) * (xs[hi] - xs[lo])
 }
 
-/// The paired bootstrap of a delta over validation images: every resample (`counts(r)`, how often
+/// The paired bootstrap of deltas over validation images: every resample (`counts(r)`, how often
 /// each image is drawn) weighs the same images for both backbones and every seed; its delta is the
-/// mean of A's seeds minus the mean of B's, the interval the percentiles of those deltas.
+/// mean of A's seeds minus the mean of B's, the interval the percentiles of those deltas. Each
+/// statistic is computed once per resample for all `metrics` (a detection statistic is a COCO eval).
 /// - Parameters:
 ///   - a, b: each seed's statistic of backbone A and backbone B, all over the same images.
-/// - Throws: `TaskError` when the runs were not scored on the same images in the same order.
-public func pairedBootstrap(a: [PerImageStatistic], b: [PerImageStatistic], metric: String, resamples: Int,
-                            confidence: Double = 0.95, counts: (Int) -> [Int]) throws -> DeltaInterval {
+/// - Returns: the interval of each metric.
+/// - Throws: `TaskError` when the runs were not scored on the same images in the same order, or a
+///   metric is undefined on every resample.
+public func pairedBootstrap(a: [PerImageStatistic], b: [PerImageStatistic], metrics: [String], resamples: Int,
+                            confidence: Double = 0.95, counts: (Int) -> [Int]) throws -> [String: DeltaInterval] {
     guard let first = a.first, !b.isEmpty else { throw TaskError.badArgument("a paired bootstrap needs runs of both backbones") }
     guard (a + b).allSatisfy({ $0.images == first.images }) else {
         throw TaskError.badArgument("the runs compared were scored on different validation images, so they cannot be paired")
     }
-    func delta(_ w: [Int]) -> Double {
-        let ma = a.map { $0.values(counts: w)[metric] ?? .nan }.reduce(0, +) / Double(a.count)
-        let mb = b.map { $0.values(counts: w)[metric] ?? .nan }.reduce(0, +) / Double(b.count)
-        return ma - mb
+    func deltas(_ w: [Int]) -> [Double] {
+        let va = a.map { $0.values(counts: w) }, vb = b.map { $0.values(counts: w) }
+        return metrics.map { m in
+            va.map { $0[m] ?? .nan }.reduce(0, +) / Double(a.count) - vb.map { $0[m] ?? .nan }.reduce(0, +) / Double(b.count)
+        }
     }
-    let observed = delta([Int](repeating: 1, count: first.images.count))
-    let deltas = (0..<resamples).map { delta(counts($0)) }.filter { !$0.isNaN }.sorted()
-    guard !deltas.isEmpty else { throw TaskError.badArgument("\(metric) is undefined on every bootstrap resample") }
+    let observed = deltas([Int](repeating: 1, count: first.images.count))
+    let drawn = (0..<resamples).map { deltas(counts($0)) }
     let tail = (1 - confidence) / 2 * 100
-    return DeltaInterval(delta: observed, low: percentile(sorted: deltas, tail), high: percentile(sorted: deltas, 100 - tail))
+    var intervals: [String: DeltaInterval] = [:]
+    for (k, metric) in metrics.enumerated() {
+        let sorted = drawn.map { $0[k] }.filter { !$0.isNaN }.sorted()
+        guard !sorted.isEmpty else { throw TaskError.badArgument("\(metric) is undefined on every bootstrap resample") }
+        intervals[metric] = DeltaInterval(delta: observed[k], low: percentile(sorted: sorted, tail), high: percentile(sorted: sorted, 100 - tail))
+    }
+    return intervals
 }
 
-/// `pairedBootstrap` with the resamples of `settings` (`bootstrapCounts`).
+/// The paired bootstrap of one metric's delta (see `pairedBootstrap(a:b:metrics:...)`).
+public func pairedBootstrap(a: [PerImageStatistic], b: [PerImageStatistic], metric: String, resamples: Int,
+                            confidence: Double = 0.95, counts: (Int) -> [Int]) throws -> DeltaInterval {
+    try pairedBootstrap(a: a, b: b, metrics: [metric], resamples: resamples, confidence: confidence, counts: counts)[metric]!
+}
+
+/// `pairedBootstrap` with the resamples of `settings` (`bootstrapCounts`): `detectionResamples` for
+/// detection statistics, `resamples` for the others.
+public func pairedBootstrap(a: [PerImageStatistic], b: [PerImageStatistic], metrics: [String],
+                            settings: BootstrapSettings) throws -> [String: DeltaInterval] {
+    let n = a.first?.images.count ?? 0
+    return try pairedBootstrap(a: a, b: b, metrics: metrics, resamples: settings.resamples(for: a.first), confidence: settings.confidence) {
+        bootstrapCounts(images: n, resample: $0, seed: settings.seed)
+    }
+}
+
+/// `pairedBootstrap` of one metric with the resamples of `settings`.
 public func pairedBootstrap(a: [PerImageStatistic], b: [PerImageStatistic], metric: String,
                             settings: BootstrapSettings) throws -> DeltaInterval {
-    let n = a.first?.images.count ?? 0
-    return try pairedBootstrap(a: a, b: b, metric: metric, resamples: settings.resamples, confidence: settings.confidence) {
-        bootstrapCounts(images: n, resample: $0, seed: settings.seed)
+    try pairedBootstrap(a: a, b: b, metrics: [metric], settings: settings)[metric]!
+}
+
+extension BootstrapSettings {
+    /// The resamples drawn for runs of `statistic`'s kind.
+    public func resamples(for statistic: PerImageStatistic?) -> Int {
+        statistic is DetectionStatistic ? detectionResamples : resamples
     }
 }

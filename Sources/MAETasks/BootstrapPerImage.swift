@@ -1,6 +1,7 @@
 import Foundation
 import MAEData
 import MAEFormats
+import MAEMetrics
 
 /// `per_image.json` of a run folder: one entry per validation image, in the protocol's val order,
 /// written before `metrics.json` (so a run with metrics always has it). The paired bootstrap of the
@@ -12,8 +13,9 @@ import MAEFormats
 ///   `label_area` are each image's per-class pixel counts [images][classes] as mmseg's
 ///   `intersect_and_union` returns them; the statistics are mIoU, mAcc and aAcc in percent from the
 ///   summed counts (classes with no pixels in the summed union are left out, as mmseg's nanmean).
-/// - `kind: "detection"`: `images` are COCO image ids as text; the statistic (COCO eval re-run on
-///   the resampled images) is the detection protocol's to provide (see `PerImageStatistic`).
+/// - `kind: "detection"`: `images` are COCO image ids as text, `ground_truth` the COCO instances
+///   file they were scored against; the statistic (`DetectionStatistic`) re-runs COCO eval on the
+///   resampled images from the run folder's `detections.json` and that file.
 public struct PerImageResults: Codable, Sendable, Equatable {
     public static let fileName = "per_image.json"
     public static let currentFormat = "mae-eval per-image 1"
@@ -26,9 +28,12 @@ public struct PerImageResults: Codable, Sendable, Equatable {
     public var union: [[Double]]?
     public var predArea: [[Double]]?
     public var labelArea: [[Double]]?
+    /// Detection: the ground-truth COCO instances file (absolute path).
+    public var groundTruth: String?
 
     enum CodingKeys: String, CodingKey {
         case format, kind, images, correct, intersect, union, predArea = "pred_area", labelArea = "label_area"
+        case groundTruth = "ground_truth"
     }
 
     public init(kind: String, images: [String]) {
@@ -47,6 +52,22 @@ public struct PerImageResults: Codable, Sendable, Equatable {
             return path.hasPrefix(prefix) ? String(path.dropFirst(prefix.count)) : sample.url.lastPathComponent
         })
         correct = hits.map { $0 ? 1 : 0 }
+    }
+
+    /// A segmenter's per-image areas (one `SegmentationMetrics` holding one image each) by label-map stem.
+    public init(segmentation stems: [String], areas: [SegmentationMetrics]) {
+        self.init(kind: "segmentation", images: stems)
+        func rows(_ column: (SegmentationMetrics) -> [Int64]) -> [[Double]] { areas.map { column($0).map(Double.init) } }
+        intersect = rows(\.areaIntersect)
+        union = rows(\.areaUnion)
+        predArea = rows(\.areaPrediction)
+        labelArea = rows(\.areaLabel)
+    }
+
+    /// A detector's val images (COCO ids, in val order), scored against `groundTruth`.
+    public init(detection imageIds: [Int], groundTruth: URL) {
+        self.init(kind: "detection", images: imageIds.map(String.init))
+        self.groundTruth = groundTruth.standardizedFileURL.path
     }
 
     /// Writes `per_image.json` into `dir` atomically.

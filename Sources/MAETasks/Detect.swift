@@ -364,8 +364,8 @@ func inferDetectorConfig(_ file: CheckpointFile, inputSize: Int, heads: Int?) th
                           anchorSizes: strides.map { Double(8 * $0) }, heads: heads)
 }
 
-/// Runs the detector over `val` (test transform), writes `detections.json` and figures of the first
-/// images into the run folder, and returns the COCO numbers and the detection count.
+/// Runs the detector over `val` (test transform), writes `detections.json`, `per_image.json` and
+/// figures of the first images into the run folder, and returns the COCO numbers and the detection count.
 func evaluateDetector(_ model: MaskRCNN, val: COCODetectionDataset, annotations: URL, size: Int, run: TransferRun,
                       verbose: Bool) throws -> (bbox: [String: Double], segm: [String: Double], count: Int) {
     let loader = DataLoader(builder: DetectionBatchBuilder.test(val, size: size), batchSize: 4, shuffle: false)
@@ -397,6 +397,7 @@ func evaluateDetector(_ model: MaskRCNN, val: COCODetectionDataset, annotations:
         try ImageCodec.writePNG(detectionFigure(image: image, truth: val.instances[index], detections: d, classes: val.classes),
                                 to: figureDir.appendingPathComponent("\(val.images[index].id).png"))
     }
+    try PerImageResults(detection: val.images.map(\.id), groundTruth: annotations).write(into: run.dir)
     // Scored as read back from detections.json, so metrics.json is exactly the file's COCO AP.
     let gt = try COCODataset(contentsOf: annotations)
     let (bbox, segm) = try cocoMetrics(groundTruth: gt, results: try COCODetection.load(contentsOf: detectionsFile),

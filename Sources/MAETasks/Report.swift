@@ -1,6 +1,7 @@
 import Foundation
 import MAEDistributed
 import MAEFormats
+import MAEJSON
 
 /// One named number of a run (percent), as a report column shows it.
 struct ReportMetric: Equatable {
@@ -42,7 +43,8 @@ struct ReportKind: Equatable {
     static let detection = ReportKind(
         name: "detection", title: "Detection transfer",
         units: "Detection numbers are COCO box and mask AP in percent on the val split",
-        metrics: ["APbox", "APbox50", "APbox75", "APmask", "APmask50", "APmask75"].map { ReportMetric(key: $0, label: $0) },
+        metrics: ["APbox", "APbox50", "APbox75", "APmask", "APmask50", "APmask75"].map { ReportMetric(key: $0, label: $0) } +
+            [("APboxs", "APbox S"), ("APboxm", "APbox M"), ("APboxl", "APbox L")].map { ReportMetric(key: $0.0, label: $0.1) },
         primary: ["APbox", "APmask"], compared: ["APbox", "APbox50", "APbox75", "APmask", "APmask50", "APmask75"],
         showsSelected: false, hasCurves: false,
         paperNote: "MAE paper numbers are ViT-B Mask R-CNN on COCO (Table 4); they anchor the protocol, " +
@@ -79,6 +81,8 @@ enum PaperAnchors {
             }
         case ("detection", "APbox"): return ("50.3 (ViT-B Mask R-CNN, Table 4)", "47.9 (ViT-B Mask R-CNN, Table 4)")
         case ("detection", "APmask"): return ("44.9 (ViT-B Mask R-CNN, Table 4)", "42.9 (ViT-B Mask R-CNN, Table 4)")
+        // The MAE paper reports no linear segmentation probe.
+        case ("segmentation", "mIoU") where variant.hasPrefix("linear"): return ("—", "—")
         case ("segmentation", "mIoU"): return ("48.1 (ViT-B UperNet, Table 5)", "47.4 (ViT-B UperNet, Table 5)")
         default: return ("—", "—")
         }
@@ -105,6 +109,8 @@ struct ReportRun {
     var protocolChecks: [String]?
     var timings: [String: Double]
     var run: TransferRun
+    /// Segmentation: each class's IoU in percent (nil where undefined), in the task's class order.
+    var perClassIoU: [(name: String, iou: Double?)]? = nil
 }
 
 /// A path relative to the current folder when it lies inside it, so a committed report names no machine.
@@ -219,15 +225,21 @@ func readReportRun(_ url: URL) throws -> ReportRun? {
                     metrics[metric + suffix] = value
                 }
             }
+            for (key, suffix) in [("APs", "s"), ("APm", "m"), ("APl", "l")] { metrics["APbox" + suffix] = coco.bbox[key] }
         } else {
             let seg = try decode(SegmentationFields.self, what: "a segmentation run's metrics")
             metrics = ["mIoU": seg.mIoU, "mAcc": seg.mAcc, "aAcc": seg.aAcc]
+        }
+        // `per_class` in the order the run wrote it (the task's class order).
+        var perClass: [(name: String, iou: Double?)]?
+        if !detection, case .object(let classes)? = (try? JSONValue.parse(data))?["per_class"] {
+            perClass = classes.map { ($0.key, $0.value["IoU"]?.doubleValue) }
         }
         return ReportRun(kind: kind, task: fields.task, evaluation: fields.evaluation ?? kind.name, variant: fields.variant ?? "",
                          checkpoint: fields.checkpoint, checkpointHash: fields.checkpointHash ?? fields.checkpoint,
                          method: fields.method, role: fields.role ?? "checkpoint", seed: fields.seed, recipe: fields.recipe,
                          metrics: metrics, data: fields.dataset, selected: nil, protocolChecks: fields.protocolChecks,
-                         timings: fields.timings ?? [:], run: dir)
+                         timings: fields.timings ?? [:], run: dir, perClassIoU: perClass)
     }
     let m = try decode(TransferMetrics.self, what: "a transfer run's metrics")
     return ReportRun(kind: .classification, task: m.task, evaluation: m.evaluation, variant: m.variant, checkpoint: m.checkpoint,
@@ -303,29 +315,33 @@ private func summaryTable(_ kind: ReportKind, _ sections: [ReportSection]) -> St
 /// A section: data, a row per backbone with every metric and its delta against the reference,
 /// the paper's anchors, the recipe, the protocol checks and (classification) the curves. `deltaCell`
 /// (the transfer report's, with intervals) replaces a row's plain delta cell when it gives one.
-func sectionBody(_ s: ReportSection, figuresFolder: String, figures: inout [(String, LinePlot)],
+func sectionBody(_ s: ReportSection, figuresFolder: String, figures: inout [(String, ReportFigure)],
                  deltaCell: (BackboneRow, String) -> String? = { _, _ in nil }) throws -> String {
     let kind = s.kind, m0 = s.first, rows = s.rows, reference = s.reference
     var body = "## \(m0.task): \(m0.variant.isEmpty ? m0.evaluation : "\(m0.evaluation), \(m0.variant)")\n\n"
     if let data = m0.data { body += "Data: \(data).\n\n" }
-    let compared = kind.compared.map { "Δ \(kind.label($0)) vs \(reference?.name ?? "baseline")" }
-    let columns = ["backbone", "method", "role"] + kind.metrics.map(\.label) + compared + ["seeds"] +
-        (kind.showsSelected ? ["selected"] : []) + ["time (s)"]
-    body += "| " + columns.joined(separator: " | ") + " |\n" + "|" + String(repeating: "---|", count: columns.count) + "\n"
-    for row in rows {
-        var cells = [row.name, row.first.method, row.first.role] + kind.metrics.map { formatMeanStd(row.values($0.key)) }
-        cells += kind.compared.map { metric in
-            reference.map { $0.key == row.key ? "—" : deltaCell(row, metric) ?? String(format: "%+.2f", row.mean(metric) - $0.mean(metric)) } ?? "—"
+    if kind == .classification {
+        let compared = kind.compared.map { "Δ \(kind.label($0)) vs \(reference?.name ?? "baseline")" }
+        let columns = ["backbone", "method", "role"] + kind.metrics.map(\.label) + compared + ["seeds"] +
+            (kind.showsSelected ? ["selected"] : []) + ["time (s)"]
+        body += "| " + columns.joined(separator: " | ") + " |\n" + "|" + String(repeating: "---|", count: columns.count) + "\n"
+        for row in rows {
+            var cells = [row.name, row.first.method, row.first.role] + kind.metrics.map { formatMeanStd(row.values($0.key)) }
+            cells += kind.compared.map { metric in
+                reference.map { $0.key == row.key ? "—" : deltaCell(row, metric) ?? String(format: "%+.2f", row.mean(metric) - $0.mean(metric)) } ?? "—"
+            }
+            cells.append(row.runs.map { String($0.seed) }.joined(separator: ", "))
+            if kind.showsSelected {
+                cells.append(row.first.selected.map { s in
+                    ["lr", "weight_decay"].compactMap { k in s[k].map { "\(k == "lr" ? "lr" : "wd") \(String(format: "%g", $0))" } }
+                        .joined(separator: ", ")
+                } ?? "—")
+            }
+            cells.append(String(format: "%.1f", meanStd(row.runs.compactMap { $0.timings["total_s"] }).mean))
+            body += "| " + cells.joined(separator: " | ") + " |\n"
         }
-        cells.append(row.runs.map { String($0.seed) }.joined(separator: ", "))
-        if kind.showsSelected {
-            cells.append(row.first.selected.map { s in
-                ["lr", "weight_decay"].compactMap { k in s[k].map { "\(k == "lr" ? "lr" : "wd") \(String(format: "%g", $0))" } }
-                    .joined(separator: ", ")
-            } ?? "—")
-        }
-        cells.append(String(format: "%.1f", meanStd(row.runs.compactMap { $0.timings["total_s"] }).mean))
-        body += "| " + cells.joined(separator: " | ") + " |\n"
+    } else {
+        body += denseTables(s, deltaCell: deltaCell)
     }
     if kind.primary.count == 1 {
         let anchors = s.anchors(kind.primary[0])
@@ -352,6 +368,7 @@ func sectionBody(_ s: ReportSection, figuresFolder: String, figures: inout [(Str
         }
         body += seen.map { "- \($0)\n" }.joined() + "\n"
     }
+    if kind != .classification { body += runFigures(s, figuresFolder: figuresFolder, figures: &figures) }
     guard kind.hasCurves else { return body }
 
     // Curves of each backbone's first seed.
@@ -367,8 +384,8 @@ func sectionBody(_ s: ReportSection, figuresFolder: String, figures: inout [(Str
                             yLabel: "loss", series: logs.map { PlotSeries(name: $0.0, points: $0.1.map { (Double($0.epoch), $0.trainLoss) }) })
         let acc = LinePlot(title: "\(m0.task) \(m0.evaluation) (\(m0.variant)): val top-1", xLabel: "epoch", yLabel: "top-1 %",
                            series: logs.map { PlotSeries(name: $0.0, points: $0.1.compactMap { e in e.valTop1.map { (Double(e.epoch), $0) } }) })
-        figures.append(("\(slug)-loss.png", loss))
-        figures.append(("\(slug)-val.png", acc))
+        figures.append(("\(slug)-loss.png", .plot(loss)))
+        figures.append(("\(slug)-val.png", .plot(acc)))
         body += "![training loss](\(figuresFolder)/\(slug)-loss.png) ![val top-1](\(figuresFolder)/\(slug)-val.png)\n\n"
         body += "Curves: seed \(rows[0].runs[0].seed) of each backbone" +
             (m0.evaluation == "linprobe" && m0.variant.hasPrefix("cached") ? " (the selected head retrained on all of train)" : "") + ".\n\n"
@@ -380,7 +397,7 @@ func sectionBody(_ s: ReportSection, figuresFolder: String, figures: inout [(Str
 /// (classification, detection, segmentation) and a section per task, protocol and variant.
 /// Figures go to `figures` (a folder next to the report), linked relative to the report. Returns
 /// the markdown and the figures to write.
-func renderReport(runs root: URL, figuresFolder: String) throws -> (markdown: String, figures: [(String, LinePlot)]) {
+func renderReport(runs root: URL, figuresFolder: String) throws -> (markdown: String, figures: [(String, ReportFigure)]) {
     let found = try collectRuns(root)
     let order = ["linprobe": 0, "knn": 1, "finetune": 2]
     let kindIndex = { (kind: ReportKind) in ReportKind.all.firstIndex(of: kind) ?? ReportKind.all.count }
@@ -403,7 +420,7 @@ func renderReport(runs root: URL, figuresFolder: String) throws -> (markdown: St
         if only == nil { md += "### \(kind.title)\n\n" }
         md += summaryTable(kind, sections.filter { $0.kind == kind }) + "\n" + kind.paperNote + "\n\n"
     }
-    var figures: [(String, LinePlot)] = []
+    var figures: [(String, ReportFigure)] = []
     for section in sections { md += try sectionBody(section, figuresFolder: figuresFolder, figures: &figures) }
     return (md, figures)
 }
@@ -433,7 +450,7 @@ public func writeReport(runs: URL, to out: URL) throws {
     try prepareReportOutput(out, flag: "the report")
     let figureDir = reportFiguresFolder(out)
     if !figures.isEmpty { try prepareOutputFolder(figureDir, flag: "the report's figures folder") }
-    for (name, plot) in figures { try plot.write(to: figureDir.appendingPathComponent(name)) }
+    for (name, figure) in figures { try figure.write(to: figureDir.appendingPathComponent(name)) }
     try writeAtomically(Data(markdown.utf8), to: out)
 }
 
@@ -445,4 +462,90 @@ public func runAndReport(_ options: TransferOptions, _ task: () throws -> [Trans
     let runs = try task()
     if let report = options.report, Distributed.world.isMain { try writeReport(runs: options.outDir, to: report) }
     return runs
+}
+
+/// A figure a report writes next to itself: a plot it draws, or a run's PNG it copies.
+enum ReportFigure {
+    case plot(LinePlot)
+    case copy(URL)
+
+    func write(to url: URL) throws {
+        switch self {
+        case .plot(let plot): try plot.write(to: url)
+        case .copy(let source): try writeAtomically(try Data(contentsOf: source), to: url)
+        }
+    }
+}
+
+/// A detection or segmentation section's tables, narrow enough to read: rows are the metrics,
+/// columns each backbone (mean ± std over seeds) and each backbone's Δ against the reference
+/// (`deltaCell` where it gives one, with its interval, else the plain difference); an AP of an area
+/// range without objects (pycocotools' -1) is n/a. Segmentation adds per-class IoU the same way.
+func denseTables(_ s: ReportSection, deltaCell: (BackboneRow, String) -> String?) -> String {
+    let kind = s.kind, reference = s.reference
+    let others = s.rows.filter { $0.key != reference?.key }
+    let columns = s.rows.map { "\($0.name) (\($0.first.method)\($0.first.role == "baseline" ? ", baseline" : ""))" } +
+        (reference.map { r in others.map { "Δ \($0.name) − \(r.name)" } } ?? [])
+    func table(_ first: String, _ lines: [[String]]) -> String {
+        "| " + ([first] + columns).joined(separator: " | ") + " |\n|" + String(repeating: "---|", count: columns.count + 1) + "\n" +
+            lines.map { "| " + $0.joined(separator: " | ") + " |\n" }.joined()
+    }
+    func plainDelta(_ a: [Double], _ b: [Double]) -> String {
+        guard !a.isEmpty, !b.isEmpty, a.allSatisfy({ $0 >= 0 }), b.allSatisfy({ $0 >= 0 }) else { return "—" }
+        return String(format: "%+.2f", meanStd(a).mean - meanStd(b).mean)
+    }
+    let metricLines = kind.metrics.map { metric -> [String] in
+        let values = s.rows.map { $0.values(metric.key) }
+        var cells = [metric.label] + values.map { v in v.isEmpty ? "—" : v.allSatisfy { $0 < 0 } ? "n/a" : formatMeanStd(v) }
+        if let r = reference {
+            cells += others.map { row in
+                (kind.compared.contains(metric.key) ? deltaCell(row, metric.key) : nil) ?? plainDelta(row.values(metric.key), r.values(metric.key))
+            }
+        }
+        return cells
+    }
+    var text = table("metric", metricLines)
+    text += "\nSeeds: " + s.rows.map { "\($0.name) \($0.runs.map { String($0.seed) }.joined(separator: ", "))" }.joined(separator: "; ") +
+        ". Time (s): " + s.rows.map { "\($0.name) " + String(format: "%.1f", meanStd($0.runs.compactMap { $0.timings["total_s"] }).mean) }
+            .joined(separator: "; ") + ".\n"
+    // Per-class IoU: each backbone's mean over seeds, classes in the first run's order.
+    guard let classes = s.runs.first(where: { $0.perClassIoU != nil })?.perClassIoU?.map(\.name) else { return text }
+    func iou(_ row: BackboneRow, _ name: String) -> [Double] {
+        row.runs.compactMap { run in run.perClassIoU?.first { $0.name == name }?.iou }
+    }
+    let classLines = classes.map { name -> [String] in
+        var cells = [name] + s.rows.map { row in iou(row, name).isEmpty ? "—" : formatMeanStd(iou(row, name)) }
+        if let r = reference { cells += others.map { plainDelta(iou($0, name), iou(r, name)) } }
+        return cells
+    }
+    text += "\nPer-class IoU (percent; — where a class has no pixels in prediction or label):\n\n" + table("class", classLines)
+    return text
+}
+
+/// The prediction figures of a dense section, copied next to the report: for each backbone's first
+/// seed the first two of its run's `figures/` (detection: ground truth | detections) or
+/// `overlays/` (segmentation: image | prediction | ground truth).
+func runFigures(_ s: ReportSection, figuresFolder: String, figures: inout [(String, ReportFigure)]) -> String {
+    let detection = s.kind == .detection
+    let folder = detection ? "figures" : "overlays"
+    var lines: [String] = []
+    for row in s.rows {
+        let run = row.runs[0]
+        let dir = run.run.dir.appendingPathComponent(folder)
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []).filter { $0.hasSuffix(".png") }
+            .sorted { $0.compare($1, options: .numeric) == .orderedAscending }.prefix(2)
+        guard !files.isEmpty else { continue }
+        let slug = String("\(run.task)-\(run.variant)-\(row.name)-s\(run.seed)".lowercased()
+            .map { $0.isLetter || $0.isNumber ? $0 : "-" }).split(separator: "-").joined(separator: "-")
+        var images: [String] = []
+        for file in files {
+            let name = "\(slug)-\(file)"
+            figures.append((name, .copy(dir.appendingPathComponent(file))))
+            images.append("![\(row.name) \(file)](\(figuresFolder)/\(name))")
+        }
+        lines.append("\(row.name), seed \(run.seed): " + images.joined(separator: " "))
+    }
+    guard !lines.isEmpty else { return "" }
+    let what = detection ? "Predictions (left: ground truth; right: detections)" : "Overlays (image | prediction | ground truth, ignored pixels black)"
+    return "\(what):\n\n" + lines.map { "- \($0)\n" }.joined() + "\n"
 }

@@ -94,7 +94,7 @@ public struct SegmentationScore {
 /// Runs `model` on every image of `data`, writes `pred/STEM.png` (in the annotation's label space:
 /// with reduce_zero_label class c is written c + 1) and, for the first `overlays` images,
 /// `overlays/STEM.png` (image | prediction | ground truth, ignored pixels black), and scores the
-/// predictions against the labels with mmseg's metrics.
+/// predictions against the labels with mmseg's metrics; `per_image.json` holds each image's areas.
 public func evaluateSegmenter(_ model: Segmenter, data: SegmentationDataset, inference: SegmentationInference,
                               numClasses: Int, into dir: URL, overlays: Int = 8, progress: ProgressLine? = nil) throws -> SegmentationScore {
     let start = Date()
@@ -102,10 +102,14 @@ public func evaluateSegmenter(_ model: Segmenter, data: SegmentationDataset, inf
     try prepareOutputFolder(predDir, flag: "the run's pred folder")
     if overlays > 0 { try prepareOutputFolder(overlayDir, flag: "the run's overlays folder") }
     var metrics = SegmentationMetrics(numClasses: numClasses)
+    var perImage: [SegmentationMetrics] = []
     for i in 0..<data.count {
         let (image, labels) = try data.sample(i)
         let predicted = inference.predict(model, image: image)
         try metrics.add(prediction: predicted, groundTruth: labels.labels, name: data.images[i].path)
+        var own = SegmentationMetrics(numClasses: numClasses)
+        try own.add(prediction: predicted, groundTruth: labels.labels, name: data.images[i].path)
+        perImage.append(own)
         let stem = data.images[i].deletingPathExtension().lastPathComponent
         let written = data.reduceZeroLabel ? predicted.map { $0 + 1 } : predicted
         try LabelMapCodec.writePNG(LabelMap(width: image.width, height: image.height, labels: written),
@@ -116,6 +120,7 @@ public func evaluateSegmenter(_ model: Segmenter, data: SegmentationDataset, inf
         }
         progress?.update("segmenting val", done: i + 1, total: data.count, unit: "images")
     }
+    try PerImageResults(segmentation: data.images.map { $0.deletingPathExtension().lastPathComponent }, areas: perImage).write(into: dir)
     return SegmentationScore(result: metrics.compute(), images: data.count, seconds: elapsed(since: start))
 }
 

@@ -33,7 +33,8 @@ func unitArguments(_ units: [TransferUnit], _ o: AllOptions) -> [String] {
     args += ["--tasks", specs.joined(separator: ",")]
     if let seeds = o.seeds { args += ["--seeds", seeds.map(String.init).joined(separator: ",")] }
     args += ["--out-dir", o.outDir.standardizedFileURL.path, "--report", o.report.standardizedFileURL.path]
-    args += ["--bootstrap-resamples", String(o.bootstrap.resamples), "--bootstrap-seed", String(o.bootstrap.seed)]
+    args += ["--bootstrap-resamples", String(o.bootstrap.resamples), "--bootstrap-detection-resamples", String(o.bootstrap.detectionResamples),
+             "--bootstrap-seed", String(o.bootstrap.seed)]
     if let h = o.heads { args += ["--heads", String(h)] }
     return args
 }

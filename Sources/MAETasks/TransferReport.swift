@@ -57,18 +57,19 @@ func sectionDeltas(_ section: ReportSection, units: [ReportedUnit], settings: Bo
     var deltas: [SectionDelta] = []
     for row in section.rows where row.key != reference.key {
         let a = statistics(row)
+        let intervals: [String: DeltaInterval]
+        do {
+            intervals = try pairedBootstrap(a: a.map(\.statistic), b: b.map(\.statistic), metrics: section.kind.compared, settings: settings)
+        } catch let TaskError.badArgument(why) {
+            throw TaskError.badArgument("\(section.first.task) (\(section.first.variant)), \(row.name) vs \(reference.name): \(why)")
+        }
+        // Each seed's metrics on all images, computed once (a detection statistic is a COCO eval).
+        let seedA = a.map { ($0.seed, $0.statistic.values(counts: ones($0.statistic))) }
+        let seedB = Dictionary(b.map { ($0.seed, $0.statistic.values(counts: ones($0.statistic))) }, uniquingKeysWith: { x, _ in x })
         for metric in section.kind.compared {
-            let interval: DeltaInterval
-            do {
-                interval = try pairedBootstrap(a: a.map(\.statistic), b: b.map(\.statistic), metric: metric, settings: settings)
-            } catch let TaskError.badArgument(why) {
-                throw TaskError.badArgument("\(section.first.task) (\(section.first.variant)), \(row.name) vs \(reference.name): \(why)")
-            }
-            let paired = a.compactMap { x in b.first { $0.seed == x.seed }.map { y in
-                (x.statistic.values(counts: ones(x.statistic))[metric] ?? .nan) - (y.statistic.values(counts: ones(y.statistic))[metric] ?? .nan)
-            } }
+            let paired = seedA.compactMap { seed, x in seedB[seed].map { y in (x[metric] ?? .nan) - (y[metric] ?? .nan) } }
             deltas.append(SectionDelta(task: section.first.task, evaluation: section.first.evaluation, variant: section.first.variant,
-                                       metric: metric, backbone: row.name, reference: reference.name, interval: interval,
+                                       metric: metric, backbone: row.name, reference: reference.name, interval: intervals[metric]!,
                                        seedStd: paired.count > 1 ? meanStd(paired).std : nil, seeds: paired.count))
         }
     }
@@ -91,7 +92,7 @@ func transferSections(_ units: [ReportedUnit]) -> [ReportSection] {
 
 /// The markdown of the transfer report and its figures.
 func renderTransferReport(_ units: [ReportedUnit], sections: [ReportSection], deltas: [[SectionDelta]],
-                          settings: BootstrapSettings, figuresFolder: String) throws -> (String, [(String, LinePlot)]) {
+                          settings: BootstrapSettings, figuresFolder: String) throws -> (String, [(String, ReportFigure)]) {
     let backbones = sections.flatMap(\.rows).reduce(into: [BackboneRow]()) { list, row in
         if !list.contains(where: { $0.key == row.key }) { list.append(row) }
     }.sorted { ($0.first.role == "baseline" ? 1 : 0, $0.name) < ($1.first.role == "baseline" ? 1 : 0, $1.name) }
@@ -103,7 +104,10 @@ func renderTransferReport(_ units: [ReportedUnit], sections: [ReportSection], de
         "`units/` of the out dir, every `metrics.json` collected in `transfer.json` beside this file. " +
         "Numbers are percent on each task's val split; with several seeds, mean ± sample std over seeds.\n\n"
     md += "Every Δ carries a \(level)% confidence interval from a paired bootstrap over the validation images: " +
-        "\(settings.resamples) resamples (seed \(settings.seed)) of the val images with replacement, the same images for both " +
+        "\(settings.resamples) resamples (seed \(settings.seed))" +
+        (sections.contains { $0.kind == .detection } ? " (detection: \(settings.detectionResamples), as each is a COCO eval per run; " +
+            "a drawn copy of an image is evaluated as a new image id with that image's ground truth and detections)" : "") +
+        " of the val images with replacement, the same images for both " +
         "backbones and every seed; each resample's Δ is the mean over seeds of one backbone minus the other's, recomputed from " +
         "per-image results (classification: per-image top-1 correctness; segmentation: per-image intersections and unions; " +
         "detection: COCO eval re-run on the resampled images); the interval is its \(plainNumber((100 - Double(level)) / 2))th and " +
@@ -125,7 +129,7 @@ func renderTransferReport(_ units: [ReportedUnit], sections: [ReportSection], de
         }
     }
     md += "\n" + ReportKind.all.filter { k in sections.contains { $0.kind == k } }.map(\.paperNote).joined(separator: " ") + "\n\n"
-    var figures: [(String, LinePlot)] = []
+    var figures: [(String, ReportFigure)] = []
     for (section, sectionDeltas) in zip(sections, deltas) {
         md += try sectionBody(section, figuresFolder: figuresFolder, figures: &figures) { row, metric in
             sectionDeltas.first { $0.backbone == row.name && $0.metric == metric }?.cell
@@ -171,7 +175,7 @@ public func writeTransferReport(units: [TransferUnit], options o: AllOptions) th
                                                        figuresFolder: folder.lastPathComponent)
     try prepareReportOutput(o.report, flag: "the report")
     if !figures.isEmpty { try prepareOutputFolder(folder, flag: "the report's figures folder") }
-    for (name, plot) in figures { try plot.write(to: folder.appendingPathComponent(name)) }
+    for (name, figure) in figures { try figure.write(to: folder.appendingPathComponent(name)) }
     try writeAtomically(try transferJSON(reported, deltas: deltas.flatMap { $0 }, settings: o.bootstrap), to: o.reportJSON)
     try writeAtomically(Data(markdown.utf8), to: o.report)
 }

@@ -12,6 +12,9 @@ public struct PlannedTask: Sendable, Equatable {
     /// new unit; another seed list is not).
     public var hash: String
     public var seeds: [UInt64]
+    /// Why the task cannot run here (its data is given by the user and is not there); `all` with no
+    /// `--tasks` skips it with a note, a task named in `--tasks` runs and fails with the protocol's error.
+    public var unavailable: String? = nil
 }
 
 /// One unit of `mae-eval all`: one backbone, one task spec, one seed, in one run folder.
@@ -92,19 +95,23 @@ public enum TransferUnitKinds {
         ClassificationUnitKind(protocolName: "linprobe"),
         ClassificationUnitKind(protocolName: "knn"),
         ClassificationUnitKind(protocolName: "finetune"),
+        DetectUnitKind(),
+        SegmentUnitKind(),
     ]
 
     /// The kind for a `protocol:` value, nil when none runs it.
     public static func kind(_ name: String) -> (any TransferUnitKind)? { all.first { $0.protocolName == name } }
 }
 
-/// The `protocol:` of a task spec file, read before the protocol's own loader checks the rest.
+/// The `protocol:` of a task spec file, read before the protocol's own loader checks the rest; a
+/// segmentation spec (which has no `protocol:` field) is "segment" when `SegmentSpec` reads it.
 /// - Throws: `TaskSpecError` naming the file when it is not YAML or has no `protocol:`.
 public func specProtocol(_ url: URL) throws -> String {
     guard let text = try? String(contentsOf: url, encoding: .utf8) else {
         throw TaskSpecError(path: url.path, problem: "cannot be read")
     }
     guard case .mapping(let fields)? = try composeBounded(text, source: url.path), let name = fields["protocol"]?.string else {
+        if (try? SegmentSpec.load(url.path)) != nil { return SegmentUnitKind().protocolName }
         throw TaskSpecError(path: url.path, problem: "has no `protocol:` field (linprobe, knn, finetune, ...)")
     }
     return name
@@ -163,6 +170,81 @@ struct ClassificationUnitKind: TransferUnitKind {
             }
             runs = try runFineTune(o)
         }
+        guard runs.count == 1 else {
+            throw TaskError.badArgument("internal check failed: unit \(unit.index) made \(runs.count) run folders instead of one")
+        }
+        return runs[0].dir
+    }
+}
+
+/// The identity of a dense spec file for its unit hash: its text with the `seeds:` line left out
+/// (another seed list is the same task; any other change of recipe, data or head is a new one).
+func denseSpecHash(_ url: URL, extra: String) throws -> String {
+    guard let text = try? String(contentsOf: url, encoding: .utf8) else { throw TaskSpecError(path: url.path, problem: "cannot be read") }
+    let lines = text.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.hasPrefix("seeds:") }
+    return fnv1a(Data((lines.joined(separator: "\n") + "\u{1}" + extra).utf8))
+}
+
+/// Mask R-CNN detection (`Tasks/*-detect.yaml`): one `runDetect` per unit with one backbone and
+/// one seed, `--resume` on (a stopped unit continues its run folder's checkpoint), no report.
+struct DetectUnitKind: TransferUnitKind {
+    var protocolName: String { "detect" }
+
+    func plan(spec url: URL, seeds: [UInt64]?) throws -> PlannedTask {
+        let spec = try DetectSpec.load(contentsOf: url)
+        let val = spec.dataset.resolve(spec.dataset.valAnnotations)
+        let missing = spec.dataset.generate == "shapes" || FileManager.default.fileExists(atPath: val.path) ? nil
+            : "its val annotations \(val.path) are not there (point dataset.root at them)"
+        return PlannedTask(protocolName: protocolName, spec: url, name: spec.name,
+                           hash: try denseSpecHash(url, extra: spec.dataset.rootURL.standardizedFileURL.path), seeds: seeds ?? spec.seeds, unavailable: missing)
+    }
+
+    func run(_ unit: TransferUnit, outDir: URL, context: UnitContext) throws -> URL {
+        var o = DetectOptions()
+        if unit.backbone.role == "baseline" { o.baseline = unit.backbone.url } else { o.checkpoints = [unit.backbone.url] }
+        o.task = unit.task.spec.path
+        o.seeds = [unit.seed]
+        o.resume = true
+        o.outDir = outDir
+        o.report = nil
+        o.heads = context.heads
+        o.threads = context.threads
+        o.verbose = context.verbose
+        let runs = try runDetect(o)
+        guard runs.count == 1 else {
+            throw TaskError.badArgument("internal check failed: unit \(unit.index) made \(runs.count) run folders instead of one")
+        }
+        return runs[0].dir
+    }
+}
+
+/// UperNet and linear semantic segmentation (`Tasks/*-segment*.yaml`, `ade20k-upernet.yaml`): one
+/// `runSegment` per unit with one backbone and one seed, the spec's head, `--resume` on, no report.
+struct SegmentUnitKind: TransferUnitKind {
+    var protocolName: String { "segment" }
+
+    func plan(spec url: URL, seeds: [UInt64]?) throws -> PlannedTask {
+        let spec = try SegmentSpec.load(url.path)
+        let val = spec.resolve(spec.dataset.valImages)
+        let missing = spec.dataset.generate == "shapes" || FileManager.default.fileExists(atPath: val.path) ? nil
+            : "its val images \(val.path) are not there (point dataset.root at them)"
+        return PlannedTask(protocolName: protocolName, spec: url, name: spec.name,
+                           hash: try denseSpecHash(url, extra: spec.rootURL.standardizedFileURL.path), seeds: seeds ?? spec.seeds,
+                           unavailable: missing)
+    }
+
+    func run(_ unit: TransferUnit, outDir: URL, context: UnitContext) throws -> URL {
+        var o = SegmentOptions()
+        if unit.backbone.role == "baseline" { o.baseline = unit.backbone.url } else { o.checkpoints = [unit.backbone.url] }
+        o.task = unit.task.spec.path
+        o.seeds = [unit.seed]
+        o.resume = true
+        o.outDir = outDir
+        o.report = nil
+        o.heads = context.heads
+        o.threads = context.threads
+        o.verbose = context.verbose
+        let runs = try runSegment(o)
         guard runs.count == 1 else {
             throw TaskError.badArgument("internal check failed: unit \(unit.index) made \(runs.count) run folders instead of one")
         }

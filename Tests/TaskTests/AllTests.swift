@@ -224,7 +224,7 @@ extension AllTests {
         for (extra, mention) in [
             (["--unit", "99"], "--unit 99 is outside the plan's units 0...13"),
             (["--tasks", "no-such-task"], "--tasks: 'no-such-task' is neither a task spec file nor the name of one in"),
-            (["--tasks", unknown.path], "protocol 'frobnicate' is not one `all` runs (it runs linprobe, knn, finetune)"),
+            (["--tasks", unknown.path], "protocol 'frobnicate' is not one `all` runs (it runs linprobe, knn, finetune, detect, segment)"),
             (["--emit-slurm", "x.sbatch", "--time", "two hours"], "--time must be a Slurm time limit"),
             (["--emit-slurm", "x.sbatch", "--partition", "a b"], "--partition must be one Slurm partition name"),
             (["--threads", "0"], "--threads must be between 1 and"),

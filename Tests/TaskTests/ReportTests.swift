@@ -101,7 +101,8 @@ final class ReportTests: XCTestCase {
         try denseRun(root, "ade-segment/upernet/\(checkpoint)-s\(seed)", [
             "task": "ade-mini", "protocol": "segment", "variant": "UperNet", "checkpoint": "Checkpoints/\(checkpoint).safetensors",
             "method": method, "seed": seed, "mIoU": mIoU, "mAcc": mIoU + 10, "aAcc": mIoU + 30,
-            "per_class_iou": [mIoU, mIoU], "timings": ["total_s": 30],
+            "per_class": ["disc": ["IoU": mIoU - 5, "Acc": mIoU], "ring": ["IoU": method == "mae" ? NSNull() : 10.0, "Acc": 0.0]],
+            "timings": ["total_s": 30],
         ])
     }
 
@@ -110,10 +111,20 @@ final class ReportTests: XCTestCase {
     func testDetectionRunsRenderTheirOwnSection() throws {
         let root = try scratchFolder()
         let runs = root.appendingPathComponent("runs")
-        _ = try detectionRun(runs, checkpoint: "mae_b", method: "mae", role: "checkpoint", seed: 0, box: 40, mask: 35)
+        let first = try detectionRun(runs, checkpoint: "mae_b", method: "mae", role: "checkpoint", seed: 0, box: 40, mask: 35)
         _ = try detectionRun(runs, checkpoint: "mae_b", method: "mae", role: "checkpoint", seed: 1, box: 42, mask: 36)
         _ = try detectionRun(runs, checkpoint: "sup_b", method: "supervised", role: "baseline", seed: 0, box: 38, mask: 34)
-        let md = try renderReport(runs: runs, figuresFolder: "f").markdown
+        // The run's prediction figures are copied next to the report and embedded.
+        let figureDir = first.deletingLastPathComponent().appendingPathComponent("figures")
+        try FileManager.default.createDirectory(at: figureDir, withIntermediateDirectories: true)
+        for id in ["12", "3", "40"] { try Data("png \(id)".utf8).write(to: figureDir.appendingPathComponent("\(id).png")) }
+        let (md, figures) = try renderReport(runs: runs, figuresFolder: "f")
+        XCTAssertTrue(md.contains("Predictions (left: ground truth; right: detections):\n\n- mae_b, seed 0: " +
+                                  "![mae_b 3.png](f/coco-mini-mask-r-cnn-mae-b-s0-3.png) ![mae_b 12.png](f/coco-mini-mask-r-cnn-mae-b-s0-12.png)\n"), md)
+        XCTAssertEqual(figures.map(\.0), ["coco-mini-mask-r-cnn-mae-b-s0-3.png", "coco-mini-mask-r-cnn-mae-b-s0-12.png"])
+        let out = first.deletingLastPathComponent().appendingPathComponent("copy.png")
+        try figures[1].1.write(to: out)
+        XCTAssertEqual(try Data(contentsOf: out), Data("png 12".utf8))
         XCTAssertTrue(md.hasPrefix("# Detection transfer: MAE vs supervised backbones\n"), md)
         XCTAssertTrue(md.contains("Detection numbers are COCO box and mask AP in percent on the val split; with several seeds"), md)
         XCTAssertTrue(md.contains("| task | protocol | MAE APbox | supervised APbox | Δ APbox | MAE APmask | supervised APmask | Δ APmask | " +
@@ -122,12 +133,12 @@ final class ReportTests: XCTestCase {
                                   "APbox 50.3 (ViT-B Mask R-CNN, Table 4) / APmask 44.9 (ViT-B Mask R-CNN, Table 4) | " +
                                   "APbox 47.9 (ViT-B Mask R-CNN, Table 4) / APmask 42.9 (ViT-B Mask R-CNN, Table 4) |\n"), md)
         XCTAssertTrue(md.contains("## coco-mini: detect, Mask R-CNN\n\nData: coco-mini.\n\n"), md)
-        XCTAssertTrue(md.contains("| backbone | method | role | APbox | APbox50 | APbox75 | APmask | APmask50 | APmask75 | " +
-                                  "Δ APbox vs sup_b | Δ APbox50 vs sup_b | Δ APbox75 vs sup_b | Δ APmask vs sup_b | Δ APmask50 vs sup_b | " +
-                                  "Δ APmask75 vs sup_b | seeds | time (s) |\n"), md)
-        XCTAssertTrue(md.contains("| mae_b | mae | checkpoint | 41.00 ± 1.41 | 42.00 ± 1.41 | 43.00 ± 1.41 | 35.50 ± 0.71 | 36.50 ± 0.71 | " +
-                                  "37.50 ± 0.71 | +3.00 | +3.00 | +3.00 | +1.50 | +1.50 | +1.50 | 0, 1 | 20.0 |\n"), md)
-        XCTAssertTrue(md.contains("| sup_b | supervised | baseline | 38.00 | 39.00 | 40.00 | 34.00 | 35.00 | 36.00 | — | — | — | — | — | — | 0 | 20.0 |\n"), md)
+        // Rows are metrics, columns the backbones and the delta: narrow enough to read.
+        XCTAssertTrue(md.contains("| metric | mae_b (mae) | sup_b (supervised, baseline) | Δ mae_b − sup_b |\n|---|---|---|---|\n" +
+                                  "| APbox | 41.00 ± 1.41 | 38.00 | +3.00 |\n| APbox50 | 42.00 ± 1.41 | 39.00 | +3.00 |\n"), md)
+        XCTAssertTrue(md.contains("| APmask75 | 37.50 ± 0.71 | 36.00 | +1.50 |\n| APbox S | 44.00 ± 1.41 | 41.00 | +3.00 |\n" +
+                                  "| APbox M | 45.00 ± 1.41 | 42.00 | +3.00 |\n| APbox L | 46.00 ± 1.41 | 43.00 | +3.00 |\n\n" +
+                                  "Seeds: mae_b 0, 1; sup_b 0. Time (s): mae_b 20.0; sup_b 20.0.\n"), md)
         XCTAssertTrue(md.contains("Reference (MAE paper): APbox MAE 50.3 (ViT-B Mask R-CNN, Table 4), supervised 47.9 (ViT-B Mask R-CNN, Table 4); " +
                                   "APmask MAE 44.9 (ViT-B Mask R-CNN, Table 4), supervised 42.9 (ViT-B Mask R-CNN, Table 4).\n"), md)
         XCTAssertTrue(md.contains("Recipe: ViTDet recipe.\n"), md)
@@ -146,8 +157,13 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(md.contains("| task | protocol | MAE mIoU | supervised mIoU | Δ (MAE − sup.) | MAE paper | supervised paper |\n"), md)
         XCTAssertTrue(md.contains("| ade-mini | segment (UperNet) | 30.00 | 28.50 | +1.50 | 48.1 (ViT-B UperNet, Table 5) | " +
                                   "47.4 (ViT-B UperNet, Table 5) |\n"), md)
-        XCTAssertTrue(md.contains("| backbone | method | role | mIoU | mAcc | aAcc | Δ mIoU vs sup_b | Δ mAcc vs sup_b | Δ aAcc vs sup_b | seeds | time (s) |\n"), md)
-        XCTAssertTrue(md.contains("| mae_b | mae | checkpoint | 30.00 | 40.00 | 60.00 | +1.50 | +1.50 | +1.50 | 0 | 30.0 |\n"), md)
+        XCTAssertTrue(md.contains("| metric | mae_b (mae) | sup_b (supervised) | Δ mae_b − sup_b |\n|---|---|---|---|\n" +
+                                  "| mIoU | 30.00 | 28.50 | +1.50 |\n| mAcc | 40.00 | 38.50 | +1.50 |\n| aAcc | 60.00 | 58.50 | +1.50 |\n"), md)
+        // Per-class IoU per backbone with deltas; a class without pixels (null) is a dash.
+        XCTAssertTrue(md.contains("Per-class IoU (percent; — where a class has no pixels in prediction or label):\n\n" +
+                                  "| class | mae_b (mae) | sup_b (supervised) | Δ mae_b − sup_b |\n"), md)
+        XCTAssertTrue(md.contains("| disc | 25.00 | 23.50 | +1.50 |\n"), md)
+        XCTAssertTrue(md.contains("| ring | — | 10.00 | — |\n"), md)
         XCTAssertTrue(md.contains("Reference (MAE paper): MAE 48.1 (ViT-B UperNet, Table 5); supervised 47.4 (ViT-B UperNet, Table 5).\n"), md)
     }
 

@@ -8,12 +8,13 @@ struct All: LibraryCommand {
         discussion: """
             With no arguments: the shipped MAE and supervised Shapes checkpoints on every task spec in the \
             installation's Tasks/ whose protocol `all` runs (linear probes cls and avg, low-shot probes, kNN, \
-            full and partial fine-tuning), then ./Reports/transfer.md and ./Reports/transfer.json.
+            full and partial fine-tuning, Mask R-CNN detection, UperNet and linear segmentation; a spec whose \
+            user-given data is not there, such as coco-detect or ade20k-upernet, is skipped unless --tasks names it), then ./Reports/transfer.md and ./Reports/transfer.json.
 
             Each (backbone content hash, task spec hash, seed) is one unit with its own run folder under \
             OUT_DIR/units/<task>-<spec hash>/; a done unit (its <backbone>-<hash>-s<seed>.unit.json record, \
             metrics.json and per_image.json) is skipped, a stopped one resumes (fine-tuning from its checkpoint, \
-            the probes from the feature cache), so killing the command at any moment and rerunning it ends with \
+            the probes from the feature cache, detection and segmentation from their run's checkpoint), so killing the command at any moment and rerunning it ends with \
             the same numbers. Progress names the unit, how many are left and the time left.
 
             The report has a summary table (each backbone, the MAE − supervised delta with a 95% paired-bootstrap \
@@ -54,6 +55,8 @@ struct All: LibraryCommand {
     var ranksPerUnit = 1
     @Option(name: .long, help: "Bootstrap resamples of the validation images.")
     var bootstrapResamples = 10_000
+    @Option(name: .long, help: "Bootstrap resamples for detection (each a COCO eval of every run).")
+    var bootstrapDetectionResamples = 200
     @Option(name: .long, help: "Seed of the bootstrap resamples.")
     var bootstrapSeed: UInt64 = 0
     @Option(name: .long, help: "Attention heads, for checkpoints that do not say and match no preset.")
@@ -79,6 +82,10 @@ struct All: LibraryCommand {
             o.slurm.ranksPerUnit = ranksPerUnit
             guard bootstrapResamples >= 100 else { throw ValidationError("--bootstrap-resamples must be at least 100, not \(bootstrapResamples).") }
             o.bootstrap.resamples = bootstrapResamples
+            guard bootstrapDetectionResamples >= 20 else {
+                throw ValidationError("--bootstrap-detection-resamples must be at least 20, not \(bootstrapDetectionResamples).")
+            }
+            o.bootstrap.detectionResamples = bootstrapDetectionResamples
             o.bootstrap.seed = bootstrapSeed
             o.heads = heads
             o.threads = threads
