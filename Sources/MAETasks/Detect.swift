@@ -133,7 +133,8 @@ public func runDetect(_ o: DetectOptions) throws -> [TransferRun] {
             for seed in spec.seeds { runs.append(try detectOne(spec: spec, backbone: backbone, data: data, seed: seed, o: o)) }
         }
     }
-    if let report = o.report { try writeReport(runs: o.outDir, to: report) }
+    // The report holds this task's detection runs only (the runs folder may hold classification runs too).
+    if let report = o.report { try writeReport(runs: o.outDir.appendingPathComponent(spec.name), to: report) }
     return runs
 }
 
