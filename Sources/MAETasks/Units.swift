@@ -170,11 +170,16 @@ struct ClassificationUnitKind: TransferUnitKind {
             }
             runs = try runFineTune(o)
         }
-        guard runs.count == 1 else {
-            throw TaskError.badArgument("internal check failed: unit \(unit.index) made \(runs.count) run folders instead of one")
-        }
-        return runs[0].dir
+        return try onlyRunFolder(runs, of: unit)
     }
+}
+
+/// The one run folder a unit's protocol call made (a unit is one backbone and one seed).
+func onlyRunFolder(_ runs: [TransferRun], of unit: TransferUnit) throws -> URL {
+    guard runs.count == 1 else {
+        throw TaskError.badArgument("internal check failed: unit \(unit.index) made \(runs.count) run folders instead of one")
+    }
+    return runs[0].dir
 }
 
 /// The identity of a dense spec file for its unit hash: its text with the `seeds:` line left out
@@ -210,11 +215,7 @@ struct DetectUnitKind: TransferUnitKind {
         o.heads = context.heads
         o.threads = context.threads
         o.verbose = context.verbose
-        let runs = try runDetect(o)
-        guard runs.count == 1 else {
-            throw TaskError.badArgument("internal check failed: unit \(unit.index) made \(runs.count) run folders instead of one")
-        }
-        return runs[0].dir
+        return try onlyRunFolder(try runDetect(o), of: unit)
     }
 }
 
@@ -244,10 +245,6 @@ struct SegmentUnitKind: TransferUnitKind {
         o.heads = context.heads
         o.threads = context.threads
         o.verbose = context.verbose
-        let runs = try runSegment(o)
-        guard runs.count == 1 else {
-            throw TaskError.badArgument("internal check failed: unit \(unit.index) made \(runs.count) run folders instead of one")
-        }
-        return runs[0].dir
+        return try onlyRunFolder(try runSegment(o), of: unit)
     }
 }

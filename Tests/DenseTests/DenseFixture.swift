@@ -1,29 +1,9 @@
 import Foundation
-import MAEFormats
-import XCTest
+import TestSupport
 
-/// One safetensors fixture of the dense scripts: tensors named "<case>/<tensor>".
-struct DenseFixture {
-    let name: String
-    private let file: SafeTensors
+/// A safetensors fixture of the dense scripts, from this target's bundle.
+typealias DenseFixture = SafeTensorsFixture
 
-    init(_ name: String) throws {
-        let url = try XCTUnwrap(Bundle.module.url(forResource: "Fixtures/" + name, withExtension: "safetensors"),
-                                "Fixtures/\(name).safetensors is missing from the test bundle")
-        self.name = name
-        file = try SafeTensors.read(contentsOf: url)
-    }
-
-    func floats(_ key: String) throws -> [Float] {
-        try XCTUnwrap(file.tensors[key], "\(name) has no tensor \(key)").floats
-    }
-
-    func shape(_ key: String) throws -> [Int] {
-        try XCTUnwrap(file.tensors[key], "\(name) has no tensor \(key)").shape
-    }
-
-    func has(_ key: String) -> Bool { file.tensors[key] != nil }
-
-    /// Every tensor name in the file.
-    var keys: [String] { Array(file.tensors.keys) }
+extension SafeTensorsFixture {
+    init(_ name: String) throws { try self.init(name, bundle: .module) }
 }
