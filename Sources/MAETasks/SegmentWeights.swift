@@ -40,9 +40,13 @@ func segmenterFromWeights(_ file: CheckpointFile, heads: Int?) throws -> Segment
         throw TaskError.badArgument("\(src): the head count of a width-\(d) ViT is not in the file and matches no preset; pass --heads")
     }
     try checkIdentityExtras(file, depth: depth)
-    let config = ViTConfig(imgSize: grid * p, patchSize: p, embedDim: d, depth: depth, numHeads: h, mlpHidden: hidden)
+    // A backbone fine-tuned with global pooling (this tool's files of such backbones) keeps its final
+    // norm as `fc_norm`; mmseg's files have `ln1` or none.
+    let pooling: Pooling = t["backbone.fc_norm.weight"] != nil ? .avg : .cls
+    let config = ViTConfig(imgSize: grid * p, patchSize: p, embedDim: d, depth: depth, numHeads: h, mlpHidden: hidden,
+                           pooling: pooling)
     let vit = try VisionTransformer(config: config)
-    vit.params.value("norm.weight").update(repeating: 1)
+    vit.params.value(pooling == .avg ? "fc_norm.weight" : "norm.weight").update(repeating: 1)
     let classes = try shape("decode_head.conv_seg.weight")[0]
     let model: Segmenter
     if t["decode_head.bn.weight"] != nil {

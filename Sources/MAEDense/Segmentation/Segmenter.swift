@@ -38,6 +38,7 @@ extension Segmenter {
     func forwardBackbone(images: UnsafePointer<Float>, batch: Int, height: Int, width: Int, training: Bool,
                          seed: UInt64) -> SegmentationBackbone.Pass {
         backbone.vit.params.values.data.update(from: params.values.data, count: backboneCount)
+        backbone.vit.params.weightsChanged()   // no stale bf16 packs of the previous step's weights
         return backbone.forward(images: images, batch: batch, height: height, width: width, training: training, seed: seed)
     }
 
