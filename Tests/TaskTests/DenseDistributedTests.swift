@@ -1,0 +1,114 @@
+import Foundation
+import MAEData
+import MAEFormats
+import MAEModels
+@testable import MAETasks
+import TestSupport
+import XCTest
+
+/// Detection and segmentation over MPI: the built `mae-eval` under `mpirun -np 2` trains to the
+/// one-process weights (float rounding) and its sharded evaluation writes the one-process files.
+extension DistributedTests {
+    /// Every f32 tensor of a safetensors file but the optimizer's, by name.
+    func weights(_ url: URL) throws -> [String: [Float]] {
+        try SafeTensors.read(contentsOf: url).tensors.filter { $0.value.dtype == .f32 && !$0.key.hasPrefix("optim.") }
+            .mapValues(\.floats)
+    }
+
+    /// The numbers of a metrics.json, without its timings, creation time and paths.
+    func metricNumbers(_ url: URL) throws -> NSDictionary {
+        var object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        for key in ["timings", "created", "checkpoint"] { object[key] = nil }
+        return object as NSDictionary
+    }
+
+    /// Each file under `dir` (recursively) by relative path, with its bytes.
+    func files(under dir: URL, except skipped: Set<String>) throws -> [String: Data] {
+        let paths = try XCTUnwrap(FileManager.default.subpathsOfDirectory(atPath: dir.path))
+        var out: [String: Data] = [:]
+        for path in paths where !skipped.contains(path) {
+            var isFolder: ObjCBool = false
+            FileManager.default.fileExists(atPath: dir.appendingPathComponent(path).path, isDirectory: &isFolder)
+            if !isFolder.boolValue { out[path] = try Data(contentsOf: dir.appendingPathComponent(path)) }
+        }
+        return out
+    }
+
+    /// UperNet (SyncBN in the neck and heads, drop path, Dropout2d) for 2 epochs x 2 steps of batch
+    /// 4 on 8 tiny scenes: two ranks of 2 images end at the one-process weights and BN running
+    /// statistics to float rounding with the same losses and metrics; then --eval-only of those
+    /// weights on 2 ranks writes the one-process pred/, overlays/ and per_image.json byte for byte.
+    func testTwoRankSegmentationMatchesOneProcess() throws {
+        _ = try mpirun()
+        let root = try scratchFolder(prefix: "mae-eval-segment-mpi")
+        let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 8, scenesVal: 3)
+        try ShapesDataset.generate(to: root.appendingPathComponent("shapes"), size: 16, counts: counts, sceneSize: 32)
+        let shipped = try String(contentsOf: repositoryRoot.appendingPathComponent("Tasks/shapes-segment.yaml"), encoding: .utf8)
+        let task = root.appendingPathComponent("tiny.yaml")
+        try shipped.replacingOccurrences(of: "name: shapes-segment", with: "name: tiny-segment")
+            .replacingOccurrences(of: "../.mae-eval/data/shapes", with: "shapes")
+            .replacingOccurrences(of: "scale: [256, 64]", with: "scale: [128, 32]")
+            .replacingOccurrences(of: "crop: 64", with: "crop: 32")
+            .replacingOccurrences(of: "channels: 32", with: "channels: 8")
+            .replacingOccurrences(of: "aux_channels: 16", with: "aux_channels: 4")
+            .replacingOccurrences(of: "batch_size: 8", with: "batch_size: 4")
+            .write(to: task, atomically: true, encoding: .utf8)
+        let backbone = root.appendingPathComponent("tiny_mae.safetensors")
+        let vit = try VisionTransformer(config: ViTConfig(imgSize: 32, patchSize: 4, embedDim: 16, depth: 4, numHeads: 2))
+        vit.initializeWeights(seed: 0)
+        try vit.save(to: backbone, metadata: ["method": "mae"])
+        func train(_ out: String, ranks: Int?) throws -> URL {
+            let printed = try run(["segment", "--checkpoint", backbone.path, "--task", task.path, "--epochs", "2", "--threads", "1",
+                                   "--out-dir", root.appendingPathComponent(out).path, "--no-report"], ranks: ranks, in: root)
+            let lines = printed.split(separator: "\n")
+            XCTAssertEqual(lines.count, 1, "rank 0 alone prints the run folder: \(printed)")
+            return URL(fileURLWithPath: String(try XCTUnwrap(lines.last)))
+        }
+        let one = try train("one", ranks: nil), two = try train("two", ranks: 2)
+        let a = try weights(one.appendingPathComponent("segmenter.safetensors"))
+        let b = try weights(two.appendingPathComponent("segmenter.safetensors"))
+        XCTAssertTrue(a.keys.contains("decode_head.psp_modules.0.1.bn.running_var"))
+        // Feature2Pyramid's transposed-conv biases feed only conv + BatchNorm, which removes a
+        // per-channel constant: their true gradient is zero, so (as the qkv key bias, see
+        // `maxWeightDifference`) AdamW turns rounding noise into lr-sized steps there, and the
+        // running means of the BatchNorms they feed follow. Those are bounded by the steps taken.
+        let shifted: Set<String> = ["neck.upsample_4x.0.bias", "neck.upsample_4x.3.bias", "neck.upsample_2x.0.bias",
+                                    "neck.upsample_4x.1.running_mean", "decode_head.lateral_convs.0.bn.running_mean",
+                                    "decode_head.lateral_convs.1.bn.running_mean"]
+        XCTAssertTrue(shifted.isSubset(of: a.keys))
+        let (maxDiff, compared) = maxWeightDifference(a.filter { !shifted.contains($0.key) }, b.filter { !shifted.contains($0.key) })
+        let (shiftDiff, _) = maxWeightDifference(a.filter { shifted.contains($0.key) }, b.filter { shifted.contains($0.key) })
+        let statistics = a.keys.filter { $0.contains("running_") && !shifted.contains($0) }
+            .flatMap { name in zip(a[name]!, b[name]!).map { abs($0 - $1) } }.max() ?? .nan
+        print("2 ranks vs 1 process after 4 UperNet steps: max weight difference \(maxDiff) over \(compared) values " +
+              "(BN running statistics \(statistics)); zero-gradient biases and the running means they shift \(shiftDiff)")
+        XCTAssertGreaterThan(compared, 10_000)
+        XCTAssertLessThan(maxDiff, 1e-5, "2-rank segmenter differs from the 1-process one by more than float rounding")
+        XCTAssertLessThan(shiftDiff, 4 * 0.002, "zero-gradient biases moved more than 4 steps of the learning rate")
+        XCTAssertEqual(try metricNumbers(one.appendingPathComponent("metrics.json")),
+                       try metricNumbers(two.appendingPathComponent("metrics.json")))
+        let logs = try [one, two].map { try readJSONLines(SegmentEpoch.self, from: $0.appendingPathComponent("log.jsonl")) }
+        XCTAssertEqual(logs[0].count, 2)
+        for (x, y) in zip(logs[0], logs[1]) {
+            XCTAssertEqual(x.trainLoss, y.trainLoss, accuracy: 1e-5)
+            XCTAssertEqual(x.auxLoss ?? .nan, y.auxLoss ?? .nan, accuracy: 1e-5)
+        }
+        XCTAssertEqual(try FileManager.default.subpathsOfDirectory(atPath: two.path).sorted(),
+                       try FileManager.default.subpathsOfDirectory(atPath: one.path).sorted())
+
+        func evaluate(_ out: String, ranks: Int?) throws -> URL {
+            let printed = try run(["segment", "--eval-only", "--weights", one.appendingPathComponent("segmenter.safetensors").path,
+                                   "--val-images", ShapesPaths.sceneImages(root.appendingPathComponent("shapes/scenes_val")).path,
+                                   "--val-labels", ShapesPaths.sceneClassMaps(root.appendingPathComponent("shapes/scenes_val")).path,
+                                   "--num-classes", "11", "--img-size", "32", "--threads", "1",
+                                   "--out-dir", root.appendingPathComponent(out).path], ranks: ranks, in: root)
+            return URL(fileURLWithPath: String(try XCTUnwrap(printed.split(separator: "\n").last)))
+        }
+        let evalOne = try evaluate("eval-one", ranks: nil), evalTwo = try evaluate("eval-two", ranks: 2)
+        let written = try files(under: evalOne, except: ["metrics.json", ".mae-eval.lock"])
+        XCTAssertGreaterThanOrEqual(written.keys.filter { $0.hasPrefix("pred/") }.count, 3)
+        XCTAssertEqual(try files(under: evalTwo, except: ["metrics.json", ".mae-eval.lock"]), written)
+        XCTAssertEqual(try metricNumbers(evalOne.appendingPathComponent("metrics.json")),
+                       try metricNumbers(evalTwo.appendingPathComponent("metrics.json")))
+    }
+}
