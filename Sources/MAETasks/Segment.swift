@@ -103,7 +103,7 @@ public func runSegment(_ o: SegmentOptions) throws -> [TransferRun] {
             }
         }
     }
-    if let report = o.report { try writeReport(runs: segmentationRunsRoot(o.outDir), to: report) }
+    if let report = o.report, Distributed.world.isMain { try writeReport(runs: segmentationRunsRoot(o.outDir), to: report) }
     return runs
 }
 

@@ -113,8 +113,8 @@ public func evaluateSegmenter(_ model: Segmenter, data: SegmentationDataset, inf
     var perImage: [SegmentationMetrics] = []
     for round in stride(from: 0, to: data.count, by: world.size) {
         let mine = round + world.rank
-        let predictions = try gatherPredictions(mine < data.count ? inference.predict(model, image: try data.sample(mine).0) : [],
-                                                world: world)
+        let predictions = try gatherValues(mine < data.count ? inference.predict(model, image: try data.sample(mine).0) : [],
+                                           world: world, "gathering the segmentation predictions")
         for i in round..<min(round + world.size, data.count) {
             let (image, labels) = try data.sample(i)
             let predicted = predictions[i - round]
@@ -138,15 +138,6 @@ public func evaluateSegmenter(_ model: Segmenter, data: SegmentationDataset, inf
         try PerImageResults(segmentation: data.images.map { $0.deletingPathExtension().lastPathComponent }, areas: perImage).write(into: dir)
     }
     return SegmentationScore(result: metrics.compute(), images: data.count, seconds: elapsed(since: start))
-}
-
-/// Every rank's predicted classes of one round, in rank order (one process: its own, untouched).
-func gatherPredictions(_ mine: [Int32], world: World) throws -> [[Int32]] {
-    guard world.size > 1 else { return [mine] }
-    let bytes = mine.withUnsafeBytes { Array($0) }
-    return try world.allGather(bytes, "gathering the segmentation predictions").map { part in
-        part.withUnsafeBytes { Array($0.bindMemory(to: Int32.self)) }
-    }
 }
 
 /// A class's colour: well-spread hues (golden-ratio steps), class 255 (ignored) black.

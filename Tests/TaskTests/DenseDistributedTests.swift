@@ -111,4 +111,69 @@ extension DistributedTests {
         XCTAssertEqual(try metricNumbers(evalOne.appendingPathComponent("metrics.json")),
                        try metricNumbers(evalTwo.appendingPathComponent("metrics.json")))
     }
+
+    /// Mask R-CNN (drop path, anchor and RoI sampling, RoI-count loss normalisers) for 2 epochs x 2
+    /// steps of batch 4 on 8 tiny scenes: two ranks of 2 images end at the one-process weights to
+    /// float rounding with the same losses and COCO numbers; then --eval-only of those weights on 2
+    /// ranks writes the one-process detections.json, per_image.json and figures byte for byte.
+    func testTwoRankDetectionMatchesOneProcess() throws {
+        _ = try mpirun()
+        let root = try scratchFolder(prefix: "mae-eval-detect-mpi")
+        try ShapesDataset.generate(to: root, size: 16, seed: 3,
+                                   counts: ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 8, scenesVal: 3),
+                                   sceneSize: 32)
+        var text = try String(contentsOf: repositoryRoot.appendingPathComponent("Tasks/shapes-detect.yaml"), encoding: .utf8)
+        for (from, to) in [("root: ../.mae-eval/data/shapes", "root: \(root.path)"), ("generate: shapes", "generate: none"),
+                           ("img_size: 64", "img_size: 32"), ("pyramid_channels: 32", "pyramid_channels: 8"),
+                           ("conv_dim: 32 ", "conv_dim: 8 "), ("fc_dim: 128 ", "fc_dim: 16 "), ("box_convs: 2", "box_convs: 1"),
+                           ("mask_convs: 2", "mask_convs: 1"), ("roi_batch_size: 64", "roi_batch_size: 16"),
+                           ("batch_size: 8", "batch_size: 4"), ("epochs: 20", "epochs: 2"), ("warmup_iters: 50", "warmup_iters: 1"),
+                           ("milestones: [16, 19]", "milestones: [2]")] {
+            XCTAssertTrue(text.contains(from), from)
+            text = text.replacingOccurrences(of: from, with: to)
+        }
+        let task = root.appendingPathComponent("tiny-detect.yaml")
+        try Data(text.utf8).write(to: task)
+        let backbone = try VisionTransformer(config: ViTConfig(imgSize: 16, patchSize: 4, embedDim: 16, depth: 2, numHeads: 2))
+        backbone.initializeWeights(seed: 1)
+        let checkpoint = root.appendingPathComponent("tiny.safetensors")
+        try backbone.save(to: checkpoint, metadata: ["method": "mae"])
+        func train(_ out: String, ranks: Int?) throws -> URL {
+            let printed = try run(["detect", "--checkpoint", checkpoint.path, "--task", task.path, "--threads", "1",
+                                   "--out-dir", root.appendingPathComponent(out).path], ranks: ranks, in: root)
+            let lines = printed.split(separator: "\n")
+            XCTAssertEqual(lines.count, 1, "rank 0 alone prints the run folder: \(printed)")
+            return URL(fileURLWithPath: String(try XCTUnwrap(lines.last)))
+        }
+        let one = try train("one", ranks: nil), two = try train("two", ranks: 2)
+        let (maxDiff, compared) = maxWeightDifference(try weights(one.appendingPathComponent("detector.safetensors")),
+                                                      try weights(two.appendingPathComponent("detector.safetensors")))
+        print("2 ranks vs 1 process after 4 Mask R-CNN steps: max weight difference \(maxDiff) over \(compared) values")
+        XCTAssertGreaterThan(compared, 10_000)
+        XCTAssertLessThan(maxDiff, 1e-5, "2-rank detector differs from the 1-process one by more than float rounding")
+        let metrics = try [one, two].map { try metricNumbers($0.appendingPathComponent("metrics.json")) }
+        XCTAssertEqual(metrics[0]["bbox"] as? NSDictionary, metrics[1]["bbox"] as? NSDictionary)
+        XCTAssertEqual(metrics[0]["segm"] as? NSDictionary, metrics[1]["segm"] as? NSDictionary)
+        let logs = try [one, two].map { try readJSONLines(DetectEpoch.self, from: $0.appendingPathComponent("log.jsonl")) }
+        XCTAssertEqual(logs[0].count, 2)
+        for (x, y) in zip(logs[0], logs[1]) {
+            XCTAssertEqual(Set(x.terms.keys), Set(y.terms.keys))
+            for (name, value) in x.terms { XCTAssertEqual(value, y.terms[name]!, accuracy: 1e-5, name) }
+        }
+
+        func evaluate(_ out: String, ranks: Int?) throws -> URL {
+            let printed = try run(["detect", "--eval-only", "--weights", one.appendingPathComponent("detector.safetensors").path,
+                                   "--task", task.path, "--heads", "2", "--threads", "1",
+                                   "--out-dir", root.appendingPathComponent(out).path], ranks: ranks, in: root)
+            return URL(fileURLWithPath: String(try XCTUnwrap(printed.split(separator: "\n").last)))
+        }
+        let evalOne = try evaluate("eval-one", ranks: nil), evalTwo = try evaluate("eval-two", ranks: 2)
+        let written = try files(under: evalOne, except: ["metrics.json", ".mae-eval.lock"])
+        XCTAssertNotNil(written["detections.json"])
+        XCTAssertNotNil(written["per_image.json"])
+        XCTAssertFalse(written.keys.filter { $0.hasPrefix("figures/") }.isEmpty)
+        XCTAssertEqual(try files(under: evalTwo, except: ["metrics.json", ".mae-eval.lock"]), written)
+        XCTAssertEqual(try metricNumbers(evalOne.appendingPathComponent("metrics.json")),
+                       try metricNumbers(evalTwo.appendingPathComponent("metrics.json")))
+    }
 }
