@@ -1,4 +1,5 @@
 import Foundation
+import MAECOCO
 import MAEData
 import MAEFormats
 import MAEModels
@@ -115,12 +116,13 @@ extension DistributedTests {
     /// Mask R-CNN (drop path, anchor and RoI sampling, RoI-count loss normalisers) for 2 epochs x 2
     /// steps of batch 4 on 8 tiny scenes: two ranks of 2 images end at the one-process weights to
     /// float rounding with the same losses and COCO numbers; then --eval-only of those weights on 2
-    /// ranks writes the one-process detections.json, per_image.json and figures byte for byte.
+    /// ranks (a batch of 4 val images each) writes the one-process detections.json, per_image.json
+    /// and figures byte for byte.
     func testTwoRankDetectionMatchesOneProcess() throws {
         _ = try mpirun()
         let root = try scratchFolder(prefix: "mae-eval-detect-mpi")
         try ShapesDataset.generate(to: root, size: 16, seed: 3,
-                                   counts: ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 8, scenesVal: 3),
+                                   counts: ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 8, scenesVal: 6),
                                    sceneSize: 32)
         var text = try String(contentsOf: repositoryRoot.appendingPathComponent("Tasks/shapes-detect.yaml"), encoding: .utf8)
         for (from, to) in [("root: ../.mae-eval/data/shapes", "root: \(root.path)"), ("generate: shapes", "generate: none"),
@@ -169,7 +171,8 @@ extension DistributedTests {
         }
         let evalOne = try evaluate("eval-one", ranks: nil), evalTwo = try evaluate("eval-two", ranks: 2)
         let written = try files(under: evalOne, except: ["metrics.json", ".mae-eval.lock"])
-        XCTAssertNotNil(written["detections.json"])
+        let detections = try COCODetection.load(contentsOf: evalOne.appendingPathComponent("detections.json"))
+        XCTAssertGreaterThan(Set(detections.map(\.imageId)).count, 4, "detections on both ranks' images")
         XCTAssertNotNil(written["per_image.json"])
         XCTAssertFalse(written.keys.filter { $0.hasPrefix("figures/") }.isEmpty)
         XCTAssertEqual(try files(under: evalTwo, except: ["metrics.json", ".mae-eval.lock"]), written)
