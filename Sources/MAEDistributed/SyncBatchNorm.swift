@@ -5,9 +5,9 @@ import MAEKernels
 /// torch.nn.SyncBatchNorm forms them: per-channel sums and sums of squares and the element
 /// count, all-reduced in double precision, then mean and biased variance of the whole batch.
 ///
-/// A BatchNorm layer calls `reduced` in training mode instead of using its local statistics; its
-/// backward all-reduces its per-channel sum of dy and sum of dy * x_hat the same way
-/// (`World.allReduceSum(_:)` on one buffer of 2C values). With one process it is the local statistics.
+/// The probe head's BatchNorm1d calls `reduced` in training mode instead of using its local
+/// statistics (MAEDense's `BatchNorm2d` forms the same sums through `RankSum`, which `World` is).
+/// With one process it is the local statistics.
 public struct SyncBatchStatistics: Sendable, Equatable {
     /// Per channel, over every rank.
     public var mean: [Double], variance: [Double]

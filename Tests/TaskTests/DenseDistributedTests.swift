@@ -35,37 +35,58 @@ extension DistributedTests {
         return out
     }
 
-    /// UperNet (SyncBN in the neck and heads, drop path, Dropout2d) for 2 epochs x 2 steps of batch
-    /// 4 on 8 tiny scenes: two ranks of 2 images end at the one-process weights and BN running
-    /// statistics to float rounding with the same losses and metrics; then --eval-only of those
-    /// weights on 2 ranks writes the one-process pred/, overlays/ and per_image.json byte for byte.
-    func testTwoRankSegmentationMatchesOneProcess() throws {
+    /// 8 train and 3 val 32 px scenes, a 4-block width-16 backbone and the shipped `task` shrunk to
+    /// them (batch 4, narrow heads); returns the scratch folder and a function training one run folder
+    /// (2 epochs) under `out` on one process or `ranks`, which returns the run folder.
+    func tinySegmentation(_ task: String) throws -> (URL, (String, Int?) throws -> URL) {
         _ = try mpirun()
         let root = try scratchFolder(prefix: "mae-eval-segment-mpi")
         let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 8, scenesVal: 3)
         try ShapesDataset.generate(to: root.appendingPathComponent("shapes"), size: 16, counts: counts, sceneSize: 32)
-        let shipped = try String(contentsOf: repositoryRoot.appendingPathComponent("Tasks/shapes-segment.yaml"), encoding: .utf8)
-        let task = root.appendingPathComponent("tiny.yaml")
-        try shipped.replacingOccurrences(of: "name: shapes-segment", with: "name: tiny-segment")
+        let shipped = try String(contentsOf: repositoryRoot.appendingPathComponent("Tasks/\(task).yaml"), encoding: .utf8)
+        let spec = root.appendingPathComponent("tiny.yaml")
+        try shipped.replacingOccurrences(of: "name: \(task)", with: "name: tiny-segment")
             .replacingOccurrences(of: "../.mae-eval/data/shapes", with: "shapes")
             .replacingOccurrences(of: "scale: [256, 64]", with: "scale: [128, 32]")
             .replacingOccurrences(of: "crop: 64", with: "crop: 32")
             .replacingOccurrences(of: "channels: 32", with: "channels: 8")
             .replacingOccurrences(of: "aux_channels: 16", with: "aux_channels: 4")
             .replacingOccurrences(of: "batch_size: 8", with: "batch_size: 4")
-            .write(to: task, atomically: true, encoding: .utf8)
+            .write(to: spec, atomically: true, encoding: .utf8)
         let backbone = root.appendingPathComponent("tiny_mae.safetensors")
         let vit = try VisionTransformer(config: ViTConfig(imgSize: 32, patchSize: 4, embedDim: 16, depth: 4, numHeads: 2))
         vit.initializeWeights(seed: 0)
         try vit.save(to: backbone, metadata: ["method": "mae"])
-        func train(_ out: String, ranks: Int?) throws -> URL {
-            let printed = try run(["segment", "--checkpoint", backbone.path, "--task", task.path, "--epochs", "2", "--threads", "1",
-                                   "--out-dir", root.appendingPathComponent(out).path, "--no-report"], ranks: ranks, in: root)
+        return (root, { out, ranks in
+            let printed = try self.run(["segment", "--checkpoint", backbone.path, "--task", spec.path, "--epochs", "2", "--threads", "1",
+                                        "--out-dir", root.appendingPathComponent(out).path, "--no-report"], ranks: ranks, in: root)
             let lines = printed.split(separator: "\n")
             XCTAssertEqual(lines.count, 1, "rank 0 alone prints the run folder: \(printed)")
             return URL(fileURLWithPath: String(try XCTUnwrap(lines.last)))
-        }
-        let one = try train("one", ranks: nil), two = try train("two", ranks: 2)
+        })
+    }
+
+    /// The linear head (frozen backbone, SyncBN over the 4 blocks' features, 1x1 conv) for 2 epochs
+    /// x 2 steps of batch 4: two ranks end at the one-process head and BN statistics.
+    func testTwoRankLinearSegmentationMatchesOneProcess() throws {
+        let (_, train) = try tinySegmentation("shapes-segment-linear")
+        let one = try train("one", nil), two = try train("two", 2)
+        let a = try weights(one.appendingPathComponent("segmenter.safetensors"))
+        let (maxDiff, compared) = maxWeightDifference(a, try weights(two.appendingPathComponent("segmenter.safetensors")))
+        print("2 ranks vs 1 process after 4 linear-head steps: max weight difference \(maxDiff) over \(compared) values")
+        XCTAssertTrue(a.keys.contains("decode_head.bn.running_var"))
+        XCTAssertLessThan(maxDiff, 1e-5)
+        XCTAssertEqual(try metricNumbers(one.appendingPathComponent("metrics.json")),
+                       try metricNumbers(two.appendingPathComponent("metrics.json")))
+    }
+
+    /// UperNet (SyncBN in the neck and heads, drop path, Dropout2d) for 2 epochs x 2 steps of batch
+    /// 4 on 8 tiny scenes: two ranks of 2 images end at the one-process weights and BN running
+    /// statistics to float rounding with the same losses and metrics; then --eval-only of those
+    /// weights on 2 ranks writes the one-process pred/, overlays/ and per_image.json byte for byte.
+    func testTwoRankSegmentationMatchesOneProcess() throws {
+        let (root, train) = try tinySegmentation("shapes-segment")
+        let one = try train("one", nil), two = try train("two", 2)
         let a = try weights(one.appendingPathComponent("segmenter.safetensors"))
         let b = try weights(two.appendingPathComponent("segmenter.safetensors"))
         XCTAssertTrue(a.keys.contains("decode_head.psp_modules.0.1.bn.running_var"))
