@@ -113,10 +113,11 @@ public func evaluateSegmenter(_ model: Segmenter, data: SegmentationDataset, inf
     var perImage: [SegmentationMetrics] = []
     for round in stride(from: 0, to: data.count, by: world.size) {
         let mine = round + world.rank
-        let predictions = try gatherValues(mine < data.count ? inference.predict(model, image: try data.sample(mine).0) : [],
+        let mySample = mine < data.count ? try data.sample(mine) : nil
+        let predictions = try gatherValues(mySample.map { inference.predict(model, image: $0.0) } ?? [],
                                            world: world, "gathering the segmentation predictions")
         for i in round..<min(round + world.size, data.count) {
-            let (image, labels) = try data.sample(i)
+            let (image, labels) = i == mine ? mySample! : try data.sample(i)
             let predicted = predictions[i - round]
             try metrics.add(prediction: predicted, groundTruth: labels.labels, name: data.images[i].path)
             var own = SegmentationMetrics(numClasses: numClasses)

@@ -37,8 +37,8 @@ extension DistributedTests {
 
     /// 8 train and 3 val 32 px scenes, a 4-block width-16 backbone and the shipped `task` shrunk to
     /// them (batch 4, narrow heads); returns the scratch folder and a function training one run folder
-    /// (2 epochs) under `out` on one process or `ranks`, which returns the run folder.
-    func tinySegmentation(_ task: String) throws -> (URL, (String, Int?) throws -> URL) {
+    /// (`epochs` of 2 steps) under `out` on one process or `ranks`, which returns the run folder.
+    func tinySegmentation(_ task: String, epochs: Int = 2) throws -> (URL, (String, Int?) throws -> URL) {
         _ = try mpirun()
         let root = try scratchFolder(prefix: "mae-eval-segment-mpi")
         let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 8, scenesVal: 3)
@@ -58,7 +58,7 @@ extension DistributedTests {
         vit.initializeWeights(seed: 0)
         try vit.save(to: backbone, metadata: ["method": "mae"])
         return (root, { out, ranks in
-            let printed = try self.run(["segment", "--checkpoint", backbone.path, "--task", spec.path, "--epochs", "2", "--threads", "1",
+            let printed = try self.run(["segment", "--checkpoint", backbone.path, "--task", spec.path, "--epochs", String(epochs), "--threads", "1",
                                         "--out-dir", root.appendingPathComponent(out).path, "--no-report"], ranks: ranks, in: root)
             let lines = printed.split(separator: "\n")
             XCTAssertEqual(lines.count, 1, "rank 0 alone prints the run folder: \(printed)")
@@ -134,12 +134,11 @@ extension DistributedTests {
                        try metricNumbers(evalTwo.appendingPathComponent("metrics.json")))
     }
 
-    /// Mask R-CNN (drop path, anchor and RoI sampling, RoI-count loss normalisers) for 2 epochs x 2
-    /// steps of batch 4 on 8 tiny scenes: two ranks of 2 images end at the one-process weights to
-    /// float rounding with the same losses and COCO numbers; then --eval-only of those weights on 2
-    /// ranks (a batch of 4 val images each) writes the one-process detections.json, per_image.json
-    /// and figures byte for byte.
-    func testTwoRankDetectionMatchesOneProcess() throws {
+    /// 8 train and 6 val 32 px scenes, a 2-block width-16 backbone and the shipped Shapes detection
+    /// task shrunk to them (batch 4, narrow heads, 16 RoIs per image); returns the scratch folder, the
+    /// task file and a function training one run folder (`epochs` of 2 steps) under `out` on one
+    /// process or `ranks`, which returns the run folder.
+    func tinyDetection(epochs: Int = 2) throws -> (URL, URL, (String, Int?) throws -> URL) {
         _ = try mpirun()
         let root = try scratchFolder(prefix: "mae-eval-detect-mpi")
         try ShapesDataset.generate(to: root, size: 16, seed: 3,
@@ -150,8 +149,8 @@ extension DistributedTests {
                            ("img_size: 64", "img_size: 32"), ("pyramid_channels: 32", "pyramid_channels: 8"),
                            ("conv_dim: 32 ", "conv_dim: 8 "), ("fc_dim: 128 ", "fc_dim: 16 "), ("box_convs: 2", "box_convs: 1"),
                            ("mask_convs: 2", "mask_convs: 1"), ("roi_batch_size: 64", "roi_batch_size: 16"),
-                           ("batch_size: 8", "batch_size: 4"), ("epochs: 20", "epochs: 2"), ("warmup_iters: 50", "warmup_iters: 1"),
-                           ("milestones: [16, 19]", "milestones: [2]")] {
+                           ("batch_size: 8", "batch_size: 4"), ("epochs: 20", "epochs: \(epochs)"), ("warmup_iters: 50", "warmup_iters: 1"),
+                           ("milestones: [16, 19]", "milestones: [\(epochs)]")] {
             XCTAssertTrue(text.contains(from), from)
             text = text.replacingOccurrences(of: from, with: to)
         }
@@ -161,14 +160,23 @@ extension DistributedTests {
         backbone.initializeWeights(seed: 1)
         let checkpoint = root.appendingPathComponent("tiny.safetensors")
         try backbone.save(to: checkpoint, metadata: ["method": "mae"])
-        func train(_ out: String, ranks: Int?) throws -> URL {
-            let printed = try run(["detect", "--checkpoint", checkpoint.path, "--task", task.path, "--threads", "1",
-                                   "--out-dir", root.appendingPathComponent(out).path], ranks: ranks, in: root)
+        return (root, task, { out, ranks in
+            let printed = try self.run(["detect", "--checkpoint", checkpoint.path, "--task", task.path, "--threads", "1",
+                                        "--out-dir", root.appendingPathComponent(out).path], ranks: ranks, in: root)
             let lines = printed.split(separator: "\n")
             XCTAssertEqual(lines.count, 1, "rank 0 alone prints the run folder: \(printed)")
             return URL(fileURLWithPath: String(try XCTUnwrap(lines.last)))
-        }
-        let one = try train("one", ranks: nil), two = try train("two", ranks: 2)
+        })
+    }
+
+    /// Mask R-CNN (drop path, anchor and RoI sampling, RoI-count loss normalisers) for 2 epochs x 2
+    /// steps of batch 4 on 8 tiny scenes: two ranks of 2 images end at the one-process weights to
+    /// float rounding with the same losses and COCO numbers; then --eval-only of those weights on 2
+    /// ranks (a batch of 4 val images each) writes the one-process detections.json, per_image.json
+    /// and figures byte for byte.
+    func testTwoRankDetectionMatchesOneProcess() throws {
+        let (root, task, train) = try tinyDetection()
+        let one = try train("one", nil), two = try train("two", 2)
         let (maxDiff, compared) = maxWeightDifference(try weights(one.appendingPathComponent("detector.safetensors")),
                                                       try weights(two.appendingPathComponent("detector.safetensors")))
         print("2 ranks vs 1 process after 4 Mask R-CNN steps: max weight difference \(maxDiff) over \(compared) values")
