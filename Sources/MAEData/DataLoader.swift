@@ -143,11 +143,11 @@ public final class DataLoader: Sendable {
     }
 
     /// A loader over a source that builds its own samples (joint image + target transforms); the
-    /// same ordering, per-sample streams and prefetching as any other source.
+    /// same ordering, per-sample streams, prefetching and rank sharding as any other source.
     public convenience init(denseSource: any DenseSampleSource, batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true,
-                            dropLast: Bool = false, workers: Int = 2) {
+                            dropLast: Bool = false, workers: Int = 2, rank: Int = 0, of ranks: Int = 1) {
         self.init(builder: DenseSampleBuilder(source: denseSource), batchSize: batchSize, seed: seed, shuffle: shuffle,
-                  dropLast: dropLast, workers: workers)
+                  dropLast: dropLast, workers: workers, rank: rank, of: ranks)
     }
 
     public init(builder: any BatchBuilder, batchSize: Int, seed: UInt64 = 0, shuffle: Bool = true, dropLast: Bool = false,

@@ -35,3 +35,11 @@ public struct BatchShard: Sendable, Equatable {
         Array(all[(offset * perRow)..<((offset + count) * perRow)])
     }
 }
+
+/// An elementwise sum over the ranks that hold one global batch, for code that cannot throw (a
+/// layer's forward or backward: SyncBN's statistics, detection's sample counts). MAEDistributed's
+/// `World` is one (an MPI failure ends the job); one process needs none and calls none.
+public protocol RankSum: AnyObject, Sendable {
+    /// Replaces `values` by their sum over the ranks (every rank passes as many values, in the same order).
+    func sumOverRanks(_ values: inout [Double])
+}

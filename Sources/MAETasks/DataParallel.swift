@@ -14,9 +14,10 @@ import MAEModels
 /// then every rank clips and steps identically. Only rank 0 writes files.
 ///
 /// Any task that trains through `TrainingLoop` gets this (detection and segmentation too): its step
-/// must use the batch's own rows only and set `VisionTransformer.batchShard` to `batch.shard` so
-/// per-sample draws match one process; a BatchNorm layer reduces its statistics with
-/// `SyncBatchStatistics.reduced` (SyncBN).
+/// must use the batch's own rows only and set `VisionTransformer.batchShard` (`Segmenter.batchShard`,
+/// `MaskRCNN.globalBatch`) to `batch.shard` so per-sample draws match one process; BatchNorm layers
+/// reduce their statistics over the ranks (SyncBN: `SyncBatchNorm.ranks` bound to `world` for
+/// `BatchNorm2d`, `SyncBatchStatistics.reduced` for the probe's BatchNorm1d).
 public struct DataParallel {
     public let world: World
 

@@ -4,6 +4,7 @@ import Foundation
 import MAECOCO
 import MAEData
 import MAEDense
+import MAEDistributed
 import MAEFormats
 import MAEJSON
 import MAEKernels
@@ -134,7 +135,7 @@ public func runDetect(_ o: DetectOptions) throws -> [TransferRun] {
         }
     }
     // The report holds this task's detection runs only (the runs folder may hold classification runs too).
-    if let report = o.report { try writeReport(runs: o.outDir.appendingPathComponent(spec.name), to: report) }
+    if let report = o.report, Distributed.world.isMain { try writeReport(runs: o.outDir.appendingPathComponent(spec.name), to: report) }
     return runs
 }
 
@@ -149,7 +150,7 @@ func detectionData(_ spec: DetectSpec, _ o: DetectOptions) throws
     -> (train: COCODetectionDataset?, val: COCODetectionDataset, valAnnotations: URL, name: String) {
     let d = spec.dataset
     let flagged = [o.trainData, o.trainImages, o.valData, o.valImages].contains { $0 != nil }
-    if !flagged, d.generate == "shapes" { try ShapesDataset.ensure(at: d.rootURL) }
+    if !flagged, d.generate == "shapes" { try rankZeroFirst { try ShapesDataset.ensure(at: d.rootURL) } }
     func pair(_ json: URL?, _ images: URL?, _ flag: String, _ specJSON: String, _ specImages: String) throws -> (URL, URL) {
         switch (json, images) {
         case let (j?, i?): return (j, i)
@@ -209,8 +210,9 @@ func detectOne(spec: DetectSpec, backbone: LoadedBackbone,
     let groups = model.parameterGroups(layerDecay: Float(r.layerDecay))
     let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, weightDecay: Float(r.weightDecay))
     let builder = DetectionBatchBuilder.training(trainData, size: size, scale: r.lsjScale[0]...r.lsjScale[1])
+    let world = Distributed.world
     let loader = DataLoader(builder: builder, batchSize: r.batchSize, seed: seed, shuffle: true,
-                            dropLast: trainData.count >= r.batchSize)
+                            dropLast: trainData.count >= r.batchSize, rank: world.rank, of: world.size)
     let steps = loader.batchCount
     let schedule = Schedule(baseLR: Float(r.lr), warmupEpochs: Double(r.warmupIters) / Double(steps), epochs: Double(r.epochs),
                             decay: .step(milestones: r.milestones, gamma: r.gamma), warmupFactor: Float(r.warmupFactor))
@@ -237,6 +239,7 @@ func detectOne(spec: DetectSpec, backbone: LoadedBackbone,
         seed: seed, epochs: r.epochs, schedule: schedule, params: model.params, optimizer: optimizer, groups: groups,
         loader: loader, total: "loss", blame: model.backbone.vit, lrAdvice: "lower recipe.lr", logFile: run.log, progress: progress,
         step: { batch, context in
+            model.globalBatch = world.size > 1 ? GlobalBatch(shard: batch.shard, ranks: world) : nil
             let terms = try batch.images.withUnsafeBufferPointer {
                 try model.trainStep(images: $0.baseAddress!, batch: batch.count,
                                     imageSizes: batch.instances.map { ($0.height, $0.width) },
@@ -263,7 +266,9 @@ func detectOne(spec: DetectSpec, backbone: LoadedBackbone,
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys]
     let configJSON = String(decoding: try encoder.encode(config), as: UTF8.self)
-    try DetectronCheckpoint.safetensors(model.params, metadata: ["format": "detectron2", "config": configJSON]).write(to: detector)
+    if world.isMain {
+        try DetectronCheckpoint.safetensors(model.params, metadata: ["format": "detectron2", "config": configJSON]).write(to: detector)
+    }
     let evalStart = Date()
     let (bbox, segm, count) = try evaluateDetector(model, val: data.val, annotations: data.valAnnotations, size: size, run: run,
                                                    verbose: o.verbose)
@@ -367,28 +372,42 @@ func inferDetectorConfig(_ file: CheckpointFile, inputSize: Int, heads: Int?) th
 
 /// Runs the detector over `val` (test transform), writes `detections.json`, `per_image.json` and
 /// figures of the first images into the run folder, and returns the COCO numbers and the detection count.
+/// Under MPI the batches are dealt to the ranks (batch k to rank k mod N), each round's raw
+/// detections are gathered and post-processed in batch order, and rank 0 alone writes and scores
+/// (the other ranks return empty numbers): the one-process files.
 func evaluateDetector(_ model: MaskRCNN, val: COCODetectionDataset, annotations: URL, size: Int, run: TransferRun,
                       verbose: Bool) throws -> (bbox: [String: Double], segm: [String: Double], count: Int) {
+    let world = Distributed.world
     let loader = DataLoader(builder: DetectionBatchBuilder.test(val, size: size), batchSize: 4, shuffle: false)
     let progress = ProgressLine(enabled: verbose)
     var results: [COCODetection] = []
     var figures: [(Int, ImageDetections)] = []
-    let batches = loader.epoch(0)
+    let batches = loader.epoch(0, batches: Array(stride(from: world.rank, to: loader.batchCount, by: world.size)))
     var done = 0
-    while let batch = try batches.next() {
-        let raw = try batch.images.withUnsafeBufferPointer {
-            try model.detect(images: $0.baseAddress!, batch: batch.count, imageSizes: batch.instances.map { ($0.height, $0.width) })
+    for round in stride(from: 0, to: loader.batchCount, by: world.size) {
+        var mine: [Float] = []
+        if round + world.rank < loader.batchCount, let batch = try batches.next() {
+            let raw = try batch.images.withUnsafeBufferPointer {
+                try model.detect(images: $0.baseAddress!, batch: batch.count, imageSizes: batch.instances.map { ($0.height, $0.width) })
+            }
+            for (k, index) in batch.indices.enumerated() {
+                RawImageDetections(index: index, inputHeight: batch.instances[k].height, inputWidth: batch.instances[k].width,
+                                   detections: raw[k]).encode(into: &mine)
+            }
         }
-        for (k, index) in batch.indices.enumerated() {
-            let t = batch.instances[k], image = val.images[index]
-            let d = ROIHeads.postprocess(raw[k], inputHeight: t.height, inputWidth: t.width, originalHeight: image.height,
-                                         originalWidth: image.width)
-            results += cocoResults(d, imageId: image.id, categoryIds: val.categoryIds, height: image.height, width: image.width)
-            if figures.count < 4 { figures.append((index, d)) }
+        for part in try gatherValues(mine, world: world, "gathering the detections") {
+            for image in RawImageDetections.decode(part) {
+                let original = val.images[image.index]
+                let d = ROIHeads.postprocess(image.detections, inputHeight: image.inputHeight, inputWidth: image.inputWidth,
+                                             originalHeight: original.height, originalWidth: original.width)
+                results += cocoResults(d, imageId: original.id, categoryIds: val.categoryIds, height: original.height, width: original.width)
+                if figures.count < 4 { figures.append((image.index, d)) }
+                done += 1
+            }
         }
-        done += batch.count
         progress.update("evaluating", done: done, total: val.count, unit: "images")
     }
+    guard world.isMain else { return ([:], [:], results.count) }
     let detectionsFile = run.dir.appendingPathComponent("detections.json")
     try COCODetection.write(results, to: detectionsFile)
     let figureDir = run.dir.appendingPathComponent("figures")
@@ -406,8 +425,9 @@ func evaluateDetector(_ model: MaskRCNN, val: COCODetectionDataset, annotations:
     return (bbox, segm, results.count)
 }
 
-/// Writes `metrics.json`, refusing a non-finite number.
+/// Writes `metrics.json` (rank 0), refusing a non-finite number.
 func writeDetectMetrics(_ metrics: DetectMetrics, to run: TransferRun) throws {
+    guard Distributed.world.isMain else { return }
     let numbers = metrics.bbox.map { ("bbox \($0.key)", $0.value) } + metrics.segm.map { ("segm \($0.key)", $0.value) } +
         metrics.timings.map { ("timing \($0.key)", $0.value) }
     if let (field, value) = numbers.first(where: { !$0.1.isFinite }) {

@@ -1,6 +1,7 @@
 import Foundation
 import MAEData
 import MAEDense
+import MAEDistributed
 import MAEFormats
 import MAEJSON
 import MAEKernels
@@ -102,7 +103,7 @@ public func runSegment(_ o: SegmentOptions) throws -> [TransferRun] {
             }
         }
     }
-    if let report = o.report { try writeReport(runs: segmentationRunsRoot(o.outDir), to: report) }
+    if let report = o.report, Distributed.world.isMain { try writeReport(runs: segmentationRunsRoot(o.outDir), to: report) }
     return runs
 }
 
@@ -138,7 +139,7 @@ func datasets(_ spec: SegmentSpec, _ o: SegmentOptions) throws -> (train: Segmen
     case (nil, nil, nil, nil):
         // Generated once, at the standard counts, when the scenes are not there yet.
         if spec.dataset.generate == "shapes", !FileManager.default.fileExists(atPath: spec.resolve(spec.dataset.trainImages).path) {
-            try ShapesDataset.ensure(at: spec.rootURL, size: 32)
+            try rankZeroFirst { try ShapesDataset.ensure(at: spec.rootURL, size: 32) }
         }
         let d = spec.dataset
         return (try SegmentationDataset(imageFolder: spec.resolve(d.trainImages), labelFolder: spec.resolve(d.trainLabels), reduceZeroLabel: r),
@@ -181,8 +182,9 @@ func segmentOne(spec: SegmentSpec, backbone: LoadedBackbone, train: Segmentation
                           weightDecay: Float(r.weightDecay))
     let schedule = Schedule(baseLR: Float(r.lr), minLR: Float(r.minLR), warmupEpochs: r.warmupEpochs, epochs: Double(r.epochs),
                             decay: .poly(power: r.polyPower))
+    let world = Distributed.world
     let loader = DataLoader(denseSource: SegmentationTrainSource(dataset: train, pipeline: spec.pipeline), batchSize: r.batchSize,
-                            seed: seed, shuffle: true, dropLast: train.count >= r.batchSize)
+                            seed: seed, shuffle: true, dropLast: train.count >= r.batchSize, rank: world.rank, of: world.size)
     guard loader.batchCount > 0 else { throw TaskError.badArgument("the training set has no images") }
     let variant = spec.head.type == "linear" ? "linear, last \(spec.head.blocks ?? 1) blocks" : "upernet"
     let run = TransferRun(root: segmentationRunsRoot(o.outDir), task: spec.name, variant: variant, backbone: backbone, seed: seed)
@@ -208,7 +210,8 @@ func segmentOne(spec: SegmentSpec, backbone: LoadedBackbone, train: Segmentation
         seed: seed, epochs: r.epochs, schedule: schedule, params: model.params, optimizer: optimizer, groups: groups,
         loader: loader, total: "loss", blame: vit, lrAdvice: "lower recipe.lr", logFile: run.log, progress: progress,
         step: { b, context in
-            b.images.withUnsafeBufferPointer {
+            model.batchShard = b.shard
+            return b.images.withUnsafeBufferPointer {
                 model.trainStep(images: $0.baseAddress!, batch: b.count, height: crop, width: crop, labels: b.targets,
                                 seed: context.stream.state)
             }
@@ -226,9 +229,10 @@ func segmentOne(spec: SegmentSpec, backbone: LoadedBackbone, train: Segmentation
         try saveSegmenter(model, to: checkpointURL, optimizer: optimizer,
                           state: SegmentState(seed: seed, checkpointHash: backbone.hash, recipe: recipe, loop: loop))
     })
-    let log = try training.run(from: resumed)
+    // Under MPI every BatchNorm2d of the heads normalises with the global batch (SyncBN).
+    let log = try SyncBatchNorm.$ranks.withValue(training.dataParallel?.world) { try training.run(from: resumed) }
     let trainSeconds = elapsed(since: trainStart)
-    try saveSegmenter(model, to: run.dir.appendingPathComponent("segmenter.safetensors"), optimizer: nil, state: nil)
+    if world.isMain { try saveSegmenter(model, to: run.dir.appendingPathComponent("segmenter.safetensors"), optimizer: nil, state: nil) }
     let inference = SegmentationInference(scale: (spec.dataset.scale[0], spec.dataset.scale[1]), slide: spec.recipe.testMode == "slide",
                                           crop: crop, stride: spec.dataset.stride, patch: patch)
     let score = try evaluateSegmenter(model, data: val, inference: inference, numClasses: spec.dataset.numClasses, into: run.dir,
@@ -262,6 +266,7 @@ func writeSegmentMetrics(run: TransferRun, spec: SegmentSpec, score: Segmentatio
     for (name, v) in [("mIoU", res.mIoU), ("mAcc", res.mAcc), ("aAcc", res.aAcc)] where !v.isFinite {
         throw TaskError.badArgument("\(name) is \(nonFiniteName(v)) for \(run.dir.path): the val labels hold no class of the task")
     }
+    guard Distributed.world.isMain else { return }
     func number(_ v: Double) -> JSONValue { v.isFinite ? .double(v) : .null }
     let names = spec.classNames
     let perClass = jsonObject(names.indices.map { k in

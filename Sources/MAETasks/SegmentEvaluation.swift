@@ -1,6 +1,7 @@
 import Foundation
 import MAEData
 import MAEDense
+import MAEDistributed
 import MAEFormats
 import MAEJSON
 import MAEKernels
@@ -95,32 +96,48 @@ public struct SegmentationScore {
 /// with reduce_zero_label class c is written c + 1) and, for the first `overlays` images,
 /// `overlays/STEM.png` (image | prediction | ground truth, ignored pixels black), and scores the
 /// predictions against the labels with mmseg's metrics; `per_image.json` holds each image's areas.
+/// Under MPI the images are dealt to the ranks (image i to rank i mod N), each round's predictions
+/// are gathered on every rank, every rank scores them in image order, and rank 0 alone writes: the
+/// one-process files and numbers.
 public func evaluateSegmenter(_ model: Segmenter, data: SegmentationDataset, inference: SegmentationInference,
-                              numClasses: Int, into dir: URL, overlays: Int = 8, progress: ProgressLine? = nil) throws -> SegmentationScore {
+                              numClasses: Int, into dir: URL, overlays: Int = 8, progress: ProgressLine? = nil,
+                              world: World = Distributed.world) throws -> SegmentationScore {
     let start = Date()
+    let writes = world.isMain
     let predDir = dir.appendingPathComponent("pred"), overlayDir = dir.appendingPathComponent("overlays")
-    try prepareOutputFolder(predDir, flag: "the run's pred folder")
-    if overlays > 0 { try prepareOutputFolder(overlayDir, flag: "the run's overlays folder") }
+    if writes {
+        try prepareOutputFolder(predDir, flag: "the run's pred folder")
+        if overlays > 0 { try prepareOutputFolder(overlayDir, flag: "the run's overlays folder") }
+    }
     var metrics = SegmentationMetrics(numClasses: numClasses)
     var perImage: [SegmentationMetrics] = []
-    for i in 0..<data.count {
-        let (image, labels) = try data.sample(i)
-        let predicted = inference.predict(model, image: image)
-        try metrics.add(prediction: predicted, groundTruth: labels.labels, name: data.images[i].path)
-        var own = SegmentationMetrics(numClasses: numClasses)
-        try own.add(prediction: predicted, groundTruth: labels.labels, name: data.images[i].path)
-        perImage.append(own)
-        let stem = data.images[i].deletingPathExtension().lastPathComponent
-        let written = data.reduceZeroLabel ? predicted.map { $0 + 1 } : predicted
-        try LabelMapCodec.writePNG(LabelMap(width: image.width, height: image.height, labels: written),
-                                   to: predDir.appendingPathComponent(stem + ".png"), durable: false)
-        if i < overlays {
-            try ImageCodec.writePNG(overlay(image, prediction: predicted, truth: labels.labels),
-                                    to: overlayDir.appendingPathComponent(stem + ".png"), durable: false)
+    for round in stride(from: 0, to: data.count, by: world.size) {
+        let mine = round + world.rank
+        let mySample = mine < data.count ? try data.sample(mine) : nil
+        let predictions = try gatherValues(mySample.map { inference.predict(model, image: $0.0) } ?? [],
+                                           world: world, "gathering the segmentation predictions")
+        for i in round..<min(round + world.size, data.count) {
+            let (image, labels) = i == mine ? mySample! : try data.sample(i)
+            let predicted = predictions[i - round]
+            try metrics.add(prediction: predicted, groundTruth: labels.labels, name: data.images[i].path)
+            var own = SegmentationMetrics(numClasses: numClasses)
+            try own.add(prediction: predicted, groundTruth: labels.labels, name: data.images[i].path)
+            perImage.append(own)
+            guard writes else { continue }
+            let stem = data.images[i].deletingPathExtension().lastPathComponent
+            let written = data.reduceZeroLabel ? predicted.map { $0 + 1 } : predicted
+            try LabelMapCodec.writePNG(LabelMap(width: image.width, height: image.height, labels: written),
+                                       to: predDir.appendingPathComponent(stem + ".png"), durable: false)
+            if i < overlays {
+                try ImageCodec.writePNG(overlay(image, prediction: predicted, truth: labels.labels),
+                                        to: overlayDir.appendingPathComponent(stem + ".png"), durable: false)
+            }
+            progress?.update("segmenting val", done: i + 1, total: data.count, unit: "images")
         }
-        progress?.update("segmenting val", done: i + 1, total: data.count, unit: "images")
     }
-    try PerImageResults(segmentation: data.images.map { $0.deletingPathExtension().lastPathComponent }, areas: perImage).write(into: dir)
+    if writes {
+        try PerImageResults(segmentation: data.images.map { $0.deletingPathExtension().lastPathComponent }, areas: perImage).write(into: dir)
+    }
     return SegmentationScore(result: metrics.compute(), images: data.count, seconds: elapsed(since: start))
 }
 

@@ -8,7 +8,8 @@ public struct SlurmOptions: Sendable {
     /// Slurm's time limit ("30", "2:00:00", "1-00:00:00").
     public var time: String?
     public var cpusPerTask: Int?
-    /// Processes per unit: above 1 each unit runs under `srun --ntasks R` (data-parallel over MPI).
+    /// Processes per unit: above 1 each unit runs under `srun --ntasks R` (data-parallel over MPI),
+    /// or `mpirun -np R` when the element is run by hand outside Slurm.
     public var ranksPerUnit = 1
     /// The `mae-eval` the elements call; nil: this process's executable.
     public var executable: URL?
@@ -41,7 +42,8 @@ func unitArguments(_ units: [TransferUnit], _ o: AllOptions) -> [String] {
 
 /// Writes the sbatch script of `units` to `url` (atomically, executable): a job array with one
 /// element per unit (`case` on `SLURM_ARRAY_TASK_ID`, each calling `mae-eval all --unit K` with
-/// the arguments that rebuild this plan; `srun` when ranks > 1), which, run with bash outside
+/// the arguments that rebuild this plan; with ranks > 1 under `srun` in a Slurm allocation and
+/// `mpirun --oversubscribe` outside one), which, run with bash outside
 /// Slurm (`bash FILE`), submits itself and then the report (`all --report-only`) as a job that
 /// depends on every element (`afterok`); `bash FILE report` writes the report directly.
 /// - Throws: `TaskError` for a resource that is not one Slurm takes.
@@ -65,7 +67,12 @@ public func writeSlurmScript(units: [TransferUnit], options o: AllOptions, to ur
     if let t = s.time { resources.append("--time=\(t)") }
     if let c = s.cpusPerTask { resources.append("--cpus-per-task=\(c)") }
     resources.append("--ntasks=\(s.ranksPerUnit)")
-    let launch = s.ranksPerUnit > 1 ? "srun --ntasks=\(s.ranksPerUnit) " : ""
+    // R > 1: srun inside a Slurm allocation, else (a unit run by hand, `SLURM_ARRAY_TASK_ID=K bash FILE`) mpirun.
+    let launch = s.ranksPerUnit > 1 ? "${LAUNCH[@]} " : ""
+    let launcher = s.ranksPerUnit > 1
+        ? "if [ -n \"${SLURM_JOB_ID:-}\" ]; then LAUNCH=(srun --ntasks=\(s.ranksPerUnit)); " +
+          "else LAUNCH=(mpirun --oversubscribe -np \(s.ranksPerUnit)); fi\n"
+        : ""
     var text = """
         #!/bin/bash
         # mae-eval all --emit-slurm: \(units.count) units of work (backbone x task x seed), one job-array element each.
@@ -108,7 +115,7 @@ public func writeSlurmScript(units: [TransferUnit], options o: AllOptions, to ur
     text += """
           *) echo "mae-eval all: no unit $SLURM_ARRAY_TASK_ID in this script (0-\(units.count - 1))" >&2; exit 1 ;;
         esac
-        exec \(launch)"$MAE_EVAL" all "${ARGS[@]}" ${THREADS[@]+"${THREADS[@]}"} --unit "$UNIT"
+        \(launcher)exec \(launch)"$MAE_EVAL" all "${ARGS[@]}" ${THREADS[@]+"${THREADS[@]}"} --unit "$UNIT"
 
         """
     try writeAtomically(Data(text.utf8), to: url)

@@ -202,7 +202,43 @@ final class AllTests: XCTestCase {
         XCTAssertEqual(try summary("one"), try summary("sweep"))
         let ranked = scratch.appendingPathComponent("ranked.sbatch")
         try run(arguments(s, out: "sweep", seeds: "0") + ["--emit-slurm", ranked.path, "--ranks-per-unit", "2"])
-        XCTAssertTrue(try String(contentsOf: ranked, encoding: .utf8).contains("exec srun --ntasks=2 "))
+        XCTAssertTrue(try String(contentsOf: ranked, encoding: .utf8).contains("LAUNCH=(srun --ntasks=2)"))
+    }
+
+    /// `--ranks-per-unit 2`: each element launches 2 ranks (srun in an allocation, mpirun outside);
+    /// the fine-tuning unit run by hand without Slurm (`SLURM_ARRAY_TASK_ID=K bash FILE`, so under
+    /// `mpirun -np 2`) gives the one-process unit's numbers.
+    func testSlurmScriptWithTwoRanksPerUnitRunsAUnitUnderMPI() throws {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        guard path.split(separator: ":").contains(where: { FileManager.default.isExecutableFile(atPath: "\($0)/mpirun") }) else {
+            throw XCTSkip("mpirun is not on PATH (make deps installs openmpi-bin)")
+        }
+        let s = try setup()
+        let script = scratch.appendingPathComponent("ranked.sbatch")
+        try run(arguments(s, out: "ranked", seeds: "0") + ["--emit-slurm", script.path, "--ranks-per-unit", "2", "--cpus-per-task", "1"])
+        let text = try String(contentsOf: script, encoding: .utf8)
+        let bash = URL(fileURLWithPath: "/bin/bash")
+        try run(["-n", script.path], executable: bash)
+        XCTAssertTrue(text.contains("#SBATCH --ntasks=2") && text.contains("LAUNCH=(srun --ntasks=2)") &&
+                      text.contains("LAUNCH=(mpirun --oversubscribe -np 2)") && text.contains("exec ${LAUNCH[@]} \"$MAE_EVAL\" all"), text)
+        let line = try XCTUnwrap(text.split(separator: "\n").first { $0.contains("UNIT=") && $0.contains("finetune") && $0.contains("tiny_mae") },
+                                 text)
+        let unit = String(try XCTUnwrap(line.split(separator: ")").first)).trimmingCharacters(in: .whitespaces)
+        let mpi = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_btl": "self,vader",
+                   "OMPI_MCA_plm_rsh_agent": "", "SLURM_CPUS_PER_TASK": "1"]
+        try run([script.path], executable: bash, environment: mpi.merging(["SLURM_ARRAY_TASK_ID": unit]) { $1 })
+        try run(arguments(s, out: "single", seeds: "0") + ["--unit", unit])
+        func metrics(_ out: String) throws -> NSDictionary {
+            let root = scratch.appendingPathComponent(out)
+            let found = try XCTUnwrap(FileManager.default.subpathsOfDirectory(atPath: root.path).filter { $0.hasSuffix("metrics.json") })
+            XCTAssertEqual(found.count, 1, "one unit ran: \(found)")
+            var m = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: root.appendingPathComponent(found[0]))) as? [String: Any])
+            for volatile in ["timings", "created"] { m[volatile] = nil }
+            return m as NSDictionary
+        }
+        let ranked = try metrics("ranked"), single = try metrics("single")
+        XCTAssertEqual(ranked["protocol"] as? String, "finetune")
+        XCTAssertEqual(ranked, single)
     }
 
     func testReportOnlyIsRefusedWhileAUnitIsNotDone() throws {

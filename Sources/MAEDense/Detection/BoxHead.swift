@@ -95,8 +95,11 @@ public struct BoxHead {
     /// a unit upstream gradient on each loss. Zero proposals give zero losses.
     ///
     /// scores (R, K+1), deltas (R, 4K), gtClasses R in 0...K, targetDeltas (R, 4) (read on foreground rows).
+    /// `normalizer` divides both sums instead of R (data parallelism: the global batch's RoIs times
+    /// the rank's share).
     public static func losses(scores: Tensor, deltas: Tensor, gtClasses: [Int], targetDeltas: [Float],
-                              dScores: Tensor, dDeltas: Tensor) -> (classification: Float, boxRegression: Float) {
+                              dScores: Tensor, dDeltas: Tensor,
+                              normalizer: Double? = nil) -> (classification: Float, boxRegression: Float) {
         let rows = gtClasses.count, width = scores.shape.last ?? 0, k = width - 1
         precondition(scores.count == rows * width && deltas.count == rows * 4 * k && targetDeltas.count == rows * 4,
                      "box losses: \(rows) classes for scores \(scores.shape), deltas \(deltas.shape)")
@@ -109,13 +112,20 @@ public struct BoxHead {
             targets[r * width + c] = 1
         }
         let probs = Tensor(scores.shape)
-        let classification = targets.withUnsafeBufferPointer { t -> Float in
+        var classification = targets.withUnsafeBufferPointer { t -> Float in
             let loss = crossEntropyForward(probs: probs.data, logits: scores.data, targets: t.baseAddress!, rows: rows, classes: width)
             crossEntropyBackward(dLogits: dScores.data, probs: probs.data, targets: t.baseAddress!, rows: rows, classes: width)
             return loss
         }
+        let divisor = normalizer ?? Double(rows)
+        if let normalizer {
+            // The kernels' mean over R, rescaled to the sum over `normalizer`.
+            let f = Float(Double(rows) / normalizer)
+            classification *= f
+            for i in 0..<dScores.count { dScores[i] *= f }
+        }
         var l1: Double = 0
-        let scale = 1 / Float(rows)
+        let scale = 1 / Float(divisor)
         for (r, c) in gtClasses.enumerated() where c < k {
             for j in 0..<4 {
                 let at = r * 4 * k + 4 * c + j
@@ -125,6 +135,6 @@ public struct BoxHead {
                 dDeltas[at] = d > 0 ? scale : (d < 0 ? -scale : 0)
             }
         }
-        return (classification, Float(l1 / Double(rows)))
+        return (classification, Float(l1 / divisor))
     }
 }

@@ -48,15 +48,17 @@ public struct MaskHead {
     /// each foreground RoI's gt-class channel. Writes dLogits (zero off those channels) for a unit
     /// upstream gradient; no foreground RoIs give 0 (detectron2's `pred_mask_logits.sum() * 0`).
     ///
-    /// logits (R, K, S, S), classes R in 0..<K, targets (R, S, S) of 0/1.
-    public static func loss(logits: Tensor, classes: [Int], targets: [Float], dLogits: Tensor) -> Float {
+    /// logits (R, K, S, S), classes R in 0..<K, targets (R, S, S) of 0/1. `normalizer` replaces R
+    /// in the mean (data parallelism: the global batch's foreground RoIs times the rank's share).
+    public static func loss(logits: Tensor, classes: [Int], targets: [Float], dLogits: Tensor, normalizer: Double? = nil) -> Float {
         dLogits.zero()
         let rows = classes.count
         guard rows > 0 else { return 0 }
         precondition(logits.shape.count == 4 && logits.shape[0] == rows, "mask loss: \(rows) classes for logits \(logits.shape)")
         let k = logits.shape[1], plane = logits.shape[2] * logits.shape[3]
         precondition(targets.count == rows * plane, "mask loss: targets are not (R, S, S)")
-        let scale = 1 / Float(rows * plane)
+        let pixels = normalizer.map { $0 * Double(plane) } ?? Double(rows * plane)
+        let scale = 1 / Float(pixels)
         var total: Double = 0
         for (r, c) in classes.enumerated() {
             precondition(c >= 0 && c < k, "mask class \(c) outside 0..<\(k)")
@@ -68,6 +70,6 @@ public struct MaskHead {
                 g[p] = (1 / (1 + exp(-v)) - t) * scale
             }
         }
-        return Float(total / Double(rows * plane))
+        return Float(total / pixels)
     }
 }

@@ -40,6 +40,10 @@ public final class MaskRCNN {
     public let rpn: RPN
     public let roiHeads: ROIHeads
     public var params: ParameterStore { backbone.params }
+    /// Under data parallelism, the training batch's place in the global batch (nil: the batch is
+    /// the whole one): drop path and the anchor and RoI samples draw as one process does for the
+    /// whole batch, and the RoI losses are normalised by the global batch's counts.
+    public var globalBatch: GlobalBatch?
     /// The padded square input side.
     public var inputSize: Int { config.backbone.vitdet?.inputSize ?? config.backbone.imgSize }
 
@@ -110,14 +114,15 @@ public final class MaskRCNN {
     public func trainStep(images: UnsafePointer<Float>, batch: Int, imageSizes: [ImageSize], truth: [GroundTruth],
                           stream: RandomStream) throws -> [String: Float] {
         let size = inputSize
+        backbone.vit.batchShard = globalBatch?.shard
         let (levels, context) = backbone.forward(images: images, batch: batch, height: size, width: size, training: true,
                                                  seed: stream.derived(1).state)
         var rpnStream = stream.derived(2), roiStream = stream.derived(3)
         let rpnOut = try rpn.forward(features: levels, imageSizes: imageSizes, gtBoxes: truth.map(\.boxes), params: params,
-                                     training: true, stream: &rpnStream)
+                                     training: true, stream: &rpnStream, global: globalBatch)
         let pooled = Array(levels.prefix(roiHeads.boxPooler.strides.count))
         let (roiLosses, roiContext) = roiHeads.forwardTraining(features: pooled, proposals: rpnOut.proposals.map(\.boxes),
-                                                               truth: truth, params, stream: &roiStream)
+                                                               truth: truth, params, stream: &roiStream, global: globalBatch)
         let grads = levels.map { FeatureMap(batch: $0.batch, channels: $0.channels, height: $0.height, width: $0.width, stride: $0.stride) }
         roiHeads.backward(roiContext, dFeatures: Array(grads.prefix(pooled.count)), params)
         rpn.backward(rpnOut.context, params: params, featureGradients: grads)

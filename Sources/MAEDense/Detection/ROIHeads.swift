@@ -97,6 +97,12 @@ public struct ROIHeads {
     /// detectron2's `label_and_sample_proposals` for one image: ground truth appended to `proposals`,
     /// IoU matching, then `subsample_labels` (draws from `stream`; positives first).
     public func sample(proposals: [Box], truth: GroundTruth, stream: inout RandomStream) -> Sample {
+        subsample(label(proposals: proposals, truth: truth), stream: &stream)
+    }
+
+    /// One image's proposals with the ground truth appended, labelled by IoU matching (gt class, K
+    /// for background, -1 ignored) before `subsample` draws from them.
+    public func label(proposals: [Box], truth: GroundTruth) -> Sample {
         let k = config.classes
         let boxes = proposals + truth.boxes
         var classes: [Int], matched: [Int]
@@ -109,10 +115,16 @@ public struct ROIHeads {
             matched = [Int](repeating: 0, count: boxes.count)
             classes = [Int](repeating: k, count: boxes.count)
         }
-        let (positive, negative) = subsampleLabels(classes, numSamples: batchSizePerImage, positiveFraction: positiveFraction,
-                                                   backgroundLabel: k, stream: &stream)
+        return Sample(boxes: boxes, classes: classes, matched: matched)
+    }
+
+    /// `subsampleLabels` of a labelled image (draws from `stream`; positives first).
+    public func subsample(_ labelled: Sample, stream: inout RandomStream) -> Sample {
+        let (positive, negative) = subsampleLabels(labelled.classes, numSamples: batchSizePerImage, positiveFraction: positiveFraction,
+                                                   backgroundLabel: config.classes, stream: &stream)
         let chosen = positive + negative
-        return Sample(boxes: chosen.map { boxes[$0] }, classes: chosen.map { classes[$0] }, matched: chosen.map { matched[$0] })
+        return Sample(boxes: chosen.map { labelled.boxes[$0] }, classes: chosen.map { labelled.classes[$0] },
+                      matched: chosen.map { labelled.matched[$0] })
     }
 
     /// Loss terms by detectron2's names.
@@ -130,10 +142,26 @@ public struct ROIHeads {
     /// Training forward over a batch: `features` are the pooled levels (B, C, H, W) of `strides`,
     /// `proposals[b]` image b's RPN proposals (detached), `truth[b]` its objects. Returns the three
     /// losses (each with unit weight, as ViTDet) and the context for `backward`.
+    ///
+    /// With `global` (data parallelism) the images before this rank's rows have their draws
+    /// replayed first, so every image samples what one process samples, and the losses are
+    /// normalised by the global batch's counts times the rank's share s (loss_cls and loss_box_reg
+    /// by all sampled RoIs, loss_mask by the foreground RoIs): weighted by s and summed over the
+    /// ranks, as the data-parallel step does, they are the one-process losses.
     public func forwardTraining(features: [FeatureMap], proposals: [[Box]], truth: [GroundTruth], _ params: ParameterStore,
-                                stream: inout RandomStream) -> (Losses, TrainingContext) {
+                                stream: inout RandomStream, global: GlobalBatch? = nil) -> (Losses, TrainingContext) {
         precondition(proposals.count == truth.count, "\(proposals.count) proposal lists for \(truth.count) images")
-        let samples = truth.indices.map { b in sample(proposals: proposals[b], truth: truth[b], stream: &stream) }
+        let labelled = truth.indices.map { b in label(proposals: proposals[b], truth: truth[b]) }
+        var normalizers: (rows: Double, foreground: Double)?
+        if let global {
+            let all = global.candidates(labelled.map { subsampleCandidates($0.classes, backgroundLabel: config.classes) })
+            global.skipEarlierImages(all, stream: &stream)
+            let kept = all.map { subsampleSizes($0, numSamples: batchSizePerImage, positiveFraction: positiveFraction) }
+            let share = global.shard.weight
+            normalizers = (Double(kept.reduce(0) { $0 + $1.positive + $1.negative }) * share,
+                           Double(kept.reduce(0) { $0 + $1.positive }) * share)
+        }
+        let samples = labelled.map { subsample($0, stream: &stream) }
         guard samples.contains(where: { !$0.boxes.isEmpty }) else {
             return (Losses(classification: 0, boxRegression: 0, mask: 0), TrainingContext(box: nil, mask: nil))
         }
@@ -150,7 +178,8 @@ public struct ROIHeads {
         }
         let dScores = Tensor(trace.scores.output.shape), dDeltas = Tensor(trace.deltas.output.shape)
         let (cls, box) = BoxHead.losses(scores: trace.scores.output, deltas: trace.deltas.output, gtClasses: gtClasses,
-                                        targetDeltas: targetDeltas, dScores: dScores, dDeltas: dDeltas)
+                                        targetDeltas: targetDeltas, dScores: dScores, dDeltas: dDeltas,
+                                        normalizer: normalizers?.rows)
         // The mask head sees each image's foreground proposals (detectron2's select_foreground_proposals).
         var fgBoxes: [[Box]] = [], fgClasses: [Int] = [], fgTargets: [Float] = []
         for (b, s) in samples.enumerated() {
@@ -168,7 +197,8 @@ public struct ROIHeads {
             let (maskFeatures, pool) = maskPooler.forward(features: features, boxes: fgBoxes)
             let mt = maskHead.forward(maskFeatures, params)
             let d = Tensor(mt.output.shape)
-            maskLoss = MaskHead.loss(logits: mt.output, classes: fgClasses, targets: fgTargets, dLogits: d)
+            maskLoss = MaskHead.loss(logits: mt.output, classes: fgClasses, targets: fgTargets, dLogits: d,
+                                     normalizer: normalizers?.foreground)
             mask = (pool, mt, d)
         }
         return (Losses(classification: cls, boxRegression: box, mask: maskLoss),

@@ -96,6 +96,9 @@ public struct RPNContext {
 /// - `training`: selects the proposal top-k (2000 per level in training, 1000 at test; 1000 per
 ///   image after NMS 0.7 in both) and makes non-finite proposals an error.
 /// - `stream`: draws the anchor sample of each image in turn (see `subsampleLabels`).
+/// - `global`: under data parallelism, the batch's place in the global batch: the draws of the
+///   images before it are replayed first, so each image samples what one process samples (the
+///   normaliser 256 N, weighted by the rank's share N / N_global, is already the global one).
 ///
 /// Training targets and losses, as detectron2: anchors of all levels, ordered (level, y, x, anchor),
 /// matched to the ground truth by IoU (`Matcher.rpn`: < 0.3 background, [0.3, 0.7) ignored, >= 0.7
@@ -135,7 +138,7 @@ public struct RPN {
 
     /// See the type's documentation.
     public func forward(features: [FeatureMap], imageSizes: [ImageSize], gtBoxes: [[Box]]?, params: ParameterStore,
-                        training: Bool, stream: inout RandomStream) throws -> RPNOutput {
+                        training: Bool, stream: inout RandomStream, global: GlobalBatch? = nil) throws -> RPNOutput {
         precondition(features.map(\.stride) == anchorGenerator.strides,
                      "RPN anchors for strides \(anchorGenerator.strides) got maps of strides \(features.map(\.stride))")
         precondition(features.allSatisfy { $0.channels == head.channels && $0.batch == features[0].batch },
@@ -178,9 +181,16 @@ public struct RPN {
             // Per level: the sampled anchors' offsets in the head outputs and their targets.
             var clsAt = [[Int]](repeating: [], count: features.count), clsTarget = [[Float]](repeating: [], count: features.count)
             var locAt = clsAt, locTarget = clsTarget
+            let matched = (0..<batch).map { b in
+                matcher(quality: pairwiseIoU(gtBoxes[b], all), groundTruths: gtBoxes[b].count, predictions: all.count)
+            }
+            if let global {
+                global.skipEarlierImages(global.candidates(matched.map { subsampleCandidates($0.labels.map(Int.init), backgroundLabel: 0) }),
+                                         stream: &stream)
+            }
             for b in 0..<batch {
                 let gt = gtBoxes[b]
-                let (matches, labels) = matcher(quality: pairwiseIoU(gt, all), groundTruths: gt.count, predictions: all.count)
+                let (matches, labels) = matched[b]
                 let (pos, neg) = subsampleLabels(labels.map(Int.init), numSamples: batchSizePerImage,
                                                  positiveFraction: positiveFraction, backgroundLabel: 0, stream: &stream)
                 positives += pos.count; negatives += neg.count

@@ -143,8 +143,10 @@ public struct BatchNorm2d: DenseLayer {
         return input
     }
 
-    /// Saved: the (mean, rstd) used per channel, (2, C).
+    /// Saved: the (mean, rstd) used per channel, (2, C); under SyncBN also this rank's share of the
+    /// batch's elements (1).
     public func forward(_ input: Tensor, _ params: ParameterStore, training: Bool) -> LayerTrace {
+        if training, let ranks = SyncBatchNorm.ranks { return synchronizedForward(input, params, ranks: ranks) }
         let shape = outputShape(input.shape)
         let batch = shape[0], plane = shape[2] * shape[3], c = channels, n = batch * plane
         let out = Tensor(shape), stats = Tensor([2, c])
@@ -186,6 +188,7 @@ public struct BatchNorm2d: DenseLayer {
     /// dWeight += sum dOut xhat, dBias += sum dOut; dx = weight rstd (dOut - mean dOut - xhat mean(dOut xhat))
     /// in training (batch statistics), weight rstd dOut in evaluation.
     public func backward(_ trace: LayerTrace, dOut: Tensor, dInput: Tensor?, _ params: ParameterStore) {
+        if trace.saved.count == 2 { return synchronizedBackward(trace, dOut: dOut, dInput: dInput, params) }
         let shape = trace.input.shape
         let batch = shape[0], plane = shape[2] * shape[3], c = channels, n = Float(batch * plane)
         let stats = trace.saved[0], training = trace.training
@@ -218,5 +221,114 @@ public struct BatchNorm2d: DenseLayer {
         params.value(runningMeanName).update(repeating: 0)
         params.value(runningVarName).update(repeating: 1)
         params.value(batchesTrackedName).update(repeating: 0)
+    }
+}
+
+// MARK: - SyncBN
+
+/// torch.nn.SyncBatchNorm for every `BatchNorm2d` in training mode: while `ranks` is bound (a
+/// data-parallel task binds it around its training loop), each rank's batch is its rows of one
+/// global batch, and the layer normalises with the global batch's statistics and backpropagates
+/// as one process would on the whole batch. Unbound (one process, evaluation), nothing changes.
+public enum SyncBatchNorm {
+    /// The ranks whose batches are one; nil: this process's batch alone.
+    @TaskLocal public static var ranks: RankSum?
+}
+
+extension BatchNorm2d {
+    /// Forward with the global batch's statistics: per channel this rank's sum and sum of squares
+    /// (double) and its element count are summed over the ranks (one call of 2C + 1 values); mean
+    /// and biased variance normalise, the unbiased variance N / (N - 1) enters the running
+    /// statistics (SyncBatchNorm's batch_norm_gather_stats_with_counts).
+    func synchronizedForward(_ input: Tensor, _ params: ParameterStore, ranks: RankSum) -> LayerTrace {
+        let shape = outputShape(input.shape)
+        let batch = shape[0], plane = shape[2] * shape[3], c = channels, local = batch * plane
+        let x = input.data
+        var sums = [Double](repeating: 0, count: 2 * c + 1)
+        sums.withUnsafeMutableBufferPointer { s in
+            Parallel.forRanges(c) { chans in
+                for ch in chans {
+                    var sum: Double = 0, squares: Double = 0
+                    for image in 0..<batch {
+                        let xc = x + (image * c + ch) * plane
+                        for p in 0..<plane { let v = Double(xc[p]); sum += v; squares += v * v }
+                    }
+                    s[ch] = sum; s[c + ch] = squares
+                }
+            }
+        }
+        sums[2 * c] = Double(local)
+        ranks.sumOverRanks(&sums)
+        let global = sums, n = global[2 * c]
+        precondition(n > 1, "\(weightName): batch statistics need more than one value per channel")
+        let out = Tensor(shape), stats = Tensor([2, c])
+        let w = params.value(weightName).baseAddress!, b = params.value(biasName).baseAddress!
+        let runMean = params.value(runningMeanName).baseAddress!, runVar = params.value(runningVarName).baseAddress!
+        let y = out.data
+        Parallel.forRanges(c) { chans in
+            for ch in chans {
+                let mean = global[ch] / n, variance = max(global[c + ch] / n - mean * mean, 0)
+                let m = Float(mean), r = 1 / (Float(variance) + eps).squareRoot()
+                runMean[ch] = (1 - momentum) * runMean[ch] + momentum * m
+                runVar[ch] = (1 - momentum) * runVar[ch] + momentum * Float(variance * n / (n - 1))
+                stats[ch] = m; stats[c + ch] = r
+                let scale = r * w[ch], shift = b[ch] - m * scale
+                for image in 0..<batch {
+                    let at = (image * c + ch) * plane
+                    for p in 0..<plane { y[at + p] = x[at + p] * scale + shift }
+                }
+            }
+        }
+        params.value(batchesTrackedName)[0] += 1
+        let share = Tensor([1])
+        share[0] = Float(Double(local) / n)
+        return LayerTrace(input: input, output: out, saved: [stats, share], training: true)
+    }
+
+    /// Backward of `synchronizedForward`. This rank's dOut is the gradient of its shard's mean loss,
+    /// which the data-parallel step weights by the rank's share s = n_r / N of the batch; so per
+    /// channel s sum dOut and s sum dOut xhat are summed over the ranks (one call of 2C values,
+    /// SyncBatchNorm's backward) into the global batch's sums G, GX, and
+    /// dx = weight rstd (dOut - G / n_r - xhat GX / n_r), which, weighted by s, is the global
+    /// batch's gradient. dWeight += sum dOut xhat and dBias += sum dOut stay this rank's (the step
+    /// weights and sums them with every gradient). No input gradient asked: no reduction.
+    func synchronizedBackward(_ trace: LayerTrace, dOut: Tensor, dInput: Tensor?, _ params: ParameterStore) {
+        let shape = trace.input.shape
+        let batch = shape[0], plane = shape[2] * shape[3], c = channels, local = Float(batch * plane)
+        let stats = trace.saved[0], share = Double(trace.saved[1][0])
+        let x = trace.input.data, g = dOut.data
+        let w = params.value(weightName).baseAddress!
+        let dW = params.grad(weightName).baseAddress!, dB = params.grad(biasName).baseAddress!
+        var sums = [Double](repeating: 0, count: 2 * c)
+        sums.withUnsafeMutableBufferPointer { s in
+            Parallel.forRanges(c) { chans in
+                for ch in chans {
+                    let m = stats[ch], r = stats[c + ch]
+                    var sumG: Float = 0, sumGX: Float = 0
+                    for image in 0..<batch {
+                        let at = (image * c + ch) * plane
+                        for p in 0..<plane { sumG += g[at + p]; sumGX += g[at + p] * (x[at + p] - m) * r }
+                    }
+                    dW[ch] += sumGX; dB[ch] += sumG
+                    s[ch] = Double(sumG) * share; s[c + ch] = Double(sumGX) * share
+                }
+            }
+        }
+        guard let dx = dInput?.data else { return }
+        guard let ranks = SyncBatchNorm.ranks else {
+            preconditionFailure("\(weightName): a SyncBN forward's backward ran without SyncBatchNorm.ranks bound")
+        }
+        ranks.sumOverRanks(&sums)
+        let global = sums
+        Parallel.forRanges(c) { chans in
+            for ch in chans {
+                let m = stats[ch], r = stats[c + ch], k = w[ch] * r
+                let meanG = Float(global[ch]) / local, meanGX = Float(global[c + ch]) / local
+                for image in 0..<batch {
+                    let at = (image * c + ch) * plane
+                    for p in 0..<plane { dx[at + p] += k * (g[at + p] - meanG - (x[at + p] - m) * r * meanGX) }
+                }
+            }
+        }
     }
 }

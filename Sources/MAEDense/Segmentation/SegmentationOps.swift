@@ -67,10 +67,15 @@ public func splitChannels(_ d: Tensor, _ channels: [Int]) -> [Tensor] {
 
 /// nn.Dropout2d in training: each (image, channel) plane zeroed with probability `p`, the rest scaled
 /// by 1 / (1 - p). Returns the output and the per-plane scale (0 or 1 / (1 - p)) for the backward.
-public func dropout2dForward(_ x: Tensor, p: Float, rng: inout RandomStream) -> (out: Tensor, scale: [Float]) {
+/// With `shard`, x holds those rows of a global batch: the draws are made for the whole batch and
+/// the shard's rows kept, as one process draws them.
+public func dropout2dForward(_ x: Tensor, p: Float, rng: inout RandomStream,
+                             shard: BatchShard? = nil) -> (out: Tensor, scale: [Float]) {
     let planes = x.shape[0] * x.shape[1], plane = x.count / max(planes, 1)
     let keep = 1 / (1 - p)
-    let scale = (0..<planes).map { _ in rng.nextFloat() < p ? 0 : keep }
+    let rows = shard ?? .whole(x.shape[0])
+    precondition(rows.count == x.shape[0], "a shard of \(rows.count) rows for a batch of \(x.shape[0])")
+    let scale = rows.rows((0..<(rows.total * x.shape[1])).map { _ in rng.nextFloat() < p ? 0 : keep }, perRow: x.shape[1])
     let out = Tensor(x.shape)
     for k in 0..<planes { for i in 0..<plane { out.data[k * plane + i] = x.data[k * plane + i] * scale[k] } }
     return (out, scale)

@@ -12,6 +12,9 @@ public protocol Segmenter: AnyObject {
     var backbone: SegmentationBackbone { get }
     var params: ParameterStore { get }
     var classes: Int { get }
+    /// The training batch's rows of a global batch under data parallelism (nil: the whole batch):
+    /// per-sample draws (drop path, Dropout2d) are made for the whole batch and these rows kept.
+    var batchShard: BatchShard? { get set }
     /// One training step on images (B, 3, H, W) and labels (B, H, W) (255 ignored): forward in
     /// training mode, mmseg's losses, backward into `params.grads`. Returns the loss terms by name
     /// ("loss" is the total).
@@ -93,6 +96,7 @@ public final class UperNetSegmenter: Segmenter {
     public let decode: UPerHead
     public let auxiliary: FCNHead?
     public var auxiliaryWeight: Float = 0.4
+    public var batchShard: BatchShard?
 
     /// `channels`: UPerHead's width (mmseg 768 for ViT-B); `auxChannels`: the FCN head's (mmseg 256),
     /// nil for no auxiliary head.
@@ -124,16 +128,17 @@ public final class UperNetSegmenter: Segmenter {
     public func trainStep(images: UnsafePointer<Float>, batch b: Int, height h: Int, width w: Int, labels: [Int32],
                           seed: UInt64) -> [String: Double] {
         var rng = RandomStream(seed: seed).derived(1)
+        backbone.vit.batchShard = batchShard
         let bb = forwardBackbone(images: images, batch: b, height: h, width: w, training: true, seed: RandomStream(seed: seed).derived(2).state)
         let pyramid = neck.forward(bb.maps, params, training: true)
         let levels = pyramid.levels.map(\.tensor)
-        let head = decode.forward(levels, params, training: true, rng: &rng)
+        let head = decode.forward(levels, params, training: true, rng: &rng, shard: batchShard)
         let (decodeLoss, dDecode) = lossAtLabelSize(head.logits, labels: labels, height: h, width: w, weight: 1)
         let dLevels: [Tensor?] = decode.backward(head, dLogits: dDecode, params)
         var terms = ["decode": Double(decodeLoss)]
         var total = decodeLoss
         if let auxiliary {
-            let aux = auxiliary.forward(levels[2], params, training: true, rng: &rng)
+            let aux = auxiliary.forward(levels[2], params, training: true, rng: &rng, shard: batchShard)
             let (auxLoss, dAux) = lossAtLabelSize(aux.logits, labels: labels, height: h, width: w, weight: auxiliaryWeight)
             addInPlace(dLevels[2]!, auxiliary.backward(aux, dLogits: dAux, params))
             terms["aux"] = Double(auxLoss)
@@ -177,6 +182,8 @@ public final class LinearSegmenter: Segmenter {
     let norm: BatchNorm2d
     let conv: Conv2dLayer
     let normNames: (weight: String, bias: String)
+    /// Kept for the protocol: this head's training draws nothing per sample (frozen backbone in eval mode, no dropout).
+    public var batchShard: BatchShard?
 
     /// `backbone.outIndices` are the blocks used (the last one for "linear", the last four for "+ms").
     public init(backbone: SegmentationBackbone, classes: Int) throws {

@@ -23,9 +23,9 @@ struct SegClassifier {
 
     struct Pass { let scale: [Float]?; let conv: LayerTrace }
 
-    func forward(_ x: Tensor, _ params: ParameterStore, training: Bool, rng: inout RandomStream) -> Pass {
+    func forward(_ x: Tensor, _ params: ParameterStore, training: Bool, rng: inout RandomStream, shard: BatchShard?) -> Pass {
         guard training, dropout > 0 else { return Pass(scale: nil, conv: conv.forward(x, params, training: training)) }
-        let (dropped, scale) = dropout2dForward(x, p: dropout, rng: &rng)
+        let (dropped, scale) = dropout2dForward(x, p: dropout, rng: &rng, shard: shard)
         return Pass(scale: scale, conv: conv.forward(dropped, params, training: training))
     }
 
@@ -86,8 +86,10 @@ public struct UPerHead {
         public var logits: Tensor { classifier.conv.output }
     }
 
-    /// levels: four (B, C, h_i, w_i) maps, finest first.
-    public func forward(_ levels: [Tensor], _ params: ParameterStore, training: Bool, rng: inout RandomStream) -> Pass {
+    /// levels: four (B, C, h_i, w_i) maps, finest first; `shard`: their rows of a global batch
+    /// (Dropout2d draws for the whole batch).
+    public func forward(_ levels: [Tensor], _ params: ParameterStore, training: Bool, rng: inout RandomStream,
+                        shard: BatchShard? = nil) -> Pass {
         precondition(levels.count == 4, "UPerHead takes 4 levels, not \(levels.count)")
         let x = levels[3], b = x.shape[0], h3 = x.shape[2], w3 = x.shape[3]
         var pooled: [Tensor] = [], pspTraces: [LayerTrace] = [], pspOuts: [Tensor] = [x]
@@ -110,7 +112,7 @@ public struct UPerHead {
         let outs = fpnTraces.map(\.output) + [summed[3]]
         let cat = concatChannels(outs.map { resizeBilinear($0, height: h0, width: w0) })
         let fb = fpnBottleneck.forward(cat, params, training: training)
-        let cls = classifier.forward(fb.output, params, training: training, rng: &rng)
+        let cls = classifier.forward(fb.output, params, training: training, rng: &rng, shard: shard)
         return Pass(top: x, pooled: pooled, psp: pspTraces, bottleneck: bott, laterals: lat, summed: summed, fpn: fpnTraces,
                     fpnBottleneck: fb, classifier: cls)
     }
@@ -178,9 +180,11 @@ public struct FCNHead {
         public var logits: Tensor { classifier.conv.output }
     }
 
-    public func forward(_ x: Tensor, _ params: ParameterStore, training: Bool, rng: inout RandomStream) -> Pass {
+    /// x (B, C, h, w); `shard`: its rows of a global batch (Dropout2d draws for the whole batch).
+    public func forward(_ x: Tensor, _ params: ParameterStore, training: Bool, rng: inout RandomStream,
+                        shard: BatchShard? = nil) -> Pass {
         let c = conv.forward(x, params, training: training)
-        return Pass(conv: c, classifier: classifier.forward(c.output, params, training: training, rng: &rng))
+        return Pass(conv: c, classifier: classifier.forward(c.output, params, training: training, rng: &rng, shard: shard))
     }
 
     public func backward(_ pass: Pass, dLogits: Tensor, _ params: ParameterStore) -> Tensor {
