@@ -298,11 +298,17 @@ struct Unpickler {
     /// The only builtins a data pickle uses (sets, complex numbers, slices, bytearrays on protocol 2).
     static let safeBuiltins: Set<String> = ["set", "frozenset", "complex", "slice", "bytearray", "range"]
 
+    /// `getattr`, which mmengine's checkpoints use to pickle a method reference
+    /// (`getattr(HistoryBuffer, 'min')` in `message_hub`): allowed only as REDUCE on a class or
+    /// module reference and a plain attribute name (`call`), where it becomes that inert reference.
+    static let attributeBuiltin = "getattr"
+
     private func refuseCodeExecution(_ module: String, _ name: String) throws {
         let root = String(module.prefix { $0 != "." })
+        let builtin = module == "builtins" || module == "__builtin__"
         let hostile = Self.hostileModules.contains(module) || Self.hostileModules.contains(root) ||
             Self.hostileModules.contains(where: { module.hasPrefix($0 + ".") }) ||
-            ((module == "builtins" || module == "__builtin__") && !Self.safeBuiltins.contains(name))
+            (builtin && !Self.safeBuiltins.contains(name) && name != Self.attributeBuiltin)
         if hostile {
             throw PathError(source, "refers to \(module).\(name), which only code meant to run on loading needs; " +
                               "refusing the file as hostile (nothing in it was run)")
@@ -442,6 +448,15 @@ struct Unpickler {
             // (func, type, args, state): a tensor subclass; rebuild the plain tensor, drop the type.
             guard a.count >= 3 else { throw fail("\(name) needs a function and its arguments") }
             return try call(a[0], a[2])
+        case "builtins.getattr", "__builtin__.getattr":
+            // getattr(<class or module reference>, 'name') -> the reference <module.Class.name>, nothing run;
+            // on anything else, or a dunder name (the attribute gadgets of hostile pickles), refused.
+            guard a.count == 2, let owner = globalName(a[0]), case .string(let attribute) = a[1].kind,
+                  !attribute.hasPrefix("_"), !attribute.isEmpty, attribute.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
+                throw PathError(source, "calls getattr on something other than a class and a plain attribute name; " +
+                                  "refusing the file as hostile (nothing in it was run)")
+            }
+            return make(.global(owner + "." + attribute))
         case "collections.OrderedDict":
             let dict = make(.dict)
             if let pairs = a.first, case .list = pairs.kind {

@@ -130,6 +130,39 @@ final class TorchCheckpointTests: XCTestCase {
         XCTAssertEqual(u.placeholders, ["numpy.core.multiarray.scalar"])
     }
 
+    /// A checkpoint as mmengine's Runner saves it: the state dict beside `message_hub` (real
+    /// HistoryBuffer objects, pickled with getattr(HistoryBuffer, 'min')), `optimizer` and
+    /// `param_schedulers` (scripts/make_mmengine_fixture.py).
+    func testMMEngineTrainingCheckpointLoadsItsStateDict() throws {
+        let file = try CheckpointFile.open(formatFixture("mmengine_full.pth"))
+        XCTAssertEqual(file.wrapper, "state_dict")
+        XCTAssertEqual(Set(file.tensors.keys), ["backbone.patch_embed.projection.weight", "decode_head.conv_seg.bias"])
+        XCTAssertEqual(file.tensors["backbone.patch_embed.projection.weight"]?.shape, [4, 3, 2, 2])
+    }
+
+    /// getattr is read only as a method reference of a class (mmengine's); on anything else, or with
+    /// a dunder name (the attribute gadgets of hostile pickles), the file is refused.
+    func testGetattrIsOnlyAClassAttributeReference() throws {
+        func pickle(owner: [UInt8], attribute: String) -> Data {
+            var p = Data([0x80, 0x02, 0x7D, 0x8C, 0x01, 0x78])                     // {  'x':
+            p.append(contentsOf: Array("c__builtin__\ngetattr\n".utf8))
+            p.append(contentsOf: owner)
+            p.append(contentsOf: [0x8C, UInt8(attribute.utf8.count)] + Array(attribute.utf8))
+            p.append(contentsOf: [0x86, 0x52, 0x73, 0x2E])                          // (owner, name) REDUCE SETITEM STOP
+            return p
+        }
+        let historyBuffer = Array("cmmengine.logging.history_buffer\nHistoryBuffer\n".utf8)
+        var u = Unpickler(pickle(owner: historyBuffer, attribute: "min"), source: "p", tensorBudget: 0) { _, _, _ in Data() }
+        guard case .global(let name)? = try u.run()["x"] else { return XCTFail("getattr did not give a reference") }
+        XCTAssertEqual(name, "mmengine.logging.history_buffer.HistoryBuffer.min")
+        var dunder = Unpickler(pickle(owner: historyBuffer, attribute: "__globals__"), source: "dunder.pth", tensorBudget: 0) { _, _, _ in Data() }
+        assertFormatError("dunder.pth", "getattr") { try dunder.run() }
+        var onString = Unpickler(pickle(owner: [0x8C, 0x01, 0x61], attribute: "min"), source: "string.pth", tensorBudget: 0) { _, _, _ in Data() }
+        assertFormatError("string.pth", "getattr") { try onString.run() }
+        var hostile = Unpickler(pickle(owner: Array("cposix\nsystem\n".utf8), attribute: "min"), source: "posix.pth", tensorBudget: 0) { _, _, _ in Data() }
+        assertFormatError("posix.pth", "refers to posix.system") { try hostile.run() }
+    }
+
     func testBrokenCheckpointsThrowOneSentence() throws {
         let cases: [(String, String)] = [
             ("truncated.pth", "end-of-central-directory"),

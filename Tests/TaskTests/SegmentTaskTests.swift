@@ -15,7 +15,11 @@ final class SegmentTaskTests: XCTestCase {
         for name in ["shapes-segment", "shapes-segment-linear", "ade20k-upernet"] {
             let spec = try SegmentSpec.load(repositoryRoot.appendingPathComponent("Tasks/\(name).yaml").path)
             XCTAssertEqual(spec.name, name)
+            XCTAssertEqual(spec.classNames.count, spec.dataset.numClasses, name)
         }
+        let ade = try SegmentSpec.load(repositoryRoot.appendingPathComponent("Tasks/ade20k-upernet.yaml").path)
+        XCTAssertEqual([ade.classNames[0], ade.classNames[7], ade.classNames[44], ade.classNames[149]],
+                       ["wall", "bed", "chest of drawers", "flag"])   // mmseg's ADE20KDataset classes ('bed ' stripped)
         let text = try String(contentsOf: repositoryRoot.appendingPathComponent("Tasks/shapes-segment.yaml"), encoding: .utf8)
         XCTAssertThrowsError(try SegmentSpec.parse(text.replacingOccurrences(of: "  crop: 64", with: "  crop: 64\n  cropp: 3"),
                                                    source: "x.yaml")) { error in
