@@ -46,10 +46,10 @@ final class SegmentTaskTests: XCTestCase {
             .replacingOccurrences(of: "../.mae-eval/data/shapes", with: "shapes")
             .replacingOccurrences(of: "scale: [256, 64]", with: "scale: [128, 32]")
             .replacingOccurrences(of: "crop: 64", with: "crop: 32")
-            .replacingOccurrences(of: "channels: 32", with: "channels: 8")
-            .replacingOccurrences(of: "aux_channels: 16", with: "aux_channels: 4")
+            .replacingOccurrences(of: "  channels: 64", with: "  channels: 8")
+            .replacingOccurrences(of: "aux_channels: 32", with: "aux_channels: 4")
             .replacingOccurrences(of: "batch_size: 8", with: "batch_size: 4")
-            .replacingOccurrences(of: "epochs: 8", with: "epochs: 1")
+            .replacingOccurrences(of: "  epochs: 16", with: "  epochs: 1")
             .write(to: task, atomically: true, encoding: .utf8)
         // A small MAE-style backbone (the shipped ones are too slow for a debug-build test).
         let backbone = root.appendingPathComponent("tiny_mae.safetensors")
