@@ -27,15 +27,19 @@ extension VisionTransformer {
     /// MAE's initialize_weights: sin-cos position tables, xavier-uniform Linear and patch-embedding
     /// weights (the latter viewed as [D, C*P*P]), zero biases, unit LayerNorms, tokens ~ N(0, 0.02),
     /// and the head ~ truncated N(0, headStd) (MAE fine-tuning uses 2e-5, the linear probe 0.01);
-    /// ViTDet's rel-pos tables zero (rel_pos_zero_init). Only this model's parameters (those under
+    /// ViTDet's rel-pos tables zero (rel_pos_zero_init); BEiT's bias tables zero and layer scales at
+    /// their init value, as mmseg's MAE. Only this model's parameters (those under
     /// `prefix`) of a shared store are touched.
     public func initializeWeights(seed: UInt64, headStd: Float = 2e-5) {
         var rng = RandomStream(seed: seed)
         for spec in params.specs where spec.name.hasPrefix(prefix) {
             let v = params.value(spec.name)
             let name = String(spec.name.dropFirst(prefix.count))
-            if name.hasSuffix("attn.rel_pos_h") || name.hasSuffix("attn.rel_pos_w") {
+            if name.hasSuffix("attn.rel_pos_h") || name.hasSuffix("attn.rel_pos_w")
+                || name.hasSuffix("attn.relative_position_bias_table") {
                 v.update(repeating: 0)
+            } else if name.hasSuffix(".gamma_1") || name.hasSuffix(".gamma_2") {
+                v.update(repeating: config.beit?.layerScale ?? 1)
             } else if name == "pos_embed" {
                 // The table's first row is the cls token's (zeros); a distilled model's extra prefix row too.
                 let table = sinCosPositionEmbedding(width: config.embedDim, grid: config.gridSize)

@@ -108,7 +108,8 @@ public final class VisionTransformer {
         patchB = at("patch_embed.proj.bias")
         encoder = TransformerStack(layout, prefix: prefix + "blocks", depth: config.depth, width: d,
                                    hidden: config.mlpHidden, heads: config.numHeads,
-                                   windows: config.vitdet.map { v in (0..<config.depth).map { v.window(block: $0) } } ?? [])
+                                   windows: config.vitdet.map { v in (0..<config.depth).map { v.window(block: $0) } } ?? [],
+                                   relPosBias: config.beit?.relPosBiasSize(heads: config.numHeads))
         norm = layout.offset(prefix + "norm.weight").map { ($0, at("norm.bias")) }
         fcNorm = layout.offset(prefix + "fc_norm.weight").map { ($0, at("fc_norm.bias")) }
         decoder = config.decoder.map { dc in
