@@ -73,3 +73,30 @@ func truncatedNormal(_ rng: inout RandomStream) -> Float {
         if abs(x) <= 2 { return x }
     }
 }
+
+extension VisionTransformer {
+    /// This model with BEiT's options on (mmseg's MAE backbone built from an MAE checkpoint): a new
+    /// model of the same architecture plus `options`, every parameter this one has copied, the new
+    /// bias tables zero and the gammas at `options.layerScale` (mmseg's MAE init: MAEAttention keeps
+    /// the table at zero, gamma = init_values), and this model's precision and attention settings.
+    public func withBEiTOptions(_ options: BEiTOptions) throws -> VisionTransformer {
+        var c = config
+        c.beit = options
+        let model = try VisionTransformer(config: c)
+        for spec in model.params.specs {
+            let v = model.params.value(spec.name)
+            if let own = params.spec(spec.name) {
+                v.baseAddress!.update(from: params.values.data + own.offset, count: own.count)
+            } else if spec.name.hasSuffix(".gamma_1") || spec.name.hasSuffix(".gamma_2") {
+                v.update(repeating: options.layerScale ?? 1)
+            } else {
+                v.update(repeating: 0)
+            }
+        }
+        model.precision = precision
+        model.fusedAttentionTokens = fusedAttentionTokens
+        model.lowestTrainedBlock = lowestTrainedBlock
+        model.dropPath = dropPath
+        return model
+    }
+}
