@@ -101,8 +101,6 @@ final class BlockActivations {
     let scores: Tensor
     /// Rel-pos: the gathered Rh (sH, sH, Dh), Rw (sW, sW, Dh) and the terms relH (Ba*H, Na, sH), relW (Ba*H, Na, sW).
     let rh, rw, relH, relW: Tensor?
-    /// BEiT's relative position bias gathered from the table (H,N,N).
-    let bias: Tensor?
     /// Layer scale: the branches before their gamma, proj's output and fc2's (R,D).
     let branch1, branch2: Tensor?
     let h, g: Tensor                       // (R,hidden) fc1 output, GELU output
@@ -121,7 +119,6 @@ final class BlockActivations {
         rw = geo.relPos ? Tensor([sw, sw, hd]) : nil
         relH = geo.relPos ? Tensor([ba * heads, na, sh]) : nil
         relW = geo.relPos ? Tensor([ba * heads, na, sw]) : nil
-        bias = geo.denseBias ? Tensor([heads, na, na]) : nil
         branch1 = geo.layerScale ? Tensor([r, width]) : nil
         branch2 = geo.layerScale ? Tensor([r, width]) : nil
         h = Tensor([r, hidden]); g = Tensor([r, hidden])
@@ -147,6 +144,9 @@ final class StackBuffers {
     var fused: Bool { geometries.allSatisfy(\.fused) }
     /// residuals[i] is block i's input; residuals[i + 1] its output (mod 2 in inference).
     var residuals: [Tensor]
+    /// BEiT's relative position bias (H,N,N) of the block at hand, gathered from its table in the
+    /// forward and again in the backward (one buffer for every block, not one per block).
+    let bias: Tensor?
 
     init(batch b: Int, tokens n: Int, training t: Bool, geometries: [AttentionGeometry], width: Int, hidden: Int,
          heads: Int) {
@@ -159,6 +159,7 @@ final class StackBuffers {
             return a
         }
         residuals = (0..<(t ? geometries.count + 1 : 2)).map { _ in Tensor([b * n, width]) }
+        bias = geometries.contains(where: \.denseBias) ? Tensor([heads, n, n]) : nil
     }
 }
 
@@ -342,7 +343,7 @@ final class TransformerStack {
             let rate = training && blocks.count > 1 ? dropPath * Float(i) / Float(blocks.count - 1) : 0
             layerNormForward(out: a.ln1.data, mean: a.mean1.data, rstd: a.rstd1.data, input: x,
                              weight: p.v(w.norm1W), bias: p.v(w.norm1B), rows: r, width: d)
-            blockAttentionForward(p, w, a, geo, bf16: bf16)
+            blockAttentionForward(p, w, a, geo, bias: pass.buffers.bias, bf16: bf16)
             linearForward(out: (a.branch1 ?? a.x1).data, input: a.att.data, weight: p.v(w.projW), bias: p.v(w.projB),
                           rows: r, inDim: d, outDim: d, bf16: bf16)
             if let gamma = w.layerScale, let y = a.branch1 {
@@ -433,7 +434,7 @@ final class TransformerStack {
             linearBackward(dInput: s.dAtt.data, dWeight: p.g(w.projW), dBias: p.g(w.projB), dOut: dBranch1,
                            input: a.att.data, weight: p.v(w.projW), rows: r, inDim: d, outDim: d, bf16: bf16)
             s.dLn.zero()
-            blockAttentionBackward(p, w, a, geo, dAtt: s.dAtt, dLn: s.dLn, scratch: s, bf16: bf16)
+            blockAttentionBackward(p, w, a, geo, bias: pass.buffers.bias, dAtt: s.dAtt, dLn: s.dLn, scratch: s, bf16: bf16)
             layerNormBackward(dInput: dx, dWeight: p.g(w.norm1W), dBias: p.g(w.norm1B), dOut: s.dLn.data,
                               input: x, weight: p.v(w.norm1W), mean: a.mean1.data, rstd: a.rstd1.data,
                               rows: r, width: d)
@@ -455,7 +456,7 @@ final class TransformerStack {
     /// att (R,D) = attn(ln1): qkv over the attention's rows (windows of ln1, or ln1 itself), the
     /// rel-pos terms from the unscaled q, the attention, and the windows put back (cropped).
     private func blockAttentionForward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
-                                       _ geo: AttentionGeometry, bf16: BF16WeightCache?) {
+                                       _ geo: AttentionGeometry, bias: Tensor?, bf16: BF16WeightCache?) {
         let d = width
         if let part = geo.partition(channels: width) {
             windowPartitionForward(windows: a.attentionIn.data, input: a.ln1.data, size: part)
@@ -471,14 +472,12 @@ final class TransformerStack {
                                   bias: .decomposed(relH: relH.data, relW: relW.data, height: rs.terms.queryHeight,
                                                     width: rs.terms.queryWidth), size: size)
         } else {
-            if let table = w.relPosBias, let rpb = relPosBias, let bias = a.bias {
-                relPosBiasForward(out: bias.data, table: p.v(table), index: relPosBiasIndex, size: rpb)
-            }
+            let bias = gatherRelPosBias(p, w, into: bias)
             if geo.fused {
                 flashAttentionForward(out: a.attentionOut.data, logSumExp: a.scores.data, qkv: a.qkv.data,
-                                      bias: a.bias.map { .dense($0.data, sharedOverBatch: true) } ?? .none, size: size)
+                                      bias: bias.map { .dense($0.data, sharedOverBatch: true) } ?? .none, size: size)
             } else {
-                attentionForward(out: a.attentionOut.data, probs: a.scores.data, qkv: a.qkv.data, bias: a.bias?.data,
+                attentionForward(out: a.attentionOut.data, probs: a.scores.data, qkv: a.qkv.data, bias: bias?.data,
                                  batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
             }
         }
@@ -490,8 +489,8 @@ final class TransformerStack {
     /// Accumulates dLn (R,D) += the gradient of ln1 from dAtt (R,D), the gradient of att, and the
     /// parameter gradients (qkv, the rel-pos tables through their gather).
     private func blockAttentionBackward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
-                                        _ geo: AttentionGeometry, dAtt: Tensor, dLn: Tensor, scratch s: BackwardScratch,
-                                        bf16: BF16WeightCache?) {
+                                        _ geo: AttentionGeometry, bias: Tensor?, dAtt: Tensor, dLn: Tensor,
+                                        scratch s: BackwardScratch, bf16: BF16WeightCache?) {
         let d = width, ra = geo.attentionRows
         var dOut = dAtt
         if let part = geo.partition(channels: width) {
@@ -512,11 +511,14 @@ final class TransformerStack {
             relPosGatherBackward(dTable: p.g(rel.h), dOut: dRh.data, size: rs.h)
             relPosGatherBackward(dTable: p.g(rel.w), dOut: dRw.data, size: rs.w)
         } else {
-            let dBias = a.bias.map { s.zeroed("dBias", $0.shape) }
+            let bias = w.relPosBias == nil ? nil : bias
+            let dBias = bias.map { s.zeroed("dBias", $0.shape) }
             if geo.fused {
+                // The fused backward recomputes the scores, so it needs this block's bias again.
+                let bias = gatherRelPosBias(p, w, into: bias)
                 flashAttentionBackward(dQKV: dQKV.data, dBias: dBias.map { .dense($0.data) } ?? .none, dOut: dOut.data,
                                        out: a.attentionOut.data, logSumExp: a.scores.data, qkv: a.qkv.data,
-                                       bias: a.bias.map { .dense($0.data, sharedOverBatch: true) } ?? .none, size: size)
+                                       bias: bias.map { .dense($0.data, sharedOverBatch: true) } ?? .none, size: size)
             } else {
                 attentionBackward(dQKV: dQKV.data, dBias: dBias?.data, dOut: dOut.data, qkv: a.qkv.data,
                                   probs: a.scores.data, batch: geo.attentionBatch, tokens: geo.attentionTokens,
@@ -532,6 +534,13 @@ final class TransformerStack {
         if let part = geo.partition(channels: width) {
             windowPartitionBackward(dInput: dLn.data, dWindows: dIn.data, size: part)
         }
+    }
+
+    /// Block w's BEiT bias (H,N,N) gathered into `buffer`; nil when the block has none.
+    private func gatherRelPosBias(_ p: ParameterStore, _ w: BlockParameters, into buffer: Tensor?) -> Tensor? {
+        guard let table = w.relPosBias, let size = relPosBias, let buffer else { return nil }
+        relPosBiasForward(out: buffer.data, table: p.v(table), index: relPosBiasIndex, size: size)
+        return buffer
     }
 
     /// The gradient of a drop-path branch: dOut itself when nothing was dropped, else scaled.

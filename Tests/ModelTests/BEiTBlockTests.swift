@@ -48,7 +48,7 @@ final class BEiTBlockTests: XCTestCase {
         guard let gradOut else { return (out, []) }
         store.zeroGrads()
         let dx = gradOut.withUnsafeBufferPointer { g in
-            stack.backward(store, pass, dOutputs: [0: g.baseAddress!])
+            stack.backward(store, pass, dOutputs: [stack.blocks.count - 1: g.baseAddress!])
         }
         return (out, Array(UnsafeBufferPointer(start: dx, count: x.count)))
     }
@@ -93,6 +93,42 @@ final class BEiTBlockTests: XCTestCase {
                     let out = self.run(s, p, x: x, gradOut: nil).0
                     return zip(out, gradOut).reduce(0) { $0 + Double($1.0) * Double($1.1) }
                 }
+            }
+        }
+    }
+
+    /// Two blocks with different tables share the pass's one bias buffer: the fused backward
+    /// re-gathers each block's own bias. Both tables' gradients against central differences.
+    func testTwoBlocksWithTheirOwnTablesMatchFiniteDifferences() throws {
+        let fx = try fixture()
+        let x = try fx.floats("x"), gradOut = try fx.floats("grad_out")
+        var layout = ParameterLayout()
+        layout.addBlocks(prefix: "blocks", depth: 2, width: Self.width, hidden: Self.hidden, heads: Self.heads,
+                         layerScale: true, relPosBiasRows: Self.size.tableRows)
+        func make(_ tables: [[Float]]) throws -> (TransformerStack, ParameterStore) {
+            let store = ParameterStore(layout: layout)
+            for i in 0..<2 {
+                for (ours, theirs) in Self.names {
+                    let values = ours == "attn.relative_position_bias_table" ? tables[i] : try fx.floats(theirs)
+                    try store.set("blocks.\(i)." + ours, shape: try fx.shape(theirs), values)
+                }
+            }
+            let stack = TransformerStack(layout, prefix: "blocks", depth: 2, width: Self.width, hidden: Self.hidden,
+                                         heads: Self.heads, relPosBias: Self.size)
+            stack.fusedAttentionTokens = 1
+            return (stack, store)
+        }
+        let table = try fx.floats("attn.relative_position_bias_table")
+        let tables = [table, table.reversed().map { -$0 }]
+        let (stack, store) = try make(tables)
+        _ = run(stack, store, x: x, gradOut: gradOut)
+        for i in 0..<2 {
+            let analytic = Array(store.grad("blocks.\(i).attn.relative_position_bias_table"))
+            checkGradient("block \(i) table", input: tables[i], analytic: analytic, step: 1e-2, samples: 24) { v in
+                var changed = tables
+                changed[i] = v
+                let (s, p) = try! make(changed)
+                return zip(self.run(s, p, x: x, gradOut: nil).0, gradOut).reduce(0) { $0 + Double($1.0) * Double($1.1) }
             }
         }
     }
