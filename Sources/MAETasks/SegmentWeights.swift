@@ -146,12 +146,20 @@ func evaluateWeights(_ o: SegmentOptions) throws -> TransferRun {
     try writeSegmentMetrics(run: run, spec: spec, score: score, backbone: (weights.path, hash, "unknown", "checkpoint"),
                             variant: "eval-only", seed: 0, train: 0,
                             checks: ["evaluated \(weights.lastPathComponent) as given (\(model is LinearSegmenter ? "linear head" : "UperNet"), \(config.depth) blocks, width \(config.embedDim), out indices \(model.backbone.outIndices))",
-                                     "\(o.slide ? "slide \(size)/\(inference.stride)" : "whole") inference on the keep-ratio resize to (\(4 * size), \(size))"],
+                                     "\(o.slide ? "slide \(size)/\(inference.stride)" : "whole") inference on the keep-ratio resize to (\(4 * size), \(size))",
+                                     beitSummary(config.beit)],
                             timings: ["eval_s": score.seconds, "total_s": elapsed(since: start),
                                       "eval_images_per_s": Double(score.images) / max(score.seconds, 1e-9)],
                             epochs: 0)
     say("\(weights.lastPathComponent): mIoU \(String(format: "%.2f", score.result.mIoU)) -> \(run.dir.path)", o.verbose)
     return run
+}
+
+/// What the evaluated backbone applies of BEiT's extras, for metrics.json's checks.
+func beitSummary(_ options: BEiTOptions?) -> String {
+    guard let options else { return "no BEiT layer scale or relative position bias in the weights" }
+    let bias = options.relativePositionWindow.map { "relative position bias (\($0) x \($0) window)" } ?? "no relative position bias"
+    return "BEiT extras from the weights: \(options.layerScale != nil ? "layer scale" : "no layer scale"), \(bias)"
 }
 
 /// The spec an --eval-only run records (no training fields are used).
