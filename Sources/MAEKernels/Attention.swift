@@ -1,9 +1,12 @@
 /// Multi-head self-attention core (after the qkv Linear, before the output projection).
 /// qkv (B,N,3D) with rows [q | k | v] and heads contiguous inside each (timm / MAE layout);
-/// out (B,N,D) heads merged back; probs (B,H,N,N) softmax(q k^T * scale) saved for the backward.
-/// Work is split over batch x heads, each product single-threaded inside its worker.
+/// out (B,N,D) heads merged back; probs (B,H,N,N) softmax(q k^T * scale + bias) saved for the
+/// backward. `bias` (H,N,N), shared by every image, is an additive score bias (BEiT's relative
+/// position bias); nil for none. Work is split over batch x heads, each product single-threaded
+/// inside its worker.
 public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
-                             qkv: UnsafePointer<Float>, batch: Int, tokens: Int, width: Int, heads: Int) {
+                             qkv: UnsafePointer<Float>, bias: UnsafePointer<Float>? = nil,
+                             batch: Int, tokens: Int, width: Int, heads: Int) {
     Profiler.measure(.attention) {
         let n = tokens, hd = width / heads, ld = 3 * width
         let scale = 1 / Float(hd).squareRoot()
@@ -13,6 +16,7 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMuta
             let p = probs + bh * n * n
             BLAS.gemmSerial(transB: true, m: n, n: n, k: hd, alpha: scale, a: q, lda: ld, b: k, ldb: ld,
                             c: p, ldc: n)
+            if let bias { addRow(p, bias + h * n * n, n * n) }
             for r in 0..<n { softmaxRow(p + r * n, n) }
             BLAS.gemmSerial(m: n, n: hd, k: n, a: p, lda: n, b: v, ldb: ld,
                             c: out + b * n * width + h * hd, ldc: width)
@@ -20,37 +24,52 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMuta
     }
 }
 
-/// Accumulates: dQKV (B,N,3D) += gradient through the attention core.
-/// dOut (B,N,D), qkv (B,N,3D), probs (B,H,N,N) from the forward.
-public func attentionBackward(dQKV: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
-                              qkv: UnsafePointer<Float>, probs: UnsafePointer<Float>,
+/// Accumulates: dQKV (B,N,3D) += gradient through the attention core, and with `dBias` (H,N,N)
+/// the gradient of the forward's shared bias (summed over the images).
+/// dOut (B,N,D), qkv (B,N,3D), probs (B,H,N,N) from the forward. With `dBias` the work is split
+/// over heads (each worker owns its heads' bias gradient), else over batch x heads.
+public func attentionBackward(dQKV: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>? = nil,
+                              dOut: UnsafePointer<Float>, qkv: UnsafePointer<Float>, probs: UnsafePointer<Float>,
                               batch: Int, tokens: Int, width: Int, heads: Int) {
     Profiler.measure(.attention) {
         let n = tokens, hd = width / heads, ld = 3 * width
         let scale = 1 / Float(hd).squareRoot()
-        Parallel.forChunks(batch * heads) { _, range in
-            let dS = UnsafeMutablePointer<Float>.allocate(capacity: n * n)  // dP, then dS, per (b, h)
-            defer { dS.deallocate() }
-            for bh in range {
-                let b = bh / heads, h = bh % heads
-                let q = qkv + b * n * ld + h * hd, k = q + width, v = q + 2 * width
-                let dq = dQKV + b * n * ld + h * hd, dk = dq + width, dv = dq + 2 * width
-                let dO = dOut + b * n * width + h * hd
-                let p = probs + bh * n * n
-                // dV += P^T dO;  dP = dO V^T
-                BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: p, lda: n, b: dO, ldb: width,
-                                beta: 1, c: dv, ldc: ld)
-                BLAS.gemmSerial(transB: true, m: n, n: n, k: hd, a: dO, lda: width, b: v, ldb: ld, c: dS, ldc: n)
-                // dS = P * (dP - rowsum(dP * P)) * scale
-                for r in 0..<n {
-                    let pr = p + r * n, dr = dS + r * n
-                    var dot: Float = 0
-                    for j in 0..<n { dot += pr[j] * dr[j] }
+        /// One (b, h) slice; dS is a scratch (N,N): dP, then dS.
+        func slice(_ b: Int, _ h: Int, _ dS: UnsafeMutablePointer<Float>) {
+            let q = qkv + b * n * ld + h * hd, k = q + width, v = q + 2 * width
+            let dq = dQKV + b * n * ld + h * hd, dk = dq + width, dv = dq + 2 * width
+            let dO = dOut + b * n * width + h * hd
+            let p = probs + (b * heads + h) * n * n
+            // dV += P^T dO;  dP = dO V^T
+            BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: p, lda: n, b: dO, ldb: width,
+                            beta: 1, c: dv, ldc: ld)
+            BLAS.gemmSerial(transB: true, m: n, n: n, k: hd, a: dO, lda: width, b: v, ldb: ld, c: dS, ldc: n)
+            // dLogits = P * (dP - rowsum(dP * P)): the bias gradient; dS = dLogits * scale
+            for r in 0..<n {
+                let pr = p + r * n, dr = dS + r * n
+                var dot: Float = 0
+                for j in 0..<n { dot += pr[j] * dr[j] }
+                if let dBias {
+                    for j in 0..<n { dr[j] = pr[j] * (dr[j] - dot) }
+                    addRow(dBias + (h * n + r) * n, dr, n)
+                    for j in 0..<n { dr[j] *= scale }
+                } else {
                     for j in 0..<n { dr[j] = pr[j] * (dr[j] - dot) * scale }
                 }
-                // dQ += dS K;  dK += dS^T Q
-                BLAS.gemmSerial(m: n, n: hd, k: n, a: dS, lda: n, b: k, ldb: ld, beta: 1, c: dq, ldc: ld)
-                BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: dS, lda: n, b: q, ldb: ld, beta: 1, c: dk, ldc: ld)
+            }
+            // dQ += dS K;  dK += dS^T Q
+            BLAS.gemmSerial(m: n, n: hd, k: n, a: dS, lda: n, b: k, ldb: ld, beta: 1, c: dq, ldc: ld)
+            BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: dS, lda: n, b: q, ldb: ld, beta: 1, c: dk, ldc: ld)
+        }
+        Parallel.forChunks(dBias == nil ? batch * heads : heads) { _, range in
+            let dS = UnsafeMutablePointer<Float>.allocate(capacity: n * n)
+            defer { dS.deallocate() }
+            for item in range {
+                if dBias == nil {
+                    slice(item / heads, item % heads, dS)
+                } else {
+                    for b in 0..<batch { slice(b, item, dS) }
+                }
             }
         }
     }

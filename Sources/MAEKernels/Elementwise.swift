@@ -68,3 +68,31 @@ public func meanTokensBackward(dInput: UnsafeMutablePointer<Float>, dOut: Unsafe
         }
     }
 }
+
+/// out (rows, width) = input * scale[channel]: a per-channel scale (BEiT's layer scale gamma). out may be input.
+public func scaleChannelsForward(out: UnsafeMutablePointer<Float>, input: UnsafePointer<Float>,
+                                 scale: UnsafePointer<Float>, rows: Int, width: Int) {
+    Parallel.forChunks(rows, grain: 64) { _, range in
+        for r in range {
+            let o = out + r * width, x = input + r * width
+            for c in 0..<width { o[c] = x[c] * scale[c] }
+        }
+    }
+}
+
+/// The backward of `scaleChannelsForward`: writes dInput = dOut * scale[channel] and accumulates
+/// dScale (width) += the column sums of dOut * input. dInput may be dOut.
+public func scaleChannelsBackward(dInput: UnsafeMutablePointer<Float>, dScale: UnsafeMutablePointer<Float>,
+                                  dOut: UnsafePointer<Float>, input: UnsafePointer<Float>,
+                                  scale: UnsafePointer<Float>, rows: Int, width: Int) {
+    for r in 0..<rows {
+        let g = dOut + r * width, x = input + r * width
+        for c in 0..<width { dScale[c] += g[c] * x[c] }
+    }
+    Parallel.forChunks(rows, grain: 64) { _, range in
+        for r in range {
+            let g = dOut + r * width, d = dInput + r * width
+            for c in 0..<width { d[c] = g[c] * scale[c] }
+        }
+    }
+}

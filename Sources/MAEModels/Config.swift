@@ -1,4 +1,5 @@
 import MAEFormats
+import MAEKernels
 
 /// How the classifier pools tokens.
 public enum Pooling: String, Codable, CaseIterable, Sendable {
@@ -80,6 +81,28 @@ public struct ViTDetOptions: Codable, Equatable, Sendable {
     }
 }
 
+/// BEiT's per-block extras as mmseg's MAE backbone has them (mmseg backbones/beit.py, mae.py):
+/// layer scale, x + gamma_1 * attn(norm1 x) and x + gamma_2 * mlp(norm2 x) with learnable
+/// `blocks.i.gamma_1` / `gamma_2` (D); and the relative position bias, an additive score bias
+/// (H, N, N) gathered from `blocks.i.attn.relative_position_bias_table` ((2 W - 1)^2 + 3, H) by
+/// BEiT's fixed index over a W x W patch window plus the cls token (`RelPosBiasSize`). The bias
+/// needs the cls token and exactly that grid in every forward.
+public struct BEiTOptions: Codable, Equatable, Sendable {
+    /// Layer scale's initial value (mmseg's `init_values`: 1.0 in its MAE configs); nil: no gammas.
+    public var layerScale: Float?
+    /// The relative position bias's window side in patches (mmseg: img_size / patch_size); nil: no bias.
+    public var relativePositionWindow: Int?
+
+    public init(layerScale: Float? = nil, relativePositionWindow: Int? = nil) {
+        self.layerScale = layerScale; self.relativePositionWindow = relativePositionWindow
+    }
+
+    /// The bias's sizes for `heads` heads, nil without the bias.
+    public func relPosBiasSize(heads: Int) -> RelPosBiasSize? {
+        relativePositionWindow.map { RelPosBiasSize(windowHeight: $0, windowWidth: $0, heads: heads) }
+    }
+}
+
 /// A Vision Transformer's architecture, as MAE's models_vit / models_mae define it.
 public struct ViTConfig: Codable, Equatable, Sendable {
     public var imgSize: Int
@@ -101,6 +124,8 @@ public struct ViTConfig: Codable, Equatable, Sendable {
     public var distilled: Bool = false
     /// ViTDet's dense adaptation (window attention, rel-pos, no cls token or final norm); nil for MAE's ViT.
     public var vitdet: ViTDetOptions?
+    /// BEiT's layer scale and relative position bias (mmseg's MAE backbone); nil for MAE's ViT.
+    public var beit: BEiTOptions?
 
     public init(imgSize: Int, patchSize: Int, inChans: Int = 3, embedDim: Int, depth: Int, numHeads: Int,
                 mlpHidden: Int? = nil, numClasses: Int = 0, pooling: Pooling = .cls,
@@ -121,7 +146,7 @@ public struct ViTConfig: Codable, Equatable, Sendable {
 
     private enum CodingKeys: String, CodingKey {
         case imgSize, patchSize, inChans, embedDim, depth, numHeads, mlpHidden, numClasses, pooling, decoder
-        case normPixLoss, distilled, vitdet
+        case normPixLoss, distilled, vitdet, beit
     }
 
     /// Reads mae-eval's config JSON; files written before `distilled` existed read as not distilled.
@@ -137,6 +162,7 @@ public struct ViTConfig: Codable, Equatable, Sendable {
                   normPixLoss: try c.decode(Bool.self, forKey: .normPixLoss),
                   distilled: try c.decodeIfPresent(Bool.self, forKey: .distilled) ?? false)
         vitdet = try c.decodeIfPresent(ViTDetOptions.self, forKey: .vitdet)
+        beit = try c.decodeIfPresent(BEiTOptions.self, forKey: .beit)
     }
 
     /// Tokens before the patches: cls, plus the dist token of a distilled model.
@@ -180,7 +206,9 @@ public struct ViTConfig: Codable, Equatable, Sendable {
         layout.add(prefix + "pos_embed", [1, numPrefixTokens + l, d], trainable: !pretraining)
         layout.add(prefix + "patch_embed.proj.weight", [d, inChans, patchSize, patchSize])
         layout.add(prefix + "patch_embed.proj.bias", [d])
-        layout.addBlocks(prefix: prefix + "blocks", depth: depth, width: d, hidden: mlpHidden)
+        layout.addBlocks(prefix: prefix + "blocks", depth: depth, width: d, hidden: mlpHidden, heads: numHeads,
+                         layerScale: beit?.layerScale != nil,
+                         relPosBiasRows: beit?.relPosBiasSize(heads: numHeads)?.tableRows)
         let norm = prefix + (pooling == .cls || pretraining ? "norm" : "fc_norm")
         layout.add("\(norm).weight", [d])
         layout.add("\(norm).bias", [d])
@@ -227,6 +255,12 @@ public struct ViTConfig: Codable, Equatable, Sendable {
         }
         if let d = decoder, d.embedDim % d.numHeads != 0 {
             throw fail("decoder width \(d.embedDim) is not divisible by \(d.numHeads) heads")
+        }
+        if let b = beit {
+            guard vitdet == nil, decoder == nil, !distilled else {
+                throw fail("BEiT's layer scale and relative position bias go on a plain ViT encoder (no ViTDet options, decoder or distillation token)")
+            }
+            if let w = b.relativePositionWindow, w <= 0 { throw fail("the relative position bias window \(w) must be positive") }
         }
         if let v = vitdet {
             guard decoder == nil, numClasses == 0, !distilled else {

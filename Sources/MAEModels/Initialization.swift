@@ -27,15 +27,19 @@ extension VisionTransformer {
     /// MAE's initialize_weights: sin-cos position tables, xavier-uniform Linear and patch-embedding
     /// weights (the latter viewed as [D, C*P*P]), zero biases, unit LayerNorms, tokens ~ N(0, 0.02),
     /// and the head ~ truncated N(0, headStd) (MAE fine-tuning uses 2e-5, the linear probe 0.01);
-    /// ViTDet's rel-pos tables zero (rel_pos_zero_init). Only this model's parameters (those under
+    /// ViTDet's rel-pos tables zero (rel_pos_zero_init); BEiT's bias tables zero and layer scales at
+    /// their init value, as mmseg's MAE. Only this model's parameters (those under
     /// `prefix`) of a shared store are touched.
     public func initializeWeights(seed: UInt64, headStd: Float = 2e-5) {
         var rng = RandomStream(seed: seed)
         for spec in params.specs where spec.name.hasPrefix(prefix) {
             let v = params.value(spec.name)
             let name = String(spec.name.dropFirst(prefix.count))
-            if name.hasSuffix("attn.rel_pos_h") || name.hasSuffix("attn.rel_pos_w") {
+            if name.hasSuffix("attn.rel_pos_h") || name.hasSuffix("attn.rel_pos_w")
+                || name.hasSuffix("attn.relative_position_bias_table") {
                 v.update(repeating: 0)
+            } else if name.hasSuffix(".gamma_1") || name.hasSuffix(".gamma_2") {
+                v.update(repeating: config.beit?.layerScale ?? 1)
             } else if name == "pos_embed" {
                 // The table's first row is the cls token's (zeros); a distilled model's extra prefix row too.
                 let table = sinCosPositionEmbedding(width: config.embedDim, grid: config.gridSize)
@@ -67,5 +71,32 @@ func truncatedNormal(_ rng: inout RandomStream) -> Float {
     while true {
         let x = Float(rng.normal())
         if abs(x) <= 2 { return x }
+    }
+}
+
+extension VisionTransformer {
+    /// This model with BEiT's options on (mmseg's MAE backbone built from an MAE checkpoint): a new
+    /// model of the same architecture plus `options`, every parameter this one has copied, the new
+    /// bias tables zero and the gammas at `options.layerScale` (mmseg's MAE init: MAEAttention keeps
+    /// the table at zero, gamma = init_values), and this model's precision and attention settings.
+    public func withBEiTOptions(_ options: BEiTOptions) throws -> VisionTransformer {
+        var c = config
+        c.beit = options
+        let model = try VisionTransformer(config: c)
+        for spec in model.params.specs {
+            let v = model.params.value(spec.name)
+            if let own = params.spec(spec.name) {
+                v.baseAddress!.update(from: params.values.data + own.offset, count: own.count)
+            } else if spec.name.hasSuffix(".gamma_1") || spec.name.hasSuffix(".gamma_2") {
+                v.update(repeating: options.layerScale ?? 1)
+            } else {
+                v.update(repeating: 0)
+            }
+        }
+        model.precision = precision
+        model.fusedAttentionTokens = fusedAttentionTokens
+        model.lowestTrainedBlock = lowestTrainedBlock
+        model.dropPath = dropPath
+        return model
     }
 }

@@ -7,19 +7,23 @@ import Foundation
 extension TransformerStack {
     /// Floats the stack's buffers hold for a batch of b sequences of n tokens (`begin`'s allocation:
     /// activations per block, the attention scores, residuals; the backward's scratch). The scores are
-    /// the (B,H,N,N) probs, or on the fused path (n >= `fusedTokens`) the (B,H,N) logsumexp.
+    /// the (B,H,N,N) probs, or on the fused path (n >= `fusedTokens`) the (B,H,N) logsumexp. BEiT's
+    /// options add the two unscaled branches per block (layer scale) and one (H,N,N) bias per pass
+    /// with its gradient (relative position bias).
     static func bufferFloats(batch b: Int, tokens n: Int, width d: Int, hidden: Int, heads: Int,
-                             depth: Int, training: Bool, fusedTokens: Int) -> Double {
+                             depth: Int, training: Bool, fusedTokens: Int, beit: BEiTOptions? = nil) -> Double {
         let fused = n >= fusedTokens
         let (b, n, d, h, hd) = (Double(b), Double(n), Double(d), Double(hidden), Double(heads))
         let r = b * n
         let scores = fused ? b * hd * n : b * hd * n * n
-        let perBlock = 4 * r * d + 4 * r + 3 * r * d + scores + 2 * r * h + 2 * b
+        let branches = beit?.layerScale != nil ? 2 * r * d : 0
+        let perBlock = 4 * r * d + 4 * r + 3 * r * d + scores + 2 * r * h + 2 * b + branches
         let sets = training ? Double(depth) : 1
         let residuals = (training ? Double(depth) + 1 : 2) * r * d
+        let bias = beit?.relativePositionWindow != nil ? (training ? 2 : 1) * hd * n * n : 0
         // The attention backward's scratch: dS (N,N), or on the fused path delta (B,H,N).
-        let backward = training ? 4 * r * d + 3 * r * d + 2 * r * h + (fused ? b * hd * n : n * n) : 0
-        return sets * perBlock + residuals + backward
+        let backward = training ? 4 * r * d + 3 * r * d + 2 * r * h + (fused ? b * hd * n : n * n) + branches / 2 : 0
+        return sets * perBlock + residuals + bias + backward
     }
 }
 
@@ -35,7 +39,7 @@ extension VisionTransformer {
         let n = 1 + max(kept, 1)
         var floats = TransformerStack.bufferFloats(batch: b, tokens: n, width: c.embedDim, hidden: c.mlpHidden,
                                                    heads: c.numHeads, depth: c.depth, training: training,
-                                                   fusedTokens: encoder.fusedAttentionTokens)
+                                                   fusedTokens: encoder.fusedAttentionTokens, beit: c.beit)
         // Images, gathered patches, embeddings, the tokens before and after the final norm.
         floats += Double(b) * (Double(c.inChans * c.imgSize * c.imgSize) + Double(kept) * Double(c.patchDim + c.embedDim)
                                + 3 * Double(n) * Double(c.embedDim))

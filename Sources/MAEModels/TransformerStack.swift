@@ -4,9 +4,11 @@ import MAEKernels
 extension ParameterLayout {
     /// Appends `depth` pre-norm transformer blocks, 12 tensors each: `PREFIX.{i}.norm1.weight`, ...;
     /// with `relPosLengths[i]` = L also ViTDet's `PREFIX.{i}.attn.rel_pos_h` / `rel_pos_w` (L, head
-    /// width), zero-initialised (detectron2 rel_pos_zero_init).
+    /// width), zero-initialised (detectron2 rel_pos_zero_init); with `relPosBiasRows` = L BEiT's
+    /// `PREFIX.{i}.attn.relative_position_bias_table` (L, heads); with `layerScale` BEiT's
+    /// `PREFIX.{i}.gamma_1` / `gamma_2` (D).
     mutating func addBlocks(prefix: String, depth: Int, width d: Int, hidden: Int, heads: Int = 0,
-                            relPosLengths: [Int?] = []) {
+                            relPosLengths: [Int?] = [], layerScale: Bool = false, relPosBiasRows: Int? = nil) {
         for i in 0..<depth {
             let p = "\(prefix).\(i)."
             add(p + "norm1.weight", [d]); add(p + "norm1.bias", [d])
@@ -16,6 +18,11 @@ extension ParameterLayout {
                 precondition(heads > 0, "rel-pos tables need the head count")
                 add(p + "attn.rel_pos_h", [length, d / heads]); add(p + "attn.rel_pos_w", [length, d / heads])
             }
+            if let rows = relPosBiasRows {
+                precondition(heads > 0, "a relative position bias table needs the head count")
+                add(p + "attn.relative_position_bias_table", [rows, heads])
+            }
+            if layerScale { add(p + "gamma_1", [d]); add(p + "gamma_2", [d]) }
             add(p + "norm2.weight", [d]); add(p + "norm2.bias", [d])
             add(p + "mlp.fc1.weight", [hidden, d]); add(p + "mlp.fc1.bias", [hidden])
             add(p + "mlp.fc2.weight", [d, hidden]); add(p + "mlp.fc2.bias", [d])
@@ -28,6 +35,10 @@ struct BlockParameters {
     let norm1W, norm1B, qkvW, qkvB, projW, projB, norm2W, norm2B, fc1W, fc1B, fc2W, fc2B: Int
     /// ViTDet's rel-pos tables (L, Dh) per axis, when the block has them.
     let relPos: (h: Int, w: Int, length: Int)?
+    /// BEiT's relative position bias table (L, H), when the block has one.
+    let relPosBias: Int?
+    /// BEiT's layer scales gamma_1, gamma_2 (D), when the block has them.
+    let layerScale: (gamma1: Int, gamma2: Int)?
 
     /// Reads the offsets of block `prefix` (e.g. "blocks.3") from a layout made by `addBlocks`.
     init(_ layout: ParameterLayout, prefix: String) {
@@ -41,6 +52,8 @@ struct BlockParameters {
         relPos = layout.offset("\(prefix).attn.rel_pos_h").map { h in
             (h, at("attn.rel_pos_w"), layout.specs.first { $0.offset == h }!.shape[0])
         }
+        relPosBias = layout.offset("\(prefix).attn.relative_position_bias_table")
+        layerScale = layout.offset("\(prefix).gamma_1").map { ($0, at("gamma_2")) }
     }
 }
 
@@ -55,6 +68,10 @@ struct AttentionGeometry: Hashable {
     /// Window side; 0 for global attention.
     let window: Int
     let relPos: Bool
+    /// BEiT's relative position bias: a dense (H, N, N) bias shared by the batch.
+    let denseBias: Bool
+    /// BEiT's layer scale on both branches.
+    let layerScale: Bool
     let fused: Bool
 
     /// The window partition of the (B, Gh, Gw, channels) token map; nil for global attention.
@@ -84,6 +101,8 @@ final class BlockActivations {
     let scores: Tensor
     /// Rel-pos: the gathered Rh (sH, sH, Dh), Rw (sW, sW, Dh) and the terms relH (Ba*H, Na, sH), relW (Ba*H, Na, sW).
     let rh, rw, relH, relW: Tensor?
+    /// Layer scale: the branches before their gamma, proj's output and fc2's (R,D).
+    let branch1, branch2: Tensor?
     let h, g: Tensor                       // (R,hidden) fc1 output, GELU output
     let keep1, keep2: Tensor               // (B) drop-path scales of the two branches
 
@@ -100,6 +119,8 @@ final class BlockActivations {
         rw = geo.relPos ? Tensor([sw, sw, hd]) : nil
         relH = geo.relPos ? Tensor([ba * heads, na, sh]) : nil
         relW = geo.relPos ? Tensor([ba * heads, na, sw]) : nil
+        branch1 = geo.layerScale ? Tensor([r, width]) : nil
+        branch2 = geo.layerScale ? Tensor([r, width]) : nil
         h = Tensor([r, hidden]); g = Tensor([r, hidden])
         keep1 = Tensor([geo.batch]); keep2 = Tensor([geo.batch])
     }
@@ -123,6 +144,9 @@ final class StackBuffers {
     var fused: Bool { geometries.allSatisfy(\.fused) }
     /// residuals[i] is block i's input; residuals[i + 1] its output (mod 2 in inference).
     var residuals: [Tensor]
+    /// BEiT's relative position bias (H,N,N) of the block at hand, gathered from its table in the
+    /// forward and again in the backward (one buffer for every block, not one per block).
+    let bias: Tensor?
 
     init(batch b: Int, tokens n: Int, training t: Bool, geometries: [AttentionGeometry], width: Int, hidden: Int,
          heads: Int) {
@@ -135,6 +159,7 @@ final class StackBuffers {
             return a
         }
         residuals = (0..<(t ? geometries.count + 1 : 2)).map { _ in Tensor([b * n, width]) }
+        bias = geometries.contains(where: \.denseBias) ? Tensor([heads, n, n]) : nil
     }
 }
 
@@ -206,6 +231,10 @@ final class StackPass {
 /// unpartitioned and cropped before proj), and rel-pos tables add the decomposed bias
 /// q . Rh[qh, kh] + q . Rw[qw, kw] (unscaled q) to the scores. Such blocks always run the fused
 /// attention, which takes that bias tile by tile.
+/// BEiT's blocks (mmseg beit.py `BEiTTransformerEncoderLayer`) add two options: layer scale,
+/// x1 = x + DropPath(gamma_1 * proj(...)) and out = x1 + DropPath(gamma_2 * fc2(...)), and the
+/// relative position bias, a dense (H, N, N) bias gathered from the block's table by BEiT's index
+/// and added to the scores on either attention path.
 /// Each forward is a `StackPass` holding its own activations (every block's in training mode, for
 /// the backward; one reused set in inference); the stack keeps only parameter offsets, one spare
 /// set of buffers and the backward's scratch.
@@ -232,17 +261,23 @@ final class TransformerStack {
     /// one's time and a training step ~10% longer; at 4097 the forward's time again, 0.8 GB less peak.
     static let defaultFusedAttentionTokens = 1024
 
+    /// BEiT's relative position bias of the blocks that have a table, and its fixed (N, N) index.
+    let relPosBias: RelPosBiasSize?
+    private let relPosBiasIndex: [Int32]
+
     private let spare = SpareBuffers()
     private var scratch: BackwardScratch?
 
     /// The backward's gradient buffers for R rows, and those of the attention's own rows (Ra) by size.
     final class BackwardScratch {
         let dX, dLn, dBranch, dAtt, dH, dG: Tensor
+        /// Layer scale: the gradient of a branch before its gamma (R,D).
+        let dUnscaled: Tensor
         private var byName: [String: Tensor] = [:]
 
         init(rows r: Int, width d: Int, hidden: Int) {
             dX = Tensor([r, d]); dLn = Tensor([r, d]); dBranch = Tensor([r, d]); dAtt = Tensor([r, d])
-            dH = Tensor([r, hidden]); dG = Tensor([r, hidden])
+            dH = Tensor([r, hidden]); dG = Tensor([r, hidden]); dUnscaled = Tensor([r, d])
         }
 
         /// A zeroed buffer of `shape`, kept under `name` for the next call of that size.
@@ -256,14 +291,20 @@ final class TransformerStack {
     }
 
     /// The stack over the blocks `prefix.0` ..< `prefix.{depth}` of `layout` (see `addBlocks`).
-    /// `windows`: per block, as the property (empty: all global).
-    init(_ layout: ParameterLayout, prefix: String, depth: Int, width: Int, hidden: Int, heads: Int, windows: [Int] = []) {
+    /// `windows`: per block, as the property (empty: all global). `relPosBias`: the window of the
+    /// blocks' BEiT bias tables (required when they have tables).
+    init(_ layout: ParameterLayout, prefix: String, depth: Int, width: Int, hidden: Int, heads: Int, windows: [Int] = [],
+         relPosBias: RelPosBiasSize? = nil) {
         precondition(windows.isEmpty || windows.count == depth, "\(windows.count) window sizes for \(depth) blocks")
         blocks = (0..<depth).map { BlockParameters(layout, prefix: "\(prefix).\($0)") }
+        precondition(blocks.allSatisfy { ($0.relPosBias != nil) == (relPosBias != nil) },
+                     "relative position bias tables without their window, or a window without tables")
         self.width = width
         self.hidden = hidden
         self.heads = heads
         self.windows = windows.isEmpty ? Array(repeating: 0, count: depth) : windows
+        self.relPosBias = relPosBias
+        relPosBiasIndex = relPosBias?.index() ?? []
     }
 
     /// True when some block needs the tokens as a grid (windows or rel-pos).
@@ -274,9 +315,12 @@ final class TransformerStack {
     func begin(batch b: Int, tokens n: Int, training t: Bool, grid: (height: Int, width: Int)? = nil) -> StackPass {
         precondition(!needsGrid || grid.map { $0.height * $0.width == n } == true,
                      "window and rel-pos blocks need the \(n) tokens as a grid, not \(String(describing: grid))")
+        precondition(relPosBias.map { $0.tokens == n } ?? true,
+                     "the relative position bias is for \(relPosBias?.tokens ?? 0) tokens (cls + window), not \(n)")
         let geometries = blocks.indices.map { i in
             AttentionGeometry(batch: b, tokens: n, gridHeight: grid?.height ?? 0, gridWidth: grid?.width ?? 0,
-                              window: windows[i], relPos: blocks[i].relPos != nil,
+                              window: windows[i], relPos: blocks[i].relPos != nil, denseBias: blocks[i].relPosBias != nil,
+                              layerScale: blocks[i].layerScale != nil,
                               fused: windows[i] > 0 || blocks[i].relPos != nil || n >= fusedAttentionTokens)
         }
         let buffers = spare.take(batch: b, tokens: n, training: t, geometries: geometries)
@@ -299,9 +343,12 @@ final class TransformerStack {
             let rate = training && blocks.count > 1 ? dropPath * Float(i) / Float(blocks.count - 1) : 0
             layerNormForward(out: a.ln1.data, mean: a.mean1.data, rstd: a.rstd1.data, input: x,
                              weight: p.v(w.norm1W), bias: p.v(w.norm1B), rows: r, width: d)
-            blockAttentionForward(p, w, a, geo, bf16: bf16)
-            linearForward(out: a.x1.data, input: a.att.data, weight: p.v(w.projW), bias: p.v(w.projB),
+            blockAttentionForward(p, w, a, geo, bias: pass.buffers.bias, bf16: bf16)
+            linearForward(out: (a.branch1 ?? a.x1).data, input: a.att.data, weight: p.v(w.projW), bias: p.v(w.projB),
                           rows: r, inDim: d, outDim: d, bf16: bf16)
+            if let gamma = w.layerScale, let y = a.branch1 {
+                scaleChannelsForward(out: a.x1.data, input: y.data, scale: p.v(gamma.gamma1), rows: r, width: d)
+            }
             applyDropPath(a.x1.data, keep: a.keep1, rate: rate, batch: batch, tokens: tokens, rng: &rng)
             addForward(out: a.x1.data, a.x1.data, x, count: r * d)
             layerNormForward(out: a.ln2.data, mean: a.mean2.data, rstd: a.rstd2.data, input: a.x1.data,
@@ -309,8 +356,11 @@ final class TransformerStack {
             linearForward(out: a.h.data, input: a.ln2.data, weight: p.v(w.fc1W), bias: p.v(w.fc1B),
                           rows: r, inDim: d, outDim: hidden, bf16: bf16)
             geluForward(out: a.g.data, input: a.h.data, count: r * hidden)
-            linearForward(out: out, input: a.g.data, weight: p.v(w.fc2W), bias: p.v(w.fc2B),
+            linearForward(out: a.branch2?.data ?? out, input: a.g.data, weight: p.v(w.fc2W), bias: p.v(w.fc2B),
                           rows: r, inDim: hidden, outDim: d, bf16: bf16)
+            if let gamma = w.layerScale, let y = a.branch2 {
+                scaleChannelsForward(out: out, input: y.data, scale: p.v(gamma.gamma2), rows: r, width: d)
+            }
             applyDropPath(out, keep: a.keep2, rate: rate, batch: batch, tokens: tokens, rng: &rng)
             addForward(out: out, out, a.x1.data, count: r * d)
             if !training, keep.contains(i), i < last - 1 { pass.kept[i] = pass.residual(i + 1).clone() }
@@ -355,8 +405,13 @@ final class TransformerStack {
         for i in stride(from: top, through: lowest, by: -1) {
             if i < top, let g = dOutputs[i] { addForward(out: dx, dx, g, count: r * d) }
             let w = blocks[i], a = pass.buffers.acts[i], geo = pass.buffers.geometries[i], x = pass.residual(i).data
-            // out = x1 + keep2 * fc2(g)
-            let dBranch = scaledBranchGrad(dx, keep: a.keep2, into: s.dBranch, batch: batch, tokens: tokens)
+            // out = x1 + keep2 * gamma2 * fc2(g)
+            var dBranch = scaledBranchGrad(dx, keep: a.keep2, into: s.dBranch, batch: batch, tokens: tokens)
+            if let gamma = w.layerScale, let y = a.branch2 {
+                scaleChannelsBackward(dInput: s.dUnscaled.data, dScale: p.g(gamma.gamma2), dOut: dBranch, input: y.data,
+                                      scale: p.v(gamma.gamma2), rows: r, width: d)
+                dBranch = s.dUnscaled.data
+            }
             s.dG.zero()
             linearBackward(dInput: s.dG.data, dWeight: p.g(w.fc2W), dBias: p.g(w.fc2B), dOut: dBranch,
                            input: a.g.data, weight: p.v(w.fc2W), rows: r, inDim: hidden, outDim: d, bf16: bf16)
@@ -368,13 +423,18 @@ final class TransformerStack {
             layerNormBackward(dInput: dx, dWeight: p.g(w.norm2W), dBias: p.g(w.norm2B), dOut: s.dLn.data,
                               input: a.x1.data, weight: p.v(w.norm2W), mean: a.mean2.data, rstd: a.rstd2.data,
                               rows: r, width: d)
-            // x1 = x + keep1 * proj(attn(norm1(x)))
-            let dBranch1 = scaledBranchGrad(dx, keep: a.keep1, into: s.dBranch, batch: batch, tokens: tokens)
+            // x1 = x + keep1 * gamma1 * proj(attn(norm1(x)))
+            var dBranch1 = scaledBranchGrad(dx, keep: a.keep1, into: s.dBranch, batch: batch, tokens: tokens)
+            if let gamma = w.layerScale, let y = a.branch1 {
+                scaleChannelsBackward(dInput: s.dUnscaled.data, dScale: p.g(gamma.gamma1), dOut: dBranch1, input: y.data,
+                                      scale: p.v(gamma.gamma1), rows: r, width: d)
+                dBranch1 = s.dUnscaled.data
+            }
             s.dAtt.zero()
             linearBackward(dInput: s.dAtt.data, dWeight: p.g(w.projW), dBias: p.g(w.projB), dOut: dBranch1,
                            input: a.att.data, weight: p.v(w.projW), rows: r, inDim: d, outDim: d, bf16: bf16)
             s.dLn.zero()
-            blockAttentionBackward(p, w, a, geo, dAtt: s.dAtt, dLn: s.dLn, scratch: s, bf16: bf16)
+            blockAttentionBackward(p, w, a, geo, bias: pass.buffers.bias, dAtt: s.dAtt, dLn: s.dLn, scratch: s, bf16: bf16)
             layerNormBackward(dInput: dx, dWeight: p.g(w.norm1W), dBias: p.g(w.norm1B), dOut: s.dLn.data,
                               input: x, weight: p.v(w.norm1W), mean: a.mean1.data, rstd: a.rstd1.data,
                               rows: r, width: d)
@@ -396,7 +456,7 @@ final class TransformerStack {
     /// att (R,D) = attn(ln1): qkv over the attention's rows (windows of ln1, or ln1 itself), the
     /// rel-pos terms from the unscaled q, the attention, and the windows put back (cropped).
     private func blockAttentionForward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
-                                       _ geo: AttentionGeometry, bf16: BF16WeightCache?) {
+                                       _ geo: AttentionGeometry, bias: Tensor?, bf16: BF16WeightCache?) {
         let d = width
         if let part = geo.partition(channels: width) {
             windowPartitionForward(windows: a.attentionIn.data, input: a.ln1.data, size: part)
@@ -411,11 +471,15 @@ final class TransformerStack {
             flashAttentionForward(out: a.attentionOut.data, logSumExp: a.scores.data, qkv: a.qkv.data,
                                   bias: .decomposed(relH: relH.data, relW: relW.data, height: rs.terms.queryHeight,
                                                     width: rs.terms.queryWidth), size: size)
-        } else if geo.fused {
-            flashAttentionForward(out: a.attentionOut.data, logSumExp: a.scores.data, qkv: a.qkv.data, size: size)
         } else {
-            attentionForward(out: a.attentionOut.data, probs: a.scores.data, qkv: a.qkv.data,
-                             batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
+            let bias = gatherRelPosBias(p, w, into: bias)
+            if geo.fused {
+                flashAttentionForward(out: a.attentionOut.data, logSumExp: a.scores.data, qkv: a.qkv.data,
+                                      bias: bias.map { .dense($0.data, sharedOverBatch: true) } ?? .none, size: size)
+            } else {
+                attentionForward(out: a.attentionOut.data, probs: a.scores.data, qkv: a.qkv.data, bias: bias?.data,
+                                 batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
+            }
         }
         if let part = geo.partition(channels: width) {
             windowUnpartitionForward(out: a.att.data, windows: a.attentionOut.data, size: part)
@@ -425,8 +489,8 @@ final class TransformerStack {
     /// Accumulates dLn (R,D) += the gradient of ln1 from dAtt (R,D), the gradient of att, and the
     /// parameter gradients (qkv, the rel-pos tables through their gather).
     private func blockAttentionBackward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
-                                        _ geo: AttentionGeometry, dAtt: Tensor, dLn: Tensor, scratch s: BackwardScratch,
-                                        bf16: BF16WeightCache?) {
+                                        _ geo: AttentionGeometry, bias: Tensor?, dAtt: Tensor, dLn: Tensor,
+                                        scratch s: BackwardScratch, bf16: BF16WeightCache?) {
         let d = width, ra = geo.attentionRows
         var dOut = dAtt
         if let part = geo.partition(channels: width) {
@@ -446,12 +510,23 @@ final class TransformerStack {
                                 qkv: a.qkv.data, rh: rh.data, rw: rw.data, size: rs.terms)
             relPosGatherBackward(dTable: p.g(rel.h), dOut: dRh.data, size: rs.h)
             relPosGatherBackward(dTable: p.g(rel.w), dOut: dRw.data, size: rs.w)
-        } else if geo.fused {
-            flashAttentionBackward(dQKV: dQKV.data, dOut: dOut.data, out: a.attentionOut.data, logSumExp: a.scores.data,
-                                   qkv: a.qkv.data, size: size)
         } else {
-            attentionBackward(dQKV: dQKV.data, dOut: dOut.data, qkv: a.qkv.data, probs: a.scores.data,
-                              batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
+            let bias = w.relPosBias == nil ? nil : bias
+            let dBias = bias.map { s.zeroed("dBias", $0.shape) }
+            if geo.fused {
+                // The fused backward recomputes the scores, so it needs this block's bias again.
+                let bias = gatherRelPosBias(p, w, into: bias)
+                flashAttentionBackward(dQKV: dQKV.data, dBias: dBias.map { .dense($0.data) } ?? .none, dOut: dOut.data,
+                                       out: a.attentionOut.data, logSumExp: a.scores.data, qkv: a.qkv.data,
+                                       bias: bias.map { .dense($0.data, sharedOverBatch: true) } ?? .none, size: size)
+            } else {
+                attentionBackward(dQKV: dQKV.data, dBias: dBias?.data, dOut: dOut.data, qkv: a.qkv.data,
+                                  probs: a.scores.data, batch: geo.attentionBatch, tokens: geo.attentionTokens,
+                                  width: d, heads: heads)
+            }
+            if let table = w.relPosBias, let rpb = relPosBias, let dBias {
+                relPosBiasBackward(dTable: p.g(table), dBias: dBias.data, index: relPosBiasIndex, size: rpb)
+            }
         }
         let dIn = geo.window == 0 ? dLn : s.zeroed("dWindowsIn", [ra, d])
         linearBackward(dInput: dIn.data, dWeight: p.g(w.qkvW), dBias: p.g(w.qkvB), dOut: dQKV.data,
@@ -459,6 +534,13 @@ final class TransformerStack {
         if let part = geo.partition(channels: width) {
             windowPartitionBackward(dInput: dLn.data, dWindows: dIn.data, size: part)
         }
+    }
+
+    /// Block w's BEiT bias (H,N,N) gathered into `buffer`; nil when the block has none.
+    private func gatherRelPosBias(_ p: ParameterStore, _ w: BlockParameters, into buffer: Tensor?) -> Tensor? {
+        guard let table = w.relPosBias, let size = relPosBias, let buffer else { return nil }
+        relPosBiasForward(out: buffer.data, table: p.v(table), index: relPosBiasIndex, size: size)
+        return buffer
     }
 
     /// The gradient of a drop-path branch: dOut itself when nothing was dropped, else scaled.

@@ -108,7 +108,8 @@ public final class VisionTransformer {
         patchB = at("patch_embed.proj.bias")
         encoder = TransformerStack(layout, prefix: prefix + "blocks", depth: config.depth, width: d,
                                    hidden: config.mlpHidden, heads: config.numHeads,
-                                   windows: config.vitdet.map { v in (0..<config.depth).map { v.window(block: $0) } } ?? [])
+                                   windows: config.vitdet.map { v in (0..<config.depth).map { v.window(block: $0) } } ?? [],
+                                   relPosBias: config.beit?.relPosBiasSize(heads: config.numHeads))
         norm = layout.offset(prefix + "norm.weight").map { ($0, at("norm.bias")) }
         fcNorm = layout.offset(prefix + "fc_norm.weight").map { ($0, at("fc_norm.bias")) }
         decoder = config.decoder.map { dc in
@@ -148,6 +149,8 @@ public final class VisionTransformer {
         var rng = RandomStream(seed: seed)
         let t0 = prefixTokens ? c.numPrefixTokens : 0, lk = m.keepCount, n = t0 + lk, cpp = c.inChans * p * p
         precondition(c.vitdet == nil || (t0 == 0 && lk == l), "a ViTDet backbone runs on all patches, without a cls token")
+        precondition(c.beit?.relativePositionWindow.map { gh == $0 && gw == $0 && t0 == 1 && lk == l } ?? true,
+                     "BEiT's relative position bias runs on the cls token and all patches of its window, not a \(gh)x\(gw) grid")
         // patch_embed on the visible patches only.
         let patches = Tensor([b * lk, cpp])
         let pd = patches.data

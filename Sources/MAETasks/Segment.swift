@@ -149,8 +149,11 @@ func datasets(_ spec: SegmentSpec, _ o: SegmentOptions) throws -> (train: Segmen
     }
 }
 
-/// The segmenter a spec describes on a loaded backbone, heads initialised from `seed`.
-func makeSegmenter(_ spec: SegmentSpec, vit: VisionTransformer, seed: UInt64) throws -> Segmenter {
+/// The segmenter a spec describes on a loaded backbone (with the spec's BEiT options added), heads
+/// initialised from `seed`.
+func makeSegmenter(_ spec: SegmentSpec, vit loaded: VisionTransformer, seed: UInt64) throws -> Segmenter {
+    let vit = try spec.backbone?.options(window: spec.dataset.crop / loaded.config.patchSize)
+        .map { try loaded.withBEiTOptions($0) } ?? loaded
     let depth = vit.config.depth
     let model: Segmenter
     if spec.head.type == "linear" {
@@ -243,7 +246,9 @@ func segmentOne(spec: SegmentSpec, backbone: LoadedBackbone, train: Segmentation
             : "UperNet on blocks \(model.backbone.outIndices) (mmseg's MAE out_indices rule), Feature2Pyramid strides \([patch / 4, patch / 2, patch, 2 * patch].map { max($0, 1) }), layer decay \(r.layerDecay) (mmseg's BEiT/MAE rule)",
         "train pipeline: RandomResize \(spec.dataset.ratioRange) of \(spec.dataset.scale), RandomCrop \(crop) (cat_max_ratio \(spec.dataset.catMaxRatio)), flip 0.5, PhotoMetricDistortion, pad 0 / 255",
         "evaluation: \(inference.slide ? "slide \(crop)/\(spec.dataset.stride)" : "whole") on the keep-ratio resize, logits resized to the label size; the last epoch is reported",
-        "not implemented: BEiT relative position bias and layer scale (identities at mmseg's MAE init, kept fixed here)",
+        spec.backbone.flatMap { $0.options(window: crop / patch) }.map { o in
+            "BEiT options on the backbone: \(o.relativePositionWindow.map { "relative position bias (\($0) x \($0) window, tables from zero)" } ?? "no relative position bias")\(o.layerScale.map { ", layer scale from \($0)" } ?? ", no layer scale") (mmseg's MAE init)"
+        } ?? "no BEiT relative position bias or layer scale on the backbone (the spec's `backbone` section turns them on)",
     ]
     if resumed != nil { checks.append("resumed from the run's checkpoint") }
     try writeSegmentMetrics(run: run, spec: spec, score: score, backbone: (backbone.url.path, backbone.hash, backbone.method, backbone.role),

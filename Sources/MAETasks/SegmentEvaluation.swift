@@ -6,6 +6,7 @@ import MAEFormats
 import MAEJSON
 import MAEKernels
 import MAEMetrics
+import MAEModels
 
 /// How a segmenter is run on a val image (mmseg's test_cfg): 'whole' on the keep-ratio resized
 /// image, or 'slide' over crop x crop windows at `stride`.
@@ -34,7 +35,7 @@ public struct SegmentationInference: Sendable {
     /// Predicted classes (H, W) of `image` in the model's label space: the test Resize (keep ratio),
     /// the model ('whole' or 'slide', logits averaged where windows overlap), logits bilinearly
     /// resized back to the image size, argmax.
-    public func predict(_ model: Segmenter, image: RGBImage) -> [Int32] {
+    public func predict(_ model: Segmenter, image: RGBImage) throws -> [Int32] {
         let (w, h) = SegmentationPipeline.rescaledSize(width: image.width, height: image.height, long: scale.long, short: scale.short)
         let resized = resizeBilinearUInt8(image, width: w, height: h)
         let input = Tensor([1, 3, h, w])
@@ -47,7 +48,7 @@ public struct SegmentationInference: Sendable {
             for ys in Self.windows(size: h, crop: crop, stride: stride) {
                 for xs in Self.windows(size: w, crop: crop, stride: stride) {
                     let window = cut(input, rows: ys, cols: xs)
-                    let out = run(model, window)
+                    let out = try run(model, window)
                     for c in 0..<k {
                         for y in ys { for x in xs { logits[(c * h + y) * w + x] += out[(c * ys.count + y - ys.lowerBound) * xs.count + x - xs.lowerBound] } }
                     }
@@ -56,15 +57,16 @@ public struct SegmentationInference: Sendable {
             }
             for c in 0..<k { for i in 0..<(h * w) { logits[c * h * w + i] /= count[i] } }
         } else {
-            logits = run(model, input)
+            logits = try run(model, input)
         }
         return argmaxClasses(resizeBilinear(logits, height: image.height, width: image.width))
     }
 
     /// The model's logits (1, K, h, w) for input (1, 3, h, w), padded to patch multiples and cropped back.
-    func run(_ model: Segmenter, _ input: Tensor) -> Tensor {
+    func run(_ model: Segmenter, _ input: Tensor) throws -> Tensor {
         let h = input.shape[2], w = input.shape[3]
         let ph = (h + patch - 1) / patch * patch, pw = (w + patch - 1) / patch * patch
+        try model.backbone.checkInput(height: ph, width: pw)
         let padded = ph == h && pw == w ? input : cut(input, rows: 0..<ph, cols: 0..<pw)
         let out = model.logits(images: padded.data, batch: 1, height: ph, width: pw)
         return ph == h && pw == w ? out : cut(out, rows: 0..<h, cols: 0..<w)
@@ -114,8 +116,13 @@ public func evaluateSegmenter(_ model: Segmenter, data: SegmentationDataset, inf
     for round in stride(from: 0, to: data.count, by: world.size) {
         let mine = round + world.rank
         let mySample = mine < data.count ? try data.sample(mine) : nil
-        let predictions = try gatherValues(mySample.map { inference.predict(model, image: $0.0) } ?? [],
-                                           world: world, "gathering the segmentation predictions")
+        var myPrediction: [Int32] = []
+        if let (image, _) = mySample {
+            do { myPrediction = try inference.predict(model, image: image) } catch ModelError.shapeMismatch(let reason) {
+                throw PathError(data.images[mine], "cannot be segmented: \(reason)")
+            }
+        }
+        let predictions = try gatherValues(myPrediction, world: world, "gathering the segmentation predictions")
         for i in round..<min(round + world.size, data.count) {
             let (image, labels) = i == mine ? mySample! : try data.sample(i)
             let predicted = predictions[i - round]

@@ -1,4 +1,5 @@
 import Foundation
+import MAEModels
 import Yams
 
 /// A semantic-segmentation task spec (`Tasks/shapes-segment*.yaml`, `Tasks/ade20k-upernet.yaml`):
@@ -8,6 +9,8 @@ public struct SegmentSpec: Codable, Sendable {
     public var name: String
     public var dataset: Dataset
     public var head: Head
+    /// BEiT's options on the backbone (mmseg's MAE backbone); absent: MAE's plain ViT.
+    public var backbone: Backbone?
     public var recipe: Recipe
     public var seeds: [UInt64]
     /// The file the spec came from (messages).
@@ -15,7 +18,7 @@ public struct SegmentSpec: Codable, Sendable {
     /// Where relative dataset paths start.
     public var folder: URL?
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case name, dataset, head, recipe, seeds }
+    enum CodingKeys: String, CodingKey, CaseIterable { case name, dataset, head, backbone, recipe, seeds }
 
     public struct Dataset: Codable, Sendable {
         public var name: String
@@ -64,6 +67,25 @@ public struct SegmentSpec: Codable, Sendable {
         }
     }
 
+    /// `backbone: {rel_pos_bias: true, layer_scale: 1.0}`: BEiT's per-block extras as mmseg's MAE
+    /// backbone has them, added to the loaded checkpoint's ViT and trained with it, initialised as
+    /// mmseg's MAE does (tables zero, gammas at layer_scale). Each block's extras take its layer
+    /// decay id; the tables (2-D) get weight decay, the gammas (1-D) none, as mmseg's constructor.
+    public struct Backbone: Codable, Sendable {
+        /// The relative position bias per block, for the crop's patch grid (mmseg: img_size = crop).
+        public var relPosBias: Bool?
+        /// Layer scale's initial gamma (mmseg's MAE configs: 1.0); absent: no layer scale.
+        public var layerScale: Double?
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case relPosBias = "rel_pos_bias", layerScale = "layer_scale" }
+
+        /// The options for a crop of `window` patches per side; nil when neither is asked for.
+        public func options(window: Int) -> BEiTOptions? {
+            guard relPosBias == true || layerScale != nil else { return nil }
+            return BEiTOptions(layerScale: layerScale.map { Float($0) }, relativePositionWindow: relPosBias == true ? window : nil)
+        }
+    }
+
     public struct Recipe: Codable, Sendable {
         public var optimizer: String
         /// The peak learning rate (mmseg's lr, not scaled by batch).
@@ -94,6 +116,7 @@ public struct SegmentSpec: Codable, Sendable {
     static let fields: [String: [String]] = [
         "": CodingKeys.allCases.map(\.rawValue), "dataset": Dataset.CodingKeys.allCases.map(\.rawValue),
         "head": Head.CodingKeys.allCases.map(\.rawValue), "recipe": Recipe.CodingKeys.allCases.map(\.rawValue),
+        "backbone": Backbone.CodingKeys.allCases.map(\.rawValue),
     ]
 
     /// A spec by path, or by name of a file in the installation's `Tasks/`.
@@ -170,6 +193,7 @@ public struct SegmentSpec: Codable, Sendable {
         guard r.layerDecay > 0, r.layerDecay <= 1 else { throw fail("recipe.layer_decay", "must be in (0, 1]") }
         guard ["whole", "slide"].contains(r.testMode) else { throw fail("recipe.test_mode", "must be whole or slide") }
         if let b = head.blocks, b < 1 { throw fail("head.blocks", "must be at least 1") }
+        if let s = backbone?.layerScale, !(s.isFinite && s != 0) { throw fail("backbone.layer_scale", "must be a finite non-zero number") }
     }
 
     func resolve(_ path: String) -> URL {
@@ -196,6 +220,8 @@ public struct SegmentSpec: Codable, Sendable {
         let r = recipe
         return "\(head.type == "upernet" ? "UperNet (Feature2Pyramid + UPerHead, FCN aux)" : "linear BN head, \(head.blocks ?? 1) block(s)"), " +
             "AdamW lr \(r.lr) wd \(r.weightDecay), layer decay \(r.layerDecay), drop path \(r.dropPath), batch \(r.batchSize), " +
-            "\(r.epochs) epochs, warmup \(r.warmupEpochs) + poly \(r.polyPower), crop \(dataset.crop), \(r.testMode) inference"
+            "\(r.epochs) epochs, warmup \(r.warmupEpochs) + poly \(r.polyPower), crop \(dataset.crop), \(r.testMode) inference" +
+            (backbone?.relPosBias == true ? ", BEiT relative position bias" : "") +
+            (backbone?.layerScale.map { ", layer scale \($0)" } ?? "")
     }
 }

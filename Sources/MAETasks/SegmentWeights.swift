@@ -12,8 +12,10 @@ let presetHeads = [192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16]
 /// A segmenter built from an mmsegmentation-layout state dict (mmseg's MAE UperNet, or a file this
 /// tool saved): the ViT's shape from the backbone's tensors, the heads' widths and the class count
 /// from theirs, out_indices mmseg's defaults (or the file's own, for this tool's files). The head
-/// count comes from `heads`, the file's metadata, or the width's preset.
-func segmenterFromWeights(_ file: CheckpointFile, heads: Int?) throws -> Segmenter {
+/// count comes from `heads`, the file's metadata, or the width's preset. BEiT's layer scales and
+/// relative position bias tables, when the file has them, turn those options on and are loaded
+/// (`beitOptions`); the bias is for the `imgSize` input (default: the pos_embed grid's).
+func segmenterFromWeights(_ file: CheckpointFile, heads: Int?, imgSize: Int? = nil) throws -> Segmenter {
     let t = file.tensors, src = file.source
     func shape(_ name: String) throws -> [Int] {
         guard let s = t[name]?.shape else { throw PathError(src, "lacks \(name), so it is not an mmseg MAE segmenter") }
@@ -39,12 +41,13 @@ func segmenterFromWeights(_ file: CheckpointFile, heads: Int?) throws -> Segment
     guard let h = heads ?? file.metadata["heads"].flatMap({ Int($0) }) ?? presetHeads[d] else {
         throw TaskError.badArgument("\(src): the head count of a width-\(d) ViT is not in the file and matches no preset; pass --heads")
     }
-    try checkIdentityExtras(file, depth: depth)
+    let beit = try beitOptions(file, depth: depth, heads: h, patch: p, window: (imgSize ?? grid * p) / p)
     // A backbone fine-tuned with global pooling (this tool's files of such backbones) keeps its final
     // norm as `fc_norm`; mmseg's files have `ln1` or none.
     let pooling: Pooling = t["backbone.fc_norm.weight"] != nil ? .avg : .cls
-    let config = ViTConfig(imgSize: grid * p, patchSize: p, embedDim: d, depth: depth, numHeads: h, mlpHidden: hidden,
+    var config = ViTConfig(imgSize: grid * p, patchSize: p, embedDim: d, depth: depth, numHeads: h, mlpHidden: hidden,
                            pooling: pooling)
+    config.beit = beit.options
     let vit = try VisionTransformer(config: config)
     vit.params.value(pooling == .avg ? "fc_norm.weight" : "norm.weight").update(repeating: 1)
     let classes = try shape("decode_head.conv_seg.weight")[0]
@@ -62,34 +65,56 @@ func segmenterFromWeights(_ file: CheckpointFile, heads: Int?) throws -> Segment
         model = UperNetSegmenter(backbone: SegmentationBackbone(vit: vit), classes: classes, channels: channels, auxChannels: aux)
     }
     let known = Set(model.params.specs.map(\.name))
-    let extras = t.keys.filter { !known.contains($0) && !isIdentityExtra($0) }.sorted()
+    let extras = t.keys.filter { !known.contains($0) && !$0.hasSuffix(".attn.relative_position_index") }.sorted()
     guard extras.isEmpty else {
         throw PathError(src, "has \(extras.count) entries this segmenter does not have (\(extras.prefix(3).joined(separator: ", "))\(extras.count > 3 ? ", ..." : ""))")
     }
     // mmseg's MAE has no final norm (final_norm False): the ViT's unused `norm` (mmseg `backbone.ln1`) may be absent.
-    try loadParameters(model.params, from: t, source: src, optional: ["backbone.ln1.weight", "backbone.ln1.bias"])
+    try loadParameters(model.params, from: t.filter { !beit.zeroTablesResized.contains($0.key) }, source: src,
+                       optional: beit.zeroTablesResized.union(["backbone.ln1.weight", "backbone.ln1.bias"]))
     return model
 }
 
-/// BEiT's per-layer extras that this backbone keeps as identities: layer scale, the relative position
-/// bias table and its index buffer.
-func isIdentityExtra(_ name: String) -> Bool {
-    name.hasSuffix(".gamma_1") || name.hasSuffix(".gamma_2") || name.hasSuffix(".attn.relative_position_bias_table")
-        || name.hasSuffix(".attn.relative_position_index")
-}
-
-/// Refuses a file whose layer scales are not all 1 or whose relative position tables are not all 0:
-/// this backbone does not apply them, so its predictions would not be mmseg's.
-func checkIdentityExtras(_ file: CheckpointFile, depth: Int) throws {
+/// The BEiT options an mmseg MAE state dict implies: layer scale when its layers have gamma_1 /
+/// gamma_2, the relative position bias when they have tables ((2 W - 1)^2 + 3, heads), for a
+/// `window` x `window` grid of `patch`-pixel patches. A table made for another window is resized as mmseg's
+/// resize_rel_pos_embed only when it is all zeros (which that resize keeps zero: the new model's
+/// zero tables, returned in `zeroTablesResized`, are not loaded); a trained one is refused. A stored
+/// relative_position_index must be BEiT's for the table's window (it is recomputed, not read).
+func beitOptions(_ file: CheckpointFile, depth: Int, heads: Int, patch: Int, window: Int) throws
+    -> (options: BEiTOptions?, zeroTablesResized: Set<String>) {
+    let t = file.tensors, src = file.source
+    func present(_ suffix: String) throws -> Bool {
+        let layers = (0..<depth).filter { t["backbone.layers.\($0).\(suffix)"] != nil }
+        guard layers.isEmpty || layers.count == depth else {
+            throw PathError(src, "has backbone.layers.i.\(suffix) for layers \(layers) only, not all \(depth)")
+        }
+        return !layers.isEmpty
+    }
+    let layerScale = try present("gamma_1") && present("gamma_2")
+    guard try present("attn.relative_position_bias_table") else {
+        return (layerScale ? BEiTOptions(layerScale: 1) : nil, [])
+    }
+    let target = RelPosBiasSize(windowHeight: window, windowWidth: window, heads: heads)
+    var resized: Set<String> = []
     for i in 0..<depth {
-        for (name, identity) in [("gamma_1", Float(1)), ("gamma_2", 1), ("attn.relative_position_bias_table", 0)] {
-            let key = "backbone.layers.\(i).\(name)"
-            guard let t = file.tensors[key] else { continue }
-            if t.floats.contains(where: { $0 != identity }) {
-                throw PathError(file.source, "has a trained \(key) (not all \(identity == 1 ? "ones" : "zeros")); BEiT's layer scale and relative position bias are not implemented here, so it cannot be evaluated faithfully")
+        let key = "backbone.layers.\(i).attn.relative_position_bias_table", table = t[key]!
+        guard table.shape.count == 2, table.shape[1] == heads, let side = RelPosBiasSize.squareWindow(tableRows: table.shape[0]) else {
+            throw PathError(src, "has \(key) of shape \(table.shape), not ((2 W - 1)^2 + 3, \(heads) heads) for a square W x W window")
+        }
+        if let index = t["backbone.layers.\(i).attn.relative_position_index"] {
+            let expected = RelPosBiasSize(windowHeight: side, windowWidth: side, heads: heads).index()
+            guard index.shape == [side * side + 1, side * side + 1], index.floats.map({ Int32($0) }) == expected else {
+                throw PathError(src, "has a backbone.layers.\(i).attn.relative_position_index that is not BEiT's for its \(side) x \(side) table")
             }
         }
+        guard side != window else { continue }
+        guard table.floats.allSatisfy({ $0 == 0 }) else {
+            throw PathError(src, "has \(key) of \(table.shape[0]) rows for a \(side) x \(side) patch grid, but the model at this input size needs \(target.tableRows) rows (\(window) x \(window)); resizing a trained table (mmseg's resize_rel_pos_embed) is not implemented, so evaluate at --img-size \(side * patch)")
+        }
+        resized.insert(key)
     }
+    return (BEiTOptions(layerScale: layerScale ? 1 : nil, relativePositionWindow: window), resized)
 }
 
 /// `--eval-only --weights W`: one run folder `OUT_DIR/segmentation/eval-only/<stem>-<hash8>` with
@@ -101,7 +126,7 @@ func evaluateWeights(_ o: SegmentOptions) throws -> TransferRun {
     }
     guard let k = o.numClasses else { throw TaskError.badArgument("--eval-only needs --num-classes") }
     let file = try CheckpointFile.open(weights)
-    let model = try segmenterFromWeights(file, heads: o.heads)
+    let model = try segmenterFromWeights(file, heads: o.heads, imgSize: o.imgSize)
     guard model.classes == k else {
         throw TaskError.badArgument("\(weights.path) predicts \(model.classes) classes, but --num-classes is \(k)")
     }
@@ -125,12 +150,20 @@ func evaluateWeights(_ o: SegmentOptions) throws -> TransferRun {
     try writeSegmentMetrics(run: run, spec: spec, score: score, backbone: (weights.path, hash, "unknown", "checkpoint"),
                             variant: "eval-only", seed: 0, train: 0,
                             checks: ["evaluated \(weights.lastPathComponent) as given (\(model is LinearSegmenter ? "linear head" : "UperNet"), \(config.depth) blocks, width \(config.embedDim), out indices \(model.backbone.outIndices))",
-                                     "\(o.slide ? "slide \(size)/\(inference.stride)" : "whole") inference on the keep-ratio resize to (\(4 * size), \(size))"],
+                                     "\(o.slide ? "slide \(size)/\(inference.stride)" : "whole") inference on the keep-ratio resize to (\(4 * size), \(size))",
+                                     beitSummary(config.beit)],
                             timings: ["eval_s": score.seconds, "total_s": elapsed(since: start),
                                       "eval_images_per_s": Double(score.images) / max(score.seconds, 1e-9)],
                             epochs: 0)
     say("\(weights.lastPathComponent): mIoU \(String(format: "%.2f", score.result.mIoU)) -> \(run.dir.path)", o.verbose)
     return run
+}
+
+/// What the evaluated backbone applies of BEiT's extras, for metrics.json's checks.
+func beitSummary(_ options: BEiTOptions?) -> String {
+    guard let options else { return "no BEiT layer scale or relative position bias in the weights" }
+    let bias = options.relativePositionWindow.map { "relative position bias (\($0) x \($0) window)" } ?? "no relative position bias"
+    return "BEiT extras from the weights: \(options.layerScale != nil ? "layer scale" : "no layer scale"), \(bias)"
 }
 
 /// The spec an --eval-only run records (no training fields are used).

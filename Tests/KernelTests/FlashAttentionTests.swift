@@ -145,6 +145,29 @@ final class FlashAttentionTests: XCTestCase {
         }
     }
 
+    /// With a dense bias shared over the batch (BEiT's relative position bias), the materialised
+    /// attention's forward, dQKV and accumulated dBias (summed over the images) equal the fused kernel's,
+    /// on 1 and 16 workers (the materialised backward then splits over heads).
+    func testMaterialisedAttentionWithSharedBiasMatchesFused() {
+        var rng = TestRandom(seed: 43)
+        for (b, n, d, h) in [(2, 37, 32, 4), (3, 10, 16, 1), (1, 65, 24, 3)] {
+            let qkv = rng.array(b * n * 3 * d).map { $0 * 2 }, dOut = rng.array(b * n * d), bias = rng.array(h * n * n)
+            withWorkerCounts { workers in
+                var out = [Float](repeating: .nan, count: b * n * d), probs = [Float](repeating: .nan, count: b * h * n * n)
+                attentionForward(out: &out, probs: &probs, qkv: qkv, bias: bias, batch: b, tokens: n, width: d, heads: h)
+                var dRef = [Float](repeating: 0.5, count: qkv.count), dBiasRef = [Float](repeating: 0.5, count: bias.count)
+                attentionBackward(dQKV: &dRef, dBias: &dBiasRef, dOut: dOut, qkv: qkv, probs: probs, batch: b, tokens: n,
+                                  width: d, heads: h)
+                let s = FlashAttentionSize(batch: b, tokens: n, width: d, heads: h, tiles: AttentionTiles(queries: 16, keys: 8))
+                let label = "B\(b) N\(n) D\(d) H\(h) \(workers)"
+                assertClose(out, flashForward(qkv, .dense(bias, shared: true), s).out, rtol: 1e-4, atol: 1e-5, "\(label) out")
+                let (dQKV, dBias) = flashBackward(dOut, qkv, .dense(bias, shared: true), s, start: 0.5)
+                assertClose(dRef, dQKV, rtol: 1e-3, atol: 1e-5, "\(label) dQKV")
+                assertClose(dBiasRef, dBias[0], rtol: 1e-3, atol: 1e-5, "\(label) dBias")
+            }
+        }
+    }
+
     /// Central differences (step 1e-2, loss in Double) of sum(out * r) against the analytic
     /// gradients of qkv and of every bias form, on 48 coordinates of each: rtol 1e-2, atol 1e-3. Small tiles, so the bias
     /// gradient of one row is summed over several key tiles and a kh run crosses a tile edge.

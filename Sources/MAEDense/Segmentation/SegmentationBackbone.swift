@@ -6,9 +6,10 @@ import MAEModels
 /// no final norm, and the outputs of blocks `outIndices` become (B, D, H/P, W/P) maps with the cls
 /// token dropped. Drop path is the model's (linspace(0, rate, depth) per block).
 ///
-/// Not implemented: BEiT's relative position bias table and layer scale (gamma_1 / gamma_2). Both
-/// are identities at mmseg's MAE init (zero table, init_values 1.0) but learnable there; here they
-/// stay identities, and a checkpoint whose tables or gammas differ from them is refused on load.
+/// BEiT's layer scale (gamma_1 / gamma_2) and relative position bias table are the ViT's options
+/// (`ViTConfig.beit`): off for MAE's plain ViT, on for mmseg's MAE (zero table, gamma init_values
+/// 1.0, both learnable). With the bias the input must be the bias's window (mmseg builds the
+/// backbone at img_size = the crop and cannot run another grid either): `checkInput`.
 public final class SegmentationBackbone {
     public let vit: VisionTransformer
     /// The blocks whose outputs feed the neck, lowest first.
@@ -47,6 +48,14 @@ public final class SegmentationBackbone {
     /// values are one contiguous block that `load`/`store` copy).
     public func addParameters(to layout: inout ParameterLayout) {
         for spec in vit.params.specs { layout.add(Self.mmsegName(spec.name), spec.shape, trainable: spec.trainable) }
+    }
+
+    /// Refuses an input the backbone cannot run: with the relative position bias, an H x W input
+    /// whose patch grid is not the bias's W x W window.
+    public func checkInput(height h: Int, width w: Int) throws {
+        let p = vit.config.patchSize
+        guard let window = vit.config.beit?.relativePositionWindow, h / p != window || w / p != window else { return }
+        throw ModelError.shapeMismatch("the backbone's relative position bias is for a \(window * p) x \(window * p) px input (a \(window) x \(window) patch grid), so it cannot run a \(h) x \(w) px one (mmseg's MAE cannot either)")
     }
 
     /// One forward: block outputs as maps, and what the backward needs.
