@@ -58,14 +58,14 @@ final class BF16ExtractTests: XCTestCase {
         let model = try loadVisionTransformer(from: repositoryRoot.appendingPathComponent("Checkpoints/mae_shapes.safetensors")).model
         XCTAssertEqual(model.precision, .fp32)
         let images = Tensor([2, 3, 32, 32], randomValues(2 * 3 * 32 * 32, seed: 9))
-        let fp32 = model.forwardFeatures(images: images.data, batch: 2).features.buffer.map { $0 }
+        let fp32 = model.forwardFeatures(images: images.data, batch: 2).features.array
         XCTAssertEqual(model.params.bf16Weights.packCount, 0, "fp32 packs nothing")
         model.precision = .bf16
-        let bf16 = model.forwardFeatures(images: images.data, batch: 2).features.buffer.map { $0 }
+        let bf16 = model.forwardFeatures(images: images.data, batch: 2).features.array
         XCTAssertEqual(model.params.bf16Weights.packCount, 6 * 4 + 1, "qkv, proj, fc1, fc2 per block and the patch embedding")
         XCTAssertNotEqual(bf16, fp32)
         model.precision = .fp32
-        XCTAssertEqual(model.forwardFeatures(images: images.data, batch: 2).features.buffer.map { $0 }, fp32,
+        XCTAssertEqual(model.forwardFeatures(images: images.data, batch: 2).features.array, fp32,
                        "back in fp32, bit for bit")
     }
 }
