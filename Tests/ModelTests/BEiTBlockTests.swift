@@ -44,7 +44,7 @@ final class BEiTBlockTests: XCTestCase {
         let pass = stack.begin(batch: Self.batch, tokens: Self.tokens, training: gradOut != nil)
         x.withUnsafeBufferPointer { pass.input.update(from: $0.baseAddress!, count: x.count) }
         var rng = RandomStream(seed: 0)
-        let out = stack.forward(store, pass, rng: &rng).buffer.map { $0 }
+        let out = stack.forward(store, pass, rng: &rng).array
         guard let gradOut else { return (out, []) }
         store.zeroGrads()
         let dx = gradOut.withUnsafeBufferPointer { g in
