@@ -9,7 +9,7 @@ struct Segment: LibraryCommand {
             UperNet (--head upernet): the ViT as mmseg's MAE backbone (blocks depth x (4, 6, 8, 12) / 12 - 1), \
             Feature2Pyramid, UPerHead with PPM (1, 2, 3, 6), the FCN auxiliary head (loss weight 0.4), AdamW with \
             mmseg's layer decay, linear warmup + poly. The linear head (--head linear): frozen backbone in eval mode, \
-            its final norm on the last block(s), BatchNorm + 1x1 conv. Training: mmseg's RandomResize (0.5-2.0), \
+            its final norm on the last block(s), BatchNorm + 1x1 conv. Training: mmseg's RandomResize (the task's ratio range; mmseg 0.5-2.0), \
             RandomCrop (cat_max_ratio 0.75), flip, PhotoMetricDistortion, pad 0 / 255. Each run folder holds \
             metrics.json (mIoU, mAcc, aAcc, per-class IoU / Acc), pred/STEM.png (the annotation's label space), \
             overlays/, log.jsonl, checkpoint.safetensors (resume) and segmenter.safetensors (mmseg's parameter names). \
