@@ -43,20 +43,10 @@ extension DistributedTests {
         let root = try scratchFolder(prefix: "mae-eval-segment-mpi")
         let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 8, scenesVal: 3)
         try ShapesDataset.generate(to: root.appendingPathComponent("shapes"), size: 16, counts: counts, sceneSize: 32)
-        let shipped = try String(contentsOf: repositoryRoot.appendingPathComponent("Tasks/\(task).yaml"), encoding: .utf8)
         let spec = root.appendingPathComponent("tiny.yaml")
-        try shipped.replacingOccurrences(of: "name: \(task)", with: "name: tiny-segment")
-            .replacingOccurrences(of: "../.mae-eval/data/shapes", with: "shapes")
-            .replacingOccurrences(of: "scale: [256, 64]", with: "scale: [128, 32]")
-            .replacingOccurrences(of: "crop: 64", with: "crop: 32")
-            .replacingOccurrences(of: "  channels: 64", with: "  channels: 8")
-            .replacingOccurrences(of: "aux_channels: 32", with: "aux_channels: 4")
-            .replacingOccurrences(of: "batch_size: 8", with: "batch_size: 4")
-            .write(to: spec, atomically: true, encoding: .utf8)
+        try TinyTasks.segmentation(task).write(to: spec, atomically: true, encoding: .utf8)
         let backbone = root.appendingPathComponent("tiny_mae.safetensors")
-        let vit = try VisionTransformer(config: ViTConfig(imgSize: 32, patchSize: 4, embedDim: 16, depth: 4, numHeads: 2))
-        vit.initializeWeights(seed: 0)
-        try vit.save(to: backbone, metadata: ["method": "mae"])
+        try TinyTasks.backbone(at: backbone)
         return (root, { out, ranks in
             let printed = try self.run(["segment", "--checkpoint", backbone.path, "--task", spec.path, "--epochs", String(epochs), "--threads", "1",
                                         "--out-dir", root.appendingPathComponent(out).path, "--no-report"], ranks: ranks, in: root)
@@ -144,22 +134,10 @@ extension DistributedTests {
         try ShapesDataset.generate(to: root, size: 16, seed: 3,
                                    counts: ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 8, scenesVal: 6),
                                    sceneSize: 32)
-        var text = try String(contentsOf: repositoryRoot.appendingPathComponent("Tasks/shapes-detect.yaml"), encoding: .utf8)
-        for (from, to) in [("root: ../.mae-eval/data/shapes", "root: \(root.path)"), ("generate: shapes", "generate: none"),
-                           ("img_size: 64", "img_size: 32"), ("pyramid_channels: 32", "pyramid_channels: 8"),
-                           ("conv_dim: 32 ", "conv_dim: 8 "), ("fc_dim: 128 ", "fc_dim: 16 "), ("box_convs: 2", "box_convs: 1"),
-                           ("mask_convs: 2", "mask_convs: 1"), ("roi_batch_size: 64", "roi_batch_size: 16"),
-                           ("batch_size: 8", "batch_size: 4"), ("epochs: 20", "epochs: \(epochs)"), ("warmup_iters: 50", "warmup_iters: 1"),
-                           ("milestones: [16, 19]", "milestones: [\(epochs)]")] {
-            XCTAssertTrue(text.contains(from), from)
-            text = text.replacingOccurrences(of: from, with: to)
-        }
         let task = root.appendingPathComponent("tiny-detect.yaml")
-        try Data(text.utf8).write(to: task)
-        let backbone = try VisionTransformer(config: ViTConfig(imgSize: 16, patchSize: 4, embedDim: 16, depth: 2, numHeads: 2))
-        backbone.initializeWeights(seed: 1)
+        try Data(TinyTasks.detection(root: root, batch: 4, epochs: epochs).utf8).write(to: task)
         let checkpoint = root.appendingPathComponent("tiny.safetensors")
-        try backbone.save(to: checkpoint, metadata: ["method": "mae"])
+        try TinyTasks.backbone(at: checkpoint, imgSize: 16, depth: 2, seed: 1)
         return (root, task, { out, ranks in
             let printed = try self.run(["detect", "--checkpoint", checkpoint.path, "--task", task.path, "--threads", "1",
                                         "--out-dir", root.appendingPathComponent(out).path], ranks: ranks, in: root)

@@ -40,22 +40,10 @@ final class SegmentTaskTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: root) }
         let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 8, scenesVal: 3)
         try ShapesDataset.generate(to: root.appendingPathComponent("shapes"), size: 16, counts: counts, sceneSize: 32)
-        let shipped = try String(contentsOf: repositoryRoot.appendingPathComponent("Tasks/shapes-segment.yaml"), encoding: .utf8)
         let task = root.appendingPathComponent("tiny.yaml")
-        try shipped.replacingOccurrences(of: "name: shapes-segment", with: "name: tiny-segment")
-            .replacingOccurrences(of: "../.mae-eval/data/shapes", with: "shapes")
-            .replacingOccurrences(of: "scale: [256, 64]", with: "scale: [128, 32]")
-            .replacingOccurrences(of: "crop: 64", with: "crop: 32")
-            .replacingOccurrences(of: "  channels: 64", with: "  channels: 8")
-            .replacingOccurrences(of: "aux_channels: 32", with: "aux_channels: 4")
-            .replacingOccurrences(of: "batch_size: 8", with: "batch_size: 4")
-            .replacingOccurrences(of: "  epochs: 16", with: "  epochs: 1")
-            .write(to: task, atomically: true, encoding: .utf8)
-        // A small MAE-style backbone (the shipped ones are too slow for a debug-build test).
+        try TinyTasks.segmentation(epochs: 1).write(to: task, atomically: true, encoding: .utf8)
         let backbone = root.appendingPathComponent("tiny_mae.safetensors")
-        let vit = try VisionTransformer(config: ViTConfig(imgSize: 32, patchSize: 4, embedDim: 16, depth: 4, numHeads: 2))
-        vit.initializeWeights(seed: 0)
-        try vit.save(to: backbone, metadata: ["method": "mae"])
+        try TinyTasks.backbone(at: backbone)
         var o = SegmentOptions()
         o.checkpoints = [backbone]
         o.task = task.path
