@@ -194,23 +194,13 @@ public struct BatchNorm2d: DenseLayer {
         let stats = trace.saved[0], training = trace.training
         let x = trace.input.data, g = dOut.data, dx = dInput?.data
         let w = params.value(weightName).baseAddress!
-        let dW = params.grad(weightName).baseAddress!, dB = params.grad(biasName).baseAddress!
-        Parallel.forRanges(c) { chans in
-            for ch in chans {
-                let m = stats[ch], r = stats[c + ch]
-                var sumG: Float = 0, sumGX: Float = 0
-                for image in 0..<batch {
-                    let at = (image * c + ch) * plane
-                    for p in 0..<plane { sumG += g[at + p]; sumGX += g[at + p] * (x[at + p] - m) * r }
-                }
-                dW[ch] += sumGX; dB[ch] += sumG
-                guard let dx else { continue }
-                let k = w[ch] * r
-                let meanG = training ? sumG / n : 0, meanGX = training ? sumGX / n : 0
-                for image in 0..<batch {
-                    let at = (image * c + ch) * plane
-                    for p in 0..<plane { dx[at + p] += k * (g[at + p] - meanG - (x[at + p] - m) * r * meanGX) }
-                }
+        channelGradientSums(trace, dOut: dOut, params) { ch, sumG, sumGX in
+            guard let dx else { return }
+            let m = stats[ch], r = stats[c + ch], k = w[ch] * r
+            let meanG = training ? sumG / n : 0, meanGX = training ? sumGX / n : 0
+            for image in 0..<batch {
+                let at = (image * c + ch) * plane
+                for p in 0..<plane { dx[at + p] += k * (g[at + p] - meanG - (x[at + p] - m) * r * meanGX) }
             }
         }
     }
@@ -285,6 +275,29 @@ extension BatchNorm2d {
         return LayerTrace(input: input, output: out, saved: [stats, share], training: true)
     }
 
+    /// Per channel, in parallel over channels: sum dOut and sum dOut xhat over the trace's (B, H, W)
+    /// (xhat from the saved mean and rstd), added into dBias and dWeight and handed to `each(channel,
+    /// sumG, sumGX)`.
+    private func channelGradientSums(_ trace: LayerTrace, dOut: Tensor, _ params: ParameterStore,
+                                     _ each: (Int, Float, Float) -> Void) {
+        let shape = trace.input.shape
+        let batch = shape[0], plane = shape[2] * shape[3], c = channels
+        let stats = trace.saved[0], x = trace.input.data, g = dOut.data
+        let dW = params.grad(weightName).baseAddress!, dB = params.grad(biasName).baseAddress!
+        Parallel.forRanges(c) { chans in
+            for ch in chans {
+                let m = stats[ch], r = stats[c + ch]
+                var sumG: Float = 0, sumGX: Float = 0
+                for image in 0..<batch {
+                    let at = (image * c + ch) * plane
+                    for p in 0..<plane { sumG += g[at + p]; sumGX += g[at + p] * (x[at + p] - m) * r }
+                }
+                dW[ch] += sumGX; dB[ch] += sumG
+                each(ch, sumG, sumGX)
+            }
+        }
+    }
+
     /// Backward of `synchronizedForward`. This rank's dOut is the gradient of its shard's mean loss,
     /// which the data-parallel step weights by the rank's share s = n_r / N of the batch; so per
     /// channel s sum dOut and s sum dOut xhat are summed over the ranks (one call of 2C values,
@@ -298,20 +311,10 @@ extension BatchNorm2d {
         let stats = trace.saved[0], share = Double(trace.saved[1][0])
         let x = trace.input.data, g = dOut.data
         let w = params.value(weightName).baseAddress!
-        let dW = params.grad(weightName).baseAddress!, dB = params.grad(biasName).baseAddress!
         var sums = [Double](repeating: 0, count: 2 * c)
         sums.withUnsafeMutableBufferPointer { s in
-            Parallel.forRanges(c) { chans in
-                for ch in chans {
-                    let m = stats[ch], r = stats[c + ch]
-                    var sumG: Float = 0, sumGX: Float = 0
-                    for image in 0..<batch {
-                        let at = (image * c + ch) * plane
-                        for p in 0..<plane { sumG += g[at + p]; sumGX += g[at + p] * (x[at + p] - m) * r }
-                    }
-                    dW[ch] += sumGX; dB[ch] += sumG
-                    s[ch] = Double(sumG) * share; s[c + ch] = Double(sumGX) * share
-                }
+            channelGradientSums(trace, dOut: dOut, params) { ch, sumG, sumGX in
+                s[ch] = Double(sumG) * share; s[c + ch] = Double(sumGX) * share
             }
         }
         guard let dx = dInput?.data else { return }
