@@ -74,7 +74,8 @@ let package = Package(
         .testTarget(name: "DataTests", dependencies: ["MAEData", "MAECOCO", "MAEKernels", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DenseTests", dependencies: ["MAEDense", "MAEModels", "MAEKernels", "MAECOCO", "TestSupport"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "MAEFormats", "MAEDistributed", "TestSupport"],
+        .testTarget(name: "TaskTests", dependencies: ["MAETasks", "MAEModels", "MAEData", "MAEFormats", "MAEDistributed", "MAEDense",
+                                                "MAEKernels", "MAEMetrics", "MAECOCO", "TestSupport"],
                     resources: [.copy("Fixtures")]),
     ],
     swiftLanguageModes: [.v5]
