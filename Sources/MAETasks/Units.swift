@@ -191,30 +191,62 @@ func denseSpecHash(_ url: URL, extra: String) throws -> String {
 }
 
 /// Mask R-CNN detection (`Tasks/*-detect.yaml`): one `runDetect` per unit with one backbone and
+/// A dense task's plan: hashed by its spec text and data root (`denseSpecHash`); unavailable, with
+/// a note, when its data is the user's (not generated) and `val` is not there.
+func planDenseTask(_ protocolName: String, spec url: URL, name: String, seeds: [UInt64], root: URL, generated: Bool,
+                   val: (url: URL, what: String)) throws -> PlannedTask {
+    let missing = generated || FileManager.default.fileExists(atPath: val.url.path) ? nil
+        : "its \(val.what) \(val.url.path) are not there (point dataset.root at them)"
+    return PlannedTask(protocolName: protocolName, spec: url, name: name, hash: try denseSpecHash(url, extra: root.standardizedFileURL.path),
+                       seeds: seeds, unavailable: missing)
+}
+
+/// The options `detect` and `segment` share, which a unit of `all` sets the same way.
+protocol DenseUnitOptions {
+    var checkpoints: [URL] { get set }
+    var baseline: URL? { get set }
+    var task: String? { get set }
+    var seeds: [UInt64]? { get set }
+    var resume: Bool { get set }
+    var outDir: URL { get set }
+    var report: URL? { get set }
+    var heads: Int? { get set }
+    var threads: Int? { get set }
+    var verbose: Bool { get set }
+}
+
+extension DetectOptions: DenseUnitOptions {}
+extension SegmentOptions: DenseUnitOptions {}
+
+extension DenseUnitOptions {
+    /// One backbone (in its role) and one seed of the unit's spec, `--resume` on, no report.
+    mutating func setUnit(_ unit: TransferUnit, outDir: URL, context: UnitContext) {
+        if unit.backbone.role == "baseline" { baseline = unit.backbone.url } else { checkpoints = [unit.backbone.url] }
+        task = unit.task.spec.path
+        seeds = [unit.seed]
+        resume = true
+        self.outDir = outDir
+        report = nil
+        heads = context.heads
+        threads = context.threads
+        verbose = context.verbose
+    }
+}
+
 /// one seed, `--resume` on (a stopped unit continues its run folder's checkpoint), no report.
 struct DetectUnitKind: TransferUnitKind {
     var protocolName: String { "detect" }
 
     func plan(spec url: URL, seeds: [UInt64]?) throws -> PlannedTask {
         let spec = try DetectSpec.load(contentsOf: url)
-        let val = spec.dataset.resolve(spec.dataset.valAnnotations)
-        let missing = spec.dataset.generate == "shapes" || FileManager.default.fileExists(atPath: val.path) ? nil
-            : "its val annotations \(val.path) are not there (point dataset.root at them)"
-        return PlannedTask(protocolName: protocolName, spec: url, name: spec.name,
-                           hash: try denseSpecHash(url, extra: spec.dataset.rootURL.standardizedFileURL.path), seeds: seeds ?? spec.seeds, unavailable: missing)
+        return try planDenseTask(protocolName, spec: url, name: spec.name, seeds: seeds ?? spec.seeds, root: spec.dataset.rootURL,
+                                 generated: spec.dataset.generate == "shapes",
+                                 val: (spec.dataset.resolve(spec.dataset.valAnnotations), "val annotations"))
     }
 
     func run(_ unit: TransferUnit, outDir: URL, context: UnitContext) throws -> URL {
         var o = DetectOptions()
-        if unit.backbone.role == "baseline" { o.baseline = unit.backbone.url } else { o.checkpoints = [unit.backbone.url] }
-        o.task = unit.task.spec.path
-        o.seeds = [unit.seed]
-        o.resume = true
-        o.outDir = outDir
-        o.report = nil
-        o.heads = context.heads
-        o.threads = context.threads
-        o.verbose = context.verbose
+        o.setUnit(unit, outDir: outDir, context: context)
         return try onlyRunFolder(try runDetect(o), of: unit)
     }
 }
@@ -226,25 +258,13 @@ struct SegmentUnitKind: TransferUnitKind {
 
     func plan(spec url: URL, seeds: [UInt64]?) throws -> PlannedTask {
         let spec = try SegmentSpec.load(url.path)
-        let val = spec.resolve(spec.dataset.valImages)
-        let missing = spec.dataset.generate == "shapes" || FileManager.default.fileExists(atPath: val.path) ? nil
-            : "its val images \(val.path) are not there (point dataset.root at them)"
-        return PlannedTask(protocolName: protocolName, spec: url, name: spec.name,
-                           hash: try denseSpecHash(url, extra: spec.rootURL.standardizedFileURL.path), seeds: seeds ?? spec.seeds,
-                           unavailable: missing)
+        return try planDenseTask(protocolName, spec: url, name: spec.name, seeds: seeds ?? spec.seeds, root: spec.rootURL,
+                                 generated: spec.dataset.generate == "shapes", val: (spec.resolve(spec.dataset.valImages), "val images"))
     }
 
     func run(_ unit: TransferUnit, outDir: URL, context: UnitContext) throws -> URL {
         var o = SegmentOptions()
-        if unit.backbone.role == "baseline" { o.baseline = unit.backbone.url } else { o.checkpoints = [unit.backbone.url] }
-        o.task = unit.task.spec.path
-        o.seeds = [unit.seed]
-        o.resume = true
-        o.outDir = outDir
-        o.report = nil
-        o.heads = context.heads
-        o.threads = context.threads
-        o.verbose = context.verbose
+        o.setUnit(unit, outDir: outDir, context: context)
         return try onlyRunFolder(try runSegment(o), of: unit)
     }
 }
