@@ -2,9 +2,9 @@ import ArgumentParser
 import MAEKernels
 import MAETasks
 
-/// `--img-size`, `--threads` and `--precision`, on every command that runs a model from a checkpoint
-/// (`segment` and `detect` included)
-/// (`pretrain` and `bench` have their own `--threads` beside their own model flags; `bench` its own `--precision`).
+/// `--img-size`, `--threads` and `--precision`, on every command that runs a model from a checkpoint,
+/// `segment` and `detect` included (`pretrain` and `bench` have their own `--threads` beside their own
+/// model flags; `bench` its own `--precision`).
 struct ModelRunFlags: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
         "Model input size in pixels, instead of the task's dataset.img_size (extract, visualize: the checkpoint's; segment: the training crop, with --eval-only the test size; detect: the padded square side); pos_embed is resized bicubically.",
