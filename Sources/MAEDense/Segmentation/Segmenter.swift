@@ -43,7 +43,7 @@ extension Segmenter {
     /// from `ParameterStore.value` may be written long after the call that marked the store changed
     /// (the gradient checks do), and such a write must still reach the ViT. The comparison reads the
     /// span once (ViT-B's 86 M values: about 20 ms here), small next to a forward.
-    public func syncBackboneToViT() {
+    func syncBackboneToViT() {
         let vit = backbone.vit.params, bytes = backboneCount * MemoryLayout<Float>.stride
         guard memcmp(vit.values.data, params.values.data, bytes) != 0 else { return }
         vit.values.data.update(from: params.values.data, count: backboneCount)
