@@ -68,6 +68,10 @@ public final class ParameterStore {
         return .init(start: values.data + s.offset, count: s.count)
     }
 
+    /// The values of parameter `name` for reading. Unlike `value`, it leaves the bf16 copies valid:
+    /// what forwards and backwards read, so evaluating twice packs the weights once.
+    public func read(_ name: String) -> UnsafePointer<Float> { UnsafePointer(values.data + spec(name)!.offset) }
+
     /// The gradient of parameter `name` (a view into the flat buffer).
     public func grad(_ name: String) -> UnsafeMutableBufferPointer<Float> {
         let s = spec(name)!

@@ -30,6 +30,9 @@ public struct DetectOptions: Sendable {
     /// Attention heads for checkpoints (or `--weights`) that do not say.
     public var heads: Int?
     public var threads: Int?
+    /// The ViT backbone's arithmetic (`--precision`): bf16 runs the backbone's linear layers on bf16
+    /// inputs (pyramid and heads stay fp32) and is its own variant (`Precision.variant`).
+    public var precision = Precision.fp32
     public var verbose = true
     /// `--eval-only --weights W`: evaluate a detectron2-layout detector instead of training.
     public var evalOnly = false
@@ -49,6 +52,8 @@ public struct DetectMetrics: Codable, Sendable {
     public var task: String
     public var evaluation = "detect"
     public var variant = "Mask R-CNN"
+    /// The backbone's arithmetic ("fp32", "bf16"); absent in metrics written before it was recorded.
+    public var precision: String?
     public var checkpoint: String
     public var checkpointHash: String
     public var method: String
@@ -66,7 +71,7 @@ public struct DetectMetrics: Codable, Sendable {
     public var maeEvalVersion: String? = MAEEvalVersion.described
 
     enum CodingKeys: String, CodingKey {
-        case task, evaluation = "protocol", variant, checkpoint, checkpointHash = "checkpoint_hash", method, role, seed, recipe
+        case task, evaluation = "protocol", variant, precision, checkpoint, checkpointHash = "checkpoint_hash", method, role, seed, recipe
         case dataset, bbox, segm, valImages = "val_images", detections, protocolChecks = "protocol_checks", timings, created
         case maeEvalVersion = "mae_eval_version"
     }
@@ -79,6 +84,8 @@ public struct DetectEpoch: EpochLine, Sendable, Equatable {
     public var terms: [String: Double]
     public var lr: Double
     public var seconds: Double
+    /// The backbone's arithmetic ("fp32", "bf16"); absent in logs written before it was recorded.
+    public var precision: String?
 }
 
 /// The training checkpoint's state beside the weights and AdamW moments.
@@ -207,6 +214,7 @@ func detectOne(spec: DetectSpec, backbone: LoadedBackbone,
     let model = try MaskRCNN(config)
     model.initializeWeights(seed: seed)
     try model.backbone.loadEncoder(from: backbone.model)
+    model.backbone.vit.precision = o.precision
     let groups = model.parameterGroups(layerDecay: Float(r.layerDecay))
     let optimizer = AdamW(count: model.params.layout.totalCount, groups: groups, weightDecay: Float(r.weightDecay))
     let builder = DetectionBatchBuilder.training(trainData, size: size, scale: r.lsjScale[0]...r.lsjScale[1])
@@ -216,7 +224,8 @@ func detectOne(spec: DetectSpec, backbone: LoadedBackbone,
     let steps = loader.batchCount
     let schedule = Schedule(baseLR: Float(r.lr), warmupEpochs: Double(r.warmupIters) / Double(steps), epochs: Double(r.epochs),
                             decay: .step(milestones: r.milestones, gamma: r.gamma), warmupFactor: Float(r.warmupFactor))
-    let run = TransferRun(root: o.outDir, task: spec.name, variant: "Mask R-CNN", backbone: backbone, seed: seed)
+    let variant = o.precision.variant("Mask R-CNN")
+    let run = TransferRun(root: o.outDir, task: spec.name, variant: variant, backbone: backbone, seed: seed)
     let lock = try run.lock()
     defer { withExtendedLifetime(lock) {} }
     let expected = DetectState(seed: seed, checkpointHash: backbone.hash, config: config, loop: nil)
@@ -251,7 +260,7 @@ func detectOne(spec: DetectSpec, backbone: LoadedBackbone,
         },
         record: { s in
             DetectEpoch(epoch: s.epoch, loss: s.terms["loss"] ?? .nan, terms: s.terms.filter { $0.key != "loss" },
-                        lr: Double(s.lastLR), seconds: s.seconds)
+                        lr: Double(s.lastLR), seconds: s.seconds, precision: o.precision.rawValue)
         })
     training.stage = "detection "
     training.checkpoint = (run.checkpoint, { loop in
@@ -279,12 +288,14 @@ func detectOne(spec: DetectSpec, backbone: LoadedBackbone,
             "\(spec.heads.roiPositiveFraction), background last, class-specific boxes and masks",
         "trained \(r.epochs) epochs of \(steps) steps; LSJ \(r.lsjScale[0])-\(r.lsjScale[1]) at \(size) px; evaluated on the last epoch's weights",
         "the trained detector is the run folder's \(detector.lastPathComponent), in detectron2's parameter names",
-    ]
-    let metrics = DetectMetrics(task: spec.name, checkpoint: backbone.url.path, checkpointHash: backbone.hash, method: backbone.method,
+    ] + [o.precision.denseCheck].compactMap { $0 }
+    let metrics = DetectMetrics(task: spec.name, variant: variant, precision: o.precision.rawValue,
+                                checkpoint: backbone.url.path, checkpointHash: backbone.hash, method: backbone.method,
                                 role: backbone.role, seed: seed, recipe: r.summary, dataset: data.name, bbox: bbox, segm: segm,
                                 valImages: data.val.count, detections: count, protocolChecks: checks,
                                 timings: ["train_s": trainSeconds, "eval_s": elapsed(since: evalStart), "total_s": elapsed(since: total),
-                                          "train_img_per_s": Double(steps * r.batchSize * r.epochs) / max(trainSeconds, 1e-9)],
+                                          "train_img_per_s": Double(steps * r.batchSize * r.epochs) / max(trainSeconds, 1e-9),
+                                          "eval_img_per_s": Double(data.val.count) / max(elapsed(since: evalStart), 1e-9)],
                                 created: timestamp())
     try writeDetectMetrics(metrics, to: run)
     return run
@@ -306,21 +317,24 @@ func evaluateWeights(_ weights: URL, spec: DetectSpec, val: COCODetectionDataset
     }
     let model = try MaskRCNN(config)
     try DetectronCheckpoint.load(file, into: model.params)
+    model.backbone.vit.precision = o.precision
     let hash = try fileHash(weights)
     let stem = weights.deletingPathExtension().lastPathComponent
-    let run = TransferRun(dir: o.outDir.appendingPathComponent(spec.name).appendingPathComponent("eval-only")
+    let variant = o.precision.variant("eval-only")
+    let run = TransferRun(dir: o.outDir.appendingPathComponent(spec.name).appendingPathComponent(TransferRun.folderName(variant: variant))
         .appendingPathComponent("\(stem)-\(hash.prefix(8))"))
     let lock = try run.lock()
     defer { withExtendedLifetime(lock) {} }
     let annotations = o.valData ?? spec.dataset.resolve(spec.dataset.valAnnotations)
     let (bbox, segm, count) = try evaluateDetector(model, val: val, annotations: annotations, size: spec.dataset.imgSize,
                                                    run: run, verbose: o.verbose)
-    let metrics = DetectMetrics(task: spec.name, checkpoint: weights.path, checkpointHash: hash, method: "detectron2", role: "checkpoint",
+    let metrics = DetectMetrics(task: spec.name, variant: o.precision.variant("Mask R-CNN"), precision: o.precision.rawValue,
+                                checkpoint: weights.path, checkpointHash: hash, method: "detectron2", role: "checkpoint",
                                 seed: 0, recipe: "evaluated as given (--eval-only)", dataset: spec.dataset.name, bbox: bbox, segm: segm,
                                 valImages: val.count, detections: count,
                                 protocolChecks: ["architecture from the weights: depth \(config.backbone.depth), width \(config.backbone.embedDim), " +
                                                  "patch \(config.backbone.patchSize), global blocks \(config.backbone.vitdet!.globalBlocks), " +
-                                                 "\(config.heads.classes) classes"],
+                                                 "\(config.heads.classes) classes"] + [o.precision.denseCheck].compactMap { $0 },
                                 timings: ["total_s": elapsed(since: total)], created: timestamp())
     try writeDetectMetrics(metrics, to: run)
     return run

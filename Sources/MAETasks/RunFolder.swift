@@ -42,8 +42,8 @@ public struct TransferOptions: Sendable {
 
     public init() {}
 
-    /// The protocol's variant name for this run's precision: unchanged in fp32, ", bf16" appended in bf16.
-    public func variant(_ name: String) -> String { precision == .fp32 ? name : name + ", bf16" }
+    /// The protocol's variant name for this run's precision (`Precision.variant`).
+    public func variant(_ name: String) -> String { precision.variant(name) }
 
     /// The folder of run folders when none is given.
     public static let defaultRunsPath = "runs"
@@ -53,6 +53,19 @@ public struct TransferOptions: Sendable {
     /// so an experiment elsewhere never rewrites the committed report.
     public static func defaultReportPath(runs: String) -> String {
         runs == defaultRunsPath ? "Reports/classification.md" : (runs as NSString).appendingPathComponent("classification.md")
+    }
+}
+
+extension Precision {
+    /// The protocol's variant name for runs in this precision: unchanged in fp32, ", bf16" appended in
+    /// bf16, so a bf16 run is its own run folder and its own report section (every protocol, dense too).
+    public func variant(_ name: String) -> String { self == .fp32 ? name : name + ", bf16" }
+
+    /// What a dense run (`segment`, `detect`) computes in this precision, for its metrics.json's
+    /// protocol checks; nil in fp32.
+    public var denseCheck: String? {
+        self == .fp32 ? nil
+            : "bf16: the ViT backbone's linear layers multiply bf16-rounded inputs and weights with fp32 accumulation (torch.autocast's rule, oneDNN); unlike autocast, the neck's and heads' convolutions and linear layers stay fp32, as do norms, softmax, attention's small products, losses and master weights"
     }
 }
 
@@ -285,10 +298,15 @@ public struct TransferRun: Sendable {
 
     /// `root/<task>/<variant>/<stem>-<hash8>-s<seed>`.
     public init(root: URL, task: String, variant: String, backbone: LoadedBackbone, seed: UInt64) {
-        let slug = variant.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "-" }
-        let v = String(slug).split(separator: "-").joined(separator: "-")
-        dir = root.appendingPathComponent(task).appendingPathComponent(v)
+        dir = root.appendingPathComponent(task).appendingPathComponent(Self.folderName(variant: variant))
             .appendingPathComponent("\(backbone.stem)-\(backbone.hash.prefix(8))-s\(seed)")
+    }
+
+    /// A variant's folder name: lower case, each run of other characters than letters and digits one
+    /// "-" ("upernet, bf16" -> "upernet-bf16").
+    public static func folderName(variant: String) -> String {
+        let slug = variant.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "-" }
+        return String(slug).split(separator: "-").joined(separator: "-")
     }
 
     public init(dir: URL) { self.dir = dir }

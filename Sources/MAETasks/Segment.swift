@@ -28,6 +28,9 @@ public struct SegmentOptions: Sendable {
     public var report: URL?
     public var heads: Int?
     public var threads: Int?
+    /// The ViT backbone's arithmetic (`--precision`): bf16 runs the backbone's linear layers on bf16
+    /// inputs (neck and heads stay fp32) and is its own variant (`Precision.variant`).
+    public var precision = Precision.fp32
     public var verbose = true
     /// `--eval-only --weights W`: evaluate an mmseg-layout UperNet (safetensors or mmengine .pth).
     public var evalOnly = false
@@ -52,10 +55,12 @@ public struct SegmentEpoch: EpochLine, Sendable, Equatable {
     public var lr: Double
     public var imagesPerSecond: Double
     public var seconds: Double
+    /// The backbone's arithmetic ("fp32", "bf16"); absent in logs written before it was recorded.
+    public var precision: String?
 
     enum CodingKeys: String, CodingKey {
         case epoch, trainLoss = "train_loss", decodeLoss = "decode_loss", auxLoss = "aux_loss", lr
-        case imagesPerSecond = "images_per_s", seconds
+        case imagesPerSecond = "images_per_s", seconds, precision
     }
 }
 
@@ -97,7 +102,7 @@ public func runSegment(_ o: SegmentOptions) throws -> [TransferRun] {
         try apply(o, to: &spec)
         let (train, val) = try datasets(spec, o)
         for b in backbones {
-            let backbone = try loadBackbone(b, imgSize: spec.dataset.crop, heads: o.heads)
+            let backbone = try loadBackbone(b, imgSize: spec.dataset.crop, heads: o.heads, precision: o.precision)
             for seed in spec.seeds {
                 runs.append(try segmentOne(spec: spec, backbone: backbone, train: train, val: val, seed: seed, o: o))
             }
@@ -189,7 +194,7 @@ func segmentOne(spec: SegmentSpec, backbone: LoadedBackbone, train: Segmentation
     let loader = DataLoader(denseSource: SegmentationTrainSource(dataset: train, pipeline: spec.pipeline), batchSize: r.batchSize,
                             seed: seed, shuffle: true, dropLast: train.count >= r.batchSize, rank: world.rank, of: world.size)
     guard loader.batchCount > 0 else { throw TaskError.badArgument("the training set has no images") }
-    let variant = spec.head.type == "linear" ? "linear, last \(spec.head.blocks ?? 1) blocks" : "upernet"
+    let variant = o.precision.variant(spec.head.type == "linear" ? "linear, last \(spec.head.blocks ?? 1) blocks" : "upernet")
     let run = TransferRun(root: segmentationRunsRoot(o.outDir), task: spec.name, variant: variant, backbone: backbone, seed: seed)
     let lock = try run.lock()
     defer { withExtendedLifetime(lock) {} }
@@ -222,7 +227,8 @@ func segmentOne(spec: SegmentSpec, backbone: LoadedBackbone, train: Segmentation
         record: { summary in
             let entry = SegmentEpoch(epoch: summary.epoch, trainLoss: summary.terms["loss"] ?? .nan, decodeLoss: summary.terms["decode"],
                                      auxLoss: summary.terms["aux"], lr: Double(summary.lastLR),
-                                     imagesPerSecond: summary.imagesPerSecond, seconds: summary.seconds)
+                                     imagesPerSecond: summary.imagesPerSecond, seconds: summary.seconds,
+                                     precision: o.precision.rawValue)
             progress.note("\(label) epoch \(summary.epoch)/\(r.epochs): loss \(String(format: "%.4f", entry.trainLoss)), " +
                           "\(String(format: "%.1f", entry.imagesPerSecond)) images/s, \(String(format: "%.1f", entry.seconds)) s")
             return entry
@@ -250,9 +256,10 @@ func segmentOne(spec: SegmentSpec, backbone: LoadedBackbone, train: Segmentation
             "BEiT options on the backbone: \(o.relativePositionWindow.map { "relative position bias (\($0) x \($0) window, tables from zero)" } ?? "no relative position bias")\(o.layerScale.map { ", layer scale from \($0)" } ?? ", no layer scale") (mmseg's MAE init)"
         } ?? "no BEiT relative position bias or layer scale on the backbone (the spec's `backbone` section turns them on)",
     ]
+    if let note = o.precision.denseCheck { checks.append(note) }
     if resumed != nil { checks.append("resumed from the run's checkpoint") }
     try writeSegmentMetrics(run: run, spec: spec, score: score, backbone: (backbone.url.path, backbone.hash, backbone.method, backbone.role),
-                            variant: variant, seed: seed, train: train.count, checks: checks,
+                            variant: variant, precision: o.precision, seed: seed, train: train.count, checks: checks,
                             timings: ["train_s": trainSeconds, "eval_s": score.seconds, "total_s": elapsed(since: total),
                                       "train_images_per_s": log.last?.imagesPerSecond ?? 0,
                                       "eval_images_per_s": Double(score.images) / max(score.seconds, 1e-9)],
@@ -265,7 +272,8 @@ func segmentOne(spec: SegmentSpec, backbone: LoadedBackbone, train: Segmentation
 /// Writes `metrics.json`: mIoU, mAcc, aAcc and per-class IoU / Acc (percent, null where undefined)
 /// by class name, with what the report needs to identify the run.
 func writeSegmentMetrics(run: TransferRun, spec: SegmentSpec, score: SegmentationScore,
-                         backbone: (path: String, hash: String, method: String, role: String), variant: String, seed: UInt64,
+                         backbone: (path: String, hash: String, method: String, role: String), variant: String,
+                         precision: Precision, seed: UInt64,
                          train: Int, checks: [String], timings: [String: Double], epochs: Int) throws {
     let res = score.result
     for (name, v) in [("mIoU", res.mIoU), ("mAcc", res.mAcc), ("aAcc", res.aAcc)] where !v.isFinite {
@@ -279,6 +287,7 @@ func writeSegmentMetrics(run: TransferRun, spec: SegmentSpec, score: Segmentatio
     })
     let object: [(String, JSONValue)] = [
         ("task", .string(spec.name)), ("protocol", .string("segment")), ("variant", .string(variant)),
+        ("precision", .string(precision.rawValue)),
         ("checkpoint", .string(backbone.path)), ("checkpoint_hash", .string(backbone.hash)), ("method", .string(backbone.method)),
         ("role", .string(backbone.role)), ("seed", .int(Int(seed))),
         ("mIoU", .double(res.mIoU)), ("mAcc", .double(res.mAcc)), ("aAcc", .double(res.aAcc)), ("per_class", perClass),

@@ -127,6 +127,7 @@ func evaluateWeights(_ o: SegmentOptions) throws -> TransferRun {
     guard let k = o.numClasses else { throw TaskError.badArgument("--eval-only needs --num-classes") }
     let file = try CheckpointFile.open(weights)
     let model = try segmenterFromWeights(file, heads: o.heads, imgSize: o.imgSize)
+    model.backbone.vit.precision = o.precision
     guard model.classes == k else {
         throw TaskError.badArgument("\(weights.path) predicts \(model.classes) classes, but --num-classes is \(k)")
     }
@@ -137,7 +138,8 @@ func evaluateWeights(_ o: SegmentOptions) throws -> TransferRun {
     let inference = SegmentationInference(scale: (4 * size, size), slide: o.slide, crop: size, stride: max(1, size * 2 / 3),
                                           patch: config.patchSize)
     let hash = try fileHash(weights)
-    let run = TransferRun(dir: segmentationRunsRoot(o.outDir).appendingPathComponent("eval-only")
+    let variant = o.precision.variant("eval-only")
+    let run = TransferRun(dir: segmentationRunsRoot(o.outDir).appendingPathComponent(TransferRun.folderName(variant: variant))
         .appendingPathComponent("\(weights.deletingPathExtension().lastPathComponent)-\(hash.prefix(8))"))
     let lock = try run.lock()
     defer { withExtendedLifetime(lock) {} }
@@ -148,10 +150,10 @@ func evaluateWeights(_ o: SegmentOptions) throws -> TransferRun {
                                                       reduceZero: o.reduceZeroLabel), source: "--eval-only")
     spec.dataset.root = images.path
     try writeSegmentMetrics(run: run, spec: spec, score: score, backbone: (weights.path, hash, "unknown", "checkpoint"),
-                            variant: "eval-only", seed: 0, train: 0,
+                            variant: variant, precision: o.precision, seed: 0, train: 0,
                             checks: ["evaluated \(weights.lastPathComponent) as given (\(model is LinearSegmenter ? "linear head" : "UperNet"), \(config.depth) blocks, width \(config.embedDim), out indices \(model.backbone.outIndices))",
                                      "\(o.slide ? "slide \(size)/\(inference.stride)" : "whole") inference on the keep-ratio resize to (\(4 * size), \(size))",
-                                     beitSummary(config.beit)],
+                                     beitSummary(config.beit)] + [o.precision.denseCheck].compactMap { $0 },
                             timings: ["eval_s": score.seconds, "total_s": elapsed(since: start),
                                       "eval_images_per_s": Double(score.images) / max(score.seconds, 1e-9)],
                             epochs: 0)

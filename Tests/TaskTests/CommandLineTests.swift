@@ -183,6 +183,12 @@ final class CommandLineTests: XCTestCase {
                                      mentions: "error: --method must be mae or supervised, not 'dino'.")
         try assertOneSentenceFailure(["coco-eval", "--gt", "g", "--dt", "d", "--iou-type", "keypoints"],
                                      mentions: "error: --iou-type must be bbox or segm, not 'keypoints'.")
+        // The dense commands take the shared --precision: a bad value is refused, bf16 parses and
+        // reaches the library (which then names the missing --weights).
+        for command in ["segment", "detect"] {
+            try assertOneSentenceFailure([command, "--precision", "fp16"], mentions: "error: --precision must be fp32 or bf16, not 'fp16'.")
+            try assertOneSentenceFailure([command, "--eval-only", "--precision", "bf16"], mentions: "--eval-only needs --weights")
+        }
     }
 
     func testBenchPrintsOneJSONLine() throws {

@@ -36,15 +36,15 @@ public struct Conv2dLayer: DenseLayer {
     public func forward(_ input: Tensor, _ params: ParameterStore, training: Bool) -> LayerTrace {
         let s = size(input.shape)
         let out = Tensor([s.batch, outChannels, s.outHeight, s.outWidth])
-        conv2dForward(out: out.data, input: input.data, weight: params.value(weightName).baseAddress!,
-                      bias: biasName.map { UnsafePointer(params.value($0).baseAddress!) }, size: s)
+        conv2dForward(out: out.data, input: input.data, weight: params.read(weightName),
+                      bias: biasName.map { params.read($0) }, size: s)
         return LayerTrace(input: input, output: out)
     }
 
     public func backward(_ trace: LayerTrace, dOut: Tensor, dInput: Tensor?, _ params: ParameterStore) {
         conv2dBackward(dInput: dInput?.data, dWeight: params.grad(weightName).baseAddress!,
                        dBias: biasName.map { params.grad($0).baseAddress! }, dOut: dOut.data,
-                       input: trace.input.data, weight: params.value(weightName).baseAddress!,
+                       input: trace.input.data, weight: params.read(weightName),
                        size: size(trace.input.shape))
     }
 
@@ -90,15 +90,15 @@ public struct ConvTranspose2dLayer: DenseLayer {
     public func forward(_ input: Tensor, _ params: ParameterStore, training: Bool) -> LayerTrace {
         let s = size(input.shape)
         let out = Tensor([s.batch, outChannels, s.outHeight, s.outWidth])
-        convTranspose2dForward(out: out.data, input: input.data, weight: params.value(weightName).baseAddress!,
-                               bias: biasName.map { UnsafePointer(params.value($0).baseAddress!) }, size: s)
+        convTranspose2dForward(out: out.data, input: input.data, weight: params.read(weightName),
+                               bias: biasName.map { params.read($0) }, size: s)
         return LayerTrace(input: input, output: out)
     }
 
     public func backward(_ trace: LayerTrace, dOut: Tensor, dInput: Tensor?, _ params: ParameterStore) {
         convTranspose2dBackward(dInput: dInput?.data, dWeight: params.grad(weightName).baseAddress!,
                                 dBias: biasName.map { params.grad($0).baseAddress! }, dOut: dOut.data,
-                                input: trace.input.data, weight: params.value(weightName).baseAddress!,
+                                input: trace.input.data, weight: params.read(weightName),
                                 size: size(trace.input.shape))
     }
 

@@ -103,8 +103,8 @@ public struct LinearLayer: DenseLayer {
 
     public func forward(_ input: Tensor, _ params: ParameterStore, training: Bool) -> LayerTrace {
         let out = Tensor(outputShape(input.shape))
-        linearForward(out: out.data, input: input.data, weight: params.value(weightName).baseAddress!,
-                      bias: biasName.map { UnsafePointer(params.value($0).baseAddress!) },
+        linearForward(out: out.data, input: input.data, weight: params.read(weightName),
+                      bias: biasName.map { params.read($0) },
                       rows: input.shape[0], inDim: inFeatures, outDim: outFeatures)
         return LayerTrace(input: input, output: out)
     }
@@ -112,7 +112,7 @@ public struct LinearLayer: DenseLayer {
     public func backward(_ trace: LayerTrace, dOut: Tensor, dInput: Tensor?, _ params: ParameterStore) {
         linearBackward(dInput: dInput?.data, dWeight: params.grad(weightName).baseAddress!,
                        dBias: biasName.map { params.grad($0).baseAddress! }, dOut: dOut.data,
-                       input: trace.input.data, weight: params.value(weightName).baseAddress!,
+                       input: trace.input.data, weight: params.read(weightName),
                        rows: trace.input.shape[0], inDim: inFeatures, outDim: outFeatures)
     }
 

@@ -28,7 +28,7 @@ public struct ChannelLayerNorm: DenseLayer {
         let shape = outputShape(input.shape)
         let batch = shape[0], plane = shape[2] * shape[3], c = channels
         let out = Tensor(shape), mean = Tensor([batch, plane]), rstd = Tensor([batch, plane])
-        let w = params.value(weightName).baseAddress!, b = params.value(biasName).baseAddress!
+        let w = params.read(weightName), b = params.read(biasName)
         let x = input.data, y = out.data
         let invC = 1 / Float(c)
         // Each worker takes a run of pixels; the channel loop is outermost so the pixel loop is contiguous.
@@ -60,7 +60,7 @@ public struct ChannelLayerNorm: DenseLayer {
         let batch = shape[0], plane = shape[2] * shape[3], c = channels
         let mean = trace.saved[0].data, rstd = trace.saved[1].data
         let x = trace.input.data, g = dOut.data
-        let w = params.value(weightName).baseAddress!
+        let w = params.read(weightName)
         let dW = params.grad(weightName).baseAddress!, dB = params.grad(biasName).baseAddress!
         Parallel.forRanges(c) { chans in
             for ch in chans {
@@ -150,8 +150,11 @@ public struct BatchNorm2d: DenseLayer {
         let shape = outputShape(input.shape)
         let batch = shape[0], plane = shape[2] * shape[3], c = channels, n = batch * plane
         let out = Tensor(shape), stats = Tensor([2, c])
-        let w = params.value(weightName).baseAddress!, b = params.value(biasName).baseAddress!
-        let runMean = params.value(runningMeanName).baseAddress!, runVar = params.value(runningVarName).baseAddress!
+        let w = params.read(weightName), b = params.read(biasName)
+        // Written in training only, where `value(batchesTrackedName)` below marks the store changed;
+        // evaluation only reads them, so the store's bf16 weight copies stay valid.
+        let runMean = UnsafeMutablePointer(mutating: params.read(runningMeanName))
+        let runVar = UnsafeMutablePointer(mutating: params.read(runningVarName))
         if training { precondition(n > 1, "\(weightName): batch statistics need more than one value per channel") }
         let x = input.data, y = out.data
         Parallel.forRanges(c) { chans in
@@ -193,7 +196,7 @@ public struct BatchNorm2d: DenseLayer {
         let batch = shape[0], plane = shape[2] * shape[3], c = channels, n = Float(batch * plane)
         let stats = trace.saved[0], training = trace.training
         let x = trace.input.data, g = dOut.data, dx = dInput?.data
-        let w = params.value(weightName).baseAddress!
+        let w = params.read(weightName)
         channelGradientSums(trace, dOut: dOut, params) { ch, sumG, sumGX in
             guard let dx else { return }
             let m = stats[ch], r = stats[c + ch], k = w[ch] * r
@@ -252,8 +255,11 @@ extension BatchNorm2d {
         let global = sums, n = global[2 * c]
         precondition(n > 1, "\(weightName): batch statistics need more than one value per channel")
         let out = Tensor(shape), stats = Tensor([2, c])
-        let w = params.value(weightName).baseAddress!, b = params.value(biasName).baseAddress!
-        let runMean = params.value(runningMeanName).baseAddress!, runVar = params.value(runningVarName).baseAddress!
+        let w = params.read(weightName), b = params.read(biasName)
+        // Written in training only, where `value(batchesTrackedName)` below marks the store changed;
+        // evaluation only reads them, so the store's bf16 weight copies stay valid.
+        let runMean = UnsafeMutablePointer(mutating: params.read(runningMeanName))
+        let runVar = UnsafeMutablePointer(mutating: params.read(runningVarName))
         let y = out.data
         Parallel.forRanges(c) { chans in
             for ch in chans {
@@ -310,7 +316,7 @@ extension BatchNorm2d {
         let batch = shape[0], plane = shape[2] * shape[3], c = channels, local = Float(batch * plane)
         let stats = trace.saved[0], share = Double(trace.saved[1][0])
         let x = trace.input.data, g = dOut.data
-        let w = params.value(weightName).baseAddress!
+        let w = params.read(weightName)
         var sums = [Double](repeating: 0, count: 2 * c)
         sums.withUnsafeMutableBufferPointer { s in
             channelGradientSums(trace, dOut: dOut, params) { ch, sumG, sumGX in

@@ -6,8 +6,8 @@ import MAEModels
 /// store under mmsegmentation's names (`backbone.layers.i.*`, `neck.*`, `decode_head.*`,
 /// `auxiliary_head.*`, BN buffers), so the training loop, the optimizer and checkpoints see one
 /// table. The backbone's entries come first, in the ViT's own order: its forward and backward run
-/// on the ViT's store, which `forwardBackbone` fills from this one and whose gradients
-/// `accumulateBackboneGradients` adds back (one copy of the backbone's values each way per step).
+/// on the ViT's store, which `forwardBackbone` fills from this one when the two differ and whose
+/// gradients `backwardBackbone` adds back (at most one copy of the backbone's values each way per step).
 public protocol Segmenter: AnyObject {
     var backbone: SegmentationBackbone { get }
     var params: ParameterStore { get }
@@ -37,11 +37,23 @@ extension Segmenter {
         params.values.data.update(from: backbone.vit.params.values.data, count: backboneCount)
     }
 
+    /// Gives the ViT this store's backbone values when they differ from its own, and only then marks
+    /// the ViT's bf16 packs stale: an evaluation packs the backbone once, training once per optimizer
+    /// step, a frozen backbone once. The values are compared rather than a version trusted: a pointer
+    /// from `ParameterStore.value` may be written long after the call that marked the store changed
+    /// (the gradient checks do), and such a write must still reach the ViT. The comparison reads the
+    /// span once (ViT-B's 86 M values: about 20 ms here), small next to a forward.
+    func syncBackboneToViT() {
+        let vit = backbone.vit.params, bytes = backboneCount * MemoryLayout<Float>.stride
+        guard memcmp(vit.values.data, params.values.data, bytes) != 0 else { return }
+        vit.values.data.update(from: params.values.data, count: backboneCount)
+        vit.weightsChanged()
+    }
+
     /// The backbone's maps for images (B, 3, H, W), run on the ViT with this store's backbone values.
     func forwardBackbone(images: UnsafePointer<Float>, batch: Int, height: Int, width: Int, training: Bool,
                          seed: UInt64) -> SegmentationBackbone.Pass {
-        backbone.vit.params.values.data.update(from: params.values.data, count: backboneCount)
-        backbone.vit.params.weightsChanged()   // no stale bf16 packs of the previous step's weights
+        syncBackboneToViT()
         return backbone.forward(images: images, batch: batch, height: height, width: width, training: training, seed: seed)
     }
 
@@ -217,7 +229,7 @@ public final class LinearSegmenter: Segmenter {
     func features(images: UnsafePointer<Float>, batch b: Int, height h: Int, width w: Int) -> Tensor {
         let pass = forwardBackbone(images: images, batch: b, height: h, width: w, training: false, seed: 0)
         let vit = backbone.vit, d = vit.config.embedDim, p = vit.config.patchSize
-        let weight = vit.params.value(normNames.weight).baseAddress!, bias = vit.params.value(normNames.bias).baseAddress!
+        let weight = vit.params.read(normNames.weight), bias = vit.params.read(normNames.bias)
         let maps = backbone.outIndices.map { i -> Tensor in
             let tokens = pass.encoder.blockOutput(i)
             let rows = tokens.count / d

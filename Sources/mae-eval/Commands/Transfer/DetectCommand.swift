@@ -29,8 +29,6 @@ struct Detect: LibraryCommand {
     var valData: URL?
     @Option(name: .long, help: "Folder of the val images.")
     var valImages: URL?
-    @Option(name: .long, help: "Padded square input side in pixels, instead of the task's dataset.img_size.")
-    var imgSize: Int?
     @Option(name: .long, help: "Epochs, instead of the task's (the lr milestones scale with them).")
     var epochs: Int?
     @Option(name: .long, help: "One seed, instead of the task's.")
@@ -47,8 +45,7 @@ struct Detect: LibraryCommand {
     var weights: URL?
     @Option(name: .long, help: "Attention heads, for weights or checkpoints that do not say and match no preset.")
     var heads: Int?
-    @Option(name: .long, help: ArgumentHelp("Compute threads (default: every core; at most 4 per core).", valueName: "N"))
-    var threads: Int?
+    @OptionGroup var compute: ModelRunFlags
 
     var options: DetectOptions {
         get throws {
@@ -57,7 +54,7 @@ struct Detect: LibraryCommand {
             o.baseline = baseline
             o.task = task
             o.trainData = trainData; o.trainImages = trainImages; o.valData = valData; o.valImages = valImages
-            o.imgSize = imgSize
+            o.imgSize = compute.imgSize
             o.epochs = epochs
             if let seeds { o.seeds = try TransferOptions.parseSeeds(seeds) }
             if let seed {
@@ -70,7 +67,8 @@ struct Detect: LibraryCommand {
             o.evalOnly = evalOnly
             o.weights = weights
             o.heads = heads
-            o.threads = threads
+            o.threads = compute.threads
+            o.precision = compute.precision
             if evalOnly, !checkpoint.isEmpty || baseline != nil {
                 throw ValidationError("--eval-only evaluates --weights; it takes no --checkpoint or --baseline.")
             }

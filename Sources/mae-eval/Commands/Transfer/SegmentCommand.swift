@@ -38,8 +38,6 @@ struct Segment: LibraryCommand {
     var numClasses: Int?
     @Flag(name: .long, help: "ADE20K's convention: label 0 is ignored, the others shift down by one.")
     var reduceZeroLabel = false
-    @Option(name: .long, help: ArgumentHelp("Training crop and model input (default: the task's crop); with --eval-only the test size.", valueName: "N"))
-    var imgSize: Int?
     @Option(name: .long, help: "Epochs, instead of the task's.")
     var epochs: Int?
     @Option(name: .long, help: "Comma-separated seeds, instead of the task's.")
@@ -60,8 +58,7 @@ struct Segment: LibraryCommand {
     var slide = false
     @Option(name: .long, help: "Attention heads, for weights that do not say and match no preset.")
     var heads: Int?
-    @Option(name: .long, help: ArgumentHelp("Compute threads (default: every core).", valueName: "N"))
-    var threads: Int?
+    @OptionGroup var compute: ModelRunFlags
 
     func call() throws -> [String] {
         var o = SegmentOptions()
@@ -72,7 +69,7 @@ struct Segment: LibraryCommand {
         o.trainImages = trainImages; o.trainLabels = trainLabels; o.valImages = valImages; o.valLabels = valLabels
         o.numClasses = numClasses
         o.reduceZeroLabel = reduceZeroLabel
-        o.imgSize = imgSize
+        o.imgSize = compute.imgSize
         o.epochs = epochs
         if let seeds { o.seeds = try TransferOptions.parseSeeds(seeds) }
         o.resume = resume
@@ -82,7 +79,8 @@ struct Segment: LibraryCommand {
         o.weights = weights
         o.slide = slide
         o.heads = heads
-        o.threads = threads
+        o.threads = compute.threads
+        o.precision = compute.precision
         return try runSegment(o).map(\.dir.path)
     }
 }
