@@ -119,6 +119,7 @@ func apply(_ o: SegmentOptions, to spec: inout SegmentSpec) throws {
         spec.head.type = head
     }
     if let n = o.numClasses { spec.dataset.numClasses = n; spec.dataset.classNames = nil }
+    if let folder = o.trainImages { spec.dataset.name = folder.path }   // the user's data, not the task's
     if o.reduceZeroLabel { spec.dataset.reduceZeroLabel = true }
     if let s = o.imgSize { spec.dataset.crop = s }
     if let e = o.epochs {

@@ -95,6 +95,59 @@ final class SegmentTaskTests: XCTestCase {
     }
 }
 
+extension SegmentTaskTests {
+    /// An ADE20K-layout folder pair unlike Shapes (JPEG texture mosaics, 96 x 72, label 0 on the seams;
+    /// scripts/make_texture_ade.py): --reduce-zero-label ignores 0 and shifts the rest down, pred/ holds
+    /// the maps in the annotation's label space (class c written c + 1) at the annotation's size,
+    /// metrics.json is their metrics and names the user's folder as the dataset.
+    func testADELayoutFoldersWithReduceZeroLabel() throws {
+        let root = try scratchFolder(prefix: "mae-eval-segment-ade")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let ade = try XCTUnwrap(Bundle.module.url(forResource: "Fixtures/texture_ade", withExtension: nil))
+        let task = root.appendingPathComponent("tiny.yaml")
+        try TinyTasks.segmentation(epochs: 1).write(to: task, atomically: true, encoding: .utf8)
+        let backbone = root.appendingPathComponent("tiny_mae.safetensors")
+        try TinyTasks.backbone(at: backbone)
+        var o = SegmentOptions()
+        o.checkpoints = [backbone]
+        o.task = task.path
+        o.trainImages = ade.appendingPathComponent("images/training")
+        o.trainLabels = ade.appendingPathComponent("annotations/training")
+        o.valImages = ade.appendingPathComponent("images/validation")
+        o.valLabels = ade.appendingPathComponent("annotations/validation")
+        o.numClasses = 6
+        o.reduceZeroLabel = true
+        o.outDir = root.appendingPathComponent("runs")
+        o.report = nil
+        o.verbose = false
+        let run = try runSegment(o)[0]
+        let metrics = try jsonObject(run.metrics)
+        XCTAssertEqual(metrics["num_classes"] as? Int, 6)
+        XCTAssertEqual(metrics["reduce_zero_label"] as? Bool, true)
+        let dataset = try XCTUnwrap(metrics["dataset"] as? String)
+        XCTAssertTrue(dataset.hasPrefix(o.trainImages!.path + ", 6 train / 3 val images"), dataset)
+        let pred = run.dir.appendingPathComponent("pred")
+        let stems = try FileManager.default.contentsOfDirectory(atPath: pred.path).sorted()
+        XCTAssertEqual(stems, ["tex_val_000000.png", "tex_val_000001.png", "tex_val_000002.png"])
+        for stem in stems {
+            let map = try LabelMapCodec.read(contentsOf: pred.appendingPathComponent(stem))
+            XCTAssertEqual([map.width, map.height], [96, 72], stem)
+            XCTAssertTrue(map.labels.allSatisfy { (1...6).contains($0) }, "\(stem): labels outside 1...6")
+        }
+        // In the annotation's label space the seams (0) are the ignored label and classes 1...6 are
+        // scored; class 0 is then never predicted nor labelled, so its NaN drops out of the means
+        // (`mae-eval seg-eval --num-classes 7 --ignore-index 0` on pred/).
+        let recomputed = try SegmentationMetrics.evaluateDirectories(
+            groundTruth: o.valLabels!, predictions: pred, numClasses: 7, ignoreIndex: 0) { url in
+                let m = try LabelMapCodec.read(contentsOf: url)
+                return (m.width, m.height, m.labels)
+            }
+        XCTAssertEqual(recomputed.images, 3)
+        XCTAssertEqual(recomputed.result.mIoU, try XCTUnwrap(metrics["mIoU"] as? Double), accuracy: 1e-9)
+        XCTAssertEqual(recomputed.result.aAcc, try XCTUnwrap(metrics["aAcc"] as? Double), accuracy: 1e-9)
+    }
+}
+
 /// A JSON file's top-level object.
 func jsonObject(_ url: URL) throws -> [String: Any] {
     try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any], url.path)
