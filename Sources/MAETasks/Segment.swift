@@ -170,7 +170,8 @@ func makeSegmenter(_ spec: SegmentSpec, vit loaded: VisionTransformer, seed: UIn
     } else {
         let aux = spec.head.auxChannels ?? 256
         let upernet = UperNetSegmenter(backbone: SegmentationBackbone(vit: vit), classes: spec.dataset.numClasses,
-                                       channels: spec.head.channels ?? vit.config.embedDim, auxChannels: aux > 0 ? aux : nil)
+                                       channels: spec.head.channels ?? vit.config.embedDim, auxChannels: aux > 0 ? aux : nil,
+                                       rescales: spec.head.rescales ?? [4, 2, 1, 0.5])
         upernet.auxiliaryWeight = Float(spec.head.auxWeight ?? 0.4)
         vit.dropPath = Float(spec.recipe.dropPath)
         model = upernet
@@ -250,7 +251,7 @@ func segmentOne(spec: SegmentSpec, backbone: LoadedBackbone, train: Segmentation
     var checks = [
         spec.head.type == "linear"
             ? "linear probe: the backbone is frozen in eval mode; its final norm on blocks \(model.backbone.outIndices), BN + 1x1 conv train"
-            : "UperNet on blocks \(model.backbone.outIndices) (mmseg's MAE out_indices rule), Feature2Pyramid strides \([patch / 4, patch / 2, patch, 2 * patch].map { max($0, 1) }), layer decay \(r.layerDecay) (mmseg's BEiT/MAE rule)",
+            : "UperNet on blocks \(model.backbone.outIndices) (mmseg's MAE out_indices rule), Feature2Pyramid strides \((model as? UperNetSegmenter)?.neck.rescales.map { max(Int(Double(patch) / $0), 1) } ?? []), layer decay \(r.layerDecay) (mmseg's BEiT/MAE rule)",
         "train pipeline: RandomResize \(spec.dataset.ratioRange) of \(spec.dataset.scale), RandomCrop \(crop) (cat_max_ratio \(spec.dataset.catMaxRatio)), flip 0.5, PhotoMetricDistortion, pad 0 / 255",
         "evaluation: \(inference.slide ? "slide \(crop)/\(spec.dataset.stride)" : "whole") on the keep-ratio resize, logits resized to the label size; the last epoch is reported",
         spec.backbone.flatMap { $0.options(window: crop / patch) }.map { o in

@@ -1,4 +1,5 @@
 import Foundation
+import MAEDense
 import MAEModels
 import Yams
 
@@ -61,9 +62,11 @@ public struct SegmentSpec: Codable, Sendable {
         public var auxWeight: Double?
         /// Linear head: how many last blocks are concatenated (1 "linear", 4 "+ms").
         public var blocks: Int?
+        /// UperNet: the Feature2Pyramid neck's rescales, (4, 2, 1, 0.5) (mmseg's default) or (2, 1, 0.5, 0.25).
+        public var rescales: [Double]?
 
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case type, channels, auxChannels = "aux_channels", auxWeight = "aux_weight", blocks
+            case type, channels, auxChannels = "aux_channels", auxWeight = "aux_weight", blocks, rescales
         }
     }
 
@@ -193,6 +196,9 @@ public struct SegmentSpec: Codable, Sendable {
         guard r.layerDecay > 0, r.layerDecay <= 1 else { throw fail("recipe.layer_decay", "must be in (0, 1]") }
         guard ["whole", "slide"].contains(r.testMode) else { throw fail("recipe.test_mode", "must be whole or slide") }
         if let b = head.blocks, b < 1 { throw fail("head.blocks", "must be at least 1") }
+        if let k = head.rescales, !Feature2Pyramid.supportedRescales.contains(k) {
+            throw fail("head.rescales", "must be [4, 2, 1, 0.5] or [2, 1, 0.5, 0.25] (the two pyramids mmseg's Feature2Pyramid builds), not \(k)")
+        }
         if let s = backbone?.layerScale, !(s.isFinite && s != 0) { throw fail("backbone.layer_scale", "must be a finite non-zero number") }
     }
 
@@ -218,7 +224,8 @@ public struct SegmentSpec: Codable, Sendable {
     /// The recipe as one line for metrics.json and the report.
     public var recipeSummary: String {
         let r = recipe
-        return "\(head.type == "upernet" ? "UperNet (Feature2Pyramid + UPerHead, FCN aux)" : "linear BN head, \(head.blocks ?? 1) block(s)"), " +
+        let neck = head.rescales.map { " rescales [\($0.map(plainNumber).joined(separator: ", "))]" } ?? ""
+        return "\(head.type == "upernet" ? "UperNet (Feature2Pyramid\(neck) + UPerHead, FCN aux)" : "linear BN head, \(head.blocks ?? 1) block(s)"), " +
             "AdamW lr \(r.lr) wd \(r.weightDecay), layer decay \(r.layerDecay), drop path \(r.dropPath), batch \(r.batchSize), " +
             "\(r.epochs) epochs, warmup \(r.warmupEpochs) + poly \(r.polyPower), crop \(dataset.crop), \(r.testMode) inference" +
             (backbone?.relPosBias == true ? ", BEiT relative position bias" : "") +

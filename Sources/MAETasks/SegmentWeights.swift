@@ -62,7 +62,10 @@ func segmenterFromWeights(_ file: CheckpointFile, heads: Int?, imgSize: Int? = n
     } else {
         let channels = try shape("decode_head.conv_seg.weight")[1]
         let aux = t["auxiliary_head.conv_seg.weight"]?.shape[1]
-        model = UperNetSegmenter(backbone: SegmentationBackbone(vit: vit), classes: classes, channels: channels, auxChannels: aux)
+        // mmseg's neck has upsample_4x exactly when its rescales are (4, 2, 1, 0.5), else (2, 1, 0.5, 0.25).
+        let rescales: [Double] = t["neck.upsample_4x.0.weight"] != nil ? [4, 2, 1, 0.5] : [2, 1, 0.5, 0.25]
+        model = UperNetSegmenter(backbone: SegmentationBackbone(vit: vit), classes: classes, channels: channels, auxChannels: aux,
+                                 rescales: rescales)
     }
     let known = Set(model.params.specs.map(\.name))
     let extras = t.keys.filter { !known.contains($0) && !$0.hasSuffix(".attn.relative_position_index") }.sorted()

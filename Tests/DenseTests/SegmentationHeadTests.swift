@@ -85,6 +85,32 @@ final class SegmentationHeadTests: XCTestCase {
         }
     }
 
+    /// mmseg's other pyramid, rescales (2, 1, 0.5, 0.25), against mmseg's own module.
+    func testQuarterPyramidMatchesMMSeg() throws {
+        let url = try XCTUnwrap(Bundle.module.url(forResource: "Fixtures/feature2pyramid_quarter", withExtension: "safetensors"))
+        let file = try SafeTensors.read(contentsOf: url)
+        func tensor(_ key: String) throws -> Tensor {
+            let t = try XCTUnwrap(file.tensors[key], key)
+            return Tensor(t.shape, t.floats)
+        }
+        var layout = ParameterLayout()
+        let neck = Feature2Pyramid(in: &layout, width: 6, rescales: [2, 1, 0.5, 0.25])
+        let params = ParameterStore(layout: layout)
+        XCTAssertEqual(params.specs.map(\.name), ["neck.upsample_2x.0.weight", "neck.upsample_2x.0.bias"])
+        for spec in params.specs { try params.set(spec.name, shape: spec.shape, try tensor(spec.name).array) }
+        let inputs = try (0..<4).map { FeatureMap(try tensor("x\($0)"), stride: 4) }
+        let pass = neck.forward(inputs, params, training: true)
+        XCTAssertEqual(pass.levels.map(\.stride), [2, 4, 8, 16])
+        XCTAssertEqual(pass.levels.map { $0.tensor.shape[2] }, [16, 8, 4, 2])
+        for k in 0..<4 { assertClose(pass.levels[k].tensor.array, try tensor("level\(k)").array, rtol: 1e-5, atol: 1e-6, "level \(k)") }
+        params.zeroGrads()
+        let dInputs = neck.backward(pass, levelGradients: try (0..<4).map { try tensor("w\($0)") }, params)
+        for k in 0..<4 { assertClose(dInputs[k].array, try tensor("grad/x\(k)").array, rtol: 1e-5, atol: 1e-6, "d x\(k)") }
+        for spec in params.specs {
+            assertClose(Array(params.grad(spec.name)), try tensor("grad/" + spec.name).array, rtol: 1e-4, atol: 1e-5, "d " + spec.name)
+        }
+    }
+
     func testLinearHeadMatchesTorch() throws {
         let fixture = try Case("linear")
         var layout = ParameterLayout()

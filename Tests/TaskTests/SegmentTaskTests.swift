@@ -148,6 +148,51 @@ extension SegmentTaskTests {
     }
 }
 
+extension SegmentTaskTests {
+    /// A spec's `head.rescales: [2, 1, 0.5, 0.25]` (mmseg's other Feature2Pyramid) trains, says so in
+    /// the recipe, and its saved segmenter (no `neck.upsample_4x`) is rebuilt with that pyramid by
+    /// --eval-only and evaluates to the same numbers; other rescales are refused.
+    func testQuarterPyramidTrainsAndReloads() throws {
+        let root = try scratchFolder(prefix: "mae-eval-segment-quarter")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 8, scenesVal: 3)
+        try ShapesDataset.generate(to: root.appendingPathComponent("shapes"), size: 16, counts: counts, sceneSize: 32)
+        let tiny = try TinyTasks.segmentation(epochs: 1)
+        let task = root.appendingPathComponent("tiny.yaml")
+        try TinyTasks.setting(tiny, ["  aux_weight": "0.4\n  rescales: [2, 1, 0.5, 0.25]"]).write(to: task, atomically: true, encoding: .utf8)
+        let backbone = root.appendingPathComponent("tiny_mae.safetensors")
+        try TinyTasks.backbone(at: backbone)
+        var o = SegmentOptions()
+        o.checkpoints = [backbone]
+        o.task = task.path
+        o.outDir = root.appendingPathComponent("runs")
+        o.verbose = false
+        let run = try runSegment(o)[0]
+        let metrics = try jsonObject(run.metrics)
+        XCTAssertTrue((metrics["recipe"] as? String)?.contains("Feature2Pyramid rescales [2, 1, 0.5, 0.25]") == true, "\(metrics["recipe"] ?? "")")
+        let saved = try SafeTensors.read(contentsOf: run.dir.appendingPathComponent("segmenter.safetensors"))
+        XCTAssertNil(saved.tensors["neck.upsample_4x.0.weight"])
+        XCTAssertNotNil(saved.tensors["neck.upsample_2x.0.weight"])
+        var e = SegmentOptions()
+        e.evalOnly = true
+        e.weights = run.dir.appendingPathComponent("segmenter.safetensors")
+        let val = root.appendingPathComponent("shapes/scenes_val")
+        e.valImages = ShapesPaths.sceneImages(val)
+        e.valLabels = ShapesPaths.sceneClassMaps(val)
+        e.numClasses = 11
+        e.imgSize = 32
+        e.outDir = root.appendingPathComponent("eval")
+        e.verbose = false
+        let evaluated = try runSegment(e)[0]
+        XCTAssertEqual(try XCTUnwrap(try jsonObject(evaluated.metrics)["mIoU"] as? Double),
+                       try XCTUnwrap(metrics["mIoU"] as? Double), accuracy: 1e-9)
+        XCTAssertThrowsError(try SegmentSpec.parse(TinyTasks.setting(tiny, ["  aux_weight": "0.4\n  rescales: [4, 2, 1, 0.25]"]),
+                                                   source: "x.yaml")) { error in
+            XCTAssertTrue("\(error)".contains("head.rescales must be [4, 2, 1, 0.5] or [2, 1, 0.5, 0.25]"), "\(error)")
+        }
+    }
+}
+
 /// A JSON file's top-level object.
 func jsonObject(_ url: URL) throws -> [String: Any] {
     try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any], url.path)

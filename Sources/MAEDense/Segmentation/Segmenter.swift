@@ -111,13 +111,14 @@ public final class UperNetSegmenter: Segmenter {
     public var batchShard: BatchShard?
 
     /// `channels`: UPerHead's width (mmseg 768 for ViT-B); `auxChannels`: the FCN head's (mmseg 256),
-    /// nil for no auxiliary head.
-    public init(backbone: SegmentationBackbone, classes: Int, channels: Int, auxChannels: Int?) {
+    /// nil for no auxiliary head; `rescales`: the neck's (`Feature2Pyramid.supportedRescales`).
+    public init(backbone: SegmentationBackbone, classes: Int, channels: Int, auxChannels: Int?,
+                rescales: [Double] = [4, 2, 1, 0.5]) {
         precondition(backbone.outIndices.count == 4, "UperNet reads 4 backbone blocks, not \(backbone.outIndices)")
         let d = backbone.vit.config.embedDim
         var layout = ParameterLayout()
         backbone.addParameters(to: &layout)
-        neck = Feature2Pyramid(in: &layout, width: d)
+        neck = Feature2Pyramid(in: &layout, width: d, rescales: rescales)
         decode = UPerHead(in: &layout, inChannels: d, channels: channels, classes: classes)
         auxiliary = auxChannels.map { FCNHead(in: &layout, inChannels: d, channels: $0, classes: classes) }
         self.backbone = backbone
