@@ -21,19 +21,10 @@ final class DenseBF16RunTests: XCTestCase {
     func testSegmentInBF16IsItsOwnVariant() throws {
         let root = try scratchFolder(prefix: "mae-eval-segment-bf16")
         defer { try? FileManager.default.removeItem(at: root) }
-        let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 4, scenesVal: 2)
-        try ShapesDataset.generate(to: root.appendingPathComponent("shapes"), size: 16, counts: counts, sceneSize: 32)
-        let task = root.appendingPathComponent("tiny.yaml")
-        try TinyTasks.segmentation(epochs: 1).write(to: task, atomically: true, encoding: .utf8)
-        let backbone = root.appendingPathComponent("tiny_mae.safetensors")
-        try TinyTasks.backbone(at: backbone)
-        var o = SegmentOptions()
-        o.checkpoints = [backbone]
-        o.task = task.path
-        o.outDir = root.appendingPathComponent("runs")
+        let tiny = try TinySegmentation(root: root, task: try TinyTasks.segmentation(epochs: 1), scenes: (4, 2))
+        var o = tiny.options
         o.report = root.appendingPathComponent("runs/segmentation.md")
         o.precision = .bf16
-        o.verbose = false
         let run = try XCTUnwrap(try runSegment(o).first)
         XCTAssertEqual(run.dir.deletingLastPathComponent().lastPathComponent, "upernet-bf16")
         assertSaysBF16(try jsonObject(run.metrics), variant: "upernet, bf16", "training")
@@ -41,17 +32,8 @@ final class DenseBF16RunTests: XCTestCase {
         let report = try String(contentsOf: root.appendingPathComponent("runs/segmentation.md"), encoding: .utf8)
         XCTAssertTrue(report.contains("upernet, bf16"), report)
 
-        let val = root.appendingPathComponent("shapes/scenes_val")
-        var e = SegmentOptions()
-        e.evalOnly = true
-        e.weights = run.dir.appendingPathComponent("segmenter.safetensors")
-        e.valImages = ShapesPaths.sceneImages(val)
-        e.valLabels = ShapesPaths.sceneClassMaps(val)
-        e.numClasses = 11
-        e.imgSize = 32
-        e.outDir = root.appendingPathComponent("eval")
+        var e = tiny.evaluating(run.dir.appendingPathComponent("segmenter.safetensors"))
         e.precision = .bf16
-        e.verbose = false
         let evaluated = try runSegment(e)[0]
         XCTAssertEqual(evaluated.dir.deletingLastPathComponent().lastPathComponent, "eval-only-bf16")
         assertSaysBF16(try jsonObject(evaluated.metrics), variant: "eval-only, bf16", "--eval-only")

@@ -67,35 +67,16 @@ final class SegmentBEiTOptionsTests: XCTestCase {
     func testTrainWithExtrasSaveAndEvaluateAgain() throws {
         let root = try scratchFolder(prefix: "mae-eval-segment-beit")
         defer { try? FileManager.default.removeItem(at: root) }
-        let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: 4, scenesVal: 2)
-        try ShapesDataset.generate(to: root.appendingPathComponent("shapes"), size: 16, counts: counts, sceneSize: 32)
-        let task = root.appendingPathComponent("tiny.yaml")
-        try withBackbone(try TinyTasks.segmentation(batch: 2, epochs: 1), "{rel_pos_bias: true, layer_scale: 1.0}")
-            .write(to: task, atomically: true, encoding: .utf8)
-        let backbone = root.appendingPathComponent("tiny_mae.safetensors")
-        try TinyTasks.backbone(at: backbone, depth: 2)
-        var o = SegmentOptions()
-        o.checkpoints = [backbone]
-        o.task = task.path
-        o.outDir = root.appendingPathComponent("runs")
-        o.verbose = false
-        let run = try runSegment(o)[0]
+        let task = try withBackbone(try TinyTasks.segmentation(batch: 2, epochs: 1), "{rel_pos_bias: true, layer_scale: 1.0}")
+        let tiny = try TinySegmentation(root: root, task: task, scenes: (4, 2), depth: 2)
+        let run = try runSegment(tiny.options)[0]
         let mIoU = try XCTUnwrap(try jsonObject(run.metrics)["mIoU"] as? Double)
         let saved = try SafeTensors.read(contentsOf: run.dir.appendingPathComponent("segmenter.safetensors"))
         let table = try XCTUnwrap(saved.tensors["backbone.layers.1.attn.relative_position_bias_table"])
         XCTAssertEqual(table.shape, [15 * 15 + 3, 2])
         XCTAssertTrue(table.floats.contains { $0 != 0 }, "the table did not train")
         XCTAssertTrue(try XCTUnwrap(saved.tensors["backbone.layers.0.gamma_2"]).floats.contains { $0 != 1 }, "gamma_2 did not train")
-        var e = SegmentOptions()
-        e.evalOnly = true
-        e.weights = run.dir.appendingPathComponent("segmenter.safetensors")
-        let val = root.appendingPathComponent("shapes/scenes_val")
-        e.valImages = ShapesPaths.sceneImages(val)
-        e.valLabels = ShapesPaths.sceneClassMaps(val)
-        e.numClasses = 11
-        e.imgSize = 32
-        e.outDir = root.appendingPathComponent("eval")
-        e.verbose = false
+        let e = tiny.evaluating(run.dir.appendingPathComponent("segmenter.safetensors"))
         XCTAssertEqual(try XCTUnwrap(try jsonObject(try runSegment(e)[0].metrics)["mIoU"] as? Double), mIoU, accuracy: 1e-9)
     }
 

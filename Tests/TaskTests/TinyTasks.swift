@@ -1,6 +1,7 @@
 import Foundation
 import MAEData
 import MAEModels
+import MAETasks
 import TestSupport
 import XCTest
 
@@ -48,6 +49,42 @@ enum TinyTasks {
         let vit = try VisionTransformer(config: ViTConfig(imgSize: imgSize, patchSize: 4, embedDim: 16, depth: depth, numHeads: 2))
         vit.initializeWeights(seed: seed)
         try vit.save(to: url, metadata: ["method": "mae"])
+    }
+}
+
+/// A scratch `mae-eval segment` on tiny Shapes scenes: the scenes under `root/shapes` (32 px), the
+/// task text at `root/tiny.yaml`, a tiny MAE-style backbone, and `options` that train it into `root/runs`.
+struct TinySegmentation {
+    let root: URL
+    var options = SegmentOptions()
+
+    init(root: URL, task: String, scenes: (train: Int, val: Int), depth: Int = 4) throws {
+        self.root = root
+        let counts = ShapesCounts(pretrain: 0, supervised: 0, train: 0, val: 0, scenesTrain: scenes.train, scenesVal: scenes.val)
+        try ShapesDataset.generate(to: root.appendingPathComponent("shapes"), size: 16, counts: counts, sceneSize: 32)
+        let taskFile = root.appendingPathComponent("tiny.yaml")
+        try task.write(to: taskFile, atomically: true, encoding: .utf8)
+        let backbone = root.appendingPathComponent("tiny_mae.safetensors")
+        try TinyTasks.backbone(at: backbone, depth: depth)
+        options.checkpoints = [backbone]
+        options.task = taskFile.path
+        options.outDir = root.appendingPathComponent("runs")
+        options.verbose = false
+    }
+
+    /// `--eval-only --weights W` on the val scenes at 32 px, into `root/eval`.
+    func evaluating(_ weights: URL) -> SegmentOptions {
+        let val = root.appendingPathComponent("shapes/scenes_val")
+        var e = SegmentOptions()
+        e.evalOnly = true
+        e.weights = weights
+        e.valImages = ShapesPaths.sceneImages(val)
+        e.valLabels = ShapesPaths.sceneClassMaps(val)
+        e.numClasses = 11
+        e.imgSize = 32
+        e.outDir = root.appendingPathComponent("eval")
+        e.verbose = false
+        return e
     }
 }
 
