@@ -288,7 +288,7 @@ func detectOne(spec: DetectSpec, backbone: LoadedBackbone,
             "\(spec.heads.roiPositiveFraction), background last, class-specific boxes and masks",
         "trained \(r.epochs) epochs of \(steps) steps; LSJ \(r.lsjScale[0])-\(r.lsjScale[1]) at \(size) px; evaluated on the last epoch's weights",
         "the trained detector is the run folder's \(detector.lastPathComponent), in detectron2's parameter names",
-    ] + [o.precision.denseCheck].compactMap { $0 }
+    ] + o.precision.denseChecks
     let metrics = DetectMetrics(task: spec.name, variant: variant, precision: o.precision.rawValue,
                                 checkpoint: backbone.url.path, checkpointHash: backbone.hash, method: backbone.method,
                                 role: backbone.role, seed: seed, recipe: r.summary, dataset: data.name, bbox: bbox, segm: segm,
@@ -334,7 +334,7 @@ func evaluateWeights(_ weights: URL, spec: DetectSpec, val: COCODetectionDataset
                                 valImages: val.count, detections: count,
                                 protocolChecks: ["architecture from the weights: depth \(config.backbone.depth), width \(config.backbone.embedDim), " +
                                                  "patch \(config.backbone.patchSize), global blocks \(config.backbone.vitdet!.globalBlocks), " +
-                                                 "\(config.heads.classes) classes"] + [o.precision.denseCheck].compactMap { $0 },
+                                                 "\(config.heads.classes) classes"] + o.precision.denseChecks,
                                 timings: ["total_s": elapsed(since: total)], created: timestamp())
     try writeDetectMetrics(metrics, to: run)
     return run

@@ -62,10 +62,10 @@ extension Precision {
     public func variant(_ name: String) -> String { self == .fp32 ? name : name + ", bf16" }
 
     /// What a dense run (`segment`, `detect`) computes in this precision, for its metrics.json's
-    /// protocol checks; nil in fp32.
-    public var denseCheck: String? {
-        self == .fp32 ? nil
-            : "bf16: the ViT backbone's linear layers multiply bf16-rounded inputs and weights with fp32 accumulation (torch.autocast's rule, oneDNN); unlike autocast, the neck's and heads' convolutions and linear layers stay fp32, as do norms, softmax, attention's small products, losses and master weights"
+    /// protocol checks; none in fp32.
+    public var denseChecks: [String] {
+        self == .fp32 ? []
+            : ["bf16: the ViT backbone's linear layers multiply bf16-rounded inputs and weights with fp32 accumulation (torch.autocast's rule, oneDNN); unlike autocast, the neck's and heads' convolutions and linear layers stay fp32, as do norms, softmax, attention's small products, losses and master weights"]
     }
 }
 

@@ -171,7 +171,7 @@ func makeSegmenter(_ spec: SegmentSpec, vit loaded: VisionTransformer, seed: UIn
         let aux = spec.head.auxChannels ?? 256
         let upernet = UperNetSegmenter(backbone: SegmentationBackbone(vit: vit), classes: spec.dataset.numClasses,
                                        channels: spec.head.channels ?? vit.config.embedDim, auxChannels: aux > 0 ? aux : nil,
-                                       rescales: spec.head.rescales ?? [4, 2, 1, 0.5])
+                                       rescales: spec.head.rescales ?? Feature2Pyramid.defaultRescales)
         upernet.auxiliaryWeight = Float(spec.head.auxWeight ?? 0.4)
         vit.dropPath = Float(spec.recipe.dropPath)
         model = upernet
@@ -251,14 +251,14 @@ func segmentOne(spec: SegmentSpec, backbone: LoadedBackbone, train: Segmentation
     var checks = [
         spec.head.type == "linear"
             ? "linear probe: the backbone is frozen in eval mode; its final norm on blocks \(model.backbone.outIndices), BN + 1x1 conv train"
-            : "UperNet on blocks \(model.backbone.outIndices) (mmseg's MAE out_indices rule), Feature2Pyramid strides \((model as? UperNetSegmenter)?.neck.rescales.map { max(Int(Double(patch) / $0), 1) } ?? []), layer decay \(r.layerDecay) (mmseg's BEiT/MAE rule)",
+            : "UperNet on blocks \(model.backbone.outIndices) (mmseg's MAE out_indices rule), Feature2Pyramid strides \((model as? UperNetSegmenter)?.neck.levelStrides(inputStride: patch) ?? []), layer decay \(r.layerDecay) (mmseg's BEiT/MAE rule)",
         "train pipeline: RandomResize \(spec.dataset.ratioRange) of \(spec.dataset.scale), RandomCrop \(crop) (cat_max_ratio \(spec.dataset.catMaxRatio)), flip 0.5, PhotoMetricDistortion, pad 0 / 255",
         "evaluation: \(inference.slide ? "slide \(crop)/\(spec.dataset.stride)" : "whole") on the keep-ratio resize, logits resized to the label size; the last epoch is reported",
         spec.backbone.flatMap { $0.options(window: crop / patch) }.map { o in
             "BEiT options on the backbone: \(o.relativePositionWindow.map { "relative position bias (\($0) x \($0) window, tables from zero)" } ?? "no relative position bias")\(o.layerScale.map { ", layer scale from \($0)" } ?? ", no layer scale") (mmseg's MAE init)"
         } ?? "no BEiT relative position bias or layer scale on the backbone (the spec's `backbone` section turns them on)",
     ]
-    if let note = o.precision.denseCheck { checks.append(note) }
+    checks += o.precision.denseChecks
     if resumed != nil { checks.append("resumed from the run's checkpoint") }
     try writeSegmentMetrics(run: run, spec: spec, score: score, backbone: (backbone.url.path, backbone.hash, backbone.method, backbone.role),
                             variant: variant, precision: o.precision, seed: seed, train: train.count, checks: checks,

@@ -63,7 +63,7 @@ func segmenterFromWeights(_ file: CheckpointFile, heads: Int?, imgSize: Int? = n
         let channels = try shape("decode_head.conv_seg.weight")[1]
         let aux = t["auxiliary_head.conv_seg.weight"]?.shape[1]
         // mmseg's neck has upsample_4x exactly when its rescales are (4, 2, 1, 0.5), else (2, 1, 0.5, 0.25).
-        let rescales: [Double] = t["neck.upsample_4x.0.weight"] != nil ? [4, 2, 1, 0.5] : [2, 1, 0.5, 0.25]
+        let rescales = t["neck.upsample_4x.0.weight"] != nil ? Feature2Pyramid.defaultRescales : Feature2Pyramid.coarseRescales
         model = UperNetSegmenter(backbone: SegmentationBackbone(vit: vit), classes: classes, channels: channels, auxChannels: aux,
                                  rescales: rescales)
     }
@@ -156,7 +156,7 @@ func evaluateWeights(_ o: SegmentOptions) throws -> TransferRun {
                             variant: variant, precision: o.precision, seed: 0, train: 0,
                             checks: ["evaluated \(weights.lastPathComponent) as given (\(model is LinearSegmenter ? "linear head" : "UperNet"), \(config.depth) blocks, width \(config.embedDim), out indices \(model.backbone.outIndices))",
                                      "\(o.slide ? "slide \(size)/\(inference.stride)" : "whole") inference on the keep-ratio resize to (\(4 * size), \(size))",
-                                     beitSummary(config.beit)] + [o.precision.denseCheck].compactMap { $0 },
+                                     beitSummary(config.beit)] + o.precision.denseChecks,
                             timings: ["eval_s": score.seconds, "total_s": elapsed(since: start),
                                       "eval_images_per_s": Double(score.images) / max(score.seconds, 1e-9)],
                             epochs: 0)

@@ -9,15 +9,17 @@ import MAEModels
 ///   of the patch stride P (4, 8, 16, 32 for ViT-B/16; 1, 2, 4, 8 for the patch-4 Shapes ViTs);
 /// - (2, 1, 0.5, 0.25): x2, x1, x0.5 and x0.25 = MaxPool(4, 4); strides P/2, P, 2P, 4P.
 public struct Feature2Pyramid {
+    /// mmseg's default rescales, and its other pyramid's (no x4 level).
+    public static let defaultRescales: [Double] = [4, 2, 1, 0.5], coarseRescales: [Double] = [2, 1, 0.5, 0.25]
     /// The two pyramids mmseg's forward can run.
-    public static let supportedRescales: [[Double]] = [[4, 2, 1, 0.5], [2, 1, 0.5, 0.25]]
+    public static let supportedRescales = [defaultRescales, coarseRescales]
 
     public let width: Int
     public let rescales: [Double]
     /// One per level: nil is the identity.
     let ops: [(any DenseLayer)?]
 
-    public init(_ prefix: String = "neck", in layout: inout ParameterLayout, width: Int, rescales: [Double] = [4, 2, 1, 0.5]) {
+    public init(_ prefix: String = "neck", in layout: inout ParameterLayout, width: Int, rescales: [Double] = defaultRescales) {
         precondition(Self.supportedRescales.contains(rescales), "Feature2Pyramid's rescales are (4, 2, 1, 0.5) or (2, 1, 0.5, 0.25), not \(rescales)")
         self.width = width
         self.rescales = rescales
@@ -49,11 +51,12 @@ public struct Feature2Pyramid {
     public func forward(_ inputs: [FeatureMap], _ params: ParameterStore, training: Bool) -> Pass {
         precondition(inputs.count == 4, "Feature2Pyramid takes 4 maps, not \(inputs.count)")
         let traces = zip(ops, inputs).map { op, input in op?.forward(input.tensor, params, training: training) }
-        let levels = (0..<4).map { k in
-            FeatureMap(traces[k]?.output ?? inputs[k].tensor, stride: max(Int(Double(inputs[k].stride) / rescales[k]), 1))
-        }
-        return Pass(traces: traces, levels: levels)
+        let strides = levelStrides(inputStride: inputs[0].stride)
+        return Pass(traces: traces, levels: (0..<4).map { FeatureMap(traces[$0]?.output ?? inputs[$0].tensor, stride: strides[$0]) })
     }
+
+    /// The levels' strides for inputs at `inputStride` (the patch size): stride / r_k, at least 1.
+    public func levelStrides(inputStride: Int) -> [Int] { rescales.map { max(Int(Double(inputStride) / $0), 1) } }
 
     /// The gradient of each input map from the gradient of each level (nil: none reached it).
     public func backward(_ pass: Pass, levelGradients: [Tensor?], _ params: ParameterStore) -> [Tensor] {

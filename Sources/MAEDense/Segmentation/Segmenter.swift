@@ -113,7 +113,7 @@ public final class UperNetSegmenter: Segmenter {
     /// `channels`: UPerHead's width (mmseg 768 for ViT-B); `auxChannels`: the FCN head's (mmseg 256),
     /// nil for no auxiliary head; `rescales`: the neck's (`Feature2Pyramid.supportedRescales`).
     public init(backbone: SegmentationBackbone, classes: Int, channels: Int, auxChannels: Int?,
-                rescales: [Double] = [4, 2, 1, 0.5]) {
+                rescales: [Double] = Feature2Pyramid.defaultRescales) {
         precondition(backbone.outIndices.count == 4, "UperNet reads 4 backbone blocks, not \(backbone.outIndices)")
         let d = backbone.vit.config.embedDim
         var layout = ParameterLayout()
