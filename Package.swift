@@ -31,8 +31,10 @@ let package = Package(
         .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
 
         // MARK: - Implementation, in dependency order
+        /// bf16 matrix products on AVX512-BF16 (vdpbf16ps) for CPUs without AMX; C, AVX-512 per function.
+        .target(name: "CBF16GEMM"),
         /// Tensor storage and forward/backward ops over contiguous float32 buffers.
-        .target(name: "MAEKernels", dependencies: ["COpenBLAS", "CDNNL"], swiftSettings: vectorISA),
+        .target(name: "MAEKernels", dependencies: ["COpenBLAS", "CDNNL", "CBF16GEMM"], swiftSettings: vectorISA),
         /// The job's processes over MPI (rank, size, all-reduce, broadcast, all-gather); one process without a launcher never touches MPI.
         .target(name: "MAEDistributed", dependencies: ["MAEKernels", "CMPI"]),
         /// JSON values (ordered objects, exact numbers), a strict parser and a writer.

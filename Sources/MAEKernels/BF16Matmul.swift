@@ -1,5 +1,6 @@
-import Foundation
+import CBF16GEMM
 import CDNNL
+import Foundation
 
 /// The arithmetic of a run's matrix products.
 /// - `fp32`: float32 throughout, OpenBLAS sgemm (the default).
@@ -53,18 +54,53 @@ public func convertToBF16Serial(out: UnsafeMutablePointer<UInt16>, input: Unsafe
     while i < count { out[i] = bf16Bits(input[i]); i += 1 }
 }
 
-/// Matrix products with bfloat16 operands, float32 accumulation and a float32 result, through oneDNN's
-/// matmul primitive (Debian's libdnnl 2.6). Primitives are made once per shape and kept; weights are
-/// packed into oneDNN's blocked layout once per weight version (`BF16WeightCache`), activations converted
-/// per call. Like `BLAS.gemm`, a product is split by rows of C over our own workers, each running a
-/// one-thread primitive on its rows (oneDNN's OpenMP team is set to 1 on every thread that calls it):
-/// an OpenMP team of its own would spin between calls and steal the cores from our parallel loops
-/// (measured: a ViT training step 12x slower on two busy cores). Slices never share a primitive: oneDNN
-/// 2.6's brgemm matmul crashed when one primitive ran on two threads at once. Calls are serialised by a lock.
-/// Where oneDNN has no bf16 matmul for the CPU (before AVX-512: `ONEDNN_MAX_CPU_ISA=AVX2`), the same
-/// arithmetic runs as sgemm on the bf16-rounded operands (exact products, fp32 accumulation), slower.
+/// Matrix products with bfloat16 operands, float32 accumulation and a float32 result. Three backends,
+/// chosen once per process for the CPU (`Backend.best`):
+/// - `.vdpbf16ps`, where the CPU has AVX512-BF16 but no AMX (AMD Zen 4 / Zen 5, Intel Cooper Lake): our
+///   own kernel (`CBF16GEMM`, 6 x 64 tiles of vdpbf16ps). oneDNN 2.6's avx512_core_bf16 matmul runs
+///   340-680 GFLOP/s on ViT-B's shapes on a 2-core Zen 5, ours 790-870 (both with the activations'
+///   conversion; scripts/matmul_rates.sh).
+/// - `.oneDNN` elsewhere that oneDNN has a bf16 matmul (AMX: brg:avx512_core_amx_bf16, 3-5x our fp32).
+/// - `.sgemmFallback` where neither runs bf16 (before AVX-512): sgemm on the bf16-rounded operands
+///   (exact products, fp32 accumulation), slower.
+/// Weights are packed once per weight version (`BF16WeightCache`), activations converted per call. Like
+/// `BLAS.gemm`, a product is split by rows of C over our own workers; under oneDNN each runs a one-thread
+/// primitive on its rows (oneDNN's OpenMP team is set to 1 on every thread that calls it): an OpenMP team
+/// of its own would spin between calls and steal the cores from our parallel loops (measured: a ViT
+/// training step 12x slower on two busy cores). oneDNN slices never share a primitive: oneDNN 2.6's
+/// brgemm matmul crashed when one primitive ran on two threads at once. Calls are serialised by a lock.
 public enum BF16Matmul {
     /// How an operand (R, C) sits in memory.
+    /// Who multiplies (see the type's documentation).
+    public enum Backend: String, CaseIterable, Sendable {
+        case vdpbf16ps, oneDNN, sgemmFallback
+
+        /// The fastest one this CPU runs: oneDNN on AMX, our kernel on AVX512-BF16, else oneDNN's bf16
+        /// matmul where it has one, else the fallback.
+        public static let best: Backend = {
+            let isa = dnnl_get_effective_cpu_isa()
+            if isa.rawValue & dnnl_cpu_isa_avx512_core_amx.rawValue == dnnl_cpu_isa_avx512_core_amx.rawValue,
+               BF16Matmul.oneDNNHasBF16 { return .oneDNN }
+            if mae_bf16_gemm_available() != 0 { return .vdpbf16ps }
+            return BF16Matmul.oneDNNHasBF16 ? .oneDNN : .sgemmFallback
+        }()
+
+        /// Those this CPU can run (`best` among them), for tests that check each.
+        public static var available: [Backend] {
+            allCases.filter { $0 != .vdpbf16ps || mae_bf16_gemm_available() != 0 }
+                .filter { $0 != .oneDNN || BF16Matmul.oneDNNHasBF16 }
+        }
+    }
+
+    /// The backend products run on; `Backend.best` unless a test or a comparison sets another available one.
+    public static var backend: Backend {
+        get { serialised { state.backend } }
+        set {
+            precondition(Backend.available.contains(newValue), "the \(newValue) bf16 backend cannot run on this CPU")
+            serialised { state.backend = newValue }
+        }
+    }
+
     public enum Layout: Int32, Sendable {
         /// Row-major (R, C).
         case rowMajor = 0
@@ -91,10 +127,13 @@ public enum BF16Matmul {
         /// One stream per worker chunk (the first also runs the packs).
         var streams: [dnnl_stream_t?] = []
         var primitives: [Shape: mae_dnnl_matmul] = [:]
-        /// oneDNN has a bf16 matmul for this CPU (else the sgemm fallback runs).
+        /// oneDNN has a bf16 matmul for this CPU.
         var native = false
+        lazy var backend = Backend.best
         /// bf16 copies of the activations of the call in progress (grown as needed); float32 ones for the fallback.
         var source = Scratch<UInt16>(), second = Scratch<UInt16>()
+        /// `.vdpbf16ps`: the activations' pairs and panels (the weight gradient's operands).
+        var pairs = Scratch<UInt32>(), panels = Scratch<UInt32>()
         var roundedSource = Scratch<Float>(), roundedSecond = Scratch<Float>()
     }
 
@@ -126,6 +165,9 @@ public enum BF16Matmul {
         if s.native { dnnl_primitive_destroy(probe.primitive) }
         return s
     }()
+
+    /// oneDNN 2.6 has a bf16 matmul for this CPU (AVX-512 or later).
+    static var oneDNNHasBF16: Bool { state.native }
 
     private static func check(_ status: dnnl_status_t, _ what: String) {
         precondition(status == dnnl_success, "oneDNN could not \(what) (status \(status.rawValue))")
@@ -185,12 +227,28 @@ public enum BF16Matmul {
         guard m > 0, n > 0 else { return }
         // The fallback's sgemm measures itself; the native product is measured here.
         serialised {
-            guard state.native else {
+            switch state.backend {
+            case .vdpbf16ps:
+                Profiler.measure(.gemm) {
+                    let panels = cache.panels(weight, k: k, n: n, layout: layout), ld = (k + 1) / 2 * 2
+                    let src = state.source.reserve(m * ld)
+                    run(slices(m: m, n: n, k: k)) { _, rows, _ in
+                        let a0 = src + rows.lowerBound * ld
+                        mae_bf16_convert_rows(a0, ld, a + rows.lowerBound * k, k, rows.count, k)
+                        a0.withMemoryRebound(to: UInt32.self, capacity: rows.count * ld / 2) { words in
+                            mae_bf16_gemm(rows.count, n, ld / 2, words, Int(MAE_BF16_TILE_ROWS) * ld / 2, 1, ld / 2, panels,
+                                          mae_bf16_panel_stride(k), c + rows.lowerBound * n, n, accumulate ? 1 : 0)
+                        }
+                    }
+                }
+                return
+            case .sgemmFallback:
                 let w = cache.rounded(weight, count: k * n), src = state.roundedSource.reserve(m * k)
                 roundToBF16(out: src, input: a, count: m * k)
                 BLAS.gemm(transB: layout == .transposed, m: m, n: n, k: k, a: src, lda: k, b: w,
                           ldb: layout == .transposed ? k : n, beta: accumulate ? 1 : 0, c: c, ldc: n)
                 return
+            case .oneDNN: break
             }
             Profiler.measure(.gemm) {
                 // The packed layout oneDNN prefers for the whole product; every row slice reads that pack.
@@ -222,13 +280,18 @@ public enum BF16Matmul {
         guard m > 0, n > 0 else { return }
         precondition(aLayout != .packed, "activations are never packed")
         serialised {
-            guard state.native else {
+            switch state.backend {
+            case .vdpbf16ps:
+                Profiler.measure(.gemm) { ownProduct(c: c, a: a, aLayout: aLayout, b: b, m: m, k: k, n: n, accumulate: accumulate) }
+                return
+            case .sgemmFallback:
                 let src = state.roundedSource.reserve(m * k), wei = state.roundedSecond.reserve(k * n)
                 roundToBF16(out: src, input: a, count: m * k)
                 roundToBF16(out: wei, input: b, count: k * n)
                 BLAS.gemm(transA: aLayout == .transposed, m: m, n: n, k: k, a: src,
                           lda: aLayout == .transposed ? m : k, b: wei, ldb: n, beta: accumulate ? 1 : 0, c: c, ldc: n)
                 return
+            case .oneDNN: break
             }
             Profiler.measure(.gemm) {
                 let src = state.source.reserve(m * k), wei = state.second.reserve(k * n)
@@ -251,10 +314,43 @@ public enum BF16Matmul {
         }
     }
 
-    /// The kernel oneDNN runs a bf16 matmul of this shape with ("brg:avx512_core_bf16"), or the fallback's name.
+    /// `product(c:a:aLayout:b:...)` on our kernel, lock held: A in tiles of 6 rows (packed from its
+    /// transpose when stored (K, M): no transpose pass) or in bf16 rows, B (K,N) packed into panels, both
+    /// split over the workers; then C by row slices that start on a tile.
+    private static func ownProduct(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, aLayout: Layout,
+                                   b: UnsafePointer<Float>, m: Int, k: Int, n: Int, accumulate: Bool) {
+        let pairs = (k + 1) / 2, stride = mae_bf16_panel_stride(k), panelCount = (n + 63) / 64, tile = Int(MAE_BF16_TILE_ROWS)
+        let tiles = (m + tile - 1) / tile
+        let words = state.pairs.reserve(tiles * tile * pairs), panels = state.panels.reserve(panelCount * stride)
+        // Word (row, pair) at (row / 6) * tileStride + pair * pairStride + (row % 6) * rowStride.
+        let (tileStride, pairStride, rowStride) = aLayout == .transposed ? (tile * pairs, tile, 1) : (tile * pairs, 1, pairs)
+        if aLayout == .transposed {
+            Parallel.forRanges(pairs, grain: 8) { p in mae_bf16_pack_tiles(words, a, m, k, m, p.lowerBound, p.upperBound) }
+        } else {
+            words.withMemoryRebound(to: UInt16.self, capacity: 2 * tiles * tile * pairs) { rows in
+                Parallel.forRanges(m, grain: 8) { r in
+                    mae_bf16_convert_rows(rows + r.lowerBound * 2 * pairs, 2 * pairs, a + r.lowerBound * k, k, r.count, k)
+                }
+            }
+        }
+        Parallel.forRanges(panelCount) { p in mae_bf16_pack_panels(panels, b, n, 0, k, n, p.lowerBound, p.upperBound) }
+        // Row slices that start on a tile.
+        let parts = slices(m: m, n: n, k: k).map { ($0.lowerBound / tile * tile)..<($0.upperBound == m ? m : $0.upperBound / tile * tile) }
+        run(parts.filter { !$0.isEmpty }) { _, rows, _ in
+            mae_bf16_gemm(rows.count, n, pairs, words + rows.lowerBound / tile * tileStride, tileStride, pairStride, rowStride,
+                          panels, stride, c + rows.lowerBound * n, n, accumulate ? 1 : 0)
+        }
+    }
+
+    /// The kernel a bf16 product of this shape runs on: "vdpbf16ps 6x64 (mae-eval)", oneDNN's
+    /// ("brg:avx512_core_amx_bf16"), or the fallback's name.
     public static func kernelName(m: Int = 1576, k: Int = 768, n: Int = 768) -> String {
         serialised {
-            guard state.native else { return "sgemm on bf16-rounded operands (oneDNN has no bf16 matmul here)" }
+            switch state.backend {
+            case .vdpbf16ps: return "vdpbf16ps 6x64"
+            case .sgemmFallback: return "sgemm on bf16-rounded operands (oneDNN has no bf16 matmul here)"
+            case .oneDNN: break
+            }
             var mm = primitive(Shape(m: m, k: k, n: n, lda: k, ldb: 0, ldc: n, src: .rowMajor, weights: .packed,
                                      accumulate: false))
             return String(cString: mae_dnnl_matmul_impl(&mm))
@@ -308,6 +404,25 @@ public final class BF16WeightCache: @unchecked Sendable {
         return UnsafePointer(out)
     }
 
+    /// The weights (K,N), laid out as `layout`, packed into `CBF16GEMM`'s panels; lock held as `packed`.
+    fileprivate func panels(_ weight: UnsafePointer<Float>, k: Int, n: Int, layout: BF16Matmul.Layout) -> UnsafePointer<UInt32> {
+        let key = Key(address: Int(bitPattern: weight), layout: 8 + layout.rawValue)
+        let panelCount = (n + 63) / 64, stride = mae_bf16_panel_stride(k), bytes = panelCount * stride * 4
+        if let p = packs[key], p.version == version, p.bytes == bytes {
+            return UnsafePointer(p.storage.assumingMemoryBound(to: UInt32.self))
+        }
+        // A new version of the same weight reuses its storage (fresh pages would be zeroed by the kernel: 13% of a step).
+        var reused = packs[key]?.storage
+        if let old = packs[key], old.bytes != bytes { old.storage.deallocate(); reused = nil }
+        let storage = reused ?? .allocate(byteCount: max(bytes, 4), alignment: 64)
+        let out = storage.bindMemory(to: UInt32.self, capacity: panelCount * stride)
+        let transposed: Int32 = layout == .transposed ? 1 : 0, ld = layout == .transposed ? k : n
+        Parallel.forRanges(panelCount) { p in mae_bf16_pack_panels(out, weight, ld, transposed, k, n, p.lowerBound, p.upperBound) }
+        packs[key] = Pack(version: version, descriptor: dnnl_memory_desc_t(), bytes: bytes, storage: storage)
+        packCount += 1
+        return UnsafePointer(out)
+    }
+
     /// The packed copy of weights (K,N) laid out as `layout`, in the blocked layout `descriptor`; called
     /// with BF16Matmul's lock held.
     fileprivate func packed(_ weight: UnsafePointer<Float>, k: Int, n: Int, layout: BF16Matmul.Layout,
@@ -330,23 +445,27 @@ public final class BF16WeightCache: @unchecked Sendable {
     }
 }
 
-/// The bf16 library as `--version` and `bench` state it.
+/// The bf16 backend as `--version` and `bench` state it.
 public struct BF16Info: Sendable, Equatable, Codable {
-    /// "oneDNN".
+    /// "oneDNN", or "mae-eval" (our AVX512-BF16 kernel).
     public var library: String
-    /// "2.6.3".
+    /// "2.6.3" (oneDNN's), or "built-in".
     public var version: String
-    /// The widest ISA oneDNN uses on this CPU (`dnnl_get_effective_cpu_isa`), "avx512_core_bf16".
+    /// The widest ISA oneDNN uses on this CPU (`dnnl_get_effective_cpu_isa`: "avx512_core_amx"), or
+    /// "avx512_bf16" for our kernel.
     public var isa: String
-    /// The kernel of a ViT-B linear layer's bf16 matmul ("brg:avx512_core_bf16").
+    /// The kernel of a ViT-B linear layer's bf16 product ("brg:avx512_core_amx_bf16", "vdpbf16ps 6x64").
     public var kernel: String
 
-    /// What the linked library reports.
-    public static let current: BF16Info = {
+    /// What the running backend (`BF16Matmul.backend`) reports.
+    public static var current: BF16Info {
+        if BF16Matmul.backend == .vdpbf16ps {
+            return BF16Info(library: "mae-eval", version: "built-in", isa: "avx512_bf16", kernel: BF16Matmul.kernelName())
+        }
         let v = dnnl_version()!.pointee
         return BF16Info(library: "oneDNN", version: "\(v.major).\(v.minor).\(v.patch)",
                         isa: isaName(dnnl_get_effective_cpu_isa()), kernel: BF16Matmul.kernelName())
-    }()
+    }
 
     public init(library: String, version: String, isa: String, kernel: String) {
         self.library = library; self.version = version; self.isa = isa; self.kernel = kernel

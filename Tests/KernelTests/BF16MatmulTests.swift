@@ -2,9 +2,10 @@ import MAEKernels
 import TestSupport
 import XCTest
 
-/// The bf16 path (`Precision.bf16`): rounding, oneDNN's products against fp64 references on the
-/// bf16-rounded operands (fp32 accumulation: ~1e-6 relative), the linear layer against fp32 (the
-/// bf16 rounding level, ~1e-2 of the max), and the weight packs' versioning.
+/// The bf16 path (`Precision.bf16`): rounding, every backend this CPU runs (our vdpbf16ps kernel,
+/// oneDNN, the sgemm fallback) against fp64 references on the bf16-rounded operands (fp32 accumulation:
+/// ~1e-6 relative), the linear layer against fp32 (the bf16 rounding level, ~1e-2 of the max), and the
+/// weight packs' versioning.
 final class BF16MatmulTests: XCTestCase {
     private func rounded(_ x: [Float]) -> [Float] { x.map { floatFromBF16(bf16Bits($0)) } }
 
@@ -60,16 +61,25 @@ final class BF16MatmulTests: XCTestCase {
         return (dx, dw, db)
     }
 
-    func testLinearMatchesFP64OnRoundedOperands() {
-        checkAgainstFP64(Layer())
-        // Split over 3 workers: uneven row slices of C, of dInput and of dWeight (column blocks of dOut).
-        let workers = Parallel.workers
-        defer { Parallel.workers = workers }
-        Parallel.workers = 3
-        checkAgainstFP64(Layer(rows: 301, inDim: 96, outDim: 160))
+    func testLinearMatchesFP64OnRoundedOperandsOnEveryBackend() {
+        let best = BF16Matmul.backend, workers = Parallel.workers
+        defer { BF16Matmul.backend = best; Parallel.workers = workers }
+        XCTAssertEqual(best, BF16Matmul.Backend.best)
+        if CPUFeatures.current.avx512BF16 { XCTAssertTrue(BF16Matmul.Backend.available.contains(.vdpbf16ps)) }
+        for backend in BF16Matmul.Backend.available {
+            BF16Matmul.backend = backend
+            Parallel.workers = workers
+            checkAgainstFP64(Layer(), backend)
+            // An odd K and an odd row count (pads of the pairs), one partial tile and one partial panel.
+            checkAgainstFP64(Layer(rows: 13, inDim: 7, outDim: 5), backend)
+            // Split over 3 workers: uneven row slices of C, of dInput and of dWeight (column blocks of dOut).
+            Parallel.workers = 3
+            checkAgainstFP64(Layer(rows: 301, inDim: 96, outDim: 160), backend)
+            checkAgainstFP64(Layer(rows: 197, inDim: 131, outDim: 203), backend)
+        }
     }
 
-    private func checkAgainstFP64(_ l: Layer, file: StaticString = #filePath, line: UInt = #line) {
+    private func checkAgainstFP64(_ l: Layer, _ backend: BF16Matmul.Backend, file: StaticString = #filePath, line: UInt = #line) {
         let x = rounded(l.x), w = rounded(l.w), g = rounded(l.dOut)
         var y = [Double](repeating: 0, count: l.rows * l.outDim)
         var dx = [Double](repeating: 0.5, count: l.x.count), dw = [Double](repeating: -0.25, count: l.w.count)
@@ -87,10 +97,11 @@ final class BF16MatmulTests: XCTestCase {
         let cache = BF16WeightCache()
         let out = forward(l, bf16: cache), grads = backward(l, bf16: cache)
         // fp32 accumulation of exact bf16 products: the error is fp32 rounding, not bf16's.
-        XCTAssertLessThan(relativeToMax(out, y), 2e-6, "forward", file: file, line: line)
-        XCTAssertLessThan(relativeToMax(grads.dx, dx), 2e-6, "dInput (+= on 0.5)", file: file, line: line)
-        XCTAssertLessThan(relativeToMax(grads.dw, dw), 2e-6, "dWeight (+= on -0.25)", file: file, line: line)
-        XCTAssertEqual(grads.db, backward(l, bf16: nil).db, "dBias stays an fp32 sum", file: file, line: line)
+        let what = "\(backend), \(l.rows) x \(l.inDim) -> \(l.outDim)"
+        XCTAssertLessThan(relativeToMax(out, y), 2e-6, "forward, \(what)", file: file, line: line)
+        XCTAssertLessThan(relativeToMax(grads.dx, dx), 2e-6, "dInput (+= on 0.5), \(what)", file: file, line: line)
+        XCTAssertLessThan(relativeToMax(grads.dw, dw), 2e-6, "dWeight (+= on -0.25), \(what)", file: file, line: line)
+        XCTAssertEqual(grads.db, backward(l, bf16: nil).db, "dBias stays an fp32 sum, \(what)", file: file, line: line)
     }
 
     func testLinearUnderBF16IsWithinBF16RoundingOfFP32() {
@@ -136,10 +147,28 @@ final class BF16MatmulTests: XCTestCase {
     }
 
     func testLibraryReportsItsVersionAndISA() {
-        let info = BF16Info.current
-        XCTAssertEqual(info.library, "oneDNN")
-        XCTAssertTrue(info.version.hasPrefix("2."), info.version)
-        XCTAssertFalse(info.isa.hasPrefix("isa 0x"), info.isa)
-        XCTAssertNotEqual(info.kernel, "unknown")
+        let best = BF16Matmul.backend
+        defer { BF16Matmul.backend = best }
+        for backend in BF16Matmul.Backend.available {
+            BF16Matmul.backend = backend
+            let info = BF16Info.current
+            switch backend {
+            case .vdpbf16ps:
+                XCTAssertEqual(info.summary, "mae-eval built-in, ISA avx512_bf16, kernel vdpbf16ps 6x64")
+            case .oneDNN, .sgemmFallback:
+                XCTAssertEqual(info.library, "oneDNN")
+                XCTAssertTrue(info.version.hasPrefix("2."), info.version)
+                XCTAssertFalse(info.isa.hasPrefix("isa 0x"), info.isa)
+                XCTAssertNotEqual(info.kernel, "unknown")
+            }
+        }
+    }
+
+    /// Our kernel where the CPU has AVX512-BF16 and no AMX (Zen 4 / 5); oneDNN on AMX.
+    func testBestBackendFitsTheCPU() {
+        let amx = BF16Info.current.isa.contains("amx")
+        if CPUFeatures.current.avx512BF16 && !amx { XCTAssertEqual(BF16Matmul.Backend.best, .vdpbf16ps) }
+        if amx { XCTAssertEqual(BF16Matmul.Backend.best, .oneDNN) }
+        if !CPUFeatures.current.avx512 { XCTAssertEqual(BF16Matmul.Backend.best, .sgemmFallback) }
     }
 }
