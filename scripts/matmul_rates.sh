@@ -9,8 +9,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${TMPDIR:-/tmp}/mae-matmul-rates
 mkdir -p "$OUT"
 cp "$ROOT/scripts/matmul_rates.swift" "$OUT/main.swift"
+clang -O2 -c -I "$ROOT/Sources/CBF16GEMM/include" "$ROOT/Sources/CBF16GEMM/bf16_gemm.c" -o "$OUT/bf16_gemm.o"
 swiftc -O -wmo -target-cpu haswell -module-name MatmulRates \
-    $(pkg-config --cflags openblas | sed 's/-I/-Xcc -I/g') -I "$ROOT/Sources/COpenBLAS" -I "$ROOT/Sources/CDNNL" \
-    "$ROOT"/Sources/MAEKernels/*.swift "$OUT/main.swift" \
+    $(pkg-config --cflags openblas | sed 's/-I/-Xcc -I/g') -I "$ROOT/Sources/COpenBLAS" -I "$ROOT/Sources/CDNNL" -I "$ROOT/Sources/CBF16GEMM/include" \
+    "$ROOT"/Sources/MAEKernels/*.swift "$OUT/main.swift" "$OUT/bf16_gemm.o" \
     $(pkg-config --libs openblas) -ldnnl -o "$OUT/matmul-rates"
 "$OUT/matmul-rates" "$@"

@@ -1,7 +1,8 @@
 // GFLOP/s of the linear layers' products at ViT-B/16 batch-8 shapes (M = 8 x 197 rows): fp32 through
-// OpenBLAS sgemm (`linearForward`), bf16 through oneDNN (`linearForward(bf16:)`: activations converted
-// per call, weights packed once), and the two backward products in bf16 and fp32. Compiled with the
-// kernels by scripts/matmul_rates.sh; median of a few calls after a warm-up, not a test.
+// OpenBLAS sgemm (`linearForward`), bf16 (`linearForward(bf16:)`: activations converted per call, weights
+// packed once) on every bf16 backend this CPU runs (ours on AVX512-BF16, oneDNN, the sgemm fallback),
+// and the two backward products in bf16 and fp32. Compiled with the kernels by scripts/matmul_rates.sh;
+// median of a few calls after a warm-up, not a test.
 import Foundation
 
 func median(_ repeats: Int, _ body: () -> Void) -> Double {
@@ -17,7 +18,10 @@ func median(_ repeats: Int, _ body: () -> Void) -> Double {
 let m = 8 * 197, repeats = 7
 let shapes = [("qkv 768->2304", 768, 2304), ("proj 768->768", 768, 768), ("fc1 768->3072", 768, 3072),
               ("fc2 3072->768", 3072, 768)]
-print("CPU: \(CPUFeatures.current.bestISA); BLAS: \(BLASInfo.current.summary); bf16: \(BF16Info.current.summary); workers \(Parallel.workers)")
+print("CPU: \(CPUFeatures.current.bestISA); BLAS: \(BLASInfo.current.summary); workers \(Parallel.workers)")
+for backend in BF16Matmul.Backend.available {
+BF16Matmul.backend = backend
+print("bf16 backend \(backend) (\(BF16Info.current.summary))\(backend == .best ? ", the default here" : "")")
 print("shape            sgemm fwd   bf16 fwd   sgemm dX   bf16 dX   sgemm dW   bf16 dW   (GFLOP/s, M = \(m))")
 for (name, k, n) in shapes {
     var rng = RandomStream(seed: 1)
@@ -40,4 +44,5 @@ for (name, k, n) in shapes {
                               rows: m, inDim: k, outDim: n, bf16: cache) },
     ]
     print(name.padding(toLength: 15, withPad: " ", startingAt: 0), cells.joined(separator: "  "))
+}
 }

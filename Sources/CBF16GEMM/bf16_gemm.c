@@ -13,7 +13,7 @@
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
-enum { TILE_ROWS = MAE_BF16_TILE_ROWS, BLOCK_PAIRS = 384 };
+enum { TILE_ROWS = MAE_BF16_TILE_ROWS, BLOCK_PAIRS = 384, BLOCK_ROWS = 56 * TILE_ROWS };
 
 int mae_bf16_gemm_available(void) {
     unsigned a, b, c, d;
@@ -52,38 +52,67 @@ static inline TARGET __m512i pair_words(const float *lo, const float *hi, long c
     return _mm512_or_si512(l, _mm512_slli_epi32(round_bf16(_mm512_maskz_loadu_ps(m, hi)), 16));
 }
 
+/* In place: r[i] lane j becomes r[j] lane i (a 16 x 16 transpose of 32-bit words). */
+static inline TARGET void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    // Each 128-bit lane now holds a 4 x 4 block; move the blocks across lanes.
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xDD);
+        r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xDD);
+    }
+}
+
 TARGET void mae_bf16_pack_panels(uint32_t *dst, const float *src, long ld, int transposed, long k, long n,
                                  long panel0, long panel1) {
     const long pairs = (k + 1) / 2, stride = mae_bf16_panel_stride(k);
+    if (!transposed) {
+        // B (K,N) row-major: rows 2p and 2p+1 side by side, 16 columns per vector, read once in order.
+        for (long p = 0; p < pairs; p++) {
+            const float *r0 = src + 2 * p * ld, *r1 = 2 * p + 1 < k ? r0 + ld : 0;
+            for (long j = panel0; j < panel1; j++)
+                for (long q = 0; q < MAE_BF16_PANEL; q += 16) {
+                    const long c = j * MAE_BF16_PANEL + q;
+                    _mm512_storeu_si512(dst + j * stride + p * MAE_BF16_PANEL + q, pair_words(r0 + c, r1 ? r1 + c : 0, n - c));
+                }
+        }
+        return;
+    }
+    // B[k][n] = src[n * ld + k]: row n of src holds column n's pairs side by side. Blocks of 16
+    // columns x 16 pairs: each column's 16 words in a vector, transposed in registers into 16 rows.
     for (long j = panel0; j < panel1; j++) {
         uint32_t *panel = dst + j * stride;
-        const long col0 = j * MAE_BF16_PANEL;
-        if (!transposed) {
-            // B (K,N) row-major: rows 2p and 2p+1 side by side, 16 columns per vector.
-            for (long p = 0; p < pairs; p++) {
-                const float *r0 = src + 2 * p * ld, *r1 = 2 * p + 1 < k ? r0 + ld : 0;
-                for (long q = 0; q < MAE_BF16_PANEL; q += 16) {
-                    const long c = col0 + q;
-                    _mm512_storeu_si512(panel + p * MAE_BF16_PANEL + q,
-                                        pair_words(r0 + c, r1 ? r1 + c : 0, n - c));
-                }
-            }
-            continue;
-        }
-        // B[k][n] = src[n * ld + k]: a row of src holds a column's pairs side by side already.
-        memset(panel, 0, (size_t)stride * sizeof(uint32_t));
-        for (long col = col0; col < col0 + MAE_BF16_PANEL && col < n; col++) {
-            const float *row = src + col * ld;
-            uint32_t *out = panel + (col - col0);
+        for (long g = 0; g < MAE_BF16_PANEL; g += 16) {
+            const long col0 = j * MAE_BF16_PANEL + g;
             for (long p = 0; p < pairs; p += 16) {
-                const long kk = 2 * p;
-                const __m256i lo = _mm512_cvtepi32_epi16(round_bf16(_mm512_maskz_loadu_ps(lanes(k - kk), row + kk)));
-                const __m256i hi = _mm512_cvtepi32_epi16(round_bf16(_mm512_maskz_loadu_ps(lanes(k - kk - 16), row + kk + 16)));
-                uint32_t words[16];
-                _mm256_storeu_si256((__m256i *)words, lo);
-                _mm256_storeu_si256((__m256i *)(words + 8), hi);
+                __m512i r[16];
+                for (int i = 0; i < 16; i++) {
+                    if (col0 + i >= n) { r[i] = _mm512_setzero_si512(); continue; }
+                    const float *row = src + (col0 + i) * ld + 2 * p;
+                    const __m256i lo = _mm512_cvtepi32_epi16(round_bf16(_mm512_maskz_loadu_ps(lanes(k - 2 * p), row)));
+                    const __m256i hi = _mm512_cvtepi32_epi16(round_bf16(_mm512_maskz_loadu_ps(lanes(k - 2 * p - 16), row + 16)));
+                    r[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                }
+                transpose16(r);
                 const long count = pairs - p < 16 ? pairs - p : 16;
-                for (long q = 0; q < count; q++) out[(p + q) * MAE_BF16_PANEL] = words[q];
+                for (long q = 0; q < count; q++) _mm512_storeu_si512(panel + (p + q) * MAE_BF16_PANEL + g, r[q]);
             }
         }
     }
@@ -102,13 +131,21 @@ TARGET void mae_bf16_convert_rows(uint16_t *dst, long dstLd, const float *src, l
 }
 
 TARGET void mae_bf16_pack_tiles(uint32_t *dst, const float *src, long ld, long k, long m, long pair0, long pair1) {
-    const long pairs = (k + 1) / 2, tileStride = pairs * MAE_BF16_TILE_ROWS;
+    enum { T = MAE_BF16_TILE_ROWS, CHUNK = 48 };  // 48 columns: 3 vectors of words, 8 whole tiles
+    const long pairs = (k + 1) / 2, tileStride = pairs * T;
     for (long p = pair0; p < pair1; p++) {
         const float *r0 = src + 2 * p * ld, *r1 = 2 * p + 1 < k ? r0 + ld : 0;
-        for (long i = 0, t = 0; i < m; i += MAE_BF16_TILE_ROWS, t++) {
-            const long rows = m - i < MAE_BF16_TILE_ROWS ? m - i : MAE_BF16_TILE_ROWS;
-            _mm512_mask_storeu_epi32(dst + t * tileStride + p * MAE_BF16_TILE_ROWS, lanes(rows),
-                                     pair_words(r0 + i, r1 ? r1 + i : 0, rows));
+        for (long i = 0; i < m; i += CHUNK) {
+            uint32_t words[CHUNK];
+            for (int v = 0; v < CHUNK; v += 16)
+                _mm512_storeu_si512(words + v, pair_words(r0 + i + v, r1 ? r1 + i + v : 0, m - i - v));
+            const long columns = m - i < CHUNK ? m - i : CHUNK;
+            for (long t = 0; t * T < columns; t++) {
+                uint32_t *out = dst + (i / T + t) * tileStride + p * T;
+                const long rows = columns - t * T < T ? columns - t * T : T;
+                if (rows == T) memcpy(out, words + t * T, T * sizeof(uint32_t));
+                else for (long r = 0; r < rows; r++) out[r] = words[t * T + r];
+            }
         }
     }
 }
@@ -167,13 +204,16 @@ TARGET void mae_bf16_gemm(long m, long n, long pairs, const uint32_t *a, long ti
     for (long k0 = 0; k0 < pairs; k0 += block) {
         const long kc = pairs - k0 < block ? pairs - k0 : block;
         const int load = accumulate || k0 > 0;
-        for (long j = 0; j < n; j += MAE_BF16_PANEL) {
-            const __mmask16 masks[4] = {lanes(n - j), lanes(n - j - 16), lanes(n - j - 32), lanes(n - j - 48)};
-            const uint32_t *panel = b + (j / MAE_BF16_PANEL) * panelStride + k0 * MAE_BF16_PANEL;
-            for (long i = 0; i < m; i += TILE_ROWS) {
-                const long rows = m - i < TILE_ROWS ? m - i : TILE_ROWS;
-                tiles[rows](a + i / TILE_ROWS * tileStride + k0 * pairStride, pairStride, rowStride, panel, kc,
-                            c + i * ldc + j, ldc, masks, load);
+        for (long i0 = 0; i0 < m; i0 += BLOCK_ROWS) {
+            const long i1 = m - i0 < BLOCK_ROWS ? m : i0 + BLOCK_ROWS;
+            for (long j = 0; j < n; j += MAE_BF16_PANEL) {
+                const __mmask16 masks[4] = {lanes(n - j), lanes(n - j - 16), lanes(n - j - 32), lanes(n - j - 48)};
+                const uint32_t *panel = b + (j / MAE_BF16_PANEL) * panelStride + k0 * MAE_BF16_PANEL;
+                for (long i = i0; i < i1; i += TILE_ROWS) {
+                    const long rows = i1 - i < TILE_ROWS ? i1 - i : TILE_ROWS;
+                    tiles[rows](a + i / TILE_ROWS * tileStride + k0 * pairStride, pairStride, rowStride, panel, kc,
+                                c + i * ldc + j, ldc, masks, load);
+                }
             }
         }
     }

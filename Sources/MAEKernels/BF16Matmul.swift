@@ -342,6 +342,22 @@ public enum BF16Matmul {
         }
     }
 
+    /// C (M,N) = A (M,K) . B on the calling thread, with our kernel (`Backend.vdpbf16ps` only) and no
+    /// lock: attention's per-head products inside a parallel loop, one `scratch` per worker. A float32
+    /// rows (leading dimension lda) and B float32, (K,N) row-major or, `bTransposed`, stored (N,K), with
+    /// leading dimension ldb; both rounded to bf16 here. C (leading dimension ldc) is overwritten.
+    public static func serialProduct(c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<Float>, lda: Int,
+                                     b: UnsafePointer<Float>, ldb: Int, bTransposed: Bool, m: Int, k: Int, n: Int,
+                                     scratch: BF16Scratch) {
+        let pairs = (k + 1) / 2, stride = mae_bf16_panel_stride(k), panelCount = (n + 63) / 64
+        let rows = scratch.rows.reserve(m * 2 * pairs), panels = scratch.panels.reserve(panelCount * stride)
+        mae_bf16_convert_rows(rows, 2 * pairs, a, lda, m, k)
+        mae_bf16_pack_panels(panels, b, ldb, bTransposed ? 1 : 0, k, n, 0, panelCount)
+        rows.withMemoryRebound(to: UInt32.self, capacity: m * pairs) { words in
+            mae_bf16_gemm(m, n, pairs, words, Int(MAE_BF16_TILE_ROWS) * pairs, 1, pairs, panels, stride, c, ldc, 0)
+        }
+    }
+
     /// The kernel a bf16 product of this shape runs on: "vdpbf16ps 6x64 (mae-eval)", oneDNN's
     /// ("brg:avx512_core_amx_bf16"), or the fallback's name.
     public static func kernelName(m: Int = 1576, k: Int = 768, n: Int = 768) -> String {
@@ -356,6 +372,15 @@ public enum BF16Matmul {
             return String(cString: mae_dnnl_matmul_impl(&mm))
         }
     }
+}
+
+/// One worker's buffers for `BF16Matmul.serialProduct` (grown as needed, freed with it).
+public final class BF16Scratch {
+    fileprivate var rows = BF16Matmul.Scratch<UInt16>(), panels = BF16Matmul.Scratch<UInt32>()
+
+    public init() {}
+
+    deinit { rows.pointer?.deallocate(); panels.pointer?.deallocate() }
 }
 
 /// bf16 copies of a parameter store's weight matrices in oneDNN's blocked layout: each made on first

@@ -478,7 +478,8 @@ final class TransformerStack {
                                       bias: bias.map { .dense($0.data, sharedOverBatch: true) } ?? .none, size: size)
             } else {
                 attentionForward(out: a.attentionOut.data, probs: a.scores.data, qkv: a.qkv.data, bias: bias?.data,
-                                 batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
+                                 batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads,
+                                 bf16: bf16 != nil)
             }
         }
         if let part = geo.partition(channels: width) {

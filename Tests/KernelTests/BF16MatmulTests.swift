@@ -172,3 +172,47 @@ final class BF16MatmulTests: XCTestCase {
         if !CPUFeatures.current.avx512 { XCTAssertEqual(BF16Matmul.Backend.best, .sgemmFallback) }
     }
 }
+
+/// Attention's per-head bf16 products (`BF16Matmul.serialProduct`, `attentionForward(bf16:)`) where our
+/// kernel runs: exact products of the rounded operands, and the attention at bf16's rounding level.
+final class BF16AttentionTests: XCTestCase {
+    override func setUpWithError() throws {
+        try XCTSkipUnless(BF16Matmul.Backend.available.contains(.vdpbf16ps), "no AVX512-BF16 on this CPU")
+    }
+
+    private func rounded(_ x: Float) -> Double { Double(floatFromBF16(bf16Bits(x))) }
+
+    func testSerialProductMatchesFP64OnRoundedOperandsInBothLayouts() {
+        // 197 x 37 . (37 x 70): an odd K, a partial tile and a partial panel; B (K,N) or stored (N,K).
+        let m = 197, k = 37, n = 70, lda = 41, ldb = 75, ldc = 73
+        let a = randomValues(m * lda, seed: 1), b = randomValues(max(k, n) * ldb, seed: 2)
+        for transposed in [false, true] {
+            var c = [Float](repeating: .nan, count: m * ldc)
+            BF16Matmul.serialProduct(c: &c, ldc: ldc, a: a, lda: lda, b: b, ldb: ldb, bTransposed: transposed,
+                                     m: m, k: k, n: n, scratch: BF16Scratch())
+            var err = 0.0, top = 0.0
+            for i in 0..<m {
+                for j in 0..<n {
+                    var s = 0.0
+                    for t in 0..<k { s += rounded(a[i * lda + t]) * rounded(transposed ? b[j * ldb + t] : b[t * ldb + j]) }
+                    err = max(err, abs(Double(c[i * ldc + j]) - s)); top = max(top, abs(s))
+                }
+            }
+            XCTAssertLessThan(err / top, 2e-6, "B transposed \(transposed)")
+        }
+    }
+
+    func testBF16AttentionIsAtTheRoundingLevelOfFP32() {
+        let (b, n, d, h) = (2, 50, 64, 4)
+        let qkv = randomValues(b * n * 3 * d, seed: 3), bias = randomValues(h * n * n, seed: 4, scale: 0.5)
+        func run(_ bf16: Bool) -> [Float] {
+            var out = [Float](repeating: 0, count: b * n * d), probs = [Float](repeating: 0, count: b * h * n * n)
+            attentionForward(out: &out, probs: &probs, qkv: qkv, bias: bias, batch: b, tokens: n, width: d, heads: h, bf16: bf16)
+            return out
+        }
+        let bf = run(true), fp = run(false)
+        let err = zip(bf, fp).map { abs($0 - $1) }.max()!, top = fp.map(abs).max()!
+        XCTAssertLessThan(err / top, 2e-2, "bf16 keeps 8 mantissa bits")
+        XCTAssertGreaterThan(err / top, 1e-5, "the products really ran in bf16")
+    }
+}
