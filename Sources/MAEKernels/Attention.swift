@@ -5,8 +5,8 @@
 /// position bias); nil for none. Work is split over batch x heads, each product single-threaded
 /// inside its worker. `bf16` (`Precision.bf16` where our AVX512-BF16 kernel runs,
 /// `BF16Matmul.Backend.vdpbf16ps`): both products take bf16 operands with fp32 accumulation, as
-/// autocast's; the scale, bias and softmax stay fp32 (measured: ViT-B/16's forward 5% faster on a Zen 5
-/// than with fp32 products). Elsewhere, and in the backward, the products stay fp32.
+/// autocast's; the scale, bias and softmax stay fp32 (measured on a Zen 5: attention's share of the
+/// ViT-B/16 bf16 forward 16.5% -> 12.5%). Elsewhere the products stay fp32.
 public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
                              qkv: UnsafePointer<Float>, bias: UnsafePointer<Float>? = nil,
                              batch: Int, tokens: Int, width: Int, heads: Int, bf16: Bool = false) {
@@ -42,25 +42,34 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMuta
 }
 
 /// Accumulates: dQKV (B,N,3D) += gradient through the attention core, and with `dBias` (H,N,N)
-/// the gradient of the forward's shared bias (summed over the images).
+/// the gradient of the forward's shared bias (summed over the images). `bf16`: the four products per
+/// head in bf16 as `attentionForward`'s.
 /// dOut (B,N,D), qkv (B,N,3D), probs (B,H,N,N) from the forward. With `dBias` the work is split
 /// over heads (each worker owns its heads' bias gradient), else over batch x heads.
 public func attentionBackward(dQKV: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>? = nil,
                               dOut: UnsafePointer<Float>, qkv: UnsafePointer<Float>, probs: UnsafePointer<Float>,
-                              batch: Int, tokens: Int, width: Int, heads: Int) {
+                              batch: Int, tokens: Int, width: Int, heads: Int, bf16: Bool = false) {
     Profiler.measure(.attention) {
         let n = tokens, hd = width / heads, ld = 3 * width
         let scale = 1 / Float(hd).squareRoot()
+        let ownBF16 = bf16 && BF16Matmul.backend == .vdpbf16ps
         /// One (b, h) slice; dS is a scratch (N,N): dP, then dS.
-        func slice(_ b: Int, _ h: Int, _ dS: UnsafeMutablePointer<Float>) {
+        func slice(_ b: Int, _ h: Int, _ dS: UnsafeMutablePointer<Float>, _ scratch: BF16Scratch?) {
             let q = qkv + b * n * ld + h * hd, k = q + width, v = q + 2 * width
             let dq = dQKV + b * n * ld + h * hd, dk = dq + width, dv = dq + 2 * width
             let dO = dOut + b * n * width + h * hd
             let p = probs + (b * heads + h) * n * n
             // dV += P^T dO;  dP = dO V^T
-            BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: p, lda: n, b: dO, ldb: width,
-                            beta: 1, c: dv, ldc: ld)
-            BLAS.gemmSerial(transB: true, m: n, n: n, k: hd, a: dO, lda: width, b: v, ldb: ld, c: dS, ldc: n)
+            if let scratch {
+                BF16Matmul.serialProduct(c: dv, ldc: ld, a: p, lda: n, aTransposed: true, b: dO, ldb: width, bTransposed: false,
+                                         m: n, k: n, n: hd, accumulate: true, scratch: scratch)
+                BF16Matmul.serialProduct(c: dS, ldc: n, a: dO, lda: width, b: v, ldb: ld, bTransposed: true, m: n, k: hd, n: n,
+                                         scratch: scratch)
+            } else {
+                BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: p, lda: n, b: dO, ldb: width,
+                                beta: 1, c: dv, ldc: ld)
+                BLAS.gemmSerial(transB: true, m: n, n: n, k: hd, a: dO, lda: width, b: v, ldb: ld, c: dS, ldc: n)
+            }
             // dLogits = P * (dP - rowsum(dP * P)): the bias gradient; dS = dLogits * scale
             for r in 0..<n {
                 let pr = p + r * n, dr = dS + r * n
@@ -75,17 +84,25 @@ public func attentionBackward(dQKV: UnsafeMutablePointer<Float>, dBias: UnsafeMu
                 }
             }
             // dQ += dS K;  dK += dS^T Q
-            BLAS.gemmSerial(m: n, n: hd, k: n, a: dS, lda: n, b: k, ldb: ld, beta: 1, c: dq, ldc: ld)
-            BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: dS, lda: n, b: q, ldb: ld, beta: 1, c: dk, ldc: ld)
+            if let scratch {
+                BF16Matmul.serialProduct(c: dq, ldc: ld, a: dS, lda: n, b: k, ldb: ld, bTransposed: false, m: n, k: n, n: hd,
+                                         accumulate: true, scratch: scratch)
+                BF16Matmul.serialProduct(c: dk, ldc: ld, a: dS, lda: n, aTransposed: true, b: q, ldb: ld, bTransposed: false,
+                                         m: n, k: n, n: hd, accumulate: true, scratch: scratch)
+            } else {
+                BLAS.gemmSerial(m: n, n: hd, k: n, a: dS, lda: n, b: k, ldb: ld, beta: 1, c: dq, ldc: ld)
+                BLAS.gemmSerial(transA: true, m: n, n: hd, k: n, a: dS, lda: n, b: q, ldb: ld, beta: 1, c: dk, ldc: ld)
+            }
         }
         Parallel.forChunks(dBias == nil ? batch * heads : heads) { _, range in
             let dS = UnsafeMutablePointer<Float>.allocate(capacity: n * n)
             defer { dS.deallocate() }
+            let scratch = ownBF16 ? BF16Scratch() : nil
             for item in range {
                 if dBias == nil {
-                    slice(item / heads, item % heads, dS)
+                    slice(item / heads, item % heads, dS, scratch)
                 } else {
-                    for b in 0..<batch { slice(b, item, dS) }
+                    for b in 0..<batch { slice(b, item, dS, scratch) }
                 }
             }
         }

@@ -342,20 +342,24 @@ public enum BF16Matmul {
         }
     }
 
-    /// C (M,N) = A (M,K) . B on the calling thread, with our kernel (`Backend.vdpbf16ps` only) and no
-    /// lock: attention's per-head products inside a parallel loop, one `scratch` per worker. A float32
-    /// rows (leading dimension lda) and B float32, (K,N) row-major or, `bTransposed`, stored (N,K), with
-    /// leading dimension ldb; both rounded to bf16 here. C (leading dimension ldc) is overwritten.
+    /// C (M,N) [+]= op(A) . op(B) on the calling thread, with our kernel (`Backend.vdpbf16ps` only) and
+    /// no lock: attention's per-head products inside a parallel loop, one `scratch` per worker. Float32
+    /// operands, rounded to bf16 here: A (M,K) rows, or stored (K,M) when `aTransposed`; B (K,N) rows, or
+    /// stored (N,K) when `bTransposed`; leading dimensions lda, ldb, ldc. `accumulate` adds into C.
     public static func serialProduct(c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<Float>, lda: Int,
-                                     b: UnsafePointer<Float>, ldb: Int, bTransposed: Bool, m: Int, k: Int, n: Int,
-                                     scratch: BF16Scratch) {
-        let pairs = (k + 1) / 2, stride = mae_bf16_panel_stride(k), panelCount = (n + 63) / 64
-        let rows = scratch.rows.reserve(m * 2 * pairs), panels = scratch.panels.reserve(panelCount * stride)
-        mae_bf16_convert_rows(rows, 2 * pairs, a, lda, m, k)
-        mae_bf16_pack_panels(panels, b, ldb, bTransposed ? 1 : 0, k, n, 0, panelCount)
-        rows.withMemoryRebound(to: UInt32.self, capacity: m * pairs) { words in
-            mae_bf16_gemm(m, n, pairs, words, Int(MAE_BF16_TILE_ROWS) * pairs, 1, pairs, panels, stride, c, ldc, 0)
+                                     aTransposed: Bool = false, b: UnsafePointer<Float>, ldb: Int, bTransposed: Bool,
+                                     m: Int, k: Int, n: Int, accumulate: Bool = false, scratch: BF16Scratch) {
+        let pairs = (k + 1) / 2, stride = mae_bf16_panel_stride(k), panelCount = (n + 63) / 64, tile = Int(MAE_BF16_TILE_ROWS)
+        let words = scratch.words.reserve((m + tile - 1) / tile * tile * pairs), panels = scratch.panels.reserve(panelCount * stride)
+        // Word (row, pair) at (row / 6) * 6 * pairs + pair * pairStride + (row % 6) * rowStride.
+        let (pairStride, rowStride) = aTransposed ? (tile, 1) : (1, pairs)
+        if aTransposed {
+            mae_bf16_pack_tiles(words, a, lda, k, m, 0, pairs)
+        } else {
+            words.withMemoryRebound(to: UInt16.self, capacity: 2 * m * pairs) { mae_bf16_convert_rows($0, 2 * pairs, a, lda, m, k) }
         }
+        mae_bf16_pack_panels(panels, b, ldb, bTransposed ? 1 : 0, k, n, 0, panelCount)
+        mae_bf16_gemm(m, n, pairs, words, tile * pairs, pairStride, rowStride, panels, stride, c, ldc, accumulate ? 1 : 0)
     }
 
     /// The kernel a bf16 product of this shape runs on: "vdpbf16ps 6x64 (mae-eval)", oneDNN's
@@ -376,11 +380,11 @@ public enum BF16Matmul {
 
 /// One worker's buffers for `BF16Matmul.serialProduct` (grown as needed, freed with it).
 public final class BF16Scratch {
-    fileprivate var rows = BF16Matmul.Scratch<UInt16>(), panels = BF16Matmul.Scratch<UInt32>()
+    fileprivate var words = BF16Matmul.Scratch<UInt32>(), panels = BF16Matmul.Scratch<UInt32>()
 
     public init() {}
 
-    deinit { rows.pointer?.deallocate(); panels.pointer?.deallocate() }
+    deinit { words.pointer?.deallocate(); panels.pointer?.deallocate() }
 }
 
 /// bf16 copies of a parameter store's weight matrices in oneDNN's blocked layout: each made on first

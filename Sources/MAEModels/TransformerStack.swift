@@ -523,7 +523,7 @@ final class TransformerStack {
             } else {
                 attentionBackward(dQKV: dQKV.data, dBias: dBias?.data, dOut: dOut.data, qkv: a.qkv.data,
                                   probs: a.scores.data, batch: geo.attentionBatch, tokens: geo.attentionTokens,
-                                  width: d, heads: heads)
+                                  width: d, heads: heads, bf16: bf16 != nil)
             }
             if let table = w.relPosBias, let rpb = relPosBias, let dBias {
                 relPosBiasBackward(dTable: p.g(table), dBias: dBias.data, index: relPosBiasIndex, size: rpb)

@@ -216,3 +216,26 @@ final class BF16AttentionTests: XCTestCase {
         XCTAssertGreaterThan(err / top, 1e-5, "the products really ran in bf16")
     }
 }
+
+extension BF16AttentionTests {
+    func testBF16AttentionGradientsAreAtTheRoundingLevelOfFP32() {
+        let (b, n, d, h) = (2, 37, 32, 2)
+        let qkv = randomValues(b * n * 3 * d, seed: 5), dOut = randomValues(b * n * d, seed: 6)
+        func grads(_ bf16: Bool) -> [Float] {
+            var out = [Float](repeating: 0, count: b * n * d), probs = [Float](repeating: 0, count: b * h * n * n)
+            attentionForward(out: &out, probs: &probs, qkv: qkv, batch: b, tokens: n, width: d, heads: h, bf16: bf16)
+            var dQKV = [Float](repeating: 0.25, count: qkv.count)
+            attentionBackward(dQKV: &dQKV, dOut: dOut, qkv: qkv, probs: probs, batch: b, tokens: n, width: d, heads: h, bf16: bf16)
+            return dQKV.map { $0 - 0.25 }
+        }
+        let bf = grads(true), fp = grads(false)
+        // q, k and v parts separately: each is its own product chain.
+        for part in 0..<3 {
+            let pick = { (g: [Float]) in g.indices.filter { ($0 % (3 * d)) / d == part }.map { g[$0] } }
+            let a = pick(bf), e = pick(fp)
+            let err = zip(a, e).map { abs($0 - $1) }.max()!, top = e.map(abs).max()!
+            XCTAssertLessThan(err / top, 3e-2, "part \(part): bf16 keeps 8 mantissa bits")
+            XCTAssertGreaterThan(err / top, 1e-5, "part \(part): the products really ran in bf16")
+        }
+    }
+}
