@@ -48,7 +48,7 @@ public struct BenchResult: Codable, Sendable {
     public var precision = "fp32"
     /// The matrix library, its version and the kernel it runs on this CPU.
     public var blas = BLASInfo.current
-    /// In bf16: the bf16 library (oneDNN), the ISA it uses and its kernel; absent in fp32.
+    /// In bf16: the bf16 backend (our kernel, or oneDNN), the ISA it uses and its kernel; absent in fp32.
     public var bf16: BF16Info?
     /// With --profile: share of the time per kernel family (gemm outside attention, attention, ...).
     public var time_share: [String: Double]?

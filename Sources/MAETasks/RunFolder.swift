@@ -65,7 +65,7 @@ extension Precision {
     /// protocol checks; none in fp32.
     public var denseChecks: [String] {
         self == .fp32 ? []
-            : ["bf16: the ViT backbone's linear layers multiply bf16-rounded inputs and weights with fp32 accumulation (torch.autocast's rule, oneDNN); unlike autocast, the neck's and heads' convolutions and linear layers stay fp32, as do norms, softmax, attention's small products, losses and master weights"]
+            : ["bf16: the ViT backbone's linear layers multiply bf16-rounded inputs and weights with fp32 accumulation (torch.autocast's rule; " + BF16Info.current.summary + "), and so do attention's products where our kernel runs; unlike autocast, the neck's and heads' convolutions and linear layers stay fp32, as do norms, softmax, the fused attention of long sequences, losses and master weights"]
     }
 }
 

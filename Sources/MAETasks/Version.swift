@@ -30,7 +30,7 @@ public enum MAEEvalVersion {
     }
 
     /// What `mae-eval --version` prints: the version, the BLAS library (with how its kernel was chosen),
-    /// the bf16 library (`--precision bf16`: oneDNN, the ISA it uses here and its kernel) and the CPU,
+    /// the bf16 library (`--precision bf16`: our AVX512-BF16 kernel or oneDNN, the ISA it uses here and its kernel) and the CPU,
     /// one line each.
     public static var text: String {
         let blas = BLASInfo.current

@@ -8,7 +8,7 @@ struct Bench: LibraryCommand {
         abstract: "Measure images/s of a forward pass, a training step or an MAE pretraining step.",
         discussion: """
             Runs on random weights and inputs and prints one JSON line with img_per_s, model, mode, \
-            batch_size, threads, precision and blas (library, version, kernel); with --precision bf16 also bf16 (oneDNN's version, ISA and kernel). Compare with PyTorch on the same cores (scripts/bench_pytorch.py).
+            batch_size, threads, precision and blas (library, version, kernel); with --precision bf16 also bf16 (the backend's library, version, ISA and kernel). Compare with PyTorch on the same cores (scripts/bench_pytorch.py).
             """)
 
     @Option(help: "Model preset: vit_tiny_patch16, vit_small_patch16, vit_base_patch16, vit_large_patch16, vit_huge_patch14, vit_shapes_patch4 (or ViT-B/16, base, ...); vitdet_b (ViTDet-B backbone + simple feature pyramid, forward only).")
