@@ -31,11 +31,11 @@ let package = Package(
         .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
 
         // MARK: - Implementation, in dependency order
-        /// AVX-512 passes over the fused attention's score tiles (bias + row max, exp + row sum), compiled for
-        /// AVX-512 function by function and called only on CPUs that have it.
-        .target(name: "CAttentionTile", cSettings: [.unsafeFlags(["-O2"])]),
+        /// AVX-512 versions of hot AVX2 loops (the fused attention's tile passes, GELU), compiled for AVX-512
+        /// function by function and called only on CPUs that have it; no contraction, so results match the Swift loops bit for bit.
+        .target(name: "CAVX512", cSettings: [.unsafeFlags(["-O2", "-ffp-contract=off"])]),
         /// Tensor storage and forward/backward ops over contiguous float32 buffers.
-        .target(name: "MAEKernels", dependencies: ["COpenBLAS", "CDNNL", "CAttentionTile"], swiftSettings: vectorISA),
+        .target(name: "MAEKernels", dependencies: ["COpenBLAS", "CDNNL", "CAVX512"], swiftSettings: vectorISA),
         /// The job's processes over MPI (rank, size, all-reduce, broadcast, all-gather); one process without a launcher never touches MPI.
         .target(name: "MAEDistributed", dependencies: ["MAEKernels", "CMPI"]),
         /// JSON values (ordered objects, exact numbers), a strict parser and a writer.

@@ -6,11 +6,11 @@
 // Layout as `attentionForward` (Attention.swift), so the model can call either: qkv (B,N,3D) with
 // rows [q | k | v] and heads contiguous inside each, out (B,N,D) heads merged back. The score of
 // query i and key j in head h is  s = scale * q_i . k_j + bias[i, j],  scale = Dh^-0.5.
-import CAttentionTile
+import CAVX512
 import Foundation
 
-/// Whether the per-tile passes (bias + row max, exp + row sum) run as CAttentionTile's AVX-512 C
-/// functions: on CPUs with AVX-512 F, where they take half the time of the AVX2 Swift loops
+/// Whether the per-tile passes (bias + row max, exp + row sum) run as AVX-512 C
+/// functions (CAVX512): on CPUs with AVX-512 F, where they take half the time of the AVX2 Swift loops
 /// (-target-cpu haswell); every other CPU runs the Swift loops. Tests switch it to compare the two.
 nonisolated(unsafe) var attentionTilesAVX512 = CPUFeatures.current.avx512
 

@@ -2,9 +2,9 @@
 import TestSupport
 import XCTest
 
-/// The fused attention's AVX-512 C tile passes (CAttentionTile, taken where the CPU has AVX-512)
-/// against its AVX2 Swift loops (every other CPU), on the same inputs.
-final class AttentionTileTests: XCTestCase {
+/// CAVX512's AVX-512 C loops (taken where the CPU has AVX-512) against the AVX2 Swift loops they
+/// stand in for (every other CPU), on the same inputs.
+final class AVX512KernelTests: XCTestCase {
     /// Forward (out, logSumExp) and backward (dQKV, bias gradients) through both tile paths agree
     /// to float rounding (the exponentials and biased scores are bit-identical; only the row sums'
     /// order differs), for every bias form: none, dense, dense shared over the batch, and decomposed
@@ -44,6 +44,26 @@ final class AttentionTileTests: XCTestCase {
                     assertClose(c, swift, rtol: 1e-5, atol: 1e-6, "\(label) dBias[\(i)]")
                 }
             }
+        }
+    }
+
+    /// GELU's C loop gives the Swift loop's values bit for bit, over both tails of Phi, zeros of
+    /// either sign and lengths that leave partial vectors in every worker's range.
+    func testGELUMatchesSwiftLoopBitForBit() throws {
+        try XCTSkipUnless(CPUFeatures.current.avx512, "this CPU has no AVX-512: only the Swift loop runs")
+        let saved = geluAVX512
+        defer { geluAVX512 = saved }
+        var rng = TestRandom(seed: 72)
+        for count in [1, 15, 16, 1000, (1 << 15) + 7] {
+            var x = rng.array(count).map { $0 * 6 }
+            x[0] = -0.0
+            if count > 2 { x[1] = 0; x[2] = -12 }
+            var viaSwift = [Float](repeating: .nan, count: count), viaC = viaSwift
+            geluAVX512 = false
+            geluForward(out: &viaSwift, input: x, count: count)
+            geluAVX512 = true
+            geluForward(out: &viaC, input: x, count: count)
+            XCTAssertEqual(viaC.map(\.bitPattern), viaSwift.map(\.bitPattern), "count \(count)")
         }
     }
 }
