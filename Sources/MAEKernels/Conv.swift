@@ -185,6 +185,32 @@ public func convTranspose2dForward(out: UnsafeMutablePointer<Float>, input: Unsa
     let w = s.window
     let rows = w.rows, cols = s.height * s.width, outPlane = s.outHeight * s.outWidth
     let bands = w.bands
+    if s.dilationH * (s.kernelH - 1) < s.strideH && s.height >= 8 * Parallel.workers {
+        // Input rows land on disjoint output rows (ViTDet's and mmseg's k2 s2 upsamplers): each worker
+        // multiplies and folds whole bands of its own, no two packing the same input columns. Bands
+        // of at most an eighth of the worker's rows keep the split even. Timed as gemm, col2im included.
+        let step = min(bands[0].count, s.height / (4 * Parallel.workers))
+        let workerBands = stride(from: 0, to: s.height, by: step).map { $0..<min($0 + step, s.height) }
+        for b in 0..<s.batch {
+            let y = out + b * s.outChannels * outPlane
+            if bias == nil { y.update(repeating: 0, count: s.outChannels * outPlane) }
+            fillRows(y, bias, rows: s.outChannels, width: outPlane)
+        }
+        Profiler.measure(.gemm) {
+            Parallel.forChunks(s.batch * workerBands.count) { _, items in
+                let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows * step * s.width)
+                defer { scratch.deallocate() }
+                for item in items {
+                    let b = item / workerBands.count, band = workerBands[item % workerBands.count], n = band.count * s.width
+                    let x = input + b * s.inChannels * cols, y = out + b * s.outChannels * outPlane
+                    BLAS.gemmSerial(transA: true, m: rows, n: n, k: s.inChannels, a: weight, lda: rows,
+                                    b: x + band.lowerBound * s.width, ldb: cols, c: scratch, ldc: n)
+                    col2im(y, scratch, w, outRows: band, serial: true)
+                }
+            }
+        }
+        return
+    }
     let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows * bands[0].count * s.width)
     defer { scratch.deallocate() }
     for b in 0..<s.batch {
@@ -284,11 +310,11 @@ func im2col(_ columns: UnsafeMutablePointer<Float>, _ image: UnsafePointer<Float
 }
 
 /// image (C,H,W) += columns (C KH KW, R OW) of the output rows `outRows` folded back: the adjoint
-/// of `im2col`. Split over channels, so no two workers write the same pixel.
+/// of `im2col`. Split over channels, so no two workers write the same pixel, unless `serial`.
 func col2im(_ image: UnsafeMutablePointer<Float>, _ columns: UnsafePointer<Float>, _ w: ConvWindow,
-            outRows: Range<Int>) {
+            outRows: Range<Int>, serial: Bool = false) {
     let kernel = w.kernelH * w.kernelW, plane = outRows.count * w.outW
-    Parallel.forRanges(w.channels) { range in
+    func fold(_ range: Range<Int>) {
         for c in range {
             let dst = image + c * w.height * w.width
             for k in 0..<kernel {
@@ -309,6 +335,7 @@ func col2im(_ image: UnsafeMutablePointer<Float>, _ columns: UnsafePointer<Float
             }
         }
     }
+    if serial { fold(0..<w.channels) } else { Parallel.forRanges(w.channels, fold) }
 }
 
 // MARK: - Bias helpers
