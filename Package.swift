@@ -31,10 +31,12 @@ let package = Package(
         .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
 
         // MARK: - Implementation, in dependency order
-        /// bf16 matrix products on AVX512-BF16 (vdpbf16ps) for CPUs without AMX; C, AVX-512 per function.
-        .target(name: "CBF16GEMM"),
+        /// Our AVX-512 C kernels, compiled for AVX-512 function by function and called only on CPUs that have it:
+        /// versions of hot AVX2 loops (the fused attention's tile passes, GELU; no contraction, so results match
+        /// the Swift loops bit for bit) and the bf16 matrix product on AVX512-BF16 (vdpbf16ps) for CPUs without AMX.
+        .target(name: "CAVX512", cSettings: [.unsafeFlags(["-O2", "-ffp-contract=off"])]),
         /// Tensor storage and forward/backward ops over contiguous float32 buffers.
-        .target(name: "MAEKernels", dependencies: ["COpenBLAS", "CDNNL", "CBF16GEMM"], swiftSettings: vectorISA),
+        .target(name: "MAEKernels", dependencies: ["COpenBLAS", "CDNNL", "CAVX512"], swiftSettings: vectorISA),
         /// The job's processes over MPI (rank, size, all-reduce, broadcast, all-gather); one process without a launcher never touches MPI.
         .target(name: "MAEDistributed", dependencies: ["MAEKernels", "CMPI"]),
         /// JSON values (ordered objects, exact numbers), a strict parser and a writer.

@@ -32,8 +32,10 @@ func best(_ body: () -> Void) -> Double {
     return (0..<repeats).map { _ in seconds(body) }.min()!
 }
 
+// SWIFT_TILES=1 times the AVX2 Swift tile passes where the CPU would run the AVX-512 C ones.
+if ProcessInfo.processInfo.environment["SWIFT_TILES"] != nil { attentionTilesAVX512 = false }
 print("N \(n), heads \(heads), head width \(hd), batch 1, tiles \(tiles.queries)x\(tiles.keys), " +
-      "workers \(Parallel.workers); best of \(repeats)")
+      "workers \(Parallel.workers), tile passes \(attentionTilesAVX512 ? "AVX-512 C" : "AVX2 Swift"); best of \(repeats)")
 let skipMaterialised = ProcessInfo.processInfo.environment["FUSED_ONLY"] != nil
 if !skipMaterialised {
 let probs = Tensor([1, heads, n, n])

@@ -1,4 +1,4 @@
-import CBF16GEMM
+import CAVX512
 import CDNNL
 import Foundation
 
@@ -57,7 +57,7 @@ public func convertToBF16Serial(out: UnsafeMutablePointer<UInt16>, input: Unsafe
 /// Matrix products with bfloat16 operands, float32 accumulation and a float32 result. Three backends,
 /// chosen once per process for the CPU (`Backend.best`):
 /// - `.vdpbf16ps`, where the CPU has AVX512-BF16 but no AMX (AMD Zen 4 / Zen 5, Intel Cooper Lake): our
-///   own kernel (`CBF16GEMM`, 6 x 64 tiles of vdpbf16ps). oneDNN 2.6's avx512_core_bf16 matmul runs
+///   own kernel (`CAVX512`'s bf16_gemm.c, 6 x 64 tiles of vdpbf16ps). oneDNN 2.6's avx512_core_bf16 matmul runs
 ///   340-680 GFLOP/s on ViT-B's shapes on a 2-core Zen 5, ours 790-870 (both with the activations'
 ///   conversion; scripts/matmul_rates.sh).
 /// - `.oneDNN` elsewhere that oneDNN has a bf16 matmul (AMX: brg:avx512_core_amx_bf16, 3-5x our fp32).
@@ -433,7 +433,7 @@ public final class BF16WeightCache: @unchecked Sendable {
         return UnsafePointer(out)
     }
 
-    /// The weights (K,N), laid out as `layout`, packed into `CBF16GEMM`'s panels; lock held as `packed`.
+    /// The weights (K,N), laid out as `layout`, packed into bf16_gemm.c's panels; lock held as `packed`.
     fileprivate func panels(_ weight: UnsafePointer<Float>, k: Int, n: Int, layout: BF16Matmul.Layout) -> UnsafePointer<UInt32> {
         let key = Key(address: Int(bitPattern: weight), layout: 8 + layout.rawValue)
         let panelCount = (n + 63) / 64, stride = mae_bf16_panel_stride(k), bytes = panelCount * stride * 4

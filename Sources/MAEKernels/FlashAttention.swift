@@ -6,7 +6,13 @@
 // Layout as `attentionForward` (Attention.swift), so the model can call either: qkv (B,N,3D) with
 // rows [q | k | v] and heads contiguous inside each, out (B,N,D) heads merged back. The score of
 // query i and key j in head h is  s = scale * q_i . k_j + bias[i, j],  scale = Dh^-0.5.
+import CAVX512
 import Foundation
+
+/// Whether the per-tile passes (bias + row max, exp + row sum) run as AVX-512 C
+/// functions (CAVX512): on CPUs with AVX-512 F, where they take half the time of the AVX2 Swift loops
+/// (-target-cpu haswell); every other CPU runs the Swift loops. Tests switch it to compare the two.
+nonisolated(unsafe) var attentionTilesAVX512 = CPUFeatures.current.avx512
 
 /// Tile sizes of the fused attention: queries and keys per tile (clamped to N).
 public struct AttentionTiles: Equatable, Sendable {
@@ -76,8 +82,9 @@ public func flashAttentionForward(out: UnsafeMutablePointer<Float>, logSumExp: U
     checkBias(bias, s)
     Profiler.measure(.attention) {
         let hd = s.headWidth, bq = s.queryTile, bk = s.keyTile
-        forEachTile(s, tiles: s.queryTiles, wholeBatch: false, scratch: bq * bk + 2 * bq) { images, h, tile, scratch in
+        forEachTile(s, tiles: s.queryTiles, wholeBatch: false, scratch: bq * bk + 5 * bq) { images, h, tile, scratch in
             let scores = scratch, rowMaxes = scratch + bq * bk, rowSums = rowMaxes + bq
+            let tileMaxes = rowSums + bq, tileSums = tileMaxes + bq, rescales = tileSums + bq
             let q0 = tile * bq, rows = min(bq, s.tokens - q0)
             for b in images {
                 let slice = AttentionSlice(s, b: b, h: h)
@@ -87,15 +94,17 @@ public func flashAttentionForward(out: UnsafeMutablePointer<Float>, logSumExp: U
                 rowSums.update(repeating: 0, count: rows)
                 for k0 in stride(from: 0, to: s.tokens, by: bk) {
                     let cols = min(bk, s.tokens - k0)
-                    slice.scores(scores, qkv, bias, q0: q0, rows: rows, k0: k0, cols: cols)
-                    // Online softmax: rescale what the row has so far to the new running max.
+                    slice.scores(scores, qkv, bias, q0: q0, rows: rows, k0: k0, cols: cols, maxes: tileMaxes)
+                    // Online softmax: rescale what each row has so far to its new running max.
                     for r in 0..<rows {
-                        let row = scores + r * bk
-                        let mx = max(rowMaxes[r], rowMax(row, cols))
-                        let rescale = exp(rowMaxes[r] - mx)
-                        rowSums[r] = rowSums[r] * rescale + expShiftedRow(row, cols, shift: mx)
-                        if rescale != 1 { scaleRow(o + r * s.width, hd, rescale) }
+                        let mx = max(rowMaxes[r], tileMaxes[r])
+                        rescales[r] = exp(rowMaxes[r] - mx)
                         rowMaxes[r] = mx
+                    }
+                    expTileRows(scores, rows: rows, cols: cols, ld: bk, shift: rowMaxes, sums: tileSums)
+                    for r in 0..<rows {
+                        rowSums[r] = rowSums[r] * rescales[r] + tileSums[r]
+                        if rescales[r] != 1 { scaleRow(o + r * s.width, hd, rescales[r]) }
                     }
                     BLAS.gemmSerial(m: rows, n: hd, k: cols, a: scores, lda: bk,
                                     b: slice.v(qkv) + k0 * slice.ld, ldb: slice.ld,
@@ -144,9 +153,9 @@ public func flashAttentionBackward(dQKV: UnsafeMutablePointer<Float>, dBias: Att
         /// P and then dS of one tile pair in `probs` and `grads` (rows x cols, leading dimension bk).
         func tileGradients(_ slice: AttentionSlice, _ probs: UnsafeMutablePointer<Float>,
                            _ grads: UnsafeMutablePointer<Float>, q0: Int, rows: Int, k0: Int, cols: Int) {
-            slice.scores(probs, qkv, bias, q0: q0, rows: rows, k0: k0, cols: cols)
+            slice.scores(probs, qkv, bias, q0: q0, rows: rows, k0: k0, cols: cols, maxes: nil)
             let lse = logSumExp + slice.bh * n + q0, d = delta + slice.bh * n + q0
-            for r in 0..<rows { _ = expShiftedRow(probs + r * bk, cols, shift: lse[r]) }
+            expTileRows(probs, rows: rows, cols: cols, ld: bk, shift: lse, sums: nil)
             BLAS.gemmSerial(transB: true, m: rows, n: cols, k: hd, a: slice.dOut(dOut) + q0 * s.width, lda: s.width,
                             b: slice.v(qkv) + k0 * slice.ld, ldb: slice.ld, c: grads, ldc: bk)
             for r in 0..<rows { subtractScaleRow(grads + r * bk, probs + r * bk, cols, d[r]) }
@@ -242,12 +251,26 @@ private struct AttentionSlice {
     func v(_ qkv: UnsafePointer<Float>) -> UnsafePointer<Float> { q(qkv) + 2 * s.width }
     func dOut(_ d: UnsafePointer<Float>) -> UnsafePointer<Float> { d + b * s.tokens * s.width + h * s.headWidth }
 
-    /// tile (rows, cols; leading dimension keyTile) = scale q[q0..] k[k0..]^T + bias.
+    /// tile (rows, cols; leading dimension keyTile) = scale q[q0..] k[k0..]^T + bias, and with
+    /// `maxes` each row's max (rows).
     func scores(_ tile: UnsafeMutablePointer<Float>, _ qkv: UnsafePointer<Float>, _ bias: AttentionBias,
-                q0: Int, rows: Int, k0: Int, cols: Int) {
+                q0: Int, rows: Int, k0: Int, cols: Int, maxes: UnsafeMutablePointer<Float>?) {
         let bk = s.keyTile, n = s.tokens
         BLAS.gemmSerial(transB: true, m: rows, n: cols, k: s.headWidth, alpha: scale,
                         a: q(qkv) + q0 * ld, lda: ld, b: k(qkv) + k0 * ld, ldb: ld, c: tile, ldc: bk)
+        if attentionTilesAVX512 {
+            switch bias {
+            case .none:
+                mae_tile_add_bias_max(tile, rows, cols, bk, nil, 0, nil, nil, 0, 0, 0, maxes)
+            case .dense(let dense, let shared):
+                mae_tile_add_bias_max(tile, rows, cols, bk, dense + ((shared ? h : bh) * n + q0) * n + k0, n,
+                                      nil, nil, 0, 0, 0, maxes)
+            case .decomposed(let relH, let relW, let gh, let gw):
+                mae_tile_add_bias_max(tile, rows, cols, bk, nil, 0, relH + (bh * n + q0) * gh, relW + (bh * n + q0) * gw,
+                                      gh, gw, k0, maxes)
+            }
+            return
+        }
         switch bias {
         case .none: break
         case .dense(let dense, let shared):
@@ -265,6 +288,7 @@ private struct AttentionSlice {
                 }
             }
         }
+        if let maxes { for r in 0..<rows { maxes[r] = rowMax(tile + r * bk, cols) } }
     }
 
     /// dBias += dS for the tile (dense), or dRelH / dRelW += dS summed over each run of keys.
@@ -289,6 +313,20 @@ private struct AttentionSlice {
             }
         default: break
         }
+    }
+}
+
+/// In place tile[r, j] = e^(tile[r, j] - shift[r]) over rows x cols (leading dimension ld), and with
+/// `sums` each row's sum of the new values.
+private func expTileRows(_ tile: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int,
+                         shift: UnsafePointer<Float>, sums: UnsafeMutablePointer<Float>?) {
+    if attentionTilesAVX512 {
+        mae_tile_exp_sum(tile, rows, cols, ld, shift, sums)
+        return
+    }
+    for r in 0..<rows {
+        let sum = expShiftedRow(tile + r * ld, cols, shift: shift[r])
+        sums?[r] = sum
     }
 }
 

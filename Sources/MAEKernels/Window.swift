@@ -25,13 +25,38 @@ public struct WindowPartitionSize: Equatable, Sendable {
     public var windowTokens: Int { window * window }
 }
 
-/// windows (B * nWindows, w * w, C), input (B, H, W, C). Writes `windows` (zeros at the padding).
+/// windows (B * nWindows, w * w, C), input (B, H, W, C). Writes `windows`: zeros at the padding,
+/// or with `padding` (C) that row at every padded token (a linear layer's bias there is its output
+/// on the zero-padded input, so the layer can run on the map's tokens alone).
 public func windowPartitionForward(windows: UnsafeMutablePointer<Float>, input: UnsafePointer<Float>,
-                                   size s: WindowPartitionSize) {
+                                   size s: WindowPartitionSize, padding: UnsafePointer<Float>? = nil) {
     forEachWindowRow(s) { windowRow, mapRow, valid in
         let c = s.channels
         if valid > 0 { (windows + windowRow).update(from: input + mapRow, count: valid * c) }
-        (windows + windowRow + valid * c).update(repeating: 0, count: (s.window - valid) * c)
+        for t in valid..<s.window {
+            let row = windows + windowRow + t * c
+            if let padding { row.update(from: padding, count: c) } else { row.update(repeating: 0, count: c) }
+        }
+    }
+}
+
+/// dPadding (C) += the sum of dWindows (B * nWindows, w * w, C) over every padded token: the
+/// gradient of `windowPartitionForward`'s `padding` row. Split over channels.
+public func windowPaddingBackward(dPadding: UnsafeMutablePointer<Float>, dWindows: UnsafePointer<Float>,
+                                  size s: WindowPartitionSize) {
+    let w = s.window, c = s.channels, across = s.paddedWidth / w
+    Parallel.forRanges(c, grain: 64) { channels in
+        for index in 0..<s.windows {
+            let wy = (index % s.windowsPerImage) / across, wx = index % across
+            let valid = max(0, min(w, s.width - wx * w))
+            for r in 0..<w {
+                let inside = wy * w + r < s.height ? valid : 0
+                for t in inside..<w {
+                    let g = dWindows + ((index * w + r) * w + t) * c
+                    for ch in channels { dPadding[ch] += g[ch] }
+                }
+            }
+        }
     }
 }
 

@@ -93,10 +93,11 @@ struct AttentionGeometry: Hashable {
 final class BlockActivations {
     let ln1, ln2, att, x1: Tensor          // (R,D)
     let mean1, rstd1, mean2, rstd2: Tensor // (R)
-    /// Window blocks: ln1 partitioned into zero-padded windows (Ra,D), and the attention's output
-    /// in windows (Ra,D) before unpartitioning into `att`; nil for global blocks (ln1 and att serve).
-    let windowsIn, windowsOut: Tensor?
-    let qkv: Tensor                        // (Ra,3D)
+    /// Window blocks: the attention's output in windows (Ra,D) before unpartitioning into `att`;
+    /// nil for global blocks (att serves).
+    let windowsOut: Tensor?
+    /// (Ra,3D); a window block's in windows, its padded tokens' rows the qkv bias.
+    let qkv: Tensor
     /// The attention's softmax for the backward: probs (Ba,H,Na,Na), or logsumexp (Ba,H,Na) when fused.
     let scores: Tensor
     /// Rel-pos: the gathered Rh (sH, sH, Dh), Rw (sW, sW, Dh) and the terms relH (Ba*H, Na, sH), relW (Ba*H, Na, sW).
@@ -110,7 +111,6 @@ final class BlockActivations {
         let r = geo.batch * geo.tokens, ra = geo.attentionRows, ba = geo.attentionBatch, na = geo.attentionTokens
         ln1 = Tensor([r, width]); ln2 = Tensor([r, width]); att = Tensor([r, width]); x1 = Tensor([r, width])
         mean1 = Tensor([r]); rstd1 = Tensor([r]); mean2 = Tensor([r]); rstd2 = Tensor([r])
-        windowsIn = geo.window > 0 ? Tensor([ra, width]) : nil
         windowsOut = geo.window > 0 ? Tensor([ra, width]) : nil
         qkv = Tensor([ra, 3 * width])
         scores = Tensor(geo.fused ? [ba, heads, na] : [ba, heads, na, na])
@@ -125,8 +125,7 @@ final class BlockActivations {
         keep1 = Tensor([geo.batch]); keep2 = Tensor([geo.batch])
     }
 
-    /// The attention's input rows (Ra,D) and output rows (Ra,D).
-    var attentionIn: Tensor { windowsIn ?? ln1 }
+    /// The attention's output rows (Ra,D).
     var attentionOut: Tensor { windowsOut ?? att }
 }
 
@@ -147,6 +146,9 @@ final class StackBuffers {
     /// BEiT's relative position bias (H,N,N) of the block at hand, gathered from its table in the
     /// forward and again in the backward (one buffer for every block, not one per block).
     let bias: Tensor?
+    /// Window blocks' qkv (R,3D) of the map's tokens before it is partitioned into windows (one
+    /// buffer for every block: only the partitioned qkv is kept).
+    let windowQKV: Tensor?
 
     init(batch b: Int, tokens n: Int, training t: Bool, geometries: [AttentionGeometry], width: Int, hidden: Int,
          heads: Int) {
@@ -160,6 +162,7 @@ final class StackBuffers {
         }
         residuals = (0..<(t ? geometries.count + 1 : 2)).map { _ in Tensor([b * n, width]) }
         bias = geometries.contains(where: \.denseBias) ? Tensor([heads, n, n]) : nil
+        windowQKV = geometries.contains { $0.window > 0 } ? Tensor([b * n, 3 * width]) : nil
     }
 }
 
@@ -228,7 +231,8 @@ final class StackPass {
 /// ViTDet's blocks (detectron2 vit.py `Block`) are the same with two options per block: `windows[i]`
 /// > 0 runs the attention inside w x w windows of the token grid (norm1's output zero-padded to
 /// multiples of w, partitioned, attention batched over all windows with the padded tokens unmasked,
-/// unpartitioned and cropped before proj), and rel-pos tables add the decomposed bias
+/// unpartitioned and cropped before proj; qkv runs on the map's tokens alone and the partition
+/// gives each padded token the qkv bias, its output on a zero row), and rel-pos tables add the decomposed bias
 /// q . Rh[qh, kh] + q . Rw[qw, kw] (unscaled q) to the scores. Such blocks always run the fused
 /// attention, which takes that bias tile by tile.
 /// BEiT's blocks (mmseg beit.py `BEiTTransformerEncoderLayer`) add two options: layer scale,
@@ -343,7 +347,7 @@ final class TransformerStack {
             let rate = training && blocks.count > 1 ? dropPath * Float(i) / Float(blocks.count - 1) : 0
             layerNormForward(out: a.ln1.data, mean: a.mean1.data, rstd: a.rstd1.data, input: x,
                              weight: p.v(w.norm1W), bias: p.v(w.norm1B), rows: r, width: d)
-            blockAttentionForward(p, w, a, geo, bias: pass.buffers.bias, bf16: bf16)
+            blockAttentionForward(p, w, a, geo, bias: pass.buffers.bias, windowQKV: pass.buffers.windowQKV, bf16: bf16)
             linearForward(out: (a.branch1 ?? a.x1).data, input: a.att.data, weight: p.v(w.projW), bias: p.v(w.projB),
                           rows: r, inDim: d, outDim: d, bf16: bf16)
             if let gamma = w.layerScale, let y = a.branch1 {
@@ -453,16 +457,22 @@ final class TransformerStack {
                 RelPosTermsSize(batch: geo.attentionBatch, width: width, heads: heads, gridHeight: sh, gridWidth: sw))
     }
 
-    /// att (R,D) = attn(ln1): qkv over the attention's rows (windows of ln1, or ln1 itself), the
-    /// rel-pos terms from the unscaled q, the attention, and the windows put back (cropped).
+    /// att (R,D) = attn(ln1): qkv of ln1 (partitioned into windows for a window block), the rel-pos
+    /// terms from the unscaled q, the attention, and the windows put back (cropped).
     private func blockAttentionForward(_ p: ParameterStore, _ w: BlockParameters, _ a: BlockActivations,
-                                       _ geo: AttentionGeometry, bias: Tensor?, bf16: BF16WeightCache?) {
+                                       _ geo: AttentionGeometry, bias: Tensor?, windowQKV: Tensor?,
+                                       bf16: BF16WeightCache?) {
         let d = width
-        if let part = geo.partition(channels: width) {
-            windowPartitionForward(windows: a.attentionIn.data, input: a.ln1.data, size: part)
+        if let part = geo.partition(channels: 3 * d), let tokens = windowQKV {
+            // detectron2 pads norm1's output with zeros before qkv, so a padded token's q, k, v are
+            // the bias alone: qkv runs on the map's tokens and the partition writes the bias there.
+            linearForward(out: tokens.data, input: a.ln1.data, weight: p.v(w.qkvW), bias: p.v(w.qkvB),
+                          rows: geo.batch * geo.tokens, inDim: d, outDim: 3 * d, bf16: bf16)
+            windowPartitionForward(windows: a.qkv.data, input: tokens.data, size: part, padding: p.v(w.qkvB))
+        } else {
+            linearForward(out: a.qkv.data, input: a.ln1.data, weight: p.v(w.qkvW), bias: p.v(w.qkvB),
+                          rows: geo.attentionRows, inDim: d, outDim: 3 * d, bf16: bf16)
         }
-        linearForward(out: a.qkv.data, input: a.attentionIn.data, weight: p.v(w.qkvW), bias: p.v(w.qkvB),
-                      rows: geo.attentionRows, inDim: d, outDim: 3 * d, bf16: bf16)
         let size = FlashAttentionSize(batch: geo.attentionBatch, tokens: geo.attentionTokens, width: d, heads: heads)
         if let rel = w.relPos, let rs = relPosSizes(w, geo), let rh = a.rh, let rw = a.rw, let relH = a.relH, let relW = a.relW {
             relPosGatherForward(out: rh.data, table: p.v(rel.h), size: rs.h)
@@ -529,12 +539,16 @@ final class TransformerStack {
                 relPosBiasBackward(dTable: p.g(table), dBias: dBias.data, index: relPosBiasIndex, size: rpb)
             }
         }
-        let dIn = geo.window == 0 ? dLn : s.zeroed("dWindowsIn", [ra, d])
-        linearBackward(dInput: dIn.data, dWeight: p.g(w.qkvW), dBias: p.g(w.qkvB), dOut: dQKV.data,
-                       input: a.attentionIn.data, weight: p.v(w.qkvW), rows: ra, inDim: d, outDim: 3 * d, bf16: bf16)
-        if let part = geo.partition(channels: width) {
-            windowPartitionBackward(dInput: dLn.data, dWindows: dIn.data, size: part)
+        var dTokens = dQKV, rows = ra
+        if let part = geo.partition(channels: 3 * d) {
+            // The windows' dQKV back onto the map's tokens; the padded tokens' goes to the qkv bias.
+            rows = geo.batch * geo.tokens
+            dTokens = s.zeroed("dWindowQKV", [rows, 3 * d])
+            windowPartitionBackward(dInput: dTokens.data, dWindows: dQKV.data, size: part)
+            windowPaddingBackward(dPadding: p.g(w.qkvB), dWindows: dQKV.data, size: part)
         }
+        linearBackward(dInput: dLn.data, dWeight: p.g(w.qkvW), dBias: p.g(w.qkvB), dOut: dTokens.data,
+                       input: a.ln1.data, weight: p.v(w.qkvW), rows: rows, inDim: d, outDim: 3 * d, bf16: bf16)
     }
 
     /// Block w's BEiT bias (H,N,N) gathered into `buffer`; nil when the block has none.

@@ -154,6 +154,34 @@ final class LayerTests: XCTestCase {
         }
     }
 
+    /// On a plane whose per-worker pixel runs span several 512-pixel blocks (the last one partial),
+    /// every pixel is normalised over its channels as the definition in Double says (rtol 1e-5).
+    func testChannelLayerNormOverManyPixelBlocksMatchesDefinition() {
+        var layout = ParameterLayout()
+        let ln = ChannelLayerNorm("n", in: &layout, channels: 3)
+        let store = ParameterStore(layout: layout)
+        let weight = randomValues(3, seed: 81), bias = randomValues(3, seed: 82)
+        _ = store.value("n.weight").update(fromContentsOf: weight)
+        _ = store.value("n.bias").update(fromContentsOf: bias)
+        let (c, plane) = (3, 41 * 60)
+        let x = randomValues(2 * c * plane, seed: 83).map { $0 * 3 + 1 }
+        let y = ln.forward(Tensor([2, c, 41, 60], x), store, training: false).output.array
+        var expected = [Float](repeating: 0, count: x.count)
+        for image in 0..<2 { for p in 0..<plane {
+            let base = image * c * plane + p
+            let v: [Double] = (0..<c).map { (ch: Int) -> Double in Double(x[base + ch * plane]) }
+            let mean: Double = v.reduce(0, +) / Double(c)
+            let variance: Double = v.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(c)
+            for ch in 0..<c {
+                let rstd: Double = 1 / (variance + 1e-6).squareRoot()
+                let normalised: Double = (v[ch] - mean) * rstd
+                let affine: Double = normalised * Double(weight[ch]) + Double(bias[ch])
+                expected[(image * c + ch) * plane + p] = Float(affine)
+            }
+        } }
+        assertClose(y, expected, rtol: 1e-5, atol: 1e-5, "channel LN over 2460-pixel planes")
+    }
+
     func testChannelLayerNormGradientsMatchFiniteDifferences() {
         checkFiniteDifferences("channel LN", shape: [2, 6, 3, 5]) { ChannelLayerNorm("n", in: &$0, channels: 6) }
     }

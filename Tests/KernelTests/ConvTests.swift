@@ -264,6 +264,22 @@ final class ConvTests: XCTestCase {
         withColumnBudget(16_000) { checkLargeConvTranspose2d() }
     }
 
+    /// A k2 s2 upsampler (ViTDet's pyramid) tall enough for the forward's path that splits whole
+    /// bands of input rows over the workers (their output rows are disjoint), with and without bias,
+    /// against the definition.
+    func testStrideTwoConvTransposeSplitOverBandsMatchesDirectLoops() {
+        let saved = Parallel.workers
+        defer { Parallel.workers = saved }
+        Parallel.workers = 2
+        let s = ConvTranspose2dSize(batch: 2, inChannels: 24, height: 19, width: 9, outChannels: 16,
+                                    kernel: (2, 2), stride: (2, 2))
+        var rng = TestRandom(seed: 5)
+        let x = rng.array(s.batch * s.inChannels * s.height * s.width)
+        let w = rng.array(s.inChannels * s.outChannels * 4), b = rng.array(s.outChannels)
+        assertClose(convT(x, w, b, s), naiveConvT(x, w, b, s), rtol: 1e-4, atol: 1e-4, "k2 s2 with bias")
+        assertClose(convT(x, w, nil, s), naiveConvT(x, w, nil, s), rtol: 1e-4, atol: 1e-4, "k2 s2 without bias")
+    }
+
     private func checkLargeConv2d() {
         let s = Conv2dSize(batch: 2, inChannels: 32, height: 20, width: 19, outChannels: 40, kernel: (3, 3),
                            stride: (1, 1), padding: (1, 1))

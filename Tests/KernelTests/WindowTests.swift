@@ -72,4 +72,36 @@ final class WindowTests: XCTestCase {
         assertClose(unpartitionGrad(rx, s), numericGradient(w, step: 1e-2) { dot(unpartition($0, s), rx) },
                     rtol: 1e-2, atol: 1e-3, "unpartition")
     }
+
+    /// With a padding row, every padded token of the partition is that row and the real ones are
+    /// as without it; the padding row's gradient is the sum of the padded tokens' (against central
+    /// differences, rtol 1e-2 atol 1e-3), accumulated onto what dPadding held.
+    func testPaddingRowAndItsGradient() {
+        var rng = TestRandom(seed: 63)
+        let s = WindowPartitionSize(batch: 2, height: 5, width: 6, channels: 3, window: 4)
+        let x = rng.array(s.batch * s.height * s.width * s.channels), pad = rng.array(s.channels)
+        func padded(_ x: [Float], _ pad: [Float]) -> [Float] {
+            var w = [Float](repeating: .nan, count: s.windows * s.windowTokens * s.channels)
+            windowPartitionForward(windows: &w, input: x, size: s, padding: pad)
+            return w
+        }
+        let w = padded(x, pad), plain = partition(x, s)
+        var paddedTokens = 0
+        for t in 0..<(w.count / s.channels) {
+            let row = Array(w[t * s.channels..<(t + 1) * s.channels])
+            let plainRow = Array(plain[t * s.channels..<(t + 1) * s.channels])
+            if plainRow.allSatisfy({ $0 == 0 }) {
+                XCTAssertEqual(row, pad, "padded token \(t)")
+                paddedTokens += 1
+            } else {
+                XCTAssertEqual(row, plainRow, "token \(t)")
+            }
+        }
+        XCTAssertEqual(paddedTokens, s.windows * s.windowTokens - s.batch * s.height * s.width)
+        let r = rng.array(w.count)
+        var dPad = [Float](repeating: 0.5, count: s.channels)
+        windowPaddingBackward(dPadding: &dPad, dWindows: r, size: s)
+        assertClose(dPad.map { $0 - 0.5 }, numericGradient(pad, step: 1e-2) { dot(padded(x, $0), r) },
+                    rtol: 1e-2, atol: 1e-3, "dPadding")
+    }
 }
