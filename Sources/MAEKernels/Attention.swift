@@ -1,3 +1,5 @@
+import CAVX512
+
 /// Multi-head self-attention core (after the qkv Linear, before the output projection).
 /// qkv (B,N,3D) with rows [q | k | v] and heads contiguous inside each (timm / MAE layout);
 /// out (B,N,D) heads merged back; probs (B,H,N,N) softmax(q k^T * scale + bias) saved for the
@@ -28,8 +30,16 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMuta
                     BLAS.gemmSerial(transB: true, m: n, n: n, k: hd, alpha: scale, a: q, lda: ld, b: k, ldb: ld,
                                     c: p, ldc: n)
                 }
-                if let bias { addRow(p, bias + h * n * n, n * n) }
-                for r in 0..<n { softmaxRow(p + r * n, n) }
+                if let scratch {
+                    // bf16 only (fp32 keeps its Swift loops' exact sums): bias + row max, exp + row sum in AVX-512.
+                    let maxes = scratch.rowStatistics(2 * n), sums = maxes + n
+                    mae_tile_add_bias_max(p, n, n, n, bias.map { $0 + h * n * n }, n, nil, nil, 0, 0, 0, maxes)
+                    mae_tile_exp_sum(p, n, n, n, maxes, sums)
+                    for r in 0..<n { scaleRow(p + r * n, n, 1 / sums[r]) }
+                } else {
+                    if let bias { addRow(p, bias + h * n * n, n * n) }
+                    for r in 0..<n { softmaxRow(p + r * n, n) }
+                }
                 if let scratch {
                     BF16Matmul.serialProduct(c: o, ldc: width, a: p, lda: n, b: v, ldb: ld, bTransposed: false, m: n, k: n,
                                              n: hd, scratch: scratch)

@@ -381,10 +381,14 @@ public enum BF16Matmul {
 /// One worker's buffers for `BF16Matmul.serialProduct` (grown as needed, freed with it).
 public final class BF16Scratch {
     fileprivate var words = BF16Matmul.Scratch<UInt32>(), panels = BF16Matmul.Scratch<UInt32>()
+    private var statistics = BF16Matmul.Scratch<Float>()
 
     public init() {}
 
-    deinit { words.pointer?.deallocate(); panels.pointer?.deallocate() }
+    deinit { words.pointer?.deallocate(); panels.pointer?.deallocate(); statistics.pointer?.deallocate() }
+
+    /// `count` floats for the caller's per-row statistics (the softmax's row maxes and sums).
+    func rowStatistics(_ count: Int) -> UnsafeMutablePointer<Float> { statistics.reserve(count) }
 }
 
 /// bf16 copies of a parameter store's weight matrices in oneDNN's blocked layout: each made on first
