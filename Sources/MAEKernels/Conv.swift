@@ -48,30 +48,9 @@ public func conv2dForward(out: UnsafeMutablePointer<Float>, input: UnsafePointer
     let w = s.window
     let rows = w.rows, cols = w.outH * w.outW, inPlane = s.inChannels * s.height * s.width
     let bands = w.bands
-    let beta: Float = bias == nil ? 0 : 1
-    if !s.isPointwise && bands.count >= 4 * Parallel.workers {
-        // Many bands (ViTDet's 3x3 convolutions at 1024 px: 86 per image at stride 4): each worker
-        // builds and multiplies whole bands on its own, so no two workers pack the same columns
-        // (a product split over the weight's rows packs all of them twice) and im2col runs beside
-        // the products. Timed as gemm, im2col included.
-        Profiler.measure(.gemm) {
-            Parallel.forChunks(s.batch * bands.count) { _, items in
-                let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows * bands[0].count * w.outW)
-                defer { scratch.deallocate() }
-                for item in items {
-                    let b = item / bands.count, band = bands[item % bands.count], n = band.count * w.outW
-                    let y = out + b * s.outChannels * cols + band.lowerBound * w.outW
-                    if let bias { for r in 0..<s.outChannels { (y + r * cols).update(repeating: bias[r], count: n) } }
-                    im2col(scratch, input + b * inPlane, w, outRows: band, serial: true)
-                    BLAS.gemmSerial(m: s.outChannels, n: n, k: rows, a: weight, lda: rows, b: scratch, ldb: n,
-                                    beta: beta, c: y, ldc: cols)
-                }
-            }
-        }
-        return
-    }
     let scratch = UnsafeMutablePointer<Float>.allocate(capacity: s.isPointwise ? 1 : rows * bands[0].count * w.outW)
     defer { scratch.deallocate() }
+    let beta: Float = bias == nil ? 0 : 1
     for b in 0..<s.batch {
         let x = input + b * inPlane, y = out + b * s.outChannels * cols
         fillRows(y, bias, rows: s.outChannels, width: cols)
@@ -185,32 +164,6 @@ public func convTranspose2dForward(out: UnsafeMutablePointer<Float>, input: Unsa
     let w = s.window
     let rows = w.rows, cols = s.height * s.width, outPlane = s.outHeight * s.outWidth
     let bands = w.bands
-    if s.dilationH * (s.kernelH - 1) < s.strideH && s.height >= 8 * Parallel.workers {
-        // Input rows land on disjoint output rows (ViTDet's and mmseg's k2 s2 upsamplers): each worker
-        // multiplies and folds whole bands of its own, no two packing the same input columns. Bands
-        // of at most an eighth of the worker's rows keep the split even. Timed as gemm, col2im included.
-        let step = min(bands[0].count, s.height / (4 * Parallel.workers))
-        let workerBands = stride(from: 0, to: s.height, by: step).map { $0..<min($0 + step, s.height) }
-        for b in 0..<s.batch {
-            let y = out + b * s.outChannels * outPlane
-            if bias == nil { y.update(repeating: 0, count: s.outChannels * outPlane) }
-            fillRows(y, bias, rows: s.outChannels, width: outPlane)
-        }
-        Profiler.measure(.gemm) {
-            Parallel.forChunks(s.batch * workerBands.count) { _, items in
-                let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows * step * s.width)
-                defer { scratch.deallocate() }
-                for item in items {
-                    let b = item / workerBands.count, band = workerBands[item % workerBands.count], n = band.count * s.width
-                    let x = input + b * s.inChannels * cols, y = out + b * s.outChannels * outPlane
-                    BLAS.gemmSerial(transA: true, m: rows, n: n, k: s.inChannels, a: weight, lda: rows,
-                                    b: x + band.lowerBound * s.width, ldb: cols, c: scratch, ldc: n)
-                    col2im(y, scratch, w, outRows: band, serial: true)
-                }
-            }
-        }
-        return
-    }
     let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows * bands[0].count * s.width)
     defer { scratch.deallocate() }
     for b in 0..<s.batch {
@@ -281,11 +234,11 @@ struct ConvWindow {
 }
 
 /// columns (C KH KW, R OW) for the R output rows `outRows`, image (C,H,W). Writes `columns`;
-/// padding reads as zero. Split over the column rows unless `serial` (inside a parallel loop).
+/// padding reads as zero.
 func im2col(_ columns: UnsafeMutablePointer<Float>, _ image: UnsafePointer<Float>, _ w: ConvWindow,
-            outRows: Range<Int>, serial: Bool = false) {
+            outRows: Range<Int>) {
     let kernel = w.kernelH * w.kernelW, plane = outRows.count * w.outW
-    func build(_ range: Range<Int>) {
+    Parallel.forRanges(w.rows, grain: 8) { range in
         for row in range {
             let c = row / kernel, kh = (row / w.kernelW) % w.kernelH, kw = row % w.kernelW
             let src = image + c * w.height * w.width, dst = columns + row * plane
@@ -306,15 +259,14 @@ func im2col(_ columns: UnsafeMutablePointer<Float>, _ image: UnsafePointer<Float
             }
         }
     }
-    if serial { build(0..<w.rows) } else { Parallel.forRanges(w.rows, grain: 8, build) }
 }
 
 /// image (C,H,W) += columns (C KH KW, R OW) of the output rows `outRows` folded back: the adjoint
-/// of `im2col`. Split over channels, so no two workers write the same pixel, unless `serial`.
+/// of `im2col`. Split over channels, so no two workers write the same pixel.
 func col2im(_ image: UnsafeMutablePointer<Float>, _ columns: UnsafePointer<Float>, _ w: ConvWindow,
-            outRows: Range<Int>, serial: Bool = false) {
+            outRows: Range<Int>) {
     let kernel = w.kernelH * w.kernelW, plane = outRows.count * w.outW
-    func fold(_ range: Range<Int>) {
+    Parallel.forRanges(w.channels) { range in
         for c in range {
             let dst = image + c * w.height * w.width
             for k in 0..<kernel {
@@ -335,7 +287,6 @@ func col2im(_ image: UnsafeMutablePointer<Float>, _ columns: UnsafePointer<Float
             }
         }
     }
-    if serial { fold(0..<w.channels) } else { Parallel.forRanges(w.channels, fold) }
 }
 
 // MARK: - Bias helpers
